@@ -1,0 +1,216 @@
+//! `custody journal list | show | verify`.
+
+use clap::Subcommand;
+use custody_core::journal::EventRow;
+use serde::Serialize;
+
+use super::Context;
+use crate::output::{clip, json, Table};
+use crate::Exit;
+
+/// `custody journal …`
+#[derive(Debug, Subcommand)]
+pub enum JournalCommand {
+    /// List every carrier in the journal.
+    List,
+    /// Show one carrier and its history.
+    Show {
+        /// The carrier's serial (or its full key manufacturer/model/serial).
+        serial: String,
+    },
+    /// Recompute the hash chain; exit 1 and name the first bad row when it is broken.
+    Verify,
+}
+
+/// Runs a journal subcommand.
+pub fn run(ctx: &Context, cmd: &JournalCommand) -> anyhow::Result<Exit> {
+    let journal = ctx.open_existing_journal()?;
+    match cmd {
+        JournalCommand::List => {
+            let carriers = journal.carriers()?;
+            if ctx.global.json {
+                json(&serde_json::json!({
+                    "journal": journal.path(),
+                    "journal_id": journal.journal_id(),
+                    "carriers": carriers,
+                }))?;
+                return Ok(Exit::Ok);
+            }
+            if carriers.is_empty() {
+                println!(
+                    "The journal {} holds no carriers yet; run `custody scan`.",
+                    journal.path().display()
+                );
+                return Ok(Exit::Ok);
+            }
+            let mut t = Table::new(&[
+                "#",
+                "SERIAL",
+                "MODEL",
+                "LABEL",
+                "PRESENT",
+                "CERTS",
+                "KEYS",
+                "HOLDER",
+                "LAST SEEN",
+            ]);
+            for c in &carriers {
+                t.row(vec![
+                    c.enrolled_seq.to_string(),
+                    c.serial.clone(),
+                    format!("{} {}", c.manufacturer, c.model),
+                    c.label.clone(),
+                    if c.present { "yes" } else { "no" }.into(),
+                    c.certificates.to_string(),
+                    c.keys.to_string(),
+                    clip(&c.holders.join("; "), 40),
+                    c.last_seen.clone(),
+                ]);
+            }
+            t.print();
+            Ok(Exit::Ok)
+        }
+        JournalCommand::Show { serial } => {
+            let carriers = journal.carriers_by_serial(serial)?;
+            if carriers.is_empty() {
+                eprintln!("custody: no carrier with serial {serial:?} in {}; `custody journal list` shows the serials", journal.path().display());
+                return Ok(Exit::Failed);
+            }
+            let mut histories = Vec::new();
+            for c in &carriers {
+                histories.push((c, journal.carrier_events(&c.carrier)?));
+            }
+            if ctx.global.json {
+                #[derive(Serialize)]
+                struct Shown<'a> {
+                    carrier: &'a custody_core::journal::CarrierRow,
+                    events: &'a [EventRow],
+                }
+                let shown: Vec<Shown<'_>> = histories
+                    .iter()
+                    .map(|(c, e)| Shown {
+                        carrier: c,
+                        events: e,
+                    })
+                    .collect();
+                json(&serde_json::json!({ "carriers": shown }))?;
+                return Ok(Exit::Ok);
+            }
+            for (c, events) in &histories {
+                println!("Carrier   {}", c.carrier);
+                println!("Label     {}", custody_core::id::escape_text(&c.label));
+                println!("Module    {}", c.module);
+                println!(
+                    "Present   {} (last seen {})",
+                    if c.present { "yes" } else { "no" },
+                    c.last_seen
+                );
+                println!("Holder    {}", c.holders.join("; "));
+                println!();
+                let mut t = Table::new(&["SEQ", "TIME (UTC)", "EVENT", "BY", "DETAILS"]);
+                for e in events {
+                    t.row(vec![
+                        e.seq.to_string(),
+                        e.at.clone(),
+                        e.kind.clone(),
+                        match &e.operator {
+                            Some(op) => format!("{} ({op})", e.os_user),
+                            None => e.os_user.clone(),
+                        },
+                        clip(&describe(e), 90),
+                    ]);
+                }
+                t.print();
+                println!();
+            }
+            Ok(Exit::Ok)
+        }
+        JournalCommand::Verify => {
+            let report = journal.verify()?;
+            if ctx.global.json {
+                json(&serde_json::json!({
+                    "journal": journal.path(),
+                    "journal_id": journal.journal_id(),
+                    "ok": report.ok(),
+                    "events": report.events,
+                    "head_hash": report.head_hash,
+                    "first_bad": report.first_bad,
+                }))?;
+            } else if let Some(bad) = &report.first_bad {
+                println!(
+                    "journal {} is BROKEN at event #{}: {}",
+                    journal.path().display(),
+                    bad.seq,
+                    bad.reason
+                );
+                println!("{} event(s) before it verify; keep the file as evidence and restore from a copy", report.events);
+            } else {
+                println!(
+                    "journal {} verifies: {} event(s), head {}",
+                    journal.path().display(),
+                    report.events,
+                    report.head_hash
+                );
+            }
+            Ok(if report.ok() { Exit::Ok } else { Exit::Failed })
+        }
+    }
+}
+
+/// One line about an event for people.
+pub fn describe(e: &EventRow) -> String {
+    let d = &e.data;
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let hexlabel = |v: &serde_json::Value| {
+        custody_core::id::RawBytes::from_hex(v.as_str().unwrap_or_default())
+            .map(|b| b.escaped())
+            .unwrap_or_default()
+    };
+    match e.kind.as_str() {
+        "carrier_enrolled" => format!(
+            "label \"{}\", {} {}",
+            s(&d["carrier"]["label"]),
+            s(&d["carrier"]["hardware_version"]),
+            s(&d["carrier"]["module"])
+        ),
+        "carrier_seen" => format!("present again, label \"{}\"", s(&d["label"])),
+        "carrier_removed" => format!("gone, label \"{}\"", s(&d["label"])),
+        "carrier_reinitialised" => {
+            format!("\"{}\" -> \"{}\"", s(&d["old_label"]), s(&d["new_label"]))
+        }
+        "cert_added" => {
+            let c = &d["cert"];
+            match c["info"]["subject"].as_str() {
+                Some(subject) => format!(
+                    "id {} {} sha256 {}",
+                    s(&c["id"]),
+                    subject,
+                    clip(&s(&c["sha256"]), 17)
+                ),
+                None => format!(
+                    "id {} label \"{}\" UNPARSEABLE: {}",
+                    s(&c["id"]),
+                    hexlabel(&c["label"]),
+                    s(&c["parse_error"])
+                ),
+            }
+        }
+        "cert_removed" => format!("id {} {}", s(&d["id"]), d["subject"].as_str().unwrap_or("")),
+        "key_added" => {
+            let k = &d["key"];
+            format!(
+                "{} {} id {}{}",
+                s(&k["class"]),
+                s(&k["key_type_name"]),
+                s(&k["id"]),
+                if k["local"] == serde_json::Value::Bool(true) {
+                    ", generated on the carrier"
+                } else {
+                    ""
+                }
+            )
+        }
+        "key_removed" => format!("{} id {}", s(&d["class"]), s(&d["id"])),
+        _ => d.to_string(),
+    }
+}

@@ -1,0 +1,275 @@
+//! `custody scan`: read every carrier the modules show and record what changed.
+
+use std::collections::BTreeMap;
+
+use clap::Args;
+use custody_core::inventory::{CarrierSnapshot, Login};
+use custody_core::token::{Module, ModuleInfo, ModuleScan, SlotProblem};
+use serde::Serialize;
+
+use super::Context;
+use crate::config::ConfigPins;
+use crate::output::{clip, json, Table};
+use crate::Exit;
+
+/// Arguments of `custody scan` (modules, journal and --json are global options).
+#[derive(Debug, Args)]
+pub struct ScanArgs {}
+
+/// The JSON document `custody scan --json` prints.
+#[derive(Debug, Serialize)]
+pub struct ScanReport<'a> {
+    /// Journal file.
+    pub journal: String,
+    /// Journal id.
+    pub journal_id: &'a str,
+    /// One entry per module, in the order given.
+    pub modules: Vec<ModuleReport>,
+    /// Events appended.
+    pub events: Vec<custody_core::journal::RecordedEvent>,
+    /// Carriers seen.
+    pub carriers_seen: usize,
+    /// Carriers unchanged since the last scan.
+    pub carriers_unchanged: usize,
+    /// Problems that did not stop the scan.
+    pub problems: Vec<Problem>,
+    /// The exit code.
+    pub exit: u8,
+}
+
+/// One module's part of a scan.
+#[derive(Debug, Serialize)]
+pub struct ModuleReport {
+    /// Path as given.
+    pub path: String,
+    /// Loaded and scanned.
+    pub ok: bool,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Library info.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info: Option<ModuleInfo>,
+    /// Carriers read.
+    pub carriers: Vec<CarrierSnapshot>,
+    /// Slots that could not be read.
+    pub slot_problems: Vec<SlotProblem>,
+}
+
+/// A problem that did not stop the scan.
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    /// `module`, `slot`, `login` or `object`.
+    pub scope: &'static str,
+    /// Module path or carrier key.
+    pub subject: String,
+    /// What happened.
+    pub message: String,
+}
+
+/// Runs `custody scan`.
+pub fn run(ctx: &Context, _args: &ScanArgs) -> anyhow::Result<Exit> {
+    let mut journal = ctx.open_journal()?;
+    let pins = ConfigPins(&ctx.config);
+    let mut scans: Vec<ModuleScan> = Vec::new();
+    let mut reports = Vec::new();
+    let mut problems = Vec::new();
+    for path in ctx.modules() {
+        let result = Module::load(&path).and_then(|m| m.scan(&pins));
+        match result {
+            Ok(scan) => {
+                for p in &scan.slot_problems {
+                    problems.push(Problem {
+                        scope: "slot",
+                        subject: format!("{} slot {}", scan.module.path, p.slot),
+                        message: p.message.clone(),
+                    });
+                }
+                for c in &scan.carriers {
+                    collect_carrier_problems(c, &mut problems);
+                }
+                reports.push(ModuleReport {
+                    path: path.display().to_string(),
+                    ok: true,
+                    error: None,
+                    info: Some(scan.module.clone()),
+                    carriers: scan.carriers.clone(),
+                    slot_problems: scan.slot_problems.clone(),
+                });
+                scans.push(scan);
+            }
+            Err(e) => {
+                tracing::error!(module = %path.display(), cause = %e, "module not scanned");
+                problems.push(Problem {
+                    scope: "module",
+                    subject: path.display().to_string(),
+                    message: e.to_string(),
+                });
+                reports.push(ModuleReport {
+                    path: path.display().to_string(),
+                    ok: false,
+                    error: Some(e.to_string()),
+                    info: None,
+                    carriers: Vec::new(),
+                    slot_problems: Vec::new(),
+                });
+            }
+        }
+    }
+    let record = journal.record_scan(&scans, &ctx.actor(), time::OffsetDateTime::now_utc())?;
+    let exit = if reports.iter().any(|r| !r.ok) {
+        Exit::Error
+    } else if problems.iter().any(|p| p.scope == "login") {
+        Exit::Failed
+    } else {
+        Exit::Ok
+    };
+    if ctx.global.json {
+        json(&ScanReport {
+            journal: journal.path().display().to_string(),
+            journal_id: journal.journal_id(),
+            modules: reports,
+            events: record.events,
+            carriers_seen: record.carriers_seen,
+            carriers_unchanged: record.carriers_unchanged,
+            problems,
+            exit: exit_code(exit),
+        })?;
+        return Ok(exit);
+    }
+    print_human(ctx, &reports, &record, &problems, journal.path());
+    Ok(exit)
+}
+
+fn exit_code(e: Exit) -> u8 {
+    match e {
+        Exit::Ok => 0,
+        Exit::Failed => 1,
+        Exit::Error => 2,
+    }
+}
+
+fn collect_carrier_problems(c: &CarrierSnapshot, problems: &mut Vec<Problem>) {
+    let key = c.id.key();
+    if let Login::Failed(reason) = &c.login {
+        problems.push(Problem {
+            scope: "login",
+            subject: key.clone(),
+            message: reason.clone(),
+        });
+    }
+    for cert in &c.certificates {
+        if let Some(err) = &cert.parse_error {
+            problems.push(Problem {
+                scope: "object",
+                subject: key.clone(),
+                message: format!(
+                    "certificate object id {} label \"{}\" is unparseable ({err}); recorded by its SHA-256 {}",
+                    cert.id.hex(),
+                    cert.label.escaped(),
+                    &cert.sha256[..16]
+                ),
+            });
+        }
+    }
+    if c.strings_lossy {
+        problems.push(Problem {
+            scope: "object",
+            subject: key,
+            message: "token strings held invalid UTF-8; shown with U+FFFD replacements".into(),
+        });
+    }
+}
+
+fn print_human(
+    ctx: &Context,
+    reports: &[ModuleReport],
+    record: &custody_core::journal::ScanRecord,
+    problems: &[Problem],
+    journal: &std::path::Path,
+) {
+    let mut per_carrier: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for e in &record.events {
+        per_carrier.entry(&e.carrier).or_default().push(&e.kind);
+    }
+    let mut table = Table::new(&[
+        "SERIAL", "MODEL", "LABEL", "CERTS", "KEYS", "PRIVATE", "HOLDER", "CHANGES",
+    ]);
+    for r in reports {
+        for c in &r.carriers {
+            let key = c.id.key();
+            let changes = per_carrier
+                .get(key.as_str())
+                .map(|k| summarize(k))
+                .unwrap_or_else(|| "unchanged".into());
+            let holder = c
+                .certificates
+                .iter()
+                .filter_map(|x| x.info.as_ref()?.holder_name.clone())
+                .next()
+                .unwrap_or_default();
+            table.row(vec![
+                c.id.serial.clone(),
+                format!("{} {}", c.id.manufacturer, c.id.model),
+                c.label.clone(),
+                c.certificates.len().to_string(),
+                c.public_keys.len().to_string(),
+                match (&c.private_keys, &c.login) {
+                    (Some(k), _) => k.len().to_string(),
+                    (None, Login::Failed(_)) => "login failed".into(),
+                    (None, _) => "-".into(),
+                },
+                clip(&holder, 32),
+                changes,
+            ]);
+        }
+    }
+    let removed: Vec<&custody_core::journal::RecordedEvent> = record
+        .events
+        .iter()
+        .filter(|e| e.kind == "carrier_removed")
+        .collect();
+    let ok = reports.iter().filter(|r| r.ok).count();
+    println!(
+        "Scanned {ok} of {} module(s): {} carrier(s), {} unchanged; {} event(s) appended to {}",
+        reports.len(),
+        record.carriers_seen,
+        record.carriers_unchanged,
+        record.events.len(),
+        journal.display()
+    );
+    if !table.is_empty() {
+        println!();
+        table.print();
+    }
+    for e in removed {
+        println!("removed: {}", e.carrier);
+    }
+    if !problems.is_empty() {
+        eprintln!();
+        for p in problems {
+            eprintln!("warning: {} {}: {}", p.scope, p.subject, p.message);
+        }
+        if problems.iter().any(|p| p.scope == "module") && ctx.global.modules.is_empty() {
+            eprintln!("hint: choose modules with --module PATH or [[module]] in the configuration");
+        }
+    }
+}
+
+fn summarize(kinds: &[&str]) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for k in kinds {
+        *counts.entry(k).or_default() += 1;
+    }
+    counts
+        .iter()
+        .map(|(k, n)| {
+            if *n == 1 {
+                (*k).to_owned()
+            } else {
+                format!("{k}×{n}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,400 @@
+//! Configuration: one TOML file (`$CUSTODY_CONFIG`, else `/etc/custody/custody.toml` when it
+//! exists), then command-line flags on top. [`RawConfig`] mirrors the file
+//! (`deny_unknown_fields`); [`Config`] is the validated result. PINs are never in the file:
+//! only where to read them from.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use custody_core::id::CarrierId;
+use custody_core::token::PinSource;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// The system-wide configuration file.
+pub const SYSTEM_CONFIG: &str = "/etc/custody/custody.toml";
+
+/// The configuration file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[organisation]`
+    #[serde(default)]
+    pub organisation: RawOrganisation,
+    /// `[journal]`
+    #[serde(default)]
+    pub journal: RawJournal,
+    /// `[[module]]`
+    #[serde(default)]
+    pub module: Vec<RawModule>,
+    /// `[[pin]]`
+    #[serde(default)]
+    pub pin: Vec<PinRule>,
+    /// `[service]`
+    #[serde(default)]
+    pub service: RawService,
+    /// `[orders]`
+    #[serde(default)]
+    pub orders: RawOrders,
+}
+
+/// `[organisation]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOrganisation {
+    /// Printed on the journal form.
+    pub name: Option<String>,
+}
+
+/// `[journal]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJournal {
+    /// Journal file.
+    pub path: Option<PathBuf>,
+}
+
+/// `[[module]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModule {
+    /// Path of a PKCS#11 library.
+    pub path: PathBuf,
+}
+
+/// `[service]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    /// Poll interval, e.g. "2s", "500ms".
+    pub interval: Option<String>,
+    /// Order spool directory.
+    pub spool: Option<PathBuf>,
+}
+
+/// `[orders]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOrders {
+    /// OpenSSH allowed_signers file.
+    pub allowed_signers: Option<PathBuf>,
+    /// Distinct valid signatures an order needs.
+    pub required_signers: Option<u32>,
+}
+
+/// `[[pin]]`: where the PINs of matching carriers come from. Never a PIN itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinRule {
+    /// A carrier serial, or `*` for any.
+    pub serial: String,
+    /// File holding the user PIN (mode 0600 or stricter).
+    pub user_pin_file: Option<PathBuf>,
+    /// Environment variable holding the user PIN.
+    pub user_pin_env: Option<String>,
+    /// File holding the SO PIN.
+    pub so_pin_file: Option<PathBuf>,
+    /// Environment variable holding the SO PIN.
+    pub so_pin_env: Option<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, if any.
+    pub source: Option<PathBuf>,
+    /// Organisation name for the journal form.
+    pub organisation: Option<String>,
+    /// Journal file.
+    pub journal: PathBuf,
+    /// Modules from the file (empty: use the defaults).
+    pub modules: Vec<PathBuf>,
+    /// PIN rules, first match wins.
+    pub pins: Vec<PinRule>,
+    /// Service poll interval.
+    pub interval: std::time::Duration,
+    /// Order spool.
+    pub spool: PathBuf,
+    /// allowed_signers file.
+    pub allowed_signers: Option<PathBuf>,
+    /// Signatures an order needs.
+    pub required_signers: u32,
+}
+
+impl Config {
+    /// Loads `explicit`, else `$CUSTODY_CONFIG`, else the system file when it exists, else
+    /// defaults.
+    pub fn load(explicit: Option<&Path>) -> anyhow::Result<Self> {
+        let path = explicit
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("CUSTODY_CONFIG").map(PathBuf::from))
+            .or_else(|| {
+                Path::new(SYSTEM_CONFIG)
+                    .exists()
+                    .then(|| SYSTEM_CONFIG.into())
+            });
+        let raw = match &path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading configuration {}", p.display()))?;
+                toml::from_str::<RawConfig>(&text)
+                    .map_err(|e| anyhow::anyhow!("configuration {}: {e}", p.display()))?
+            }
+            None => RawConfig::default(),
+        };
+        Self::validate(raw, path)
+    }
+
+    /// Checks a parsed file and fills in defaults.
+    pub fn validate(raw: RawConfig, source: Option<PathBuf>) -> anyhow::Result<Self> {
+        for rule in &raw.pin {
+            if rule.user_pin_file.is_some() && rule.user_pin_env.is_some() {
+                bail!(
+                    "[[pin]] for serial {:?}: give user_pin_file or user_pin_env, not both",
+                    rule.serial
+                );
+            }
+            if rule.so_pin_file.is_some() && rule.so_pin_env.is_some() {
+                bail!(
+                    "[[pin]] for serial {:?}: give so_pin_file or so_pin_env, not both",
+                    rule.serial
+                );
+            }
+        }
+        let interval = match &raw.service.interval {
+            Some(text) => {
+                parse_duration(text).with_context(|| format!("[service] interval = {text:?}"))?
+            }
+            None => std::time::Duration::from_secs(2),
+        };
+        let required_signers = raw.orders.required_signers.unwrap_or(1);
+        if required_signers == 0 {
+            bail!("[orders] required_signers must be at least 1");
+        }
+        Ok(Self {
+            source,
+            organisation: raw.organisation.name,
+            journal: raw.journal.path.unwrap_or_else(default_journal),
+            modules: raw.module.into_iter().map(|m| m.path).collect(),
+            pins: raw.pin,
+            interval,
+            spool: raw
+                .service
+                .spool
+                .unwrap_or_else(|| state_dir().join("orders")),
+            allowed_signers: raw.orders.allowed_signers,
+            required_signers,
+        })
+    }
+
+    /// The PIN rule for a carrier serial: an exact serial match first, then `*`.
+    pub fn pin_rule(&self, serial: &str) -> Option<&PinRule> {
+        self.pins
+            .iter()
+            .find(|r| r.serial == serial)
+            .or_else(|| self.pins.iter().find(|r| r.serial == "*"))
+    }
+}
+
+/// Parses "2s", "500ms", "1m", "1h", or a bare number of seconds.
+pub fn parse_duration(text: &str) -> anyhow::Result<std::time::Duration> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .with_context(|| format!("{t:?} is not a duration like 2s or 500ms"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        other => bail!("unknown unit {other:?} in {t:?}; use ms, s, m or h"),
+    };
+    if !(0.0..=86_400.0).contains(&secs) || secs == 0.0 {
+        bail!("{t:?} is out of range (more than 0, at most 24h)");
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// `/var/lib/custody` for root, else `$XDG_DATA_HOME/custody` (or `~/.local/share/custody`).
+pub fn state_dir() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/var/lib/custody");
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    data.join("custody")
+}
+
+/// The default journal path.
+pub fn default_journal() -> PathBuf {
+    state_dir().join("journal.db")
+}
+
+/// Reads a PIN from a file, refusing files readable by group or others. A single trailing
+/// newline is dropped. The error never contains the PIN.
+pub fn read_pin_file(path: &Path) -> anyhow::Result<SecretString> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("PIN file {}: cannot read it", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "PIN file {} is readable by group or others (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            meta.permissions().mode() & 0o777,
+            path.display()
+        );
+    }
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("PIN file {}: cannot read it", path.display()))?,
+    );
+    let pin = text.strip_suffix('\n').unwrap_or(&text);
+    let pin = pin.strip_suffix('\r').unwrap_or(pin);
+    if pin.is_empty() {
+        bail!("PIN file {} is empty", path.display());
+    }
+    Ok(SecretString::from(pin.to_owned()))
+}
+
+/// Reads a PIN from an environment variable named in the configuration.
+pub fn read_pin_env(name: &str) -> anyhow::Result<SecretString> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => Ok(SecretString::from(v)),
+        _ => bail!("PIN variable {name} is not set or empty"),
+    }
+}
+
+/// The user-PIN source of a configuration, for scans.
+#[derive(Debug)]
+pub struct ConfigPins<'a>(pub &'a Config);
+
+impl PinSource for ConfigPins<'_> {
+    fn user_pin(&self, carrier: &CarrierId) -> custody_core::Result<Option<SecretString>> {
+        let Some(rule) = self.0.pin_rule(&carrier.serial) else {
+            return Ok(None);
+        };
+        let read = match (&rule.user_pin_file, &rule.user_pin_env) {
+            (Some(f), _) => read_pin_file(f).map_err(|e| (f.display().to_string(), e)),
+            (None, Some(v)) => read_pin_env(v).map_err(|e| (v.clone(), e)),
+            (None, None) => return Ok(None),
+        };
+        read.map(Some)
+            .map_err(|(source_name, e)| custody_core::Error::PinSource {
+                source_name,
+                reason: format!("{e:#}"),
+            })
+    }
+}
+
+/// Creates a file with mode 0600 (for PINs and keys written by custody or its tests).
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn parse(text: &str) -> anyhow::Result<Config> {
+        Config::validate(toml::from_str(text)?, None)
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_the_line() {
+        let err = parse("[journal]\npath = \"/tmp/j.db\"\ncolour = 1\n").err();
+        let text = err.map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(text.contains("colour") && text.contains("line 3"), "{text}");
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = parse(
+            r#"
+[organisation]
+name = "Прилуцька міська рада"
+[journal]
+path = "/var/lib/custody/journal.db"
+[[module]]
+path = "/usr/lib/softhsm/libsofthsm2.so"
+[[pin]]
+serial = "*"
+user_pin_file = "/etc/custody/pins/user"
+so_pin_file = "/etc/custody/pins/so"
+[service]
+interval = "500ms"
+spool = "/var/lib/custody/orders"
+[orders]
+allowed_signers = "/etc/custody/allowed_signers"
+required_signers = 2
+"#,
+        );
+        let c = c.unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(c.interval, std::time::Duration::from_millis(500));
+        assert_eq!(c.required_signers, 2);
+        assert_eq!(c.modules.len(), 1);
+        assert!(c.pin_rule("anything").is_some());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("2s").ok(),
+            Some(std::time::Duration::from_secs(2))
+        );
+        assert_eq!(
+            parse_duration("250ms").ok(),
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(
+            parse_duration("1m").ok(),
+            Some(std::time::Duration::from_secs(60))
+        );
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn pin_file_mode_is_enforced_and_pin_never_in_error() {
+        let dir = std::env::temp_dir().join(format!("custody-pin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.join("pin");
+        std::fs::write(&path, "SECRET-9731\n").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = read_pin_file(&path)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(err.contains("chmod 600"), "{err}");
+        assert!(!err.contains("SECRET-9731"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let pin = read_pin_file(&path).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(pin.expose_secret(), "SECRET-9731");
+        assert!(!format!("{pin:?}").contains("SECRET"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

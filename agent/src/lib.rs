@@ -1,0 +1,39 @@
+//! custody-agent: the `custody` command line and background service.
+//!
+//! The binary only wires [`cli::run`]; everything that touches carriers or the journal goes
+//! through custody-core. This crate never names a cryptoki or rusqlite type.
+//!
+//! # Layout
+//!
+//! - [`cli`]: one module per subcommand.
+//! - [`config`]: the TOML configuration, validated; PIN sources.
+//! - [`output`]: tables for people, JSON for scripts.
+//! - [`logging`]: tracing subscriber (human or JSON).
+
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod output;
+
+use std::process::ExitCode;
+
+/// Exit codes: 0 ok, 1 a check failed or something was refused, 2 error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything worked.
+    Ok,
+    /// A check failed or something was refused.
+    Failed,
+    /// An error; the outcome may be incomplete.
+    Error,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        match e {
+            Exit::Ok => Self::SUCCESS,
+            Exit::Failed => Self::from(1),
+            Exit::Error => Self::from(2),
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Output for people (aligned tables, every cell escaped) and for scripts (JSON on stdout).
+
+use std::io::Write;
+
+use custody_core::id::escape_text;
+use serde::Serialize;
+
+/// Prints `value` as pretty JSON on stdout.
+pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// A table: a header row and data rows; cells are escaped so that control characters in
+/// labels can never break the layout or the terminal.
+#[derive(Debug, Default)]
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these column titles.
+    pub fn new(header: &[&str]) -> Self {
+        Self {
+            header: header.iter().map(|h| (*h).to_owned()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row (escaped).
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows
+            .push(cells.iter().map(|c| escape_text(c)).collect());
+    }
+
+    /// True when there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Renders with two spaces between columns.
+    pub fn render(&self) -> String {
+        let cols = self.header.len();
+        let mut width = vec![0usize; cols];
+        for row in std::iter::once(&self.header).chain(&self.rows) {
+            for (i, c) in row.iter().enumerate().take(cols) {
+                width[i] = width[i].max(c.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for row in std::iter::once(&self.header).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, c) in row.iter().enumerate().take(cols) {
+                line.push_str(c);
+                if i + 1 < cols {
+                    let pad = width[i] - c.chars().count() + 2;
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Prints to stdout.
+    pub fn print(&self) {
+        print!("{}", self.render());
+    }
+}
+
+/// Shortens `s` to `max` characters with an ellipsis.
+pub fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_cells_cannot_break_rows() {
+        let mut t = Table::new(&["a", "b"]);
+        t.row(vec!["x\ny".into(), "\u{1b}[2J".into()]);
+        let out = t.render();
+        assert_eq!(out.lines().count(), 2, "{out}");
+        assert!(!out.contains('\u{1b}'));
+    }
+
+    #[test]
+    fn cyrillic_aligns_by_characters() {
+        let mut t = Table::new(&["label", "n"]);
+        t.row(vec!["Токен".into(), "1".into()]);
+        t.row(vec!["ab".into(), "2".into()]);
+        let out = t.render();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[1].chars().position(|c| c == '1'),
+            lines[2].chars().position(|c| c == '2')
+        );
+    }
+}

@@ -1,0 +1,94 @@
+//! The one error type of custody-core.
+//!
+//! Every variant names a condition a caller can act on; messages end with what to do next
+//! where there is something to do. No variant ever carries a PIN.
+
+use std::path::PathBuf;
+
+/// Result with custody-core's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in custody-core.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The PKCS#11 module could not be loaded (missing file, not a shared library, no
+    /// `C_GetFunctionList`).
+    #[error("cannot load PKCS#11 module {path}: {reason}; check the path and that it is a PKCS#11 library (e.g. /usr/lib/softhsm/libsofthsm2.so)")]
+    ModuleLoad {
+        /// The module path as given.
+        path: PathBuf,
+        /// What the loader said.
+        reason: String,
+    },
+    /// A PKCS#11 call failed.
+    #[error("{op} failed: {rv}")]
+    Pkcs11 {
+        /// The PKCS#11 function that failed, e.g. `C_GetTokenInfo`.
+        op: &'static str,
+        /// The return value or binding error, as text.
+        rv: String,
+    },
+    /// The PIN was rejected by the token. The PIN is never retried automatically.
+    #[error("the token rejected the PIN{}; it was not retried. Check the PIN source configured for this carrier", if *retries_low { " (few tries left before it locks)" } else { "" })]
+    WrongPin {
+        /// The token reports that few tries are left (CKF_USER_PIN_COUNT_LOW / FINAL_TRY).
+        retries_low: bool,
+    },
+    /// The PIN is locked on the token.
+    #[error("the PIN is locked on this token; unblock it with the SO PIN before trying again")]
+    PinLocked,
+    /// The token is not present (removed, or never seen by this module).
+    #[error("carrier {0} is not present; plug it in and try again")]
+    TokenAbsent(String),
+    /// A PIN source (file or environment variable) could not be used.
+    #[error("PIN source {source_name}: {reason}")]
+    PinSource {
+        /// The file path or variable name (never the PIN).
+        source_name: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The file is not a custody journal; it was not modified.
+    #[error("{0} is not a custody journal (it was left untouched); point --journal at a custody journal or at a new file")]
+    NotAJournal(PathBuf),
+    /// The journal was written by a newer custody; it was not modified.
+    #[error("journal schema version {found} is newer than this custody understands ({supported}); upgrade custody (the file was left untouched)")]
+    SchemaTooNew {
+        /// The schema version in the file.
+        found: u32,
+        /// The newest version this build knows.
+        supported: u32,
+    },
+    /// An SQLite error while reading or writing the journal.
+    #[error("journal: {0}")]
+    Journal(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The journal holds data this build cannot interpret.
+    #[error("journal is inconsistent: {0}; run `custody journal verify`")]
+    JournalCorrupt(String),
+    /// A certificate could not be parsed.
+    #[error("certificate: {0}")]
+    Certificate(#[from] crate::cert::CertError),
+    /// An I/O error, with the path involved.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The request was refused; the message says why.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

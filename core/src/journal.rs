@@ -1,0 +1,575 @@
+//! The custody journal: the only code in custody that uses `rusqlite`.
+//!
+//! One SQLite file (WAL, synchronous=FULL) holds an append-only chain of events and the
+//! current state derived from them, updated in the same transaction. Every event row
+//! stores `prev_hash` and `hash = SHA-256(prev_hash || canonical bytes)` (see
+//! [`chain`]); [`Journal::verify`] recomputes the chain and names the first bad row.
+//! Schema versions are kept in `PRAGMA user_version` ([`migrations`]); the file is marked
+//! as a custody journal by `PRAGMA application_id`.
+
+mod chain;
+mod migrations;
+mod query;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+use crate::inventory::{diff, CarrierSnapshot, Change, KnownCarrier};
+use crate::token::ModuleScan;
+
+pub use chain::{VerifyProblem, VerifyReport};
+pub use query::{CarrierRow, EventRow};
+
+/// `PRAGMA application_id` of a custody journal ("CUST").
+pub const APPLICATION_ID: i32 = 0x4355_5354;
+
+/// Who does something: recorded with every event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Actor {
+    /// The operating-system user running custody.
+    pub os_user: String,
+    /// The operator's name, when given.
+    pub operator: Option<String>,
+    /// The host name.
+    pub host: String,
+}
+
+impl Actor {
+    /// The current OS user and host, with an optional operator name.
+    pub fn current(operator: Option<String>) -> Self {
+        let os_user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| uid_from_proc().unwrap_or_else(|| "unknown".into()));
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".into());
+        Self {
+            os_user,
+            operator,
+            host,
+        }
+    }
+}
+
+/// The user name of this process's uid from /etc/passwd, else `uid N`.
+fn uid_from_proc() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    let uid = line.split_whitespace().nth(1)?.to_owned();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let name = passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)? == uid).then(|| name.to_owned())
+    });
+    Some(name.unwrap_or_else(|| format!("uid {uid}")))
+}
+
+/// UTC time in the journal's format: RFC 3339 with milliseconds.
+pub fn timestamp(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// An open custody journal.
+pub struct Journal {
+    conn: Connection,
+    path: PathBuf,
+    journal_id: String,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("path", &self.path)
+            .field("journal_id", &self.journal_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What recording one scan did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ScanRecord {
+    /// Events appended, in order.
+    pub events: Vec<RecordedEvent>,
+    /// Carriers seen in this scan.
+    pub carriers_seen: usize,
+    /// Carriers whose state did not change (only `last_seen` was updated).
+    pub carriers_unchanged: usize,
+}
+
+/// One event appended by a scan.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordedEvent {
+    /// Sequence number.
+    pub seq: u64,
+    /// Event kind.
+    pub kind: String,
+    /// Carrier key.
+    pub carrier: String,
+}
+
+pub(crate) fn db_err(e: rusqlite::Error) -> Error {
+    Error::Journal(Box::new(e))
+}
+
+impl Journal {
+    /// Opens the journal at `path`, creating it (and its directory) when missing. A file
+    /// that is not a custody journal, or one written by a newer custody, is refused and left
+    /// untouched.
+    pub fn open(path: &Path) -> Result<Self> {
+        let existing = match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => return Err(Error::NotAJournal(path.into())),
+            Ok(m) => m.len() > 0,
+            Err(_) => false,
+        };
+        if existing {
+            probe(path)?;
+        } else if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(db_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(db_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(db_err)?;
+        let mut conn = conn;
+        migrations::migrate(&mut conn)?;
+        let journal_id: String = conn
+            .query_row("SELECT value FROM meta WHERE key = 'journal_id'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(db_err)?
+            .ok_or_else(|| Error::JournalCorrupt("no journal_id in meta".into()))?;
+        Ok(Self {
+            conn,
+            path: path.into(),
+            journal_id,
+        })
+    }
+
+    /// The journal's random, permanent id (UUID).
+    pub fn journal_id(&self) -> &str {
+        &self.journal_id
+    }
+
+    /// The file this journal lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records one scan in one transaction: the changes of every carrier seen, removals of
+    /// carriers no longer shown by a module that was scanned, and `last_seen` bookkeeping.
+    /// A re-scan of an unchanged state appends no event.
+    pub fn record_scan(
+        &mut self,
+        scans: &[ModuleScan],
+        actor: &Actor,
+        now: OffsetDateTime,
+    ) -> Result<ScanRecord> {
+        let at = timestamp(now);
+        let journal_id = self.journal_id.clone();
+        let tx = self.conn.transaction().map_err(db_err)?;
+        let mut head = chain::Head::load(&tx)?;
+        let mut record = ScanRecord::default();
+        let known = load_digests(&tx)?;
+        for scan in scans {
+            let mut seen = HashSet::new();
+            for snap in &scan.carriers {
+                let key = snap.id.key();
+                record.carriers_seen += 1;
+                let digest = snapshot_digest(snap)?;
+                match known.get(&key) {
+                    Some((present, stored)) if *present && *stored == digest => {
+                        tx.execute(
+                            "UPDATE carriers SET last_seen = ?1, last_slot = ?2 WHERE carrier = ?3",
+                            params![at, snap.slot as i64, key],
+                        )
+                        .map_err(db_err)?;
+                        record.carriers_unchanged += 1;
+                    }
+                    Some((present, _)) => {
+                        let old = load_snapshot(&tx, &key)?;
+                        let known = KnownCarrier {
+                            snapshot: old,
+                            present: *present,
+                        };
+                        let (changes, stored) = diff(Some(&known), snap);
+                        let ctx = EventContext {
+                            journal_id: &journal_id,
+                            actor,
+                            at: &at,
+                        };
+                        for change in &changes {
+                            let seq = append_change(&tx, &mut head, &ctx, &key, change)?;
+                            record.events.push(RecordedEvent {
+                                seq,
+                                kind: change.kind().into(),
+                                carrier: key.clone(),
+                            });
+                        }
+                        store_carrier(&tx, &key, &stored, &at, None, &changes, head.seq)?;
+                        if changes.is_empty() {
+                            record.carriers_unchanged += 1;
+                        }
+                    }
+                    None => {
+                        let (changes, stored) = diff(None, snap);
+                        let ctx = EventContext {
+                            journal_id: &journal_id,
+                            actor,
+                            at: &at,
+                        };
+                        let mut enrolled = 0;
+                        for change in &changes {
+                            let seq = append_change(&tx, &mut head, &ctx, &key, change)?;
+                            if enrolled == 0 {
+                                enrolled = seq;
+                            }
+                            record.events.push(RecordedEvent {
+                                seq,
+                                kind: change.kind().into(),
+                                carrier: key.clone(),
+                            });
+                        }
+                        store_carrier(&tx, &key, &stored, &at, Some(enrolled), &changes, head.seq)?;
+                    }
+                }
+                seen.insert(key);
+            }
+            // Carriers of this module that it no longer shows are gone, unless their slot
+            // could not be read this time (unreadable is not removed).
+            let troubled: HashSet<i64> = scan.slot_problems.iter().map(|p| p.slot as i64).collect();
+            let mut stmt = tx
+                .prepare(
+                    "SELECT carrier, label, last_slot FROM carriers WHERE module = ?1 AND present = 1",
+                )
+                .map_err(db_err)?;
+            let gone: Vec<(String, String)> = stmt
+                .query_map([&scan.module.path], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                    ))
+                })
+                .map_err(db_err)?
+                .filter_map(std::result::Result::ok)
+                .filter(|(k, _, slot)| {
+                    !seen.contains(k) && !slot.is_some_and(|s| troubled.contains(&s))
+                })
+                .map(|(k, l, _)| (k, l))
+                .collect();
+            drop(stmt);
+            for (key, label) in gone {
+                let ctx = EventContext {
+                    journal_id: &journal_id,
+                    actor,
+                    at: &at,
+                };
+                let change = Change::CarrierRemoved { label };
+                let seq = append_change(&tx, &mut head, &ctx, &key, &change)?;
+                tx.execute(
+                    "UPDATE carriers SET present = 0 WHERE carrier = ?1",
+                    params![key],
+                )
+                .map_err(db_err)?;
+                record.events.push(RecordedEvent {
+                    seq,
+                    kind: change.kind().into(),
+                    carrier: key,
+                });
+            }
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(record)
+    }
+
+    /// Recomputes the hash chain over every event and names the first bad row.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        chain::verify(&self.conn, &self.journal_id)
+    }
+
+    /// All carriers in the journal, present or not.
+    pub fn carriers(&self) -> Result<Vec<CarrierRow>> {
+        query::carriers(&self.conn, None)
+    }
+
+    /// Carriers whose serial (or full carrier key) is `serial`.
+    pub fn carriers_by_serial(&self, serial: &str) -> Result<Vec<CarrierRow>> {
+        query::carriers(&self.conn, Some(serial))
+    }
+
+    /// Every event of one carrier, oldest first.
+    pub fn carrier_events(&self, carrier: &str) -> Result<Vec<EventRow>> {
+        query::events(&self.conn, Some(carrier))
+    }
+
+    /// Every event, oldest first.
+    pub fn events(&self) -> Result<Vec<EventRow>> {
+        query::events(&self.conn, None)
+    }
+
+    /// The last snapshot recorded for a carrier.
+    pub fn snapshot(&self, carrier: &str) -> Result<Option<CarrierSnapshot>> {
+        let text: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT snapshot FROM carriers WHERE carrier = ?1",
+                [carrier],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?;
+        text.map(|t| serde_json::from_str(&t).map_err(|e| Error::JournalCorrupt(e.to_string())))
+            .transpose()
+    }
+}
+
+/// Refuses files that are not custody journals or are too new, without writing to them.
+fn probe(path: &Path) -> Result<()> {
+    let not_ours = || Error::NotAJournal(path.into());
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|_| not_ours())?;
+    let app_id: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(|_| not_ours())?;
+    if app_id != APPLICATION_ID {
+        return Err(not_ours());
+    }
+    let version: u32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|_| not_ours())?;
+    if version > migrations::LATEST {
+        return Err(Error::SchemaTooNew {
+            found: version,
+            supported: migrations::LATEST,
+        });
+    }
+    Ok(())
+}
+
+struct EventContext<'a> {
+    journal_id: &'a str,
+    actor: &'a Actor,
+    at: &'a str,
+}
+
+fn append_change(
+    tx: &Transaction<'_>,
+    head: &mut chain::Head,
+    ctx: &EventContext<'_>,
+    carrier: &str,
+    change: &Change,
+) -> Result<u64> {
+    let data = serde_json::to_string(change).map_err(|e| Error::JournalCorrupt(e.to_string()))?;
+    let event = chain::NewEvent {
+        journal_id: ctx.journal_id,
+        at: ctx.at,
+        kind: change.kind(),
+        carrier: Some(carrier),
+        os_user: &ctx.actor.os_user,
+        operator: ctx.actor.operator.as_deref(),
+        host: &ctx.actor.host,
+        data: &data,
+    };
+    head.append(tx, &event)
+}
+
+fn snapshot_digest(snap: &CarrierSnapshot) -> Result<String> {
+    // The slot is not identity and changes between runs: leave it out of the digest.
+    let mut s = snap.clone();
+    s.slot = 0;
+    let json = serde_json::to_vec(&s).map_err(|e| Error::JournalCorrupt(e.to_string()))?;
+    Ok(crate::cert::sha256_hex(&json))
+}
+
+fn load_digests(tx: &Transaction<'_>) -> Result<HashMap<String, (bool, String)>> {
+    let mut stmt = tx
+        .prepare("SELECT carrier, present, snapshot_sha256 FROM carriers")
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                (r.get::<_, i64>(1)? != 0, r.get::<_, String>(2)?),
+            ))
+        })
+        .map_err(db_err)?;
+    rows.collect::<std::result::Result<_, _>>().map_err(db_err)
+}
+
+fn load_snapshot(tx: &Transaction<'_>, key: &str) -> Result<CarrierSnapshot> {
+    let text: String = tx
+        .query_row(
+            "SELECT snapshot FROM carriers WHERE carrier = ?1",
+            [key],
+            |r| r.get(0),
+        )
+        .map_err(db_err)?;
+    serde_json::from_str(&text).map_err(|e| Error::JournalCorrupt(format!("carrier {key}: {e}")))
+}
+
+fn store_carrier(
+    tx: &Transaction<'_>,
+    key: &str,
+    snap: &CarrierSnapshot,
+    at: &str,
+    enrolled_seq: Option<u64>,
+    changes: &[Change],
+    head_seq: u64,
+) -> Result<()> {
+    let json = serde_json::to_string(snap).map_err(|e| Error::JournalCorrupt(e.to_string()))?;
+    let digest = snapshot_digest(snap)?;
+    match enrolled_seq {
+        Some(seq) => {
+            tx.execute(
+                "INSERT INTO carriers (carrier, manufacturer, model, serial, label, module, present,
+                     first_seen, last_seen, last_slot, enrolled_seq, snapshot_sha256, snapshot)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    key,
+                    snap.id.manufacturer,
+                    snap.id.model,
+                    snap.id.serial,
+                    snap.label,
+                    snap.module,
+                    at,
+                    snap.slot as i64,
+                    seq as i64,
+                    digest,
+                    json
+                ],
+            )
+            .map_err(db_err)?;
+        }
+        None => {
+            tx.execute(
+                "UPDATE carriers SET label = ?2, module = ?3, present = 1, last_seen = ?4,
+                     last_slot = ?5, snapshot_sha256 = ?6, snapshot = ?7 WHERE carrier = ?1",
+                params![
+                    key,
+                    snap.label,
+                    snap.module,
+                    at,
+                    snap.slot as i64,
+                    digest,
+                    json
+                ],
+            )
+            .map_err(db_err)?;
+        }
+    }
+    if changes.iter().any(|c| {
+        matches!(
+            c,
+            Change::CertAdded { .. }
+                | Change::CertRemoved { .. }
+                | Change::KeyAdded { .. }
+                | Change::KeyRemoved { .. }
+        )
+    }) || enrolled_seq.is_some()
+    {
+        rebuild_objects(tx, key, snap, head_seq)?;
+    }
+    Ok(())
+}
+
+/// Rewrites the current-state certificate and key rows of one carrier.
+fn rebuild_objects(
+    tx: &Transaction<'_>,
+    key: &str,
+    snap: &CarrierSnapshot,
+    seq: u64,
+) -> Result<()> {
+    tx.execute("DELETE FROM certificates WHERE carrier = ?1", [key])
+        .map_err(db_err)?;
+    tx.execute("DELETE FROM keys WHERE carrier = ?1", [key])
+        .map_err(db_err)?;
+    let mut cert_stmt = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO certificates (carrier, sha256, cka_id, label, subject, holder_name,
+                 tax_number, org_code, not_before, not_after, added_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )
+        .map_err(db_err)?;
+    for c in &snap.certificates {
+        let info = c.info.as_ref();
+        cert_stmt
+            .execute(params![
+                key,
+                c.sha256,
+                c.id.as_bytes(),
+                c.label.as_bytes(),
+                info.map(|i| i.subject.clone()),
+                info.and_then(|i| i.holder_name.clone()),
+                info.and_then(|i| i.tax_number.as_ref().map(|t| t.value.clone())),
+                info.and_then(|i| i.org_code.as_ref().map(|t| t.value.clone())),
+                info.map(|i| timestamp(i.not_before)),
+                info.map(|i| timestamp(i.not_after)),
+                seq as i64
+            ])
+            .map_err(db_err)?;
+    }
+    let mut key_stmt = tx
+        .prepare_cached(
+            "INSERT INTO keys (carrier, class, cka_id, key_type, public_key_sha256, local,
+                 never_extractable, always_sensitive, start_date, added_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .map_err(db_err)?;
+    for k in snap
+        .public_keys
+        .iter()
+        .chain(snap.private_keys.iter().flatten())
+    {
+        let class = match k.class {
+            crate::inventory::KeyClass::Public => "public",
+            crate::inventory::KeyClass::Private => "private",
+        };
+        key_stmt
+            .execute(params![
+                key,
+                class,
+                k.id.as_bytes(),
+                k.key_type as i64,
+                k.public_key_sha256,
+                k.local,
+                k.never_extractable,
+                k.always_sensitive,
+                k.start_date,
+                seq as i64
+            ])
+            .map_err(db_err)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! Read-only queries behind `journal list` and `journal show`.
+
+use rusqlite::Connection;
+use serde::Serialize;
+
+use super::db_err;
+use crate::error::Result;
+
+/// One carrier as the journal knows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CarrierRow {
+    /// Carrier key (manufacturer/model/serial[#discriminator]).
+    pub carrier: String,
+    /// Manufacturer.
+    pub manufacturer: String,
+    /// Model.
+    pub model: String,
+    /// Serial.
+    pub serial: String,
+    /// Label when last seen.
+    pub label: String,
+    /// Module it was read through.
+    pub module: String,
+    /// Present at the last scan.
+    pub present: bool,
+    /// First seen (UTC).
+    pub first_seen: String,
+    /// Last seen (UTC).
+    pub last_seen: String,
+    /// Seq of the carrier_enrolled event.
+    pub enrolled_seq: u64,
+    /// Certificates on it.
+    pub certificates: u64,
+    /// Key objects on it (public and, when read, private).
+    pub keys: u64,
+    /// Holder names from its certificates.
+    pub holders: Vec<String>,
+}
+
+/// One journal event.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRow {
+    /// Sequence number.
+    pub seq: u64,
+    /// UTC time.
+    pub at: String,
+    /// Event kind.
+    pub kind: String,
+    /// Carrier key, if any.
+    pub carrier: Option<String>,
+    /// OS user.
+    pub os_user: String,
+    /// Operator, if named.
+    pub operator: Option<String>,
+    /// Host.
+    pub host: String,
+    /// Event data.
+    pub data: serde_json::Value,
+    /// The row's hash (hex).
+    pub hash: String,
+}
+
+pub(crate) fn carriers(conn: &Connection, serial: Option<&str>) -> Result<Vec<CarrierRow>> {
+    let sql = "SELECT c.carrier, c.manufacturer, c.model, c.serial, c.label, c.module, c.present,
+                  c.first_seen, c.last_seen, c.enrolled_seq,
+                  (SELECT count(*) FROM certificates WHERE carrier = c.carrier),
+                  (SELECT count(*) FROM keys WHERE carrier = c.carrier),
+                  (SELECT group_concat(DISTINCT holder_name) FROM certificates
+                     WHERE carrier = c.carrier AND holder_name IS NOT NULL)
+           FROM carriers c
+           WHERE ?1 IS NULL OR c.serial = ?1 OR c.carrier = ?1
+           ORDER BY c.enrolled_seq";
+    let mut stmt = conn.prepare(sql).map_err(db_err)?;
+    let rows = stmt
+        .query_map([serial], |r| {
+            let holders: Option<String> = r.get(12)?;
+            Ok(CarrierRow {
+                carrier: r.get(0)?,
+                manufacturer: r.get(1)?,
+                model: r.get(2)?,
+                serial: r.get(3)?,
+                label: r.get(4)?,
+                module: r.get(5)?,
+                present: r.get::<_, i64>(6)? != 0,
+                first_seen: r.get(7)?,
+                last_seen: r.get(8)?,
+                enrolled_seq: r.get::<_, i64>(9)? as u64,
+                certificates: r.get::<_, i64>(10)? as u64,
+                keys: r.get::<_, i64>(11)? as u64,
+                holders: holders
+                    .map(|h| h.split(',').map(str::to_owned).collect())
+                    .unwrap_or_default(),
+            })
+        })
+        .map_err(db_err)?;
+    rows.collect::<std::result::Result<_, _>>().map_err(db_err)
+}
+
+pub(crate) fn events(conn: &Connection, carrier: Option<&str>) -> Result<Vec<EventRow>> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT seq, at, kind, carrier, os_user, operator, host, data, hash FROM events
+             WHERE ?1 IS NULL OR carrier = ?1 ORDER BY seq",
+        )
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([carrier], |r| {
+            let data: String = r.get(7)?;
+            Ok(EventRow {
+                seq: r.get::<_, i64>(0)? as u64,
+                at: r.get(1)?,
+                kind: r.get(2)?,
+                carrier: r.get(3)?,
+                os_user: r.get(4)?,
+                operator: r.get(5)?,
+                host: r.get(6)?,
+                data: serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data)),
+                hash: hex::encode(r.get::<_, Vec<u8>>(8)?),
+            })
+        })
+        .map_err(db_err)?;
+    rows.collect::<std::result::Result<_, _>>().map_err(db_err)
+}

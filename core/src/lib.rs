@@ -1,0 +1,23 @@
+//! custody-core: the custody journal of secure key carriers.
+//!
+//! Synchronous library behind the `custody` agent. It reads carriers through PKCS#11, parses
+//! their certificates (including Ukrainian qualified certificates), and keeps an append-only,
+//! hash-chained journal in SQLite.
+//!
+//! # Layout
+//!
+//! - [`token`]: the only code that talks PKCS#11 (`cryptoki`): modules, slots, objects, login.
+//! - [`cert`]: the only code that parses X.509 (`x509-parser`): [`cert::CertInfo`].
+//! - [`journal`]: the only code that uses SQLite (`rusqlite`): schema, events, hash chain.
+//! - [`inventory`]: snapshots of carriers and the diff that turns a scan into events.
+//! - [`id`]: carrier identity and raw PKCS#11 byte strings.
+//! - [`error`]: the one error type.
+
+pub mod cert;
+pub mod error;
+pub mod id;
+pub mod inventory;
+pub mod journal;
+pub mod token;
+
+pub use error::{Error, Result};
