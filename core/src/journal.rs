@@ -193,122 +193,32 @@ impl Journal {
         actor: &Actor,
         now: OffsetDateTime,
     ) -> Result<ScanRecord> {
-        let at = timestamp(now);
-        let journal_id = self.journal_id.clone();
-        let tx = self.conn.transaction().map_err(db_err)?;
-        let mut head = chain::Head::load(&tx)?;
-        let mut record = ScanRecord::default();
-        let known = load_digests(&tx)?;
-        for scan in scans {
-            let mut seen = HashSet::new();
-            for snap in &scan.carriers {
-                let key = snap.id.key();
-                record.carriers_seen += 1;
-                let digest = snapshot_digest(snap)?;
-                match known.get(&key) {
-                    Some((present, stored)) if *present && *stored == digest => {
-                        tx.execute(
-                            "UPDATE carriers SET last_seen = ?1, last_slot = ?2 WHERE carrier = ?3",
-                            params![at, snap.slot as i64, key],
-                        )
-                        .map_err(db_err)?;
-                        record.carriers_unchanged += 1;
-                    }
-                    Some((present, _)) => {
-                        let old = load_snapshot(&tx, &key)?;
-                        let known = KnownCarrier {
-                            snapshot: old,
-                            present: *present,
-                        };
-                        let (changes, stored) = diff(Some(&known), snap);
-                        let ctx = EventContext {
-                            journal_id: &journal_id,
-                            actor,
-                            at: &at,
-                        };
-                        for change in &changes {
-                            let seq = append_change(&tx, &mut head, &ctx, &key, change)?;
-                            record.events.push(RecordedEvent {
-                                seq,
-                                kind: change.kind().into(),
-                                carrier: key.clone(),
-                            });
-                        }
-                        store_carrier(&tx, &key, &stored, &at, None, &changes, head.seq)?;
-                        if changes.is_empty() {
-                            record.carriers_unchanged += 1;
-                        }
-                    }
-                    None => {
-                        let (changes, stored) = diff(None, snap);
-                        let ctx = EventContext {
-                            journal_id: &journal_id,
-                            actor,
-                            at: &at,
-                        };
-                        let mut enrolled = 0;
-                        for change in &changes {
-                            let seq = append_change(&tx, &mut head, &ctx, &key, change)?;
-                            if enrolled == 0 {
-                                enrolled = seq;
-                            }
-                            record.events.push(RecordedEvent {
-                                seq,
-                                kind: change.kind().into(),
-                                carrier: key.clone(),
-                            });
-                        }
-                        store_carrier(&tx, &key, &stored, &at, Some(enrolled), &changes, head.seq)?;
-                    }
-                }
-                seen.insert(key);
-            }
-            // Carriers of this module that it no longer shows are gone, unless their slot
-            // could not be read this time (unreadable is not removed).
-            let troubled: HashSet<i64> = scan.slot_problems.iter().map(|p| p.slot as i64).collect();
-            let mut stmt = tx
-                .prepare(
-                    "SELECT carrier, label, last_slot FROM carriers WHERE module = ?1 AND present = 1",
-                )
-                .map_err(db_err)?;
-            let gone: Vec<(String, String)> = stmt
-                .query_map([&scan.module.path], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Option<i64>>(2)?,
-                    ))
-                })
-                .map_err(db_err)?
-                .filter_map(std::result::Result::ok)
-                .filter(|(k, _, slot)| {
-                    !seen.contains(k) && !slot.is_some_and(|s| troubled.contains(&s))
-                })
-                .map(|(k, l, _)| (k, l))
-                .collect();
-            drop(stmt);
-            for (key, label) in gone {
-                let ctx = EventContext {
-                    journal_id: &journal_id,
-                    actor,
-                    at: &at,
-                };
-                let change = Change::CarrierRemoved { label };
-                let seq = append_change(&tx, &mut head, &ctx, &key, &change)?;
-                tx.execute(
-                    "UPDATE carriers SET present = 0 WHERE carrier = ?1",
-                    params![key],
-                )
-                .map_err(db_err)?;
-                record.events.push(RecordedEvent {
-                    seq,
-                    kind: change.kind().into(),
-                    carrier: key,
-                });
-            }
-        }
-        tx.commit().map_err(db_err)?;
-        Ok(record)
+        self.write(actor, now, |w| record_scan_in(w, scans))
+    }
+
+    /// Runs `f` in one immediate transaction with a [`Writer`] that appends events and
+    /// updates state; commits when `f` returns `Ok`, rolls back (appending nothing) otherwise.
+    pub fn write<T>(
+        &mut self,
+        actor: &Actor,
+        now: OffsetDateTime,
+        f: impl FnOnce(&mut Writer<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let head = chain::Head::load(&tx)?;
+        let mut writer = Writer {
+            tx,
+            head,
+            journal_id: &self.journal_id,
+            actor,
+            at: timestamp(now),
+        };
+        let value = f(&mut writer)?;
+        writer.tx.commit().map_err(db_err)?;
+        Ok(value)
     }
 
     /// Recomputes the hash chain over every event and names the first bad row.
@@ -352,6 +262,105 @@ impl Journal {
     }
 }
 
+fn record_scan_in(w: &mut Writer<'_>, scans: &[ModuleScan]) -> Result<ScanRecord> {
+    let at = w.at().to_owned();
+    let mut record = ScanRecord::default();
+    let known = load_digests(w.tx())?;
+    let append = |w: &mut Writer<'_>, key: &str, change: &Change, record: &mut ScanRecord| {
+        let seq = w.append(change.kind(), Some(key), change)?;
+        record.events.push(RecordedEvent {
+            seq,
+            kind: change.kind().into(),
+            carrier: key.to_owned(),
+        });
+        Ok::<u64, Error>(seq)
+    };
+    for scan in scans {
+        let mut seen = HashSet::new();
+        for snap in &scan.carriers {
+            let key = snap.id.key();
+            record.carriers_seen += 1;
+            let digest = snapshot_digest(snap)?;
+            let (changes, stored, enrolled) = match known.get(&key) {
+                Some((true, stored)) if *stored == digest => {
+                    w.tx()
+                        .prepare_cached(
+                            "UPDATE carriers SET last_seen = ?1, last_slot = ?2 WHERE carrier = ?3",
+                        )
+                        .and_then(|mut st| st.execute(params![at, snap.slot as i64, key]))
+                        .map_err(db_err)?;
+                    record.carriers_unchanged += 1;
+                    seen.insert(key);
+                    continue;
+                }
+                Some((present, _)) => {
+                    let known = KnownCarrier {
+                        snapshot: load_snapshot(w.tx(), &key)?,
+                        present: *present,
+                    };
+                    let (changes, stored) = diff(Some(&known), snap);
+                    (changes, stored, false)
+                }
+                None => {
+                    let (changes, stored) = diff(None, snap);
+                    (changes, stored, true)
+                }
+            };
+            let mut first = 0;
+            for change in &changes {
+                let seq = append(w, &key, change, &mut record)?;
+                if first == 0 {
+                    first = seq;
+                }
+            }
+            if changes.is_empty() {
+                record.carriers_unchanged += 1;
+            }
+            let enrolled_seq = enrolled.then_some(first);
+            store_carrier(w.tx(), &key, &stored, &at, enrolled_seq, &changes, first)?;
+            seen.insert(key);
+        }
+        // Carriers of this module that it no longer shows are gone, unless their slot could
+        // not be read this time (unreadable is not removed).
+        let troubled: HashSet<i64> = scan.slot_problems.iter().map(|p| p.slot as i64).collect();
+        let gone: Vec<(String, String)> = {
+            let mut stmt = w
+                .tx()
+                .prepare(
+                    "SELECT carrier, label, last_slot FROM carriers WHERE module = ?1 AND present = 1",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([&scan.module.path], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                    ))
+                })
+                .map_err(db_err)?
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(db_err)?;
+            rows.into_iter()
+                .filter(|(k, _, slot)| {
+                    !seen.contains(k) && !slot.is_some_and(|s| troubled.contains(&s))
+                })
+                .map(|(k, l, _)| (k, l))
+                .collect()
+        };
+        for (key, label) in gone {
+            append(w, &key, &Change::CarrierRemoved { label }, &mut record)?;
+            w.tx()
+                .execute(
+                    "UPDATE carriers SET present = 0 WHERE carrier = ?1",
+                    params![key],
+                )
+                .map_err(db_err)?;
+        }
+    }
+    Ok(record)
+}
+
 /// Refuses files that are not custody journals or are too new, without writing to them.
 fn probe(path: &Path) -> Result<()> {
     let not_ours = || Error::NotAJournal(path.into());
@@ -378,31 +387,46 @@ fn probe(path: &Path) -> Result<()> {
     Ok(())
 }
 
-struct EventContext<'a> {
+/// Appends events inside one transaction (see [`Journal::write`]).
+pub struct Writer<'a> {
+    tx: Transaction<'a>,
+    head: chain::Head,
     journal_id: &'a str,
     actor: &'a Actor,
-    at: &'a str,
+    at: String,
 }
 
-fn append_change(
-    tx: &Transaction<'_>,
-    head: &mut chain::Head,
-    ctx: &EventContext<'_>,
-    carrier: &str,
-    change: &Change,
-) -> Result<u64> {
-    let data = serde_json::to_string(change).map_err(|e| Error::JournalCorrupt(e.to_string()))?;
-    let event = chain::NewEvent {
-        journal_id: ctx.journal_id,
-        at: ctx.at,
-        kind: change.kind(),
-        carrier: Some(carrier),
-        os_user: &ctx.actor.os_user,
-        operator: ctx.actor.operator.as_deref(),
-        host: &ctx.actor.host,
-        data: &data,
-    };
-    head.append(tx, &event)
+impl Writer<'_> {
+    /// Appends one event; `data` is stored as JSON and hashed. Returns its seq.
+    pub fn append(
+        &mut self,
+        kind: &str,
+        carrier: Option<&str>,
+        data: &impl Serialize,
+    ) -> Result<u64> {
+        let data = serde_json::to_string(data).map_err(|e| Error::JournalCorrupt(e.to_string()))?;
+        let event = chain::NewEvent {
+            journal_id: self.journal_id,
+            at: &self.at,
+            kind,
+            carrier,
+            os_user: &self.actor.os_user,
+            operator: self.actor.operator.as_deref(),
+            host: &self.actor.host,
+            data: &data,
+        };
+        self.head.append(&self.tx, &event)
+    }
+
+    /// The transaction, for state-table updates next to the events.
+    pub(crate) fn tx(&self) -> &Transaction<'_> {
+        &self.tx
+    }
+
+    /// The time every event of this transaction carries.
+    pub fn at(&self) -> &str {
+        &self.at
+    }
 }
 
 fn snapshot_digest(snap: &CarrierSnapshot) -> Result<String> {
