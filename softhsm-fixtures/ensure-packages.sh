@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the Debian/Ubuntu packages custody's demo and tests use, when they are missing:
+# softhsm2 (the PKCS#11 module), opensc (pkcs11-tool, pkcs11-spy), openssh-client
+# (ssh-keygen), sqlite3, openssl. Extra package names may be given as arguments.
+set -euo pipefail
+
+need=()
+command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
+command -v pkcs11-tool   >/dev/null 2>&1 || need+=(opensc)
+command -v ssh-keygen    >/dev/null 2>&1 || need+=(openssh-client)
+command -v sqlite3       >/dev/null 2>&1 || need+=(sqlite3)
+command -v openssl       >/dev/null 2>&1 || need+=(openssl)
+for extra in "$@"; do
+  case "$extra" in
+    chromium) command -v chromium >/dev/null 2>&1 || need+=(chromium) ;;
+    *) dpkg -s "$extra" >/dev/null 2>&1 || need+=("$extra") ;;
+  esac
+done
+[ ${#need[@]} -eq 0 ] && exit 0
+
+echo "custody: installing ${need[*]} (apt-get)" >&2
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "custody: please install ${need[*]} with your package manager" >&2
+  exit 2
+fi
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null 2>&1 || { echo "custody: run as root or install sudo to install ${need[*]}" >&2; exit 2; }
+  sudo=(sudo)
+fi
+"${sudo[@]}" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
