@@ -2,6 +2,8 @@
 
 pub mod journal;
 pub mod scan;
+pub mod status;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 
@@ -69,12 +71,17 @@ pub enum Command {
     /// Read the journal: list carriers, show one carrier's history, verify the chain.
     #[command(subcommand)]
     Journal(journal::JournalCommand),
+    /// Run the background service: enroll carriers when they are inserted, record every
+    /// change, until SIGTERM/SIGINT.
+    Watch(watch::WatchArgs),
+    /// Show the carriers present now and the state of the service.
+    Status(status::StatusArgs),
 }
 
 impl Command {
     /// True for the long-running service, which logs at info by default.
     pub fn is_service(&self) -> bool {
-        false
+        matches!(self, Self::Watch(_))
     }
 }
 
@@ -88,6 +95,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
     match cli.command {
         Command::Scan(args) => scan::run(&ctx, &args),
         Command::Journal(cmd) => journal::run(&ctx, &cmd),
+        Command::Watch(args) => watch::run(&ctx, &args),
+        Command::Status(args) => status::run(&ctx, &args),
     }
 }
 

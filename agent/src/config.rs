@@ -61,6 +61,24 @@ pub struct RawJournal {
 pub struct RawModule {
     /// Path of a PKCS#11 library.
     pub path: PathBuf,
+    /// When `custody watch` re-initialises this module to see new tokens (default `auto`).
+    #[serde(default)]
+    pub reinit: Reinit,
+}
+
+/// When the service re-initialises a module (`C_Finalize` + `C_Initialize`) to see tokens
+/// created or deleted by other processes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reinit {
+    /// Re-initialise modules known to need it (SoftHSM2); never the others, whose slot list
+    /// is live (smart-card readers).
+    #[default]
+    Auto,
+    /// Always re-initialise (within the service's re-initialisation cost budget).
+    Always,
+    /// Never re-initialise.
+    Never,
 }
 
 /// `[service]`
@@ -110,6 +128,8 @@ pub struct Config {
     pub journal: PathBuf,
     /// Modules from the file (empty: use the defaults).
     pub modules: Vec<PathBuf>,
+    /// `reinit` of each `[[module]]` of the file, for the service.
+    pub module_reinit: Vec<(PathBuf, Reinit)>,
     /// PIN rules, first match wins.
     pub pins: Vec<PinRule>,
     /// Service poll interval.
@@ -176,7 +196,8 @@ impl Config {
             source,
             organisation: raw.organisation.name,
             journal: raw.journal.path.unwrap_or_else(default_journal),
-            modules: raw.module.into_iter().map(|m| m.path).collect(),
+            modules: raw.module.iter().map(|m| m.path.clone()).collect(),
+            module_reinit: raw.module.into_iter().map(|m| (m.path, m.reinit)).collect(),
             pins: raw.pin,
             interval,
             spool: raw
@@ -186,6 +207,15 @@ impl Config {
             allowed_signers: raw.orders.allowed_signers,
             required_signers,
         })
+    }
+
+    /// The re-initialisation policy of a module (`auto` unless the file says otherwise).
+    pub fn reinit(&self, module: &Path) -> Reinit {
+        self.module_reinit
+            .iter()
+            .find(|(p, _)| p == module)
+            .map(|(_, r)| *r)
+            .unwrap_or_default()
     }
 
     /// The PIN rule for a carrier serial: an exact serial match first, then `*`.
@@ -339,6 +369,7 @@ name = "Прилуцька міська рада"
 path = "/var/lib/custody/journal.db"
 [[module]]
 path = "/usr/lib/softhsm/libsofthsm2.so"
+reinit = "always"
 [[pin]]
 serial = "*"
 user_pin_file = "/etc/custody/pins/user"
@@ -355,7 +386,22 @@ required_signers = 2
         assert_eq!(c.interval, std::time::Duration::from_millis(500));
         assert_eq!(c.required_signers, 2);
         assert_eq!(c.modules.len(), 1);
+        assert_eq!(
+            c.reinit(Path::new("/usr/lib/softhsm/libsofthsm2.so")),
+            Reinit::Always
+        );
+        assert_eq!(c.reinit(Path::new("/other.so")), Reinit::Auto);
         assert!(c.pin_rule("anything").is_some());
+    }
+
+    #[test]
+    fn unknown_reinit_policy_is_refused() {
+        let err = parse("[[module]]\npath = \"/m.so\"\nreinit = \"sometimes\"\n").err();
+        let text = err.map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(
+            text.contains("sometimes") && text.contains("line 3"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 mod chain;
 mod migrations;
+mod presence;
 mod query;
 
 use std::collections::{HashMap, HashSet};
