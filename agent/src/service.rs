@@ -1,24 +1,22 @@
 //! The background service behind `custody watch`: [`run`] until a shutdown future resolves.
 //!
-//! Parts: the worker thread ([`crate::worker`]) owns the modules and the journal; the
-//! [`Watcher`] ([`crate::watch`]) polls it every interval; after each poll the state record
-//! ([`crate::state`]) is updated and every [`Task`] runs once. Shutdown goes through
-//! [`crate::shutdown`]: the poll in hand and its journal transaction are finished, the worker
-//! records `last_seen` of the carriers present and finalises the modules, then `run` returns.
+//! Parts: the worker thread ([`crate::worker`]) owns the modules and the journal and polls
+//! them every interval, timed by [`crate::watch`]; after each poll it updates the state
+//! record ([`crate::state`]) and runs every [`Task`] once. This async side waits for the
+//! shutdown signal and coordinates the stop through [`crate::shutdown`]: the poll in hand
+//! and its journal transaction are finished, the worker records `last_seen` of the carriers
+//! present and finalises the modules, then `run` returns.
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::time::Duration;
 
-use custody_core::journal::{timestamp, Actor};
-use time::OffsetDateTime;
+use custody_core::journal::Actor;
 
 use crate::config::{Config, Reinit};
 use crate::shutdown::Coordinator;
-use crate::state::{ModuleState, ServiceState, StateFile};
-use crate::watch::{TokenEvent, Watcher};
-use crate::worker::{self, PollReport, PresentCarrier, WorkerConfig, WorkerHandle};
+use crate::state::StateFile;
+use crate::worker::{self, PollReport, PresentCarrier, WorkerConfig, WorkerState};
 
 /// What the service runs with.
 #[derive(Debug, Clone)]
@@ -31,31 +29,30 @@ pub struct ServiceConfig {
     pub modules: Vec<(PathBuf, Reinit)>,
     /// Poll interval.
     pub interval: Duration,
+    /// Fixed time between content checks (`None`: from the measured cost).
+    pub check_interval: Option<Duration>,
     /// Who the service's events are recorded as.
     pub actor: Actor,
 }
 
-/// The future a [`Task`] returns.
-pub type TaskFuture<'a> = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>>;
-
-/// Work the service does once every interval, after the carriers were polled: this is
-/// where the order spool and deadline tracking plug in ([`tasks`]). Tasks run one after
-/// another on the service's async thread; anything that touches a module or the journal
-/// goes through [`WorkerHandle::call`]. An error is logged and the service carries on.
+/// Work the service does once every interval, right after the carriers were polled: this
+/// is where the order spool and deadline tracking plug in ([`tasks`]). Tasks run one after
+/// another on the worker thread, with the modules and the journal at hand
+/// ([`TaskContext::state`]), so they cost no extra thread wake-up. A task must not block for
+/// long: the next poll waits for it. An error is logged and the service carries on.
 pub trait Task: Send {
     /// A short name for logs.
     fn name(&self) -> &str;
     /// One round of work.
-    fn run<'a>(&'a mut self, cx: &'a TaskContext<'a>) -> TaskFuture<'a>;
+    fn run(&mut self, cx: &mut TaskContext<'_>) -> anyhow::Result<()>;
 }
 
 /// What a [`Task`] gets each round.
 #[derive(Debug)]
 pub struct TaskContext<'a> {
-    /// The worker (modules and journal).
-    pub worker: &'a WorkerHandle,
-    /// The configuration.
-    pub config: &'a Config,
+    /// The worker's modules, PIN sources and journal. Call
+    /// [`WorkerState::carriers_changed`] after changing a carrier (a wipe).
+    pub state: &'a mut WorkerState,
     /// The poll that just finished.
     pub poll: &'a PollReport,
     /// The carriers present after it.
@@ -68,149 +65,52 @@ pub fn tasks(_config: &Config) -> Vec<Box<dyn Task>> {
 }
 
 /// Runs the service until `shutdown` resolves (or the worker fails). Returns `Ok` after a
-/// clean shutdown.
+/// clean shutdown: the poll in hand and its journal transaction finished, `last_seen` of the
+/// carriers present recorded, the modules finalised.
 pub async fn run(cfg: ServiceConfig, shutdown: impl Future) -> anyhow::Result<()> {
     let coordinator = Coordinator::new();
-    let (_, worker_done) = coordinator.part();
-    let (worker, worker_exit) = worker::start(
+    let (_, done) = coordinator.part();
+    let (worker, mut exit) = worker::start(
         WorkerConfig {
             journal: cfg.journal.clone(),
             modules: cfg.modules.clone(),
             config: cfg.config.clone(),
             actor: cfg.actor.clone(),
+            interval: cfg.interval,
+            check_interval: cfg.check_interval,
+            state_path: StateFile::path_for(&cfg.journal),
         },
-        worker_done,
+        tasks(&cfg.config),
+        done,
     )
     .await?;
+    // The worker thread waits on its own channel, not on the broadcast: forward it.
+    let (mut listen, forwarded) = coordinator.part();
+    let stopper = worker.clone();
+    tokio::spawn(async move {
+        listen.recv().await;
+        stopper.stop();
+        drop(forwarded);
+    });
     tracing::info!(
         journal = %cfg.journal.display(),
         modules = cfg.modules.len(),
         interval_ms = cfg.interval.as_millis() as u64,
         "watching"
     );
-    let mut state = StateFile::new(StateFile::path_for(&cfg.journal));
-    let mut record = ServiceState {
-        pid: std::process::id(),
-        started_at: timestamp(OffsetDateTime::now_utc()),
-        stopped_at: None,
-        journal: cfg.journal.display().to_string(),
-        interval_ms: cfg.interval.as_millis() as u64,
-        check_period_ms: 0,
-        modules: Vec::new(),
-        present: Vec::new(),
-    };
-    let mut tasks = tasks(&cfg.config);
-    let (mut listen, loop_done) = coordinator.part();
-    let mut watcher = Watcher::new(worker.clone(), cfg.interval, cfg.modules.len());
-    let config = cfg.config.clone();
     tokio::pin!(shutdown);
-    let result = {
-        let watching = async {
-            let mut result = Ok(());
-            while let Some(report) = watcher.next(&mut listen).await {
-                let report = match report {
-                    Ok(r) => r,
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
-                };
-                log_report(&report);
-                update_record(&mut record, &report, watcher.schedule());
-                if let Err(e) = state.poll(&record) {
-                    tracing::warn!(cause = %format!("{e:#}"), "service state not updated");
-                }
-                let cx = TaskContext {
-                    worker: &worker,
-                    config: &config,
-                    poll: &report,
-                    present: &record.present,
-                };
-                for task in &mut tasks {
-                    if let Err(e) = task.run(&cx).await {
-                        tracing::error!(task = task.name(), cause = %format!("{e:#}"), "task failed");
-                    }
-                }
-            }
-            drop(loop_done);
-            result
-        };
-        tokio::pin!(watching);
-        tokio::select! {
-            r = &mut watching => r,
-            _ = &mut shutdown => {
-                tracing::info!("stopping: finishing the poll in hand");
-                coordinator.trigger();
-                watching.await
-            }
+    let result = tokio::select! {
+        r = &mut exit => r,
+        _ = &mut shutdown => {
+            tracing::info!("stopping: finishing the poll in hand");
+            coordinator.trigger();
+            (&mut exit).await
         }
     };
-    drop(watcher);
+    coordinator.trigger();
     drop(worker);
     coordinator.finished().await;
-    let worker_result = worker_exit
-        .await
-        .map_err(|_| anyhow::anyhow!("the worker thread ended abnormally (it panicked)"))
-        .and_then(|r| r);
-    record.stopped_at = Some(timestamp(OffsetDateTime::now_utc()));
-    if let Err(e) = state.write(&record) {
-        tracing::warn!(cause = %format!("{e:#}"), "service state not updated");
-    }
-    result.and(worker_result)?;
+    result.map_err(|_| anyhow::anyhow!("the worker thread ended abnormally (it panicked)"))??;
     tracing::info!("stopped");
     Ok(())
-}
-
-fn log_report(report: &PollReport) {
-    for event in &report.events {
-        match event {
-            TokenEvent::Inserted {
-                carrier,
-                module,
-                slot,
-            } => {
-                tracing::info!(%carrier, %module, slot, "carrier inserted");
-            }
-            TokenEvent::Removed {
-                carrier,
-                module,
-                slot,
-            } => {
-                tracing::info!(%carrier, %module, slot, "carrier removed");
-            }
-            TokenEvent::Changed {
-                carrier,
-                module,
-                slot,
-            } => {
-                tracing::info!(%carrier, %module, slot, "carrier changed");
-            }
-        }
-    }
-    for e in &report.recorded {
-        tracing::info!(seq = e.seq, kind = %e.kind, carrier = %e.carrier, "recorded");
-    }
-}
-
-fn update_record(
-    record: &mut ServiceState,
-    report: &PollReport,
-    schedule: &crate::watch::Schedule,
-) {
-    if let Some(present) = &report.present {
-        record.present = present.clone();
-    }
-    record.check_period_ms = schedule.check_period().as_millis() as u64;
-    record.modules = report
-        .modules
-        .iter()
-        .enumerate()
-        .map(|(i, m)| ModuleState {
-            path: m.path.clone(),
-            loaded: m.loaded,
-            error: m.error.clone(),
-            reinit_period_ms: schedule.reinit_period(i).map(|d| d.as_millis() as u64),
-            poll_cost_us: schedule.poll_cost(i).as_micros() as u64,
-        })
-        .collect();
 }

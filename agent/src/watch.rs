@@ -1,7 +1,7 @@
-//! When to poll, re-initialise and check contents: the service's timing, on tokio time.
+//! When to poll, re-initialise and check contents: the service's timing.
 //!
-//! Every `interval` the [`Watcher`] asks the worker for one poll, planned by the
-//! [`Schedule`]:
+//! [`Watch`] says when the next poll is due (every `interval`, without drift; after a poll
+//! that overran, `interval` after it) and, through the [`Schedule`], what it does:
 //!
 //! - **Presence**, every poll: `C_GetSlotList` of every module. Modules that learn of new
 //!   tokens only at `C_Initialize` (SoftHSM2) are re-initialised first, as often as the
@@ -13,6 +13,10 @@
 //!   and keys added or removed and tokens re-initialised in place. Spaced so that it adds at
 //!   most [`CHECK_SHARE`] to the modules' own polling cost.
 //!
+//! The worker thread waits for the deadline itself (a blocking channel receive with a
+//! timeout: one wake-up per poll). Everything here is plain arithmetic on
+//! `tokio::time::Instant`, so the tests run it on paused tokio time.
+//!
 //! `C_WaitForSlotEvent` is not used: SoftHSM2 answers the blocking call with
 //! `CKR_FUNCTION_NOT_SUPPORTED` and the non-blocking one always with `CKR_NO_EVENT`, and a
 //! blocking wait would hold the worker thread that also writes the journal.
@@ -20,9 +24,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::time::Instant;
 
-use crate::shutdown::Shutdown;
 use crate::worker::PollReport;
 
 /// Re-initialisation may take at most this share of wall time per module.
@@ -88,13 +91,6 @@ pub struct PollPlan {
     pub check_contents: bool,
 }
 
-/// Something that carries out polls: the worker, or a stand-in in tests.
-pub trait Poller {
-    /// Carries out one poll.
-    fn poll(&self, plan: PollPlan)
-        -> impl std::future::Future<Output = anyhow::Result<PollReport>>;
-}
-
 /// An exponentially weighted average of durations.
 #[derive(Debug, Clone, Copy, Default)]
 struct Average(Option<f64>);
@@ -128,6 +124,7 @@ struct ModuleTiming {
 #[derive(Debug, Clone)]
 pub struct Schedule {
     interval: Duration,
+    fixed_check: Option<Duration>,
     modules: Vec<ModuleTiming>,
     last_check: Option<Instant>,
     check_cost: Average,
@@ -139,6 +136,7 @@ impl Schedule {
     pub fn new(interval: Duration, modules: usize) -> Self {
         Self {
             interval,
+            fixed_check: None,
             modules: vec![
                 ModuleTiming {
                     loaded: true,
@@ -174,8 +172,12 @@ impl Schedule {
             .unwrap_or_default()
     }
 
-    /// Time between content checks.
+    /// Time between content checks: fixed when configured (at least one interval), else
+    /// from the measured costs.
     pub fn check_period(&self) -> Duration {
+        if let Some(fixed) = self.fixed_check {
+            return fixed.max(self.interval);
+        }
         let presence: f64 = self.modules.iter().map(|m| m.presence_cost.secs()).sum();
         let check = self.check_cost.secs();
         let period = if presence > 0.0 {
@@ -234,24 +236,31 @@ impl Schedule {
     }
 }
 
-/// Polls every interval until shutdown.
-#[derive(Debug)]
-pub struct Watcher<P> {
-    poller: P,
+/// The poll clock: when the next poll is due, and what it does.
+#[derive(Debug, Clone)]
+pub struct Watch {
     schedule: Schedule,
-    ticks: Interval,
+    next: Instant,
 }
 
-impl<P: Poller> Watcher<P> {
-    /// A watcher of `modules` modules; the first poll is due at once.
-    pub fn new(poller: P, interval: Duration, modules: usize) -> Self {
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+impl Watch {
+    /// A watch of `modules` modules polled every `interval`; the first poll is due at `now`.
+    pub fn new(now: Instant, interval: Duration, modules: usize) -> Self {
         Self {
-            poller,
             schedule: Schedule::new(interval, modules),
-            ticks,
+            next: now,
         }
+    }
+
+    /// Checks contents every `period` instead of a measured period, when given.
+    pub fn with_check_interval(mut self, period: Option<Duration>) -> Self {
+        self.schedule.fixed_check = period;
+        self
+    }
+
+    /// When the next poll is due.
+    pub fn deadline(&self) -> Instant {
+        self.next
     }
 
     /// The schedule, with the costs measured so far.
@@ -259,86 +268,77 @@ impl<P: Poller> Watcher<P> {
         &self.schedule
     }
 
-    /// Waits for the next tick and polls; `None` once shutdown was signalled. A poll that
-    /// has started is finished (the worker completes its journal transaction either way).
-    pub async fn next(&mut self, shutdown: &mut Shutdown) -> Option<anyhow::Result<PollReport>> {
-        if shutdown.is_shutdown() {
+    /// The plan of the poll due at `now`, or `None` when none is due yet. Moves the
+    /// deadline on by one interval.
+    pub fn due(&mut self, now: Instant) -> Option<PollPlan> {
+        if now < self.next {
             return None;
         }
-        tokio::select! {
-            biased;
-            () = shutdown.recv() => return None,
-            _ = self.ticks.tick() => {}
+        self.next += self.schedule.interval;
+        Some(self.schedule.plan(now))
+    }
+
+    /// Takes in what a poll planned by [`Watch::due`] did; `now` is when it ended. A poll that
+    /// ran past the next deadline moves it to one interval after its end, so a slow poll
+    /// (enrolling many carriers) is never followed by another at once.
+    pub fn observe(&mut self, now: Instant, plan: &PollPlan, report: &PollReport) {
+        self.schedule.observe(now, plan, report);
+        if self.next <= now {
+            self.next = now + self.schedule.interval;
         }
-        let plan = self.schedule.plan(Instant::now());
-        let report = self.poller.poll(plan.clone()).await;
-        if let Ok(r) = &report {
-            self.schedule.observe(Instant::now(), &plan, r);
-        }
-        Some(report)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shutdown::Coordinator;
     use crate::worker::ModulePoll;
-    use std::cell::RefCell;
 
-    /// A stand-in for the worker with fixed costs; records every plan and the time of it.
+    /// A stand-in for the worker with fixed costs; records every plan and its time.
     struct FakePoller {
         reinit_cost: Duration,
-        list_cost: Duration,
         check_cost: Duration,
         busy: Duration,
-        plans: RefCell<Vec<(Duration, PollPlan)>>,
-        start: Instant,
+        plans: Vec<(Duration, PollPlan)>,
     }
 
     impl FakePoller {
         fn new(reinit_ms: f64, check_ms: f64) -> Self {
             Self {
                 reinit_cost: Duration::from_secs_f64(reinit_ms / 1000.0),
-                list_cost: Duration::from_micros(1),
                 check_cost: Duration::from_secs_f64(check_ms / 1000.0),
                 busy: Duration::ZERO,
-                plans: RefCell::new(Vec::new()),
-                start: Instant::now(),
+                plans: Vec::new(),
             }
         }
 
         fn count(&self, f: impl Fn(&PollPlan) -> bool) -> usize {
-            self.plans.borrow().iter().filter(|(_, p)| f(p)).count()
+            self.plans.iter().filter(|(_, p)| f(p)).count()
         }
-    }
 
-    impl Poller for &FakePoller {
-        async fn poll(&self, plan: PollPlan) -> anyhow::Result<PollReport> {
+        fn times(&self, f: impl Fn(&PollPlan) -> bool) -> Vec<Duration> {
             self.plans
-                .borrow_mut()
-                .push((self.start.elapsed(), plan.clone()));
-            if !self.busy.is_zero() {
-                tokio::time::sleep(self.busy).await;
-            }
+                .iter()
+                .filter(|(_, p)| f(p))
+                .map(|(t, _)| *t)
+                .collect()
+        }
+
+        fn report(&self, plan: &PollPlan) -> PollReport {
             let reinit = plan.reinit.first().copied().unwrap_or(false);
-            Ok(PollReport {
+            let reinit_cost = if reinit {
+                self.reinit_cost
+            } else {
+                Duration::ZERO
+            };
+            PollReport {
                 modules: vec![ModulePoll {
                     path: "/m.so".into(),
                     loaded: true,
                     needs_reinit: true,
                     reinitialised: reinit,
-                    reinit_cost: if reinit {
-                        self.reinit_cost
-                    } else {
-                        Duration::ZERO
-                    },
-                    presence_cost: self.list_cost
-                        + if reinit {
-                            self.reinit_cost
-                        } else {
-                            Duration::ZERO
-                        },
+                    reinit_cost,
+                    presence_cost: Duration::from_micros(1) + reinit_cost,
                     error: None,
                 }],
                 checked_contents: plan.check_contents,
@@ -348,30 +348,34 @@ mod tests {
                     Duration::ZERO
                 },
                 ..PollReport::default()
-            })
+            }
         }
     }
 
-    /// Runs a watcher for `secs` seconds of (paused) tokio time.
-    async fn run_for(poller: &FakePoller, interval: Duration, secs: u64) {
-        let coordinator = Coordinator::new();
-        let (mut shutdown, _done) = coordinator.part();
-        let mut watcher = Watcher::new(poller, interval, 1);
-        let stop = tokio::time::sleep(Duration::from_secs(secs));
-        tokio::pin!(stop);
+    /// The worker's loop on paused tokio time: wait for the deadline, poll, observe.
+    async fn run_for(poller: &mut FakePoller, interval: Duration, secs: u64) {
+        let start = Instant::now();
+        let end = start + Duration::from_secs(secs);
+        let mut watch = Watch::new(start, interval, 1);
         loop {
-            tokio::select! {
-                () = &mut stop => break,
-                r = watcher.next(&mut shutdown) => { r.map(|r| r.unwrap_or_else(|e| panic!("{e}"))); }
+            if watch.deadline() > end {
+                break;
             }
+            tokio::time::sleep_until(watch.deadline()).await;
+            let now = Instant::now();
+            let Some(plan) = watch.due(now) else { continue };
+            poller.plans.push((now - start, plan.clone()));
+            tokio::time::sleep(poller.busy).await;
+            let report = poller.report(&plan);
+            watch.observe(Instant::now(), &plan, &report);
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn polls_every_interval_from_the_start() {
-        let poller = FakePoller::new(0.15, 0.06);
-        run_for(&poller, Duration::from_secs(2), 59).await;
-        let times: Vec<Duration> = poller.plans.borrow().iter().map(|(t, _)| *t).collect();
+        let mut poller = FakePoller::new(0.15, 0.06);
+        run_for(&mut poller, Duration::from_secs(2), 59).await;
+        let times = poller.times(|_| true);
         assert_eq!(times.len(), 30, "{times:?}");
         assert_eq!(times[0], Duration::ZERO);
         assert!(times
@@ -380,28 +384,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_poll_that_overruns_delays_the_next_by_one_interval() {
+        let mut poller = FakePoller::new(0.15, 0.06);
+        poller.busy = Duration::from_millis(2500);
+        run_for(&mut poller, Duration::from_secs(2), 10).await;
+        assert_eq!(
+            poller.times(|_| true),
+            [0, 4500, 9000].map(Duration::from_millis).to_vec()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn cheap_reinit_happens_every_poll() {
-        let poller = FakePoller::new(1.7, 0.6);
-        run_for(&poller, Duration::from_secs(2), 59).await;
+        let mut poller = FakePoller::new(1.7, 0.6);
+        run_for(&mut poller, Duration::from_secs(2), 59).await;
         // The first poll follows the module's load (its C_Initialize); every later one
         // re-initialises.
         assert_eq!(poller.count(|_| true), 30);
         assert_eq!(poller.count(|p| p.reinit[0]), 29);
-        assert!(!poller.plans.borrow()[0].1.reinit[0]);
+        assert!(!poller.plans[0].1.reinit[0]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn expensive_reinit_is_spaced_by_the_budget() {
         // 300 ms at a 5 % budget: every 6 s, i.e. every third 2 s poll.
-        let poller = FakePoller::new(300.0, 1.0);
-        run_for(&poller, Duration::from_secs(2), 61).await;
-        let reinits: Vec<Duration> = poller
-            .plans
-            .borrow()
-            .iter()
-            .filter(|(_, p)| p.reinit[0])
-            .map(|(t, _)| *t)
-            .collect();
+        let mut poller = FakePoller::new(300.0, 1.0);
+        run_for(&mut poller, Duration::from_secs(2), 61).await;
+        let reinits = poller.times(|p| p.reinit[0]);
         assert_eq!(reinits.len(), 10, "{reinits:?}");
         assert!(reinits
             .windows(2)
@@ -411,55 +420,43 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn content_checks_stay_within_their_share() {
         // presence 0.151 ms per poll, check 0.06 ms: 0.06 / (0.05 * 0.151) ≈ 8 polls.
-        let poller = FakePoller::new(0.15, 0.06);
-        run_for(&poller, Duration::from_secs(2), 120).await;
+        let mut poller = FakePoller::new(0.15, 0.06);
+        run_for(&mut poller, Duration::from_secs(2), 119).await;
         let checks = poller.count(|p| p.check_contents);
         assert!((7..=9).contains(&checks), "{checks} checks in 60 polls");
-        assert!(
-            poller.plans.borrow()[0].1.check_contents,
-            "first poll checks"
-        );
+        assert!(poller.plans[0].1.check_contents, "first poll checks");
     }
 
     #[tokio::test(start_paused = true)]
     async fn content_checks_run_at_least_every_max_period() {
         // A module with a free slot list (no re-init) and a costly check.
         let mut poller = FakePoller::new(0.0, 50.0);
-        poller.reinit_cost = Duration::ZERO;
-        run_for(&poller, Duration::from_secs(2), 121).await;
-        let times: Vec<Duration> = poller
-            .plans
-            .borrow()
-            .iter()
-            .filter(|(_, p)| p.check_contents)
-            .map(|(t, _)| *t)
-            .collect();
+        run_for(&mut poller, Duration::from_secs(2), 120).await;
         assert_eq!(
-            times,
+            poller.times(|p| p.check_contents),
             [0, 30, 60, 90, 120].map(Duration::from_secs).to_vec()
         );
     }
 
     #[tokio::test(start_paused = true)]
-    async fn shutdown_waits_for_the_poll_in_hand() {
-        let mut poller = FakePoller::new(0.1, 0.1);
-        poller.busy = Duration::from_secs(1);
-        let coordinator = Coordinator::new();
-        let (mut shutdown, _done) = coordinator.part();
-        let mut watcher = Watcher::new(&poller, Duration::from_secs(2), 1);
-        {
-            let first = watcher.next(&mut shutdown);
-            tokio::pin!(first);
-            // Shut down while the first poll is busy: it still completes.
-            tokio::select! {
-                _ = &mut first => panic!("the poll cannot finish before 1 s"),
-                () = tokio::time::sleep(Duration::from_millis(100)) => coordinator.trigger(),
+    async fn a_configured_check_interval_wins() {
+        let mut poller = FakePoller::new(0.15, 50.0);
+        let start = Instant::now();
+        let mut watch = Watch::new(start, Duration::from_secs(2), 1)
+            .with_check_interval(Some(Duration::from_secs(5)));
+        for _ in 0..10 {
+            tokio::time::sleep_until(watch.deadline()).await;
+            let now = Instant::now();
+            if let Some(plan) = watch.due(now) {
+                poller.plans.push((now - start, plan.clone()));
+                watch.observe(now, &plan, &poller.report(&plan));
             }
-            let report = first.await;
-            assert!(matches!(report, Some(Ok(_))));
         }
-        assert!(watcher.next(&mut shutdown).await.is_none());
-        assert_eq!(poller.plans.borrow().len(), 1);
+        // every 5 s, on the 2 s grid: 0, 6, 12, 18
+        assert_eq!(
+            poller.times(|p| p.check_contents),
+            [0, 6, 12, 18].map(Duration::from_secs).to_vec()
+        );
     }
 
     #[test]

@@ -1,11 +1,18 @@
 //! The worker: one OS thread owns the PKCS#11 modules, their sessions and the journal.
 //!
 //! cryptoki's `Session` is not `Sync`, and a blocking PKCS#11 call cannot be cancelled, so
-//! nothing async ever touches a module: the async side sends a [`Request`] over a channel and
-//! awaits a oneshot reply. The thread ends when every [`WorkerHandle`] is dropped, after the
-//! request in hand (and its journal transaction) is finished.
+//! the service's async side never touches a module. The worker thread runs the polls itself:
+//! it waits for the next deadline of its [`Watch`] in a blocking channel receive with a
+//! timeout (one wake-up per poll), polls, updates the state record and runs the service's
+//! [`Task`]s. The async side talks to it only through [`WorkerHandle`]: [`Request::Call`]
+//! with a oneshot reply, and [`Request::Stop`]. Keeping the timer on this thread matters:
+//! waking the async thread for every poll and back, or tokio's timer wheel (which wakes two
+//! or three times for a 2 s deadline), cost more than the module's own poll of one SoftHSM2
+//! token (measured, see the README's benchmark section). The thread ends at
+//! [`Request::Stop`], or when every handle is dropped, after the poll in hand (and its journal
+//! transaction) is finished.
 //!
-//! A poll ([`Request::Poll`]) is cheap when nothing changed: per module an optional
+//! A poll is cheap when nothing changed: per module an optional
 //! re-initialisation and `C_GetSlotList`, compared with the slots seen last time. New slots
 //! are read in full; when the plan asks for a content check, every present carrier is read
 //! without PIN and compared with what was read before. Only when something changed is the
@@ -22,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use custody_core::inventory::{CarrierSnapshot, Login};
+use custody_core::journal::timestamp;
 use custody_core::journal::{Actor, Journal, RecordedEvent};
 use custody_core::token::{Module, ModuleScan, NoPins, PinSource, SlotProblem};
 use serde::{Deserialize, Serialize};
@@ -29,8 +37,10 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use crate::config::{Config, Reinit};
+use crate::service::{Task, TaskContext};
 use crate::shutdown::Completion;
-use crate::watch::{PollPlan, TokenEvent};
+use crate::state::{ModuleState, ServiceState, StateFile};
+use crate::watch::{PollPlan, Schedule, TokenEvent, Watch};
 use pins::ServicePins;
 
 /// What the worker needs to start.
@@ -44,47 +54,43 @@ pub struct WorkerConfig {
     pub config: Config,
     /// Who the service's events are recorded as.
     pub actor: Actor,
+    /// Poll interval.
+    pub interval: Duration,
+    /// Fixed time between content checks (`None`: from the measured cost).
+    pub check_interval: Option<Duration>,
+    /// The state record `custody status` reads.
+    pub state_path: PathBuf,
 }
 
 /// A request to the worker thread.
 pub enum Request {
-    /// Poll the modules as planned; reply with what was found and recorded.
-    Poll {
-        /// What to do in this poll.
-        plan: PollPlan,
-        /// Where the report goes.
-        reply: oneshot::Sender<PollReport>,
-    },
-    /// Run a function on the worker thread, with the modules and the journal. For work the
-    /// service does besides watching (the order spool); see [`WorkerHandle::call`].
+    /// Run a function on the worker thread, with the modules and the journal; see
+    /// [`WorkerHandle::call`].
     Call(Box<dyn FnOnce(&mut WorkerState) + Send>),
+    /// Finish the poll in hand and stop.
+    Stop,
 }
 
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Poll { plan, .. } => f.debug_struct("Poll").field("plan", plan).finish(),
             Self::Call(_) => f.write_str("Call"),
+            Self::Stop => f.write_str("Stop"),
         }
     }
 }
 
-/// Sends requests to the worker thread. Cheap to clone; the thread stops when the last
-/// handle is dropped.
+/// Sends requests to the worker thread. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct WorkerHandle {
     tx: mpsc::Sender<Request>,
 }
 
 impl WorkerHandle {
-    /// Polls the modules as `plan` says.
-    pub async fn poll(&self, plan: PollPlan) -> anyhow::Result<PollReport> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Poll { plan, reply })
-            .map_err(|_| anyhow::anyhow!("the worker thread has stopped"))?;
-        rx.await
-            .map_err(|_| anyhow::anyhow!("the worker thread stopped during a poll"))
+    /// Asks the worker to stop after the poll in hand (and its journal transaction).
+    pub fn stop(&self) {
+        // A worker that has stopped already needs no telling.
+        let _ = self.tx.send(Request::Stop);
     }
 
     /// Runs `f` on the worker thread and returns its result. Call
@@ -104,12 +110,6 @@ impl WorkerHandle {
             .map_err(|_| anyhow::anyhow!("the worker thread has stopped"))?;
         rx.await
             .map_err(|_| anyhow::anyhow!("the worker thread stopped during a call"))
-    }
-}
-
-impl crate::watch::Poller for WorkerHandle {
-    async fn poll(&self, plan: PollPlan) -> anyhow::Result<PollReport> {
-        Self::poll(self, plan).await
     }
 }
 
@@ -279,11 +279,13 @@ fn without_slot(s: &CarrierSnapshot) -> CarrierSnapshot {
     s
 }
 
-/// Starts the worker thread: opens the journal and loads the modules there. Returns when it
-/// is ready, or the error that stopped it (a journal that cannot be opened). `done` is
-/// dropped when the thread ends.
+/// Starts the worker thread: opens the journal and loads the modules there, then polls
+/// every interval until [`WorkerHandle::stop`]. Returns once it is ready, or the error that
+/// stopped it (a journal that cannot be opened), and a receiver for the thread's final
+/// result. `done` is dropped when the thread ends.
 pub async fn start(
     cfg: WorkerConfig,
+    tasks: Vec<Box<dyn Task>>,
     done: Completion,
 ) -> anyhow::Result<(WorkerHandle, oneshot::Receiver<anyhow::Result<()>>)> {
     let (tx, rx) = mpsc::channel::<Request>();
@@ -293,6 +295,8 @@ pub async fn start(
         .name("custody-worker".into())
         .spawn(move || {
             let _done = done;
+            let timing = (cfg.interval, cfg.check_interval);
+            let state_path = cfg.state_path.clone();
             let state = match WorkerState::open(cfg) {
                 Ok(state) => {
                     let _ = ready_tx.send(Ok(()));
@@ -303,14 +307,145 @@ pub async fn start(
                     return;
                 }
             };
-            let result = state.serve(&rx);
-            let _ = exit_tx.send(result);
+            let _ = exit_tx.send(serve(state, &rx, tasks, timing, state_path));
         })
         .context("starting the worker thread")?;
     ready_rx
         .await
         .map_err(|_| anyhow::anyhow!("the worker thread stopped while starting"))??;
     Ok((WorkerHandle { tx }, exit_rx))
+}
+
+/// The worker thread's loop: polls every interval and serves calls until
+/// [`Request::Stop`] (or every handle is gone); then records `last_seen` of the carriers
+/// present, marks the state record stopped, and releases the modules (C_Finalize) and the
+/// journal.
+fn serve(
+    mut state: WorkerState,
+    rx: &mpsc::Receiver<Request>,
+    mut tasks: Vec<Box<dyn Task>>,
+    (interval, check_interval): (Duration, Option<Duration>),
+    state_path: PathBuf,
+) -> anyhow::Result<()> {
+    let mut record = ServiceState {
+        pid: std::process::id(),
+        started_at: timestamp(OffsetDateTime::now_utc()),
+        stopped_at: None,
+        journal: state.journal.path().display().to_string(),
+        interval_ms: interval.as_millis() as u64,
+        check_period_ms: 0,
+        modules: Vec::new(),
+        present: Vec::new(),
+    };
+    let mut file = StateFile::new(state_path);
+    let mut watch = Watch::new(tokio::time::Instant::now(), interval, state.modules.len())
+        .with_check_interval(check_interval);
+    loop {
+        let now = tokio::time::Instant::now();
+        if let Some(plan) = watch.due(now) {
+            let report = state.poll(&plan);
+            watch.observe(tokio::time::Instant::now(), &plan, &report);
+            log_report(&report);
+            update_record(&mut record, &report, watch.schedule());
+            if let Err(e) = file.poll(&record) {
+                tracing::warn!(cause = %format!("{e:#}"), "service state not updated");
+            }
+            for task in &mut tasks {
+                let mut cx = TaskContext {
+                    state: &mut state,
+                    poll: &report,
+                    present: &record.present,
+                };
+                if let Err(e) = task.run(&mut cx) {
+                    tracing::error!(task = task.name(), cause = %format!("{e:#}"), "task failed");
+                }
+            }
+            continue;
+        }
+        match rx.recv_timeout(watch.deadline() - now) {
+            Ok(Request::Call(f)) => f(&mut state),
+            Ok(Request::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
+    let finished = state.finish();
+    record.stopped_at = Some(timestamp(OffsetDateTime::now_utc()));
+    if let Err(e) = file.write(&record) {
+        tracing::warn!(cause = %format!("{e:#}"), "service state not updated");
+    }
+    finished
+}
+
+fn log_report(report: &PollReport) {
+    for event in &report.events {
+        match event {
+            TokenEvent::Inserted {
+                carrier,
+                module,
+                slot,
+            } => {
+                tracing::info!(%carrier, %module, slot, "carrier inserted");
+            }
+            TokenEvent::Removed {
+                carrier,
+                module,
+                slot,
+            } => {
+                tracing::info!(%carrier, %module, slot, "carrier removed");
+            }
+            TokenEvent::Changed {
+                carrier,
+                module,
+                slot,
+            } => {
+                tracing::info!(%carrier, %module, slot, "carrier changed");
+            }
+        }
+    }
+    // Carrier-level events at info, object-level ones (one per certificate or key) at debug.
+    for e in &report.recorded {
+        if e.kind.starts_with("carrier_") {
+            tracing::info!(seq = e.seq, kind = %e.kind, carrier = %e.carrier, "recorded");
+        } else {
+            tracing::debug!(seq = e.seq, kind = %e.kind, carrier = %e.carrier, "recorded");
+        }
+    }
+    if let (Some(first), Some(last)) = (report.recorded.first(), report.recorded.last()) {
+        tracing::info!(
+            events = report.recorded.len(),
+            first_seq = first.seq,
+            last_seq = last.seq,
+            "journal transaction committed"
+        );
+    }
+}
+
+/// Brings the state record up to date; cheap when nothing changed (no allocation).
+fn update_record(record: &mut ServiceState, report: &PollReport, schedule: &Schedule) {
+    if let Some(present) = &report.present {
+        record.present.clone_from(present);
+    }
+    record.check_period_ms = schedule.check_period().as_millis() as u64;
+    record
+        .modules
+        .resize_with(report.modules.len(), || ModuleState {
+            path: String::new(),
+            loaded: false,
+            error: None,
+            reinit_period_ms: None,
+            poll_cost_us: 0,
+        });
+    for (i, (m, r)) in record.modules.iter_mut().zip(&report.modules).enumerate() {
+        if m.path != r.path {
+            m.path.clone_from(&r.path);
+        }
+        m.loaded = r.loaded;
+        if m.error != r.error {
+            m.error.clone_from(&r.error);
+        }
+        m.reinit_period_ms = schedule.reinit_period(i).map(|d| d.as_millis() as u64);
+        m.poll_cost_us = schedule.poll_cost(i).as_micros() as u64;
+    }
 }
 
 impl WorkerState {
@@ -343,18 +478,9 @@ impl WorkerState {
         })
     }
 
-    /// Serves requests until every handle is dropped, then records `last_seen` of the
-    /// carriers present and releases the modules (C_Finalize) and the journal.
-    fn serve(mut self, rx: &mpsc::Receiver<Request>) -> anyhow::Result<()> {
-        while let Ok(request) = rx.recv() {
-            match request {
-                Request::Poll { plan, reply } => {
-                    let report = self.poll(&plan);
-                    let _ = reply.send(report);
-                }
-                Request::Call(f) => f(&mut self),
-            }
-        }
+    /// At shutdown: records `last_seen` of the carriers present; dropping `self` then
+    /// finalises the modules and closes the journal.
+    fn finish(mut self) -> anyhow::Result<()> {
         let present: Vec<String> = self
             .modules
             .iter()
