@@ -42,8 +42,10 @@
 //! - [`set`]: builds, caches and copies whole sets; [`TokenSet`].
 //! - [`manifest`]: the typed `manifest.json`.
 //! - [`softhsm`]: module path, configuration and env files, test directories.
+//! - [`custody`]: runs the real `custody` binary against a set and a journal.
 
 mod ca;
+pub mod custody;
 pub mod manifest;
 pub mod profile;
 pub mod set;
@@ -51,6 +53,7 @@ pub mod softhsm;
 pub mod spec;
 pub mod token;
 
+pub use custody::{custody_bin, Custody, Run};
 pub use manifest::{Manifest, ObjectClass, ObjectManifest, TokenManifest};
 pub use profile::{Person, Profile, Seal};
 pub use set::{build_set, copy_set, BuildOptions, BuildReport, TokenSet};
