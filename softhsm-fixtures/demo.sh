@@ -12,6 +12,23 @@ rm -rf "$demo"
 "$root/softhsm-fixtures/build.sh" --set demo "$demo/tokens" >/dev/null
 export SOFTHSM2_CONF="$demo/tokens/softhsm2.conf"
 module=$("$root/softhsm-fixtures/module-path.sh")
+# The demo configuration: the organisation, and where the PINs of the demo carrier
+# "Іваненко І.І." are (files of the token set, mode 0600), so its private key is read too.
+field() { # field TOKEN-LABEL KEY: a value of one token in manifest.json
+  awk -v label="\"label\": \"$1\"," -v key="\"$2\": " '
+    index($0, label) { found = 1 }
+    found && index($0, key) { sub(/^[^:]*: "/, ""); sub(/",?$/, ""); print; exit }' "$demo/tokens/manifest.json"
+}
+cat > "$demo/custody.toml" <<TOML
+[organisation]
+name = "Прилуцька міська рада"
+
+[[pin]]
+serial = "$(field "Іваненко І.І." serial)"
+user_pin_file = "$(field "Іваненко І.І." user_pin_file)"
+so_pin_file = "$(field "Іваненко І.І." so_pin_file)"
+TOML
+export CUSTODY_CONFIG="$demo/custody.toml"
 run() { echo; echo "\$ custody $*"; "$custody" --journal "$demo/journal.db" --module "$module" "$@"; }
 
 run scan
