@@ -158,6 +158,14 @@ impl Journal {
             .map_err(db_err)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(db_err)?;
+        // The last connection would checkpoint the WAL into the database and delete it on
+        // close, with two more fsyncs on every run; SQLite's automatic checkpoints (every
+        // 1000 pages) keep the WAL small instead.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .map_err(db_err)?;
         let mut conn = conn;
         migrations::migrate(&mut conn)?;
         let journal_id: String = conn
@@ -193,7 +201,67 @@ impl Journal {
         actor: &Actor,
         now: OffsetDateTime,
     ) -> Result<ScanRecord> {
-        self.write(actor, now, |w| record_scan_in(w, scans))
+        let digests = scans
+            .iter()
+            .map(|s| s.carriers.iter().map(snapshot_digest).collect())
+            .collect::<Result<Vec<Vec<String>>>>()?;
+        if self.bookkeeping_only(scans, &digests)? {
+            // Nothing but last_seen will change: such a commit need not wait for the disk
+            // (WAL keeps the file consistent; at worst a power cut loses a last_seen). Should
+            // the state change in between, the transaction is abandoned and redone durably.
+            self.conn
+                .pragma_update(None, "synchronous", "NORMAL")
+                .map_err(db_err)?;
+            let light = self.write(actor, now, |w| {
+                let record = record_scan_in(w, scans, &digests)?;
+                if w.appended() > 0 {
+                    w.abandon();
+                    return Ok(None);
+                }
+                Ok(Some(record))
+            });
+            self.conn
+                .pragma_update(None, "synchronous", "FULL")
+                .map_err(db_err)?;
+            if let Some(record) = light? {
+                return Ok(record);
+            }
+        }
+        self.write(actor, now, |w| record_scan_in(w, scans, &digests))
+    }
+
+    /// True when recording `scans` would change nothing but bookkeeping: every carrier is
+    /// present with the same snapshot and no carrier of a scanned module is missing.
+    fn bookkeeping_only(&self, scans: &[ModuleScan], digests: &[Vec<String>]) -> Result<bool> {
+        let known = load_digests(&self.conn)?;
+        let mut seen = HashSet::new();
+        let all = scans
+            .iter()
+            .zip(digests)
+            .flat_map(|(s, d)| s.carriers.iter().zip(d));
+        for (snap, new) in all {
+            let key = snap.id.key();
+            match known.get(&key) {
+                Some((true, digest)) if digest == new => {}
+                _ => return Ok(false),
+            }
+            seen.insert(key);
+        }
+        let modules: HashSet<&str> = scans.iter().map(|s| s.module.path.as_str()).collect();
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT carrier, module FROM carriers WHERE present = 1")
+            .map_err(db_err)?;
+        let present = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(db_err)?;
+        for row in present {
+            let (carrier, module) = row.map_err(db_err)?;
+            if modules.contains(module.as_str()) && !seen.contains(&carrier) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Runs `f` in one immediate transaction with a [`Writer`] that appends events and
@@ -209,15 +277,22 @@ impl Journal {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db_err)?;
         let head = chain::Head::load(&tx)?;
+        let first_seq = head.seq;
         let mut writer = Writer {
             tx,
             head,
             journal_id: &self.journal_id,
             actor,
             at: timestamp(now),
+            first_seq,
+            abandoned: false,
         };
         let value = f(&mut writer)?;
-        writer.tx.commit().map_err(db_err)?;
+        if writer.abandoned {
+            writer.tx.rollback().map_err(db_err)?;
+        } else {
+            writer.tx.commit().map_err(db_err)?;
+        }
         Ok(value)
     }
 
@@ -251,7 +326,7 @@ impl Journal {
         let text: Option<String> = self
             .conn
             .query_row(
-                "SELECT snapshot FROM carriers WHERE carrier = ?1",
+                "SELECT snapshot FROM carrier_snapshots WHERE carrier = ?1",
                 [carrier],
                 |r| r.get(0),
             )
@@ -262,7 +337,11 @@ impl Journal {
     }
 }
 
-fn record_scan_in(w: &mut Writer<'_>, scans: &[ModuleScan]) -> Result<ScanRecord> {
+fn record_scan_in(
+    w: &mut Writer<'_>,
+    scans: &[ModuleScan],
+    digests: &[Vec<String>],
+) -> Result<ScanRecord> {
     let at = w.at().to_owned();
     let mut record = ScanRecord::default();
     let known = load_digests(w.tx())?;
@@ -275,14 +354,13 @@ fn record_scan_in(w: &mut Writer<'_>, scans: &[ModuleScan]) -> Result<ScanRecord
         });
         Ok::<u64, Error>(seq)
     };
-    for scan in scans {
+    for (scan, digests) in scans.iter().zip(digests) {
         let mut seen = HashSet::new();
-        for snap in &scan.carriers {
+        for (snap, digest) in scan.carriers.iter().zip(digests) {
             let key = snap.id.key();
             record.carriers_seen += 1;
-            let digest = snapshot_digest(snap)?;
             let (changes, stored, enrolled) = match known.get(&key) {
-                Some((true, stored)) if *stored == digest => {
+                Some((true, stored)) if stored == digest => {
                     w.tx()
                         .prepare_cached(
                             "UPDATE carriers SET last_seen = ?1, last_slot = ?2 WHERE carrier = ?3",
@@ -394,6 +472,8 @@ pub struct Writer<'a> {
     journal_id: &'a str,
     actor: &'a Actor,
     at: String,
+    first_seq: u64,
+    abandoned: bool,
 }
 
 impl Writer<'_> {
@@ -423,6 +503,16 @@ impl Writer<'_> {
         &self.tx
     }
 
+    /// Rolls the whole transaction back instead of committing it when the closure returns.
+    pub fn abandon(&mut self) {
+        self.abandoned = true;
+    }
+
+    /// Events appended so far in this transaction.
+    pub fn appended(&self) -> u64 {
+        self.head.seq - self.first_seq
+    }
+
     /// The time every event of this transaction carries.
     pub fn at(&self) -> &str {
         &self.at
@@ -437,9 +527,12 @@ fn snapshot_digest(snap: &CarrierSnapshot) -> Result<String> {
     Ok(crate::cert::sha256_hex(&json))
 }
 
-fn load_digests(tx: &Transaction<'_>) -> Result<HashMap<String, (bool, String)>> {
+fn load_digests(tx: &Connection) -> Result<HashMap<String, (bool, String)>> {
     let mut stmt = tx
-        .prepare("SELECT carrier, present, snapshot_sha256 FROM carriers")
+        .prepare(
+            "SELECT c.carrier, c.present, s.sha256 FROM carriers c
+             JOIN carrier_snapshots s ON s.carrier = c.carrier",
+        )
         .map_err(db_err)?;
     let rows = stmt
         .query_map([], |r| {
@@ -455,7 +548,7 @@ fn load_digests(tx: &Transaction<'_>) -> Result<HashMap<String, (bool, String)>>
 fn load_snapshot(tx: &Transaction<'_>, key: &str) -> Result<CarrierSnapshot> {
     let text: String = tx
         .query_row(
-            "SELECT snapshot FROM carriers WHERE carrier = ?1",
+            "SELECT snapshot FROM carrier_snapshots WHERE carrier = ?1",
             [key],
             |r| r.get(0),
         )
@@ -478,8 +571,8 @@ fn store_carrier(
         Some(seq) => {
             tx.execute(
                 "INSERT INTO carriers (carrier, manufacturer, model, serial, label, module, present,
-                     first_seen, last_seen, last_slot, enrolled_seq, snapshot_sha256, snapshot)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7, ?8, ?9, ?10, ?11)",
+                     first_seen, last_seen, last_slot, enrolled_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7, ?8, ?9)",
                 params![
                     key,
                     snap.id.manufacturer,
@@ -489,9 +582,7 @@ fn store_carrier(
                     snap.module,
                     at,
                     snap.slot as i64,
-                    seq as i64,
-                    digest,
-                    json
+                    seq as i64
                 ],
             )
             .map_err(db_err)?;
@@ -499,20 +590,18 @@ fn store_carrier(
         None => {
             tx.execute(
                 "UPDATE carriers SET label = ?2, module = ?3, present = 1, last_seen = ?4,
-                     last_slot = ?5, snapshot_sha256 = ?6, snapshot = ?7 WHERE carrier = ?1",
-                params![
-                    key,
-                    snap.label,
-                    snap.module,
-                    at,
-                    snap.slot as i64,
-                    digest,
-                    json
-                ],
+                     last_slot = ?5 WHERE carrier = ?1",
+                params![key, snap.label, snap.module, at, snap.slot as i64],
             )
             .map_err(db_err)?;
         }
     }
+    tx.execute(
+        "INSERT INTO carrier_snapshots (carrier, sha256, snapshot) VALUES (?1, ?2, ?3)
+         ON CONFLICT (carrier) DO UPDATE SET sha256 = excluded.sha256, snapshot = excluded.snapshot",
+        params![key, digest, json],
+    )
+    .map_err(db_err)?;
     if changes.iter().any(|c| {
         matches!(
             c,
