@@ -18,12 +18,25 @@ pub enum JournalCommand {
         /// The carrier's serial (or its full key manufacturer/model/serial).
         serial: String,
     },
-    /// Recompute the hash chain; exit 1 and name the first bad row when it is broken.
-    Verify,
+    /// Recompute the hash chain and check every signed checkpoint; exit 1 and name the
+    /// problem when something does not verify.
+    Verify(super::checkpoint::VerifyArgs),
+    /// Print the mandated form (CSV, HTML, JSON; Ukrainian or English).
+    Export(super::export::ExportArgs),
+    /// Import an office's paper journal from CSV; rows keep their numbers.
+    Import(super::import::ImportArgs),
+    /// Write a signed checkpoint, or export the latest one to keep elsewhere.
+    Checkpoint(super::checkpoint::CheckpointArgs),
 }
 
 /// Runs a journal subcommand.
 pub fn run(ctx: &Context, cmd: &JournalCommand) -> anyhow::Result<Exit> {
+    match cmd {
+        JournalCommand::Export(args) => return super::export::run(ctx, args),
+        JournalCommand::Import(args) => return super::import::run(ctx, args),
+        JournalCommand::Checkpoint(args) => return super::checkpoint::run(ctx, args),
+        _ => {}
+    }
     let journal = ctx.open_existing_journal()?;
     match cmd {
         JournalCommand::List => {
@@ -125,34 +138,9 @@ pub fn run(ctx: &Context, cmd: &JournalCommand) -> anyhow::Result<Exit> {
             }
             Ok(Exit::Ok)
         }
-        JournalCommand::Verify => {
-            let report = journal.verify()?;
-            if ctx.global.json {
-                json(&serde_json::json!({
-                    "journal": journal.path(),
-                    "journal_id": journal.journal_id(),
-                    "ok": report.ok(),
-                    "events": report.events,
-                    "head_hash": report.head_hash,
-                    "first_bad": report.first_bad,
-                }))?;
-            } else if let Some(bad) = &report.first_bad {
-                println!(
-                    "journal {} is BROKEN at event #{}: {}",
-                    journal.path().display(),
-                    bad.seq,
-                    bad.reason
-                );
-                println!("{} event(s) before it verify; keep the file as evidence and restore from a copy", report.events);
-            } else {
-                println!(
-                    "journal {} verifies: {} event(s), head {}",
-                    journal.path().display(),
-                    report.events,
-                    report.head_hash
-                );
-            }
-            Ok(if report.ok() { Exit::Ok } else { Exit::Failed })
+        JournalCommand::Verify(args) => super::checkpoint::verify(ctx, &journal, args),
+        JournalCommand::Export(_) | JournalCommand::Import(_) | JournalCommand::Checkpoint(_) => {
+            Ok(Exit::Error)
         }
     }
 }
