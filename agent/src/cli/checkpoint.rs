@@ -72,9 +72,13 @@ pub fn run(ctx: &Context, args: &CheckpointArgs) -> anyhow::Result<Exit> {
         Some(age) => {
             let age = parse_duration(age)?;
             let age = time::Duration::try_from(age)?;
-            journal.checkpoint_if_due(&ctx.actor(), now, age)?
+            journal.checkpoint_if_due(&ctx.actor(), now, age)
         }
-        None => Some(journal.checkpoint(&ctx.actor(), now)?),
+        None => journal.checkpoint(&ctx.actor(), now).map(Some),
+    };
+    let written = match written {
+        Ok(w) => w,
+        Err(e) => return super::issue::refused(ctx, e),
     };
     if ctx.global.json {
         json(&serde_json::json!({

@@ -124,10 +124,24 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<ImportRow>, String> {
             carrier: fields[2].clone(),
             received: fields[3].clone(),
             destroyed: fields[4].clone(),
-            note: fields.get(5).cloned().unwrap_or_default(),
+            note: strip_marker(fields.get(5).map(String::as_str).unwrap_or_default()),
         });
     }
     Ok(rows)
+}
+
+/// Drops the "imported from the paper journal" marker that `journal export` writes in the
+/// notes of imported rows, so that an export reads back in unchanged.
+fn strip_marker(note: &str) -> String {
+    for marker in [
+        "імпортовано з паперового журналу",
+        "imported from the paper journal",
+    ] {
+        if let Some(rest) = note.strip_prefix(marker) {
+            return rest.trim_start_matches([';', ' ']).to_owned();
+        }
+    }
+    note.to_owned()
 }
 
 fn csv_error(e: &csv::Error) -> String {
