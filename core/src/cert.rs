@@ -585,8 +585,8 @@ pub struct SubjectPublicKey {
 
 /// Reads the SubjectPublicKeyInfo of a DER certificate.
 pub fn subject_public_key(der: &[u8]) -> Result<SubjectPublicKey, CertError> {
-    let (_, cert) = X509Certificate::from_der(der)
-        .map_err(|e| CertError::Malformed(e.to_string()))?;
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| CertError::Malformed(e.to_string()))?;
     let spki = cert.public_key();
     Ok(SubjectPublicKey {
         algorithm_oid: spki.algorithm.algorithm.to_id_string(),

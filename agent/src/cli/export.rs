@@ -323,7 +323,7 @@ impl Document {
         for r in &self.rows {
             w.write_record(cells(self.lang, r))?;
         }
-        Ok(w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)
+        w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     /// JSON (format `custody-journal-form-v1`).
@@ -459,6 +459,7 @@ impl Document {
 const STYLE: &str = r#"@page { size: A4 landscape; margin: 10mm 10mm 12mm 10mm; }
 html { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
 body { font-family: "DejaVu Sans", "Liberation Sans", "Noto Sans", Arial, sans-serif; font-size: 9pt; color: #000; margin: 0; }
+@media screen { body { margin: 10mm; } }
 .org { text-align: center; font-weight: bold; font-size: 11pt; margin: 0 0 2mm 0; }
 h1 { text-align: center; font-size: 12pt; margin: 0 0 3mm 0; }
 .range { text-align: center; margin: 0 0 3mm 0; }

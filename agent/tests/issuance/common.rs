@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use custody_core::inventory::{CarrierSnapshot, KeyClass, KeyObject, Login, TokenFlags};
-use custody_core::journal::{Actor, ImportRow, IssueRequest, Journal, RevocationRequest, RevocationStep};
+use custody_core::journal::{
+    Actor, ImportRow, IssueRequest, Journal, RevocationRequest, RevocationStep,
+};
 use custody_core::token::{ModuleInfo, ModuleScan};
 use time::macros::datetime;
 
@@ -78,10 +80,19 @@ impl World {
     /// Initialises a token; returns its serial.
     pub(crate) fn token(&self, label: &str) -> String {
         let out = ok(self.tool("softhsm2-util").args([
-            "--init-token", "--free", "--label", label, "--pin", PIN, "--so-pin", "5678",
+            "--init-token",
+            "--free",
+            "--label",
+            label,
+            "--pin",
+            PIN,
+            "--so-pin",
+            "5678",
         ]));
         assert!(out.contains("initialized"), "{out}");
-        let list = ok(self.tool("pkcs11-tool").args(["--module", MODULE, "--list-token-slots"]));
+        let list = ok(self
+            .tool("pkcs11-tool")
+            .args(["--module", MODULE, "--list-token-slots"]));
         let mut serial = None;
         let mut this = false;
         for line in list.lines() {
@@ -100,37 +111,124 @@ impl World {
 
     /// Generates a key pair ON the token (`ec` or `rsa`) and writes a certificate for its
     /// public key, issued by a throwaway CA, with the given subject (openssl -subj syntax).
-    pub(crate) fn key_with_cert(&self, label: &str, kind: &str, id: &str, subject: &str) -> Vec<u8> {
-        let key_type = if kind == "ec" { "EC:prime256v1" } else { "rsa:2048" };
+    pub(crate) fn key_with_cert(
+        &self,
+        label: &str,
+        kind: &str,
+        id: &str,
+        subject: &str,
+    ) -> Vec<u8> {
+        let key_type = if kind == "ec" {
+            "EC:prime256v1"
+        } else {
+            "rsa:2048"
+        };
         ok(self.tool("pkcs11-tool").args([
-            "--module", MODULE, "--token-label", label, "--login", "--pin", PIN,
-            "--keypairgen", "--key-type", key_type, "--id", id, "--label", "signing key",
+            "--module",
+            MODULE,
+            "--token-label",
+            label,
+            "--login",
+            "--pin",
+            PIN,
+            "--keypairgen",
+            "--key-type",
+            key_type,
+            "--id",
+            id,
+            "--label",
+            "signing key",
         ]));
         let pub_der = self.dir.join(format!("{label}-{id}-pub.der"));
-        ok(self.tool("pkcs11-tool").args([
-            "--module", MODULE, "--token-label", label, "--read-object", "--type", "pubkey",
-            "--id", id, "-o",
-        ]).arg(&pub_der));
+        ok(self
+            .tool("pkcs11-tool")
+            .args([
+                "--module",
+                MODULE,
+                "--token-label",
+                label,
+                "--read-object",
+                "--type",
+                "pubkey",
+                "--id",
+                id,
+                "-o",
+            ])
+            .arg(&pub_der));
         let pub_pem = self.dir.join(format!("{label}-{id}-pub.pem"));
-        ok(self.tool("openssl").args(["pkey", "-pubin", "-inform", "DER", "-in"]).arg(&pub_der).arg("-out").arg(&pub_pem));
+        ok(self
+            .tool("openssl")
+            .args(["pkey", "-pubin", "-inform", "DER", "-in"])
+            .arg(&pub_der)
+            .arg("-out")
+            .arg(&pub_pem));
         let ca_key = self.dir.join("ca.key");
         let ca_pem = self.dir.join("ca.pem");
         if !ca_key.exists() {
-            ok(self.tool("openssl").args([
-                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-subj", "/CN=Test QTSP CA", "-days", "3650", "-keyout",
-            ]).arg(&ca_key).arg("-out").arg(&ca_pem));
+            ok(self
+                .tool("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-nodes",
+                    "-subj",
+                    "/CN=Test QTSP CA",
+                    "-days",
+                    "3650",
+                    "-keyout",
+                ])
+                .arg(&ca_key)
+                .arg("-out")
+                .arg(&ca_pem));
         }
         let csr = self.dir.join(format!("{label}-{id}.csr"));
-        ok(self.tool("openssl").args(["req", "-new", "-utf8", "-subj", subject, "-key"]).arg(&ca_key).arg("-out").arg(&csr));
+        ok(self
+            .tool("openssl")
+            .args(["req", "-new", "-utf8", "-subj", subject, "-key"])
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&csr));
         let cert = self.dir.join(format!("{label}-{id}.der"));
-        ok(self.tool("openssl").args(["x509", "-req", "-days", "365", "-set_serial", "7", "-outform", "DER", "-in"])
-            .arg(&csr).arg("-CA").arg(&ca_pem).arg("-CAkey").arg(&ca_key)
-            .arg("-force_pubkey").arg(&pub_pem).arg("-out").arg(&cert));
-        ok(self.tool("pkcs11-tool").args([
-            "--module", MODULE, "--token-label", label, "--login", "--pin", PIN,
-            "--write-object",
-        ]).arg(&cert).args(["--type", "cert", "--id", id, "--label", "signing cert"]));
+        ok(self
+            .tool("openssl")
+            .args([
+                "x509",
+                "-req",
+                "-days",
+                "365",
+                "-set_serial",
+                "7",
+                "-outform",
+                "DER",
+                "-in",
+            ])
+            .arg(&csr)
+            .arg("-CA")
+            .arg(&ca_pem)
+            .arg("-CAkey")
+            .arg(&ca_key)
+            .arg("-force_pubkey")
+            .arg(&pub_pem)
+            .arg("-out")
+            .arg(&cert));
+        ok(self
+            .tool("pkcs11-tool")
+            .args([
+                "--module",
+                MODULE,
+                "--token-label",
+                label,
+                "--login",
+                "--pin",
+                PIN,
+                "--write-object",
+            ])
+            .arg(&cert)
+            .args(["--type", "cert", "--id", id, "--label", "signing cert"]));
         std::fs::read(&cert).unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -144,7 +242,10 @@ impl World {
     }
 
     pub(crate) fn sqlite_json(&self, sql: &str) -> serde_json::Value {
-        json(&ok(Command::new("sqlite3").arg("-json").arg(&self.journal).arg(sql)))
+        json(&ok(Command::new("sqlite3")
+            .arg("-json")
+            .arg(&self.journal)
+            .arg(sql)))
     }
 }
 
@@ -337,7 +438,8 @@ pub(crate) fn golden_journal(path: &Path) -> Journal {
         .unwrap_or_else(|e| panic!("{e}"));
     let issue = |j: &mut Journal, req: IssueRequest, now| {
         let plan = j.plan_issue(&req, now).unwrap_or_else(|e| panic!("{e}"));
-        j.issue(&req, None, &a, now, &plan).unwrap_or_else(|e| panic!("{e}"))
+        j.issue(&req, None, &a, now, &plan)
+            .unwrap_or_else(|e| panic!("{e}"))
     };
     issue(
         &mut j,

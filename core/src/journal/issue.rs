@@ -525,7 +525,8 @@ fn plan(
     );
     // Issued already (since the last destruction)?
     let wipe_seq = wipe.as_ref().map(|w| w.0).unwrap_or(0);
-    let active: Option<(i64, i64, String, String, Option<String>, Option<String>)> = conn
+    type Active = (i64, i64, String, String, Option<String>, Option<String>);
+    let active: Option<Active> = conn
         .query_row(
             "SELECT row_no, seq, issued_on, holder_name, holder_tax_number, ack_status
              FROM form_rows WHERE carrier = ?1 AND origin = 'issued' AND seq > ?2
@@ -903,11 +904,11 @@ impl Journal {
                     )
                     .optional()
                     .map_err(db_err)?;
-                let done = match (step, state) {
-                    (RevocationStep::Requested, Some((Some(_), _))) => true,
-                    (RevocationStep::Confirmed, Some((_, Some(_)))) => true,
-                    _ => false,
-                };
+                let done = matches!(
+                    (step, state),
+                    (RevocationStep::Requested, Some((Some(_), _)))
+                        | (RevocationStep::Confirmed, Some((_, Some(_))))
+                );
                 if !done {
                     fresh += 1;
                 }
@@ -1220,6 +1221,40 @@ mod tests {
         );
         assert_eq!(first_date("31.02.2024 wrong"), None);
         assert_eq!(first_date("без дати"), None);
+    }
+
+    #[test]
+    fn a_schema_1_journal_is_upgraded_and_keeps_its_events() {
+        let dir = std::env::temp_dir().join(format!("custody-v1-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.join("v1.db");
+        {
+            let conn = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+            conn.execute_batch(include_str!("sql/0001_initial.sql"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            conn.execute_batch(&format!(
+                "INSERT INTO meta VALUES ('journal_id', 'v1-journal');
+                 PRAGMA application_id = {};
+                 PRAGMA user_version = 1;",
+                super::super::APPLICATION_ID
+            ))
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mut j = Journal::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(j.journal_id(), "v1-journal");
+        let version: u32 = j
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap_or_default();
+        assert_eq!(version, super::super::migrations::LATEST);
+        let cp = j
+            .checkpoint(&Actor::current(None), OffsetDateTime::UNIX_EPOCH)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((cp.count, cp.seq), (0, 1));
+        assert!(j.verify_checkpoints(None).map(|r| r.ok()).unwrap_or(false));
+        assert!(j.form(&Default::default()).unwrap_or_default().is_empty());
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
