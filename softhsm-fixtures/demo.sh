@@ -12,9 +12,28 @@ rm -rf "$demo"
 "$root/softhsm-fixtures/build.sh" --set demo "$demo/tokens" >/dev/null
 export SOFTHSM2_CONF="$demo/tokens/softhsm2.conf"
 module=$("$root/softhsm-fixtures/module-path.sh")
-run() { echo; echo "\$ custody $*"; "$custody" --journal "$demo/journal.db" --module "$module" "$@"; }
+printf '[organisation]\nname = "Прилуцька міська рада (демо)"\n' > "$demo/custody.toml"
+run() { echo; echo "\$ custody $*"; "$custody" --config "$demo/custody.toml" --journal "$demo/journal.db" --module "$module" "$@"; }
 
 run scan
 run scan
 run journal list
 run journal verify
+
+# Hand the first carrier to its holder (name and tax number from its certificate, or given),
+# then print the journal in its mandated form.
+serial=$("$custody" --journal "$demo/journal.db" journal list --json | sed -n 's/^ *"serial": "\([^"]*\)".*/\1/p' | head -n 1)
+run issue --carrier "$serial" --position "головний спеціаліст" \
+  || run issue --carrier "$serial" --holder "Іваненко Іван Іванович" --position "головний спеціаліст"
+run journal export --format html --out "$demo/journal.html"
+run journal export --format csv
+run journal checkpoint --export --out "$demo/checkpoint.json"
+run journal verify --checkpoint "$demo/checkpoint.json"
+if command -v chromium >/dev/null 2>&1; then
+  chromium --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking \
+    --disable-component-update --disable-sync --user-data-dir="$(mktemp -d)" --no-pdf-header-footer \
+    --print-to-pdf="$demo/journal.pdf" "file://$demo/journal.html" 2>/dev/null
+  echo; echo "The form: $demo/journal.html, printed to $demo/journal.pdf (A4 landscape)."
+else
+  echo; echo "The form: $demo/journal.html (open it in a browser and print it, A4 landscape)."
+fi

@@ -199,6 +199,38 @@ pub fn describe(e: &EventRow) -> String {
             )
         }
         "key_removed" => format!("{} id {}", s(&d["class"]), s(&d["id"])),
+        "issued" => format!(
+            "row {} to {}, {}{}",
+            d["row_no"],
+            s(&d["holder"]["name"]),
+            s(&d["issued_on"]),
+            match d["acknowledgement"]["status"].as_str() {
+                Some(st) => format!(", acknowledgement {st}"),
+                None => String::new(),
+            }
+        ),
+        "issue_acknowledged" => format!(
+            "row {}, acknowledgement {}",
+            d["row_no"],
+            s(&d["acknowledgement"]["status"])
+        ),
+        "revocation_requested" | "revocation_confirmed" => format!(
+            "ref {}, {}, {} certificate(s)",
+            s(&d["reference"]),
+            s(&d["date"]),
+            d["certificates"].as_array().map_or(0, Vec::len)
+        ),
+        "imported" => format!(
+            "row {} from {} line {}",
+            d["row_no"],
+            s(&d["source"]),
+            d["line"]
+        ),
+        "checkpoint" => format!(
+            "{} events, head {}",
+            d["count"],
+            clip(&s(&d["head_hash"]), 17)
+        ),
         _ => d.to_string(),
     }
 }

@@ -372,3 +372,145 @@ fn malformed_csv_is_refused_with_the_line_and_nothing_is_imported() {
     );
     assert_eq!(count_kind(&w.open(), "imported"), 1);
 }
+
+#[test]
+fn bad_inputs_are_refused_and_say_what_to_do() {
+    let w = World::new("bad-inputs");
+    drop(golden_journal(&w.journal));
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &[
+                "issue",
+                "--carrier",
+                "a1b2c3d4e5f60003",
+                "--holder",
+                "X",
+                "--date",
+                "31.02.2026",
+            ],
+            2,
+            "write YYYY-MM-DD or DD.MM.YYYY",
+        ),
+        (
+            &["issue", "--carrier", "", "--holder", "X"],
+            1,
+            "no carrier given",
+        ),
+        (
+            &[
+                "issue",
+                "--carrier",
+                "a1b2c3d4e5f60003",
+                "--ack-sign",
+                "--ack-key-id",
+                "xyz",
+            ],
+            2,
+            "is not hex",
+        ),
+        (
+            &[
+                "issue",
+                "--carrier",
+                "a1b2c3d4e5f60003",
+                "--ack-sign",
+                "--ack-mechanism",
+                "0xZZ",
+            ],
+            2,
+            "not a hex number",
+        ),
+        (
+            &["issue", "--carrier", "a1b2c3d4e5f60003", "--pin-stdin"],
+            2,
+            "--ack-sign",
+        ),
+        (
+            &[
+                "revocation",
+                "requested",
+                "--carrier",
+                "a1b2c3d4e5f60002",
+                "--ref",
+                "  ",
+            ],
+            1,
+            "--ref",
+        ),
+        (
+            &[
+                "revocation",
+                "requested",
+                "--carrier",
+                "a1b2c3d4e5f60002",
+                "--cert",
+                "87ab",
+                "--ref",
+                "x",
+            ],
+            1,
+            "at least 8 hex",
+        ),
+        (
+            &[
+                "revocation",
+                "confirmed",
+                "--carrier",
+                "a1b2c3d4e5f60002",
+                "--ref",
+                "x",
+            ],
+            1,
+            "already recorded",
+        ),
+        (
+            &["revocation", "requested", "--carrier", "nope", "--ref", "x"],
+            1,
+            "unknown carrier",
+        ),
+        (
+            &[
+                "cert",
+                "export",
+                "--fingerprint",
+                "12:34",
+                "--out",
+                "/dev/null",
+            ],
+            2,
+            "at least 8 hex",
+        ),
+        (&["cert", "export", "--out", "x.der"], 2, "--holder"),
+        (
+            &["journal", "export", "--format", "pdf"],
+            2,
+            "possible values",
+        ),
+        (
+            &["journal", "checkpoint", "--if-older-than", "soon"],
+            2,
+            "duration",
+        ),
+        (
+            &["journal", "verify", "--checkpoint", "/dev/null"],
+            2,
+            "not an exported checkpoint",
+        ),
+        (
+            &["journal", "import", "--csv", "/nonexistent.csv"],
+            2,
+            "/nonexistent.csv",
+        ),
+    ];
+    for (args, code, needle) in cases {
+        let (got, out, err) = run(w.custody().args(*args));
+        assert_eq!(got, *code, "{args:?}: {out}{err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    // Before any checkpoint: nothing to export.
+    let empty = World::new("bad-inputs-empty");
+    ok(empty.custody().arg("scan"));
+    let (code, _, err) = run(empty.custody().args(["journal", "checkpoint", "--export"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("no checkpoint yet"), "{err}");
+}

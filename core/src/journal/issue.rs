@@ -408,6 +408,11 @@ fn set_last_row_no(conn: &Connection, row_no: u64) -> Result<()> {
 
 /// Finds exactly one carrier by serial or key, or refuses.
 pub(crate) fn resolve_carrier(conn: &Connection, carrier: &str) -> Result<query::CarrierRow> {
+    if carrier.is_empty() {
+        return Err(Error::Refused(
+            "no carrier given; name it by its serial (`custody journal list` shows them)".into(),
+        ));
+    }
     let mut found = query::carriers(conn, Some(carrier))?;
     match found.len() {
         1 => Ok(found.remove(0)),
