@@ -157,11 +157,11 @@ pub fn verify(ctx: &Context, journal: &Journal, args: &VerifyArgs) -> anyhow::Re
             report.head_hash
         );
     }
-    print_checkpoints(&cps);
+    print_checkpoints(&cps, report.events);
     Ok(if ok { Exit::Ok } else { Exit::Failed })
 }
 
-fn print_checkpoints(cps: &CheckpointReport) {
+fn print_checkpoints(cps: &CheckpointReport, events: u64) {
     let key = match (&cps.public_key, &cps.trusted_key) {
         (Some(k), TrustedKey::KeyFile) => format!("the journal key {k}"),
         (Some(k), TrustedKey::ExportedCheckpoint) => {
@@ -179,8 +179,11 @@ fn print_checkpoints(cps: &CheckpointReport) {
     }
     if let Some(l) = &cps.latest {
         println!(
-            "latest checkpoint: event #{}, covering {} events, {}",
-            l.seq, l.count, l.at
+            "latest checkpoint: event #{}, covering {} events, {}; {} event(s) since",
+            l.seq,
+            l.count,
+            l.at,
+            events.saturating_sub(l.seq)
         );
     }
     for p in &cps.problems {
