@@ -255,14 +255,14 @@ pub fn cells(lang: Lang, r: &FormRow) -> [String; 6] {
             let mut parts = Vec::new();
             if let (Some(on), Some(re)) = (&n.requested_on, &n.requested_ref) {
                 parts.push(if uk {
-                    format!("запит {} (№ {re})", when(lang, on))
+                    format!("запит {} ({re})", when(lang, on))
                 } else {
                     format!("requested {} (ref {re})", when(lang, on))
                 });
             }
             if let (Some(on), Some(re)) = (&n.confirmed_on, &n.confirmed_ref) {
                 parts.push(if uk {
-                    format!("підтверджено {} (№ {re})", when(lang, on))
+                    format!("підтверджено {} ({re})", when(lang, on))
                 } else {
                     format!("confirmed {} (ref {re})", when(lang, on))
                 });
@@ -286,6 +286,22 @@ pub fn cells(lang: Lang, r: &FormRow) -> [String; 6] {
         destroyed,
         notes.join("; "),
     ]
+}
+
+/// Spreadsheets run a cell that starts with `=`, `+`, `-`, `@` (or a tab or carriage return)
+/// as a formula; such cells get a leading `'`, which `journal import` drops again.
+pub fn defuse(cell: &str) -> std::borrow::Cow<'_, str> {
+    let mut chars = cell.chars();
+    let risky = match chars.next() {
+        Some('=' | '+' | '@' | '\t' | '\r') => true,
+        Some('-') => chars.next().is_some_and(|c| !c.is_whitespace()),
+        _ => false,
+    };
+    if risky {
+        format!("'{cell}").into()
+    } else {
+        cell.into()
+    }
 }
 
 /// A journal time for people: `YYYY-MM-DD` → `DD.MM.YYYY` (uk) or as is (en); RFC 3339 UTC →
@@ -321,7 +337,7 @@ impl Document {
         let mut w = csv::Writer::from_writer(Vec::new());
         w.write_record(headers(self.lang))?;
         for r in &self.rows {
-            w.write_record(cells(self.lang, r))?;
+            w.write_record(cells(self.lang, r).iter().map(|c| defuse(c).into_owned()))?;
         }
         w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))
     }
@@ -512,6 +528,16 @@ mod tests {
             "2026-11-23 10:05 UTC"
         );
         assert_eq!(when(Lang::Uk, "березень 2020"), "березень 2020");
+    }
+
+    #[test]
+    fn formulas_are_defused_for_spreadsheets() {
+        assert_eq!(defuse("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(defuse("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(defuse("-2+3"), "'-2+3");
+        assert_eq!(defuse("-"), "-");
+        assert_eq!(defuse("- немає"), "- немає");
+        assert_eq!(defuse("Іваненко"), "Іваненко");
     }
 
     #[test]

@@ -88,7 +88,7 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<ImportRow>, String> {
                     col + 1
                 )
             })?;
-            fields.push(text.trim().to_owned());
+            fields.push(undefuse(text.trim()).to_owned());
         }
         if fields.iter().all(String::is_empty) {
             continue;
@@ -128,6 +128,15 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<ImportRow>, String> {
         });
     }
     Ok(rows)
+}
+
+/// Drops the `'` that `journal export` puts before a cell that a spreadsheet would run as a
+/// formula (see `export::defuse`).
+fn undefuse(cell: &str) -> &str {
+    match cell.strip_prefix('\'') {
+        Some(rest) if rest.starts_with(['=', '+', '-', '@', '\t', '\r']) => rest,
+        _ => cell,
+    }
 }
 
 /// Drops the "imported from the paper journal" marker that `journal export` writes in the
@@ -171,6 +180,18 @@ mod tests {
         assert_eq!(rows[0].line, 3);
         assert_eq!(rows[0].carrier, "Алмаз-1К; сер. № 12");
         assert_eq!(rows[0].received, "03.02.2020, Коваль \"Мар'яна\"");
+    }
+
+    #[test]
+    fn defused_formulas_read_back() {
+        let rows =
+            parse("1,'=1+2,'-x,\"'@a, b\",'plain\n".as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (rows[0].generated.as_str(), rows[0].carrier.as_str()),
+            ("=1+2", "-x")
+        );
+        assert_eq!(rows[0].received, "@a, b");
+        assert_eq!(rows[0].destroyed, "'plain");
     }
 
     #[test]
