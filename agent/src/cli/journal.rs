@@ -139,6 +139,7 @@ pub fn run(ctx: &Context, cmd: &JournalCommand) -> anyhow::Result<Exit> {
             Ok(Exit::Ok)
         }
         JournalCommand::Verify(args) => super::checkpoint::verify(ctx, &journal, args),
+        // Dispatched above, before the journal is opened (import may create it).
         JournalCommand::Export(_) | JournalCommand::Import(_) | JournalCommand::Checkpoint(_) => {
             Ok(Exit::Error)
         }
