@@ -20,11 +20,14 @@ run scan
 run journal list
 run journal verify
 
-# Hand the first carrier to its holder (name and tax number from its certificate, or given),
-# then print the journal in its mandated form.
-serial=$("$custody" --journal "$demo/journal.db" journal list --json | sed -n 's/^ *"serial": "\([^"]*\)".*/\1/p' | head -n 1)
-run issue --carrier "$serial" --position "головний спеціаліст" \
-  || run issue --carrier "$serial" --holder "Іваненко Іван Іванович" --position "головний спеціаліст"
+# Hand Іваненко's carrier to him: name and tax number come from its certificate; he signs the
+# journal entry with the key on the carrier (PIN from the demo set's PIN file, as if typed).
+# Then print the journal in its mandated form.
+serial=$("$custody" --journal "$demo/journal.db" journal list --json \
+  | awk -F'"' '/^ *\{/ { s = ""; l = 0 } /"serial":/ { s = $4 } /"label": "Іваненко І.І."/ { l = 1 }
+               l && s != "" { print s; exit }')
+run issue --carrier "$serial" --position "головний спеціаліст" --ack-sign --pin-stdin \
+  < "$demo/tokens/pins/000-Іваненко_І_І.user"
 run journal export --format html --out "$demo/journal.html"
 run journal export --format csv
 run journal checkpoint --export --out "$demo/checkpoint.json"
