@@ -12,8 +12,24 @@ rm -rf "$demo"
 "$root/softhsm-fixtures/build.sh" --set demo "$demo/tokens" >/dev/null
 export SOFTHSM2_CONF="$demo/tokens/softhsm2.conf"
 module=$("$root/softhsm-fixtures/module-path.sh")
-printf '[organisation]\nname = "Прилуцька міська рада (демо)"\n' > "$demo/custody.toml"
-run() { echo; echo "\$ custody $*"; "$custody" --config "$demo/custody.toml" --journal "$demo/journal.db" --module "$module" "$@"; }
+# The demo configuration: the organisation, and where the PINs of the demo carrier
+# "Іваненко І.І." are (files of the token set, mode 0600), so its private key is read too.
+field() { # field TOKEN-LABEL KEY: a value of one token in manifest.json
+  awk -v label="\"label\": \"$1\"," -v key="\"$2\": " '
+    index($0, label) { found = 1 }
+    found && index($0, key) { sub(/^[^:]*: "/, ""); sub(/",?$/, ""); print; exit }' "$demo/tokens/manifest.json"
+}
+cat > "$demo/custody.toml" <<TOML
+[organisation]
+name = "Прилуцька міська рада"
+
+[[pin]]
+serial = "$(field "Іваненко І.І." serial)"
+user_pin_file = "$(field "Іваненко І.І." user_pin_file)"
+so_pin_file = "$(field "Іваненко І.І." so_pin_file)"
+TOML
+export CUSTODY_CONFIG="$demo/custody.toml"
+run() { echo; echo "\$ custody $*"; "$custody" --journal "$demo/journal.db" --module "$module" "$@"; }
 
 run scan
 run scan
@@ -27,7 +43,7 @@ serial=$("$custody" --journal "$demo/journal.db" journal list --json \
   | awk -F'"' '/^ *\{/ { s = ""; l = 0 } /"serial":/ { s = $4 } /"label": "Іваненко І.І."/ { l = 1 }
                l && s != "" { print s; exit }')
 run issue --carrier "$serial" --position "головний спеціаліст" --ack-sign --pin-stdin \
-  < "$demo/tokens/pins/000-Іваненко_І_І.user"
+  < "$(field "Іваненко І.І." user_pin_file)"
 run journal export --format html --out "$demo/journal.html"
 run journal export --format csv
 run journal checkpoint --export --out "$demo/checkpoint.json"
