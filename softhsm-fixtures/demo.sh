@@ -35,3 +35,24 @@ run scan
 run scan
 run journal list
 run journal verify
+
+# Hand Іваненко's carrier to him: name and tax number come from its certificate; he signs the
+# journal entry with the key on the carrier (PIN from the demo set's PIN file, as if typed).
+# Then print the journal in its mandated form.
+serial=$("$custody" --journal "$demo/journal.db" journal list --json \
+  | awk -F'"' '/^ *\{/ { s = ""; l = 0 } /"serial":/ { s = $4 } /"label": "Іваненко І.І."/ { l = 1 }
+               l && s != "" { print s; exit }')
+run issue --carrier "$serial" --position "головний спеціаліст" --ack-sign --pin-stdin \
+  < "$(field "Іваненко І.І." user_pin_file)"
+run journal export --format html --out "$demo/journal.html"
+run journal export --format csv
+run journal checkpoint --export --out "$demo/checkpoint.json"
+run journal verify --checkpoint "$demo/checkpoint.json"
+if command -v chromium >/dev/null 2>&1; then
+  chromium --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking \
+    --disable-component-update --disable-sync --user-data-dir="$(mktemp -d)" --no-pdf-header-footer \
+    --print-to-pdf="$demo/journal.pdf" "file://$demo/journal.html" 2>/dev/null
+  echo; echo "The form: $demo/journal.html, printed to $demo/journal.pdf (A4 landscape)."
+else
+  echo; echo "The form: $demo/journal.html (open it in a browser and print it, A4 landscape)."
+fi

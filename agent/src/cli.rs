@@ -1,6 +1,12 @@
 //! The command line: global options shared by every subcommand, and dispatch.
 
+pub mod cert;
+pub mod checkpoint;
+pub mod export;
+pub mod import;
+pub mod issue;
 pub mod journal;
+pub mod revocation;
 pub mod scan;
 
 use std::path::{Path, PathBuf};
@@ -69,6 +75,14 @@ pub enum Command {
     /// Read the journal: list carriers, show one carrier's history, verify the chain.
     #[command(subcommand)]
     Journal(journal::JournalCommand),
+    /// Record that a carrier and the keys on it were handed to a signer.
+    Issue(issue::IssueArgs),
+    /// Record the revocation steps with the qualified trust service provider.
+    #[command(subcommand)]
+    Revocation(revocation::RevocationCommand),
+    /// Certificates: export one to a file.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
 }
 
 impl Command {
@@ -88,6 +102,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
     match cli.command {
         Command::Scan(args) => scan::run(&ctx, &args),
         Command::Journal(cmd) => journal::run(&ctx, &cmd),
+        Command::Issue(args) => issue::run(&ctx, &args),
+        Command::Revocation(cmd) => revocation::run(&ctx, &cmd),
+        Command::Cert(cmd) => cert::run(&ctx, &cmd),
     }
 }
 

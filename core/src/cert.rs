@@ -572,6 +572,34 @@ fn escape_value(value: &str) -> String {
     out
 }
 
+/// The subject public key of a certificate, for checking signatures made with its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectPublicKey {
+    /// Algorithm OID, dotted (1.2.840.10045.2.1 for EC, 1.2.840.113549.1.1.1 for RSA).
+    pub algorithm_oid: String,
+    /// The parameters when they are an OID: the named curve of EC and DSTU 4145 keys.
+    pub parameters_oid: Option<String>,
+    /// The whole SubjectPublicKeyInfo, DER.
+    pub spki_der: Vec<u8>,
+}
+
+/// Reads the SubjectPublicKeyInfo of a DER certificate.
+pub fn subject_public_key(der: &[u8]) -> Result<SubjectPublicKey, CertError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| CertError::Malformed(e.to_string()))?;
+    let spki = cert.public_key();
+    Ok(SubjectPublicKey {
+        algorithm_oid: spki.algorithm.algorithm.to_id_string(),
+        parameters_oid: spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .map(|o| o.to_id_string()),
+        spki_der: spki.raw.to_vec(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,9 @@
 //! as a custody journal by `PRAGMA application_id`.
 
 mod chain;
+mod checkpoint;
+mod form;
+mod issue;
 mod migrations;
 mod query;
 
@@ -23,6 +26,18 @@ use crate::inventory::{diff, CarrierSnapshot, Change, KnownCarrier};
 use crate::token::ModuleScan;
 
 pub use chain::{VerifyProblem, VerifyReport};
+pub use checkpoint::{
+    Checkpoint, CheckpointProblem, CheckpointReport, JournalKey, TrustedKey, CHECKPOINT_FORMAT,
+};
+pub use form::{
+    AckSummary, Destruction, FormFilter, FormRow, Generated, GeneratedSource, ImportedText,
+    RevocationNote,
+};
+pub use issue::{
+    CertEntry, ExistingIssue, Holder, ImportRecord, ImportRow, IssuePlan, IssueRecord,
+    IssueRequest, IssuedCarrier, IssuedData, KeyEntry, KeySet, RevocationData, RevocationRecord,
+    RevocationRequest, RevocationStep, StoredCertificate,
+};
 pub use query::{CarrierRow, EventRow};
 
 /// `PRAGMA application_id` of a custody journal ("CUST").

@@ -4,6 +4,8 @@
 //! initialised token into a [`CarrierSnapshot`] without ever failing the whole scan because of
 //! one token or one object. Errors from the binding are translated once, in [`map_err`].
 
+mod sign;
+
 use std::path::{Path, PathBuf};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -20,6 +22,8 @@ use crate::id::{is_weak_serial, CarrierId, RawBytes};
 use crate::inventory::{
     key_type_name, CarrierSnapshot, CertObject, KeyClass, KeyObject, KeyPairing, Login, TokenFlags,
 };
+
+pub use sign::{CarrierCertificate, SignOptions};
 
 /// Where PINs for carriers come from. Implemented by the agent from its configuration; PINs
 /// are handed over as [`SecretString`] and exposed only at the C call.
