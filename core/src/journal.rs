@@ -9,6 +9,7 @@
 
 mod chain;
 mod migrations;
+mod orders;
 mod query;
 
 use std::collections::{HashMap, HashSet};
@@ -23,6 +24,7 @@ use crate::inventory::{diff, CarrierSnapshot, Change, KnownCarrier};
 use crate::token::ModuleScan;
 
 pub use chain::{VerifyProblem, VerifyReport};
+pub use orders::{OrderRow, OrderState};
 pub use query::{CarrierRow, EventRow};
 
 /// `PRAGMA application_id` of a custody journal ("CUST").
