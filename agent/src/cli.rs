@@ -1,7 +1,10 @@
 //! The command line: global options shared by every subcommand, and dispatch.
 
 pub mod journal;
+pub mod order;
 pub mod scan;
+pub mod status;
+pub mod wipe;
 
 use std::path::{Path, PathBuf};
 
@@ -69,6 +72,13 @@ pub enum Command {
     /// Read the journal: list carriers, show one carrier's history, verify the chain.
     #[command(subcommand)]
     Journal(journal::JournalCommand),
+    /// Destruction orders: create, sign, verify; reconcile interrupted wipes; process the spool.
+    #[command(subcommand)]
+    Order(order::OrderCommand),
+    /// Execute a signed destruction order: wipe the carrier and verify it in a fresh context.
+    Wipe(wipe::WipeArgs),
+    /// Open destruction orders and their deadlines (--overdue: exit 1 when any is past due).
+    Status(status::StatusArgs),
 }
 
 impl Command {
@@ -88,6 +98,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
     match cli.command {
         Command::Scan(args) => scan::run(&ctx, &args),
         Command::Journal(cmd) => journal::run(&ctx, &cmd),
+        Command::Order(cmd) => order::run(&ctx, &cmd),
+        Command::Wipe(args) => wipe::run(&ctx, &args),
+        Command::Status(args) => status::run(&ctx, &args),
     }
 }
 
