@@ -179,12 +179,7 @@ fn process_one(
         }
     }
     let input = OrderInput::read(path, None)?;
-    let v = order::check(
-        &input,
-        spool.allowed,
-        spool.required_signers,
-        (env.clock)(),
-    );
+    let v = order::check(&input, spool.allowed, spool.required_signers, (env.clock)());
     entry.order_id = v.order.as_ref().map(|o| o.id.clone());
     let verified = match &v.result {
         Ok(verified) => verified.clone(),
@@ -230,7 +225,11 @@ fn process_one(
             entry.action = SpoolAction::Failed;
             entry.code = Some(r.code);
             entry.reason = Some(r.message.clone());
-            move_out(path, &spool.dir.join("failed"), &format!("{}: {}\n", r.code, r.message))?;
+            move_out(
+                path,
+                &spool.dir.join("failed"),
+                &format!("{}: {}\n", r.code, r.message),
+            )?;
             Ok(entry)
         }
         Outcome::Refused(r) => settle(spool, journal, &env, path, entry, r, Some(())),
@@ -262,7 +261,9 @@ fn settle(
     journaled: Option<()>,
 ) -> anyhow::Result<SpoolEntry> {
     if journaled.is_none() {
-        let size = std::fs::symlink_metadata(path).map(|m| m.len()).unwrap_or(0);
+        let size = std::fs::symlink_metadata(path)
+            .map(|m| m.len())
+            .unwrap_or(0);
         let data = wipe::OrderRejected {
             order_id: None,
             sha256: String::new(),
@@ -277,7 +278,11 @@ fn settle(
             w.append("order_rejected", None, &data)
         })?;
     }
-    move_out(path, &spool.dir.join("rejected"), &format!("{}: {}\n", r.code, r.message))?;
+    move_out(
+        path,
+        &spool.dir.join("rejected"),
+        &format!("{}: {}\n", r.code, r.message),
+    )?;
     entry.action = SpoolAction::Rejected;
     entry.code = Some(r.code);
     entry.reason = Some(r.message);

@@ -365,21 +365,38 @@ fn record_scan_in(w: &mut Writer<'_>, scans: &[ModuleScan]) -> Result<ScanRecord
 
 /// Refuses files that are not custody journals or are too new, without writing to them.
 fn probe(path: &Path) -> Result<()> {
+    let first = probe_with(path, OpenFlags::SQLITE_OPEN_READ_ONLY);
+    let mut hot = path.as_os_str().to_owned();
+    hot.push("-journal");
+    if first.is_err() && Path::new(&hot).exists() {
+        // A process killed mid-transaction left a hot rollback journal, which a read-only
+        // connection cannot roll back. Rolling it back is SQLite's own recovery.
+        return probe_with(path, OpenFlags::SQLITE_OPEN_READ_WRITE);
+    }
+    first
+}
+
+fn probe_with(path: &Path, mode: OpenFlags) -> Result<()> {
     let not_ours = || Error::NotAJournal(path.into());
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|_| not_ours())?;
+    let conn = Connection::open_with_flags(path, mode | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|_| not_ours())?;
     let app_id: i32 = conn
         .pragma_query_value(None, "application_id", |r| r.get(0))
         .map_err(|_| not_ours())?;
-    if app_id != APPLICATION_ID {
-        return Err(not_ours());
-    }
     let version: u32 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(|_| not_ours())?;
+    if app_id != APPLICATION_ID {
+        // An empty database (a first run killed before its schema was committed) is a new
+        // journal, not a foreign file.
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(|_| not_ours())?;
+        if app_id == 0 && version == 0 && tables == 0 {
+            return Ok(());
+        }
+        return Err(not_ours());
+    }
     if version > migrations::LATEST {
         return Err(Error::SchemaTooNew {
             found: version,

@@ -116,6 +116,21 @@ pub fn plan(
     snapshot: &CarrierSnapshot,
     module: &ModuleInfo,
 ) -> std::result::Result<WipePlan, Rejection> {
+    plan_resumed(order, snapshot, module, None)
+}
+
+/// Like [`plan`], for running an order again after an earlier attempt of the same order on
+/// the same carrier (`previous`, from its `wipe_started`) failed or was interrupted: the
+/// certificates the order names were checked then and may be gone now, and everything the
+/// earlier plan expected to be gone is checked again.
+pub fn plan_resumed(
+    order: &VerifiedOrder,
+    snapshot: &CarrierSnapshot,
+    module: &ModuleInfo,
+    previous: Option<&WipePlan>,
+) -> std::result::Result<WipePlan, Rejection> {
+    let previous =
+        previous.filter(|p| p.carrier == snapshot.id.key() && p.order_sha256 == order.sha256());
     let o = order.order();
     let id = &snapshot.id;
     if id.serial != o.target.serial
@@ -147,6 +162,7 @@ pub fn plan(
         .certificate_fingerprints()
         .into_iter()
         .filter(|c| !on_token.contains(&c.as_str()))
+        .filter(|c| !previous.is_some_and(|p| p.gone.certificates.contains(c)))
         .collect();
     if !missing.is_empty() {
         return Err(Rejection::new(
@@ -207,6 +223,28 @@ pub fn plan(
                 label: k.label.escaped(),
                 fingerprint: k.public_key_sha256.clone(),
             });
+        }
+    }
+    if let Some(p) = previous {
+        for id in &p.gone.cka_ids {
+            if !cka_ids.contains(id) {
+                cka_ids.push(id.clone());
+            }
+        }
+        for k in &p.gone.public_keys {
+            if !public_keys.contains(k) {
+                public_keys.push(k.clone());
+            }
+        }
+        for c in &p.gone.certificates {
+            if !certificates.contains(c) {
+                certificates.push(c.clone());
+            }
+        }
+        for obj in &p.objects {
+            if !objects.contains(obj) {
+                objects.push(obj.clone());
+            }
         }
     }
     let mut new_label = format!("wiped {}", o.id);
@@ -557,7 +595,11 @@ pub fn execute(
         reject_verified(journal, env, order, &r, Some(&snapshot.id.key()), None)?;
         return Ok(Outcome::Refused(r));
     }
-    let plan = match plan(order, &snapshot, module.info()) {
+    let previous = match journal.order(&o.id)?.and_then(|row| row.started_seq) {
+        Some(seq) => Some(started_event(journal, seq)?.plan),
+        None => None,
+    };
+    let plan = match plan_resumed(order, &snapshot, module.info(), previous.as_ref()) {
         Ok(p) => p,
         Err(r) => {
             let state = (r.code == RejectCode::CertificateMismatch
@@ -712,6 +754,14 @@ fn record_outcome(
         })
 }
 
+fn started_event(journal: &Journal, seq: u64) -> Result<WipeStarted> {
+    let event = journal
+        .event(seq)?
+        .ok_or_else(|| Error::JournalCorrupt(format!("wipe_started #{seq} is missing")))?;
+    serde_json::from_value(event.data)
+        .map_err(|e| Error::JournalCorrupt(format!("wipe_started #{seq}: {e}")))
+}
+
 /// What [`reconcile`] decided for one interrupted wipe.
 #[derive(Debug, Clone, Serialize)]
 pub struct Reconciled {
@@ -737,11 +787,7 @@ pub fn reconcile(
     let mut out = Vec::new();
     for row in journal.orders_started()? {
         let Some(seq) = row.started_seq else { continue };
-        let event = journal
-            .event(seq)?
-            .ok_or_else(|| Error::JournalCorrupt(format!("wipe_started #{seq} is missing")))?;
-        let started: WipeStarted = serde_json::from_value(event.data.clone())
-            .map_err(|e| Error::JournalCorrupt(format!("wipe_started #{seq}: {e}")))?;
+        let started = started_event(journal, seq)?;
         let plan = &started.plan;
         tracing::warn!(order = %row.order_id, started_seq = seq, "interrupted wipe found; checking the carrier");
         let carrier = crate::id::CarrierId {

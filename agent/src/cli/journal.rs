@@ -234,7 +234,11 @@ pub fn describe(e: &EventRow) -> String {
             "order {}: {} object(s) destroyed, verified in a fresh context{}; responsible {}",
             s(&d["order_id"]),
             d["destroyed"].as_array().map(Vec::len).unwrap_or(0),
-            if d["reconciled"] == serde_json::Value::Bool(true) { " after an interruption" } else { "" },
+            if d["reconciled"] == serde_json::Value::Bool(true) {
+                " after an interruption"
+            } else {
+                ""
+            },
             s(&d["responsible"])
         ),
         "wipe_failed" => format!("order {}: {}", s(&d["order_id"]), s(&d["error"])),

@@ -165,7 +165,12 @@ fn create(ctx: &Context, a: &CreateArgs) -> anyhow::Result<Exit> {
         &a.dismissed,
         time::macros::format_description!("[year]-[month]-[day]"),
     )
-    .with_context(|| format!("--dismissed {:?} is not a date like 2026-11-23", a.dismissed))?;
+    .with_context(|| {
+        format!(
+            "--dismissed {:?} is not a date like 2026-11-23",
+            a.dismissed
+        )
+    })?;
     if !(1..=order::MAX_VALIDITY_DAYS).contains(&a.valid_days) {
         bail!(
             "--valid-days must be between 1 and {}",
@@ -232,10 +237,18 @@ struct Signed {
 fn sign(ctx: &Context, a: &SignArgs) -> anyhow::Result<Exit> {
     let (bytes, size) = order::read_capped(&a.file, order::MAX_ORDER_BYTES + 1)?;
     if size > order::MAX_ORDER_BYTES as u64 {
-        bail!("{} is larger than an order may be; not signed", a.file.display());
+        bail!(
+            "{} is larger than an order may be; not signed",
+            a.file.display()
+        );
     }
-    let parsed = DestructionOrder::parse(&bytes)
-        .map_err(|r| anyhow::anyhow!("{} is not a valid order, not signed: {}", a.file.display(), r.message))?;
+    let parsed = DestructionOrder::parse(&bytes).map_err(|r| {
+        anyhow::anyhow!(
+            "{} is not a valid order, not signed: {}",
+            a.file.display(),
+            r.message
+        )
+    })?;
     let key = zeroize::Zeroizing::new(
         std::fs::read_to_string(&a.key)
             .with_context(|| format!("reading the key {}", a.key.display()))?,
@@ -329,10 +342,16 @@ fn verify(ctx: &Context, a: &VerifyArgs) -> anyhow::Result<Exit> {
                 } else if row.state == OrderState::Completed {
                     refusal = Some(order::Rejection::new(
                         order::RejectCode::AlreadyExecuted,
-                        format!("order {} was executed already: it would be refused as a replay", o.id),
+                        format!(
+                            "order {} was executed already: it would be refused as a replay",
+                            o.id
+                        ),
                     ));
                 } else {
-                    notes.push(format!("the journal has this order ({})", row.state.as_str()));
+                    notes.push(format!(
+                        "the journal has this order ({})",
+                        row.state.as_str()
+                    ));
                 }
             }
         }
@@ -392,9 +411,10 @@ fn verify(ctx: &Context, a: &VerifyArgs) -> anyhow::Result<Exit> {
         signatures: v.signatures.clone(),
         distinct_signers: v.distinct_signers,
         required_signers: v.required_signers,
-        due: v.order.as_ref().map(|o| {
-            crate::cli::status::show_time(&zone, o.due(&zone))
-        }),
+        due: v
+            .order
+            .as_ref()
+            .map(|o| crate::cli::status::show_time(&zone, o.due(&zone))),
         journal_state,
         target,
         notes,
@@ -404,11 +424,18 @@ fn verify(ctx: &Context, a: &VerifyArgs) -> anyhow::Result<Exit> {
     } else {
         print_verify(&report, &v);
     }
-    Ok(if report.acceptable { Exit::Ok } else { Exit::Failed })
+    Ok(if report.acceptable {
+        Exit::Ok
+    } else {
+        Exit::Failed
+    })
 }
 
 fn print_verify(r: &VerifyReport, v: &Verification) {
-    println!("Order file   {} ({} bytes, sha256 {})", r.file, v.size, r.sha256);
+    println!(
+        "Order file   {} ({} bytes, sha256 {})",
+        r.file, v.size, r.sha256
+    );
     if let Some(o) = &r.order {
         println!("Order        {} ({})", o.id, o.method);
         println!("Holder       {} (dismissed {})", o.holder, o.dismissed);
@@ -542,9 +569,15 @@ fn spool(ctx: &Context, a: &SpoolArgs) -> anyhow::Result<Exit> {
         }
         t.print();
     }
-    Ok(if report.entries.iter().any(|e| e.action == crate::spool::SpoolAction::Error) {
-        Exit::Error
-    } else {
-        Exit::Ok
-    })
+    Ok(
+        if report
+            .entries
+            .iter()
+            .any(|e| e.action == crate::spool::SpoolAction::Error)
+        {
+            Exit::Error
+        } else {
+            Exit::Ok
+        },
+    )
 }

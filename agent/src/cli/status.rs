@@ -91,7 +91,9 @@ pub fn order_statuses(rows: &[OrderRow], zone: &Zone, now: OffsetDateTime) -> Ve
                 responsible: r.responsible.clone(),
                 dismissed: r.dismissed.clone(),
                 due: due.map(|d| show_time(zone, d)).unwrap_or_default(),
-                due_utc: due.map(custody_core::journal::timestamp).unwrap_or_default(),
+                due_utc: due
+                    .map(custody_core::journal::timestamp)
+                    .unwrap_or_default(),
                 overdue: due.is_none_or(|d| now >= d),
                 state: r.state,
                 received_at: r.received_at.clone(),
@@ -129,7 +131,14 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<Exit> {
             );
         } else {
             let mut t = Table::new(&[
-                "ORDER", "HOLDER", "SERIAL", "METHOD", "STATE", "DUE", "OVERDUE", "RESPONSIBLE",
+                "ORDER",
+                "HOLDER",
+                "SERIAL",
+                "METHOD",
+                "STATE",
+                "DUE",
+                "OVERDUE",
+                "RESPONSIBLE",
             ]);
             for o in &orders {
                 t.row(vec![

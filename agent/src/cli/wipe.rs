@@ -115,7 +115,11 @@ fn wipe(ctx: &Context, args: &WipeArgs, out: &mut WipeJson) -> anyhow::Result<Ex
     };
     let mut secrets = Secrets {
         so_pin: args.so_pin_file.as_deref().map(read_pin_file).transpose()?,
-        user_pin: args.user_pin_file.as_deref().map(read_pin_file).transpose()?,
+        user_pin: args
+            .user_pin_file
+            .as_deref()
+            .map(read_pin_file)
+            .transpose()?,
     };
     let trust = load_trust(ctx, args.allowed_signers.as_deref())?;
     let mut journal = ctx.open_journal()?;

@@ -12,11 +12,9 @@ use crate::order::{AllowedSigners, OrderInput, Zone};
 const NOW: OffsetDateTime = datetime!(2026-11-24 10:00 UTC);
 
 fn verified(method: &str, certs: &[&str], manufacturer: Option<&str>) -> VerifiedOrder {
-    let dir = std::env::temp_dir().join(format!(
-        "custody-wipe-plan-{}-{method}-{}",
-        std::process::id(),
-        certs.len()
-    ));
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("custody-wipe-plan-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
     let key = dir.join("k");
@@ -160,4 +158,29 @@ fn secrets_debug_never_shows_pins() {
     };
     let text = format!("{s:?}");
     assert!(!text.contains("CANARY"), "{text}");
+}
+
+#[test]
+fn a_resumed_plan_accepts_certificates_gone_in_the_earlier_attempt() {
+    let sha = "ab".repeat(32);
+    let order = verified("reinit", &[&sha], None);
+    let first = plan(&order, &snapshot("s1", &sha), &module()).unwrap_or_else(|r| panic!("{r}"));
+    // The interrupted attempt deleted the certificate; the keys remain.
+    let mut now = snapshot("s1", &sha);
+    now.certificates.clear();
+    assert_eq!(
+        plan(&order, &now, &module()).err().map(|r| r.code),
+        Some(RejectCode::CertificateMismatch)
+    );
+    let again =
+        plan_resumed(&order, &now, &module(), Some(&first)).unwrap_or_else(|r| panic!("{r}"));
+    assert!(
+        again.gone.certificates.contains(&sha),
+        "the old certificate is still checked"
+    );
+    assert_eq!(again.objects.len(), first.objects.len());
+    // Another carrier's earlier plan does not count.
+    let mut elsewhere = first.clone();
+    elsewhere.carrier = "x/y/z".into();
+    assert!(plan_resumed(&order, &now, &module(), Some(&elsewhere)).is_err());
 }
