@@ -598,15 +598,12 @@ pub fn check(
     }
     let parsed = DestructionOrder::parse(bytes);
     v.order = parsed.as_ref().ok().cloned();
-    let sigs = match &input.signatures {
-        None => {
-            v.result = Err(Rejection::new(
-                RejectCode::SignatureMissing,
-                "the order has no signature file; sign it with `ssh-keygen -Y sign -f KEY -n custody-order FILE` (writes FILE.sig)",
-            ));
-            return v;
-        }
-        Some(s) => s,
+    let Some(sigs) = &input.signatures else {
+        v.result = Err(Rejection::new(
+            RejectCode::SignatureMissing,
+            "the order has no signature file; sign it with `ssh-keygen -Y sign -f KEY -n custody-order FILE` (writes FILE.sig)",
+        ));
+        return v;
     };
     if input.signatures_size > MAX_SIGNATURE_BYTES as u64 || sigs.len() > MAX_SIGNATURE_BYTES {
         v.result = Err(Rejection::new(

@@ -15,11 +15,11 @@ fn assert_refused(env: &Env, order: &Path, code: &str) {
         before.contains("ID:         01"),
         "the listing sees objects: {before}"
     );
-    let rejected_before = env
-        .journal
-        .exists()
-        .then(|| env.events_of("order_rejected").len())
-        .unwrap_or(0);
+    let rejected_before = if env.journal.exists() {
+        env.events_of("order_rejected").len()
+    } else {
+        0
+    };
     let so = env.path("so.pin");
     let (out, spy) = env.custody_spied(&[
         "--json",

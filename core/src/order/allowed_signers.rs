@@ -389,7 +389,7 @@ mod tests {
     #[test]
     fn bad_lines_refuse_the_file_with_the_line_number() {
         for (text, needle) in [
-            (format!("alice\n"), "line 1"),
+            ("alice\n".to_owned(), "line 1"),
             (format!("alice nonsense=\"x\" {KEY}\n"), "unknown"),
             (format!("alice namespaces=git {KEY}\n"), "double quotes"),
             (
