@@ -269,7 +269,7 @@ pub enum Change {
     /// A certificate object appeared.
     CertAdded {
         /// The object.
-        cert: CertObject,
+        cert: Box<CertObject>,
     },
     /// A certificate object disappeared.
     CertRemoved {
@@ -370,11 +370,9 @@ pub fn diff(known: Option<&KnownCarrier>, new: &CarrierSnapshot) -> (Vec<Change>
         changes.push(Change::CarrierEnrolled {
             carrier: CarrierSummary::from(new),
         });
-        changes.extend(
-            new.certificates
-                .iter()
-                .map(|c| Change::CertAdded { cert: c.clone() }),
-        );
+        changes.extend(new.certificates.iter().map(|c| Change::CertAdded {
+            cert: Box::new(c.clone()),
+        }));
         let keys = new
             .public_keys
             .iter()
@@ -424,7 +422,9 @@ pub fn diff(known: Option<&KnownCarrier>, new: &CarrierSnapshot) -> (Vec<Change>
     }
     for c in &new.certificates {
         if !old.certificates.iter().any(|o| same_cert(o, c)) {
-            changes.push(Change::CertAdded { cert: c.clone() });
+            changes.push(Change::CertAdded {
+                cert: Box::new(c.clone()),
+            });
         }
     }
     diff_keys(&old.public_keys, &new.public_keys, &mut changes);
