@@ -434,6 +434,7 @@ pub fn admit(
     order: &VerifiedOrder,
 ) -> Result<std::result::Result<OrderState, Rejection>> {
     let o = order.order();
+    let mut executed_on = None;
     let verdict = journal.write(env.actor, (env.clock)(), |w| {
         let Some(known) = w.order(&o.id)? else {
             let seq = w.append(
@@ -461,6 +462,7 @@ pub fn admit(
             )));
         }
         if known.state == OrderState::Completed {
+            executed_on = known.carrier.clone();
             return Ok(Err(Rejection::new(
                 RejectCode::AlreadyExecuted,
                 format!(
@@ -473,7 +475,8 @@ pub fn admit(
         Ok(Ok(known.state))
     })?;
     if let Err(r) = &verdict {
-        reject_verified(journal, env, order, r, None, None)?;
+        // A replay is recorded on the carrier the order was executed on.
+        reject_verified(journal, env, order, r, executed_on.as_deref(), None)?;
     }
     Ok(verdict)
 }

@@ -60,7 +60,30 @@ fn write_conf(dir: &Path) -> Result<PathBuf, String> {
     Ok(conf)
 }
 
+/// Removes templates of earlier test runs (older than an hour: a run in parallel keeps its own).
+fn remove_old_templates() {
+    let Ok(entries) = std::fs::read_dir(tmp_root()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+        if old
+            && e.file_name()
+                .to_string_lossy()
+                .starts_with("orders-template-")
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 fn build_template() -> Result<Template, String> {
+    remove_old_templates();
     let dir = tmp_root().join(format!("orders-template-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("tokens")).map_err(|e| e.to_string())?;
