@@ -179,6 +179,16 @@ pub fn plan_resumed(
             ),
         ));
     }
+    // What goes: everything for reinit; for destroy-keys the private keys and the objects
+    // sharing their CKA_ID (and certificates the order names), and nothing else is checked.
+    let private = snapshot.private_keys.as_deref().unwrap_or_default();
+    let private_ids: Vec<&crate::id::RawBytes> = private
+        .iter()
+        .map(|k| &k.id)
+        .filter(|id| !id.is_empty())
+        .collect();
+    let named = o.certificate_fingerprints();
+    let goes = |id: &crate::id::RawBytes| o.method == Method::Reinit || private_ids.contains(&id);
     let mut objects = Vec::new();
     let mut cka_ids: Vec<String> = Vec::new();
     let mut public_keys: Vec<String> = Vec::new();
@@ -189,6 +199,9 @@ pub fn plan_resumed(
         }
     };
     for c in &snapshot.certificates {
+        if !goes(&c.id) && !named.contains(&c.sha256) {
+            continue;
+        }
         add_id(&c.id);
         if !certificates.contains(&c.sha256) {
             certificates.push(c.sha256.clone());
@@ -205,12 +218,14 @@ pub fn plan_resumed(
             fingerprint: Some(c.sha256.clone()),
         });
     }
-    let private = snapshot.private_keys.as_deref().unwrap_or_default();
     for (class, keys) in [
         ("public_key", &snapshot.public_keys[..]),
         ("private_key", private),
     ] {
         for k in keys {
+            if class == "public_key" && !goes(&k.id) {
+                continue;
+            }
             add_id(&k.id);
             if let Some(fp) = &k.public_key_sha256 {
                 if !public_keys.contains(fp) {

@@ -113,6 +113,43 @@ fn reinit_wipe_is_verified_and_journaled_with_evidence() -> TestResult {
 #[test]
 fn destroy_keys_removes_private_keys_and_their_objects_only() -> TestResult {
     let env = Env::new("destroy");
+    // A trust anchor without a private key stays: destroy-keys is about private keys.
+    let slot = (u64::from_str_radix(&env.t.alice, 16)? & 0x7fff_ffff).to_string();
+    let ca = env.path("ca.der");
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args([
+            "-nodes",
+            "-subj",
+            "/CN=Trust Anchor",
+            "-days",
+            "30",
+            "-outform",
+            "DER",
+        ])
+        .arg("-keyout")
+        .arg(env.path("ca.key"))
+        .arg("-out")
+        .arg(&ca)
+        .output()?;
+    assert!(made.status.success(), "{}", text(&made));
+    let out = Command::new("pkcs11-tool")
+        .args([
+            "--module", MODULE, "--slot", &slot, "--login", "--pin", USER_PIN,
+        ])
+        .args(["--write-object"])
+        .arg(&ca)
+        .args(["--type", "cert", "--id", "09", "--label", "trust anchor"])
+        .env("SOFTHSM2_CONF", &env.conf)
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out));
     let order = env.order("ord-destroy", json!({ "method": "destroy-keys" }));
     env.sign(&order, "it");
     let user = env.path("user.pin");
@@ -138,6 +175,7 @@ fn destroy_keys_removes_private_keys_and_their_objects_only() -> TestResult {
     // The user PIN still works: the carrier was not re-initialised.
     let listing = env.listing_of(&env.t.alice);
     assert!(!listing.contains("C_Login failed"), "{listing}");
+    assert!(listing.contains("trust anchor"), "{listing}");
     Ok(())
 }
 

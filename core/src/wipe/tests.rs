@@ -184,3 +184,29 @@ fn a_resumed_plan_accepts_certificates_gone_in_the_earlier_attempt() {
     elsewhere.carrier = "x/y/z".into();
     assert!(plan_resumed(&order, &now, &module(), Some(&elsewhere)).is_err());
 }
+
+#[test]
+fn destroy_keys_leaves_objects_without_a_private_key_out_of_the_plan() {
+    let order = verified("destroy-keys", &[], None);
+    let mut snap = snapshot("s1", &"cd".repeat(32));
+    // A CA certificate and a public key with an id no private key has: not destroyed, so not
+    // expected to be gone either.
+    snap.public_keys.push(key(KeyClass::Public, 9, "pk9"));
+    snap.certificates.push(CertObject {
+        id: RawBytes::new(vec![9]),
+        label: RawBytes::new(b"ca".to_vec()),
+        sha256: "ef".repeat(32),
+        info: None,
+        parse_error: Some("x".into()),
+        key_pairing: KeyPairing::None,
+    });
+    let p = plan(&order, &snap, &module()).unwrap_or_else(|r| panic!("{r}"));
+    assert!(!p.gone.cka_ids.contains(&"09".to_owned()));
+    assert!(!p.gone.public_keys.contains(&"pk9".to_owned()));
+    assert!(!p.gone.certificates.contains(&"ef".repeat(32)));
+    assert!(p.gone.cka_ids.contains(&"01".to_owned()) && p.gone.cka_ids.contains(&"02".to_owned()));
+    // reinit takes everything.
+    let order = verified("reinit", &[], None);
+    let p = plan(&order, &snap, &module()).unwrap_or_else(|r| panic!("{r}"));
+    assert!(p.gone.cka_ids.contains(&"09".to_owned()));
+}
