@@ -18,7 +18,7 @@
 //! service calls it every interval, `custody order spool` once.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use custody_core::journal::Journal;
 use custody_core::order::{self, AllowedSigners, OrderInput, RejectCode, Rejection};
@@ -168,11 +168,11 @@ fn process_one(
         return settle(spool, journal, &env, path, entry, r, None);
     }
     if !sig.exists() {
-        let age = meta
+        let modified = meta
             .modified()
-            .ok()
-            .and_then(|m| SystemTime::now().duration_since(m).ok())
-            .unwrap_or_default();
+            .map(time::OffsetDateTime::from)
+            .unwrap_or_else(|_| (env.clock)());
+        let age = (env.clock)() - modified;
         if age < SIGNATURE_GRACE {
             entry.reason = Some("waiting for the signature file NAME.json.sig".into());
             return Ok(entry);

@@ -93,7 +93,7 @@ pub struct VerifyArgs {
     /// Signature file. Default: FILE.sig.
     #[arg(long, value_name = "F")]
     pub signature: Option<PathBuf>,
-    /// Trusted signers (OpenSSH allowed_signers). Default: [orders] allowed_signers.
+    /// Trusted signers (OpenSSH allowed_signers). Default: orders.allowed_signers in the configuration.
     #[arg(long, value_name = "FILE")]
     pub allowed_signers: Option<PathBuf>,
 }
@@ -101,10 +101,10 @@ pub struct VerifyArgs {
 /// `custody order spool`
 #[derive(Debug, Args)]
 pub struct SpoolArgs {
-    /// Spool directory. Default: [service] spool.
+    /// Spool directory. Default: service.spool in the configuration.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
-    /// Trusted signers. Default: [orders] allowed_signers.
+    /// Trusted signers. Default: orders.allowed_signers in the configuration.
     #[arg(long, value_name = "FILE")]
     pub allowed_signers: Option<PathBuf>,
 }

@@ -36,7 +36,7 @@ pub struct WipeArgs {
     /// first line of standard input.
     #[arg(long, group = "pin")]
     pub pin_stdin: bool,
-    /// Trusted signers. Default: [orders] allowed_signers.
+    /// Trusted signers. Default: orders.allowed_signers in the configuration.
     #[arg(long, value_name = "FILE")]
     pub allowed_signers: Option<PathBuf>,
 }

@@ -131,6 +131,18 @@ fn spool_rejects_bad_orders_and_executes_when_the_carrier_is_present() {
     let report = spool_pass(&env);
     assert_eq!(entry(&report, "again.json")["code"], "already_executed");
     assert!(spool.join("rejected/again.json.reason").exists());
+
+    // An order whose signature never came is rejected after the grace period.
+    assert_eq!(entry(&report, "unsigned.json")["action"], "waiting");
+    let eleven_minutes_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(660);
+    std::fs::File::options()
+        .write(true)
+        .open(spool.join("unsigned.json"))
+        .and_then(|f| f.set_modified(eleven_minutes_ago))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let report = spool_pass(&env);
+    assert_eq!(entry(&report, "unsigned.json")["code"], "signature_missing");
+    assert!(spool.join("rejected/unsigned.json.reason").exists());
 }
 
 #[test]
