@@ -86,6 +86,11 @@ fn kill_9_at_random_moments_never_leaves_a_false_wipe_claim() {
         window.0, window.1
     );
 
+    // The token directory of alice (SoftHSM names it after the serial's last 12 digits).
+    let alice_dir = {
+        let serial = &template().alice;
+        format!("-{}-{}", &serial[..4], &serial[4..])
+    };
     let mut tally = Tally::default();
     let started = Instant::now();
     for run in 0..RUNS {
@@ -158,7 +163,20 @@ fn kill_9_at_random_moments_never_leaves_a_false_wipe_claim() {
                     .any(|l| l.trim() == "ID:         01" || l.trim() == "ID:         02")
             })
             .unwrap_or(true);
+        // Below PKCS#11: SoftHSM keeps each object in a file; after a completed reinit none
+        // of alice's object files may be left on disk, not even an unreachable one.
+        let leftover: Vec<String> = walk(&env.path("tokens"))
+            .into_iter()
+            .filter(|f| {
+                f.contains(&alice_dir) && f.contains(".object") && !f.contains("token.object")
+            })
+            .collect();
         for c in &completed {
+            assert!(
+                leftover.is_empty(),
+                "run {run}: wipe_completed #{} while object files remain: {leftover:?}",
+                c.seq
+            );
             assert!(
                 !damaged,
                 "run {run}: wipe_completed #{} for an unreadable carrier",
