@@ -182,8 +182,9 @@ pub fn describe(e: &EventRow) -> String {
             let c = &d["cert"];
             match c["info"]["subject"].as_str() {
                 Some(subject) => format!(
-                    "id {} {} sha256 {}",
+                    "id {} label \"{}\" {} sha256 {}",
                     s(&c["id"]),
+                    hexlabel(&c["label"]),
                     subject,
                     clip(&s(&c["sha256"]), 17)
                 ),
