@@ -6,8 +6,11 @@ pub mod export;
 pub mod import;
 pub mod issue;
 pub mod journal;
+pub mod order;
 pub mod revocation;
 pub mod scan;
+pub mod status;
+pub mod wipe;
 
 use std::path::{Path, PathBuf};
 
@@ -83,6 +86,13 @@ pub enum Command {
     /// Certificates: export one to a file.
     #[command(subcommand)]
     Cert(cert::CertCommand),
+    /// Destruction orders: create, sign, verify; reconcile interrupted wipes; process the spool.
+    #[command(subcommand)]
+    Order(order::OrderCommand),
+    /// Execute a signed destruction order: wipe the carrier and verify it in a fresh context.
+    Wipe(wipe::WipeArgs),
+    /// Open destruction orders and their deadlines (--overdue: exit 1 when any is past due).
+    Status(status::StatusArgs),
 }
 
 impl Command {
@@ -105,6 +115,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Issue(args) => issue::run(&ctx, &args),
         Command::Revocation(cmd) => revocation::run(&ctx, &cmd),
         Command::Cert(cmd) => cert::run(&ctx, &cmd),
+        Command::Order(cmd) => order::run(&ctx, &cmd),
+        Command::Wipe(args) => wipe::run(&ctx, &args),
+        Command::Status(args) => status::run(&ctx, &args),
     }
 }
 

@@ -9,11 +9,13 @@
 //! - [`config`]: the TOML configuration, validated; PIN sources.
 //! - [`output`]: tables for people, JSON for scripts.
 //! - [`logging`]: tracing subscriber (human or JSON).
+//! - [`spool`]: the order spool directory, one pass at a time.
 
 pub mod cli;
 pub mod config;
 pub mod logging;
 pub mod output;
+pub mod spool;
 
 use std::process::ExitCode;
 

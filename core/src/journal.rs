@@ -12,6 +12,7 @@ mod checkpoint;
 mod form;
 mod issue;
 mod migrations;
+mod orders;
 mod query;
 
 use std::collections::{HashMap, HashSet};
@@ -38,6 +39,7 @@ pub use issue::{
     IssueRequest, IssuedCarrier, IssuedData, KeyEntry, KeySet, RevocationData, RevocationRecord,
     RevocationRequest, RevocationStep, StoredCertificate,
 };
+pub use orders::{OrderRow, OrderState};
 pub use query::{CarrierRow, EventRow};
 
 /// `PRAGMA application_id` of a custody journal ("CUST").
@@ -216,10 +218,7 @@ impl Journal {
         actor: &Actor,
         now: OffsetDateTime,
     ) -> Result<ScanRecord> {
-        let digests = scans
-            .iter()
-            .map(|s| s.carriers.iter().map(snapshot_digest).collect())
-            .collect::<Result<Vec<Vec<String>>>>()?;
+        let digests = scan_digests(scans)?;
         if self.bookkeeping_only(scans, &digests)? {
             // Nothing but last_seen will change: such a commit need not wait for the disk
             // (WAL keeps the file consistent; at worst a power cut loses a last_seen). Should
@@ -456,21 +455,38 @@ fn record_scan_in(
 
 /// Refuses files that are not custody journals or are too new, without writing to them.
 fn probe(path: &Path) -> Result<()> {
+    let first = probe_with(path, OpenFlags::SQLITE_OPEN_READ_ONLY);
+    let mut hot = path.as_os_str().to_owned();
+    hot.push("-journal");
+    if first.is_err() && Path::new(&hot).exists() {
+        // A process killed mid-transaction left a hot rollback journal, which a read-only
+        // connection cannot roll back. Rolling it back is SQLite's own recovery.
+        return probe_with(path, OpenFlags::SQLITE_OPEN_READ_WRITE);
+    }
+    first
+}
+
+fn probe_with(path: &Path, mode: OpenFlags) -> Result<()> {
     let not_ours = || Error::NotAJournal(path.into());
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|_| not_ours())?;
+    let conn = Connection::open_with_flags(path, mode | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|_| not_ours())?;
     let app_id: i32 = conn
         .pragma_query_value(None, "application_id", |r| r.get(0))
         .map_err(|_| not_ours())?;
-    if app_id != APPLICATION_ID {
-        return Err(not_ours());
-    }
     let version: u32 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(|_| not_ours())?;
+    if app_id != APPLICATION_ID {
+        // An empty database (a first run killed before its schema was committed) is a new
+        // journal, not a foreign file.
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(|_| not_ours())?;
+        if app_id == 0 && version == 0 && tables == 0 {
+            return Ok(());
+        }
+        return Err(not_ours());
+    }
     if version > migrations::LATEST {
         return Err(Error::SchemaTooNew {
             found: version,
@@ -532,6 +548,14 @@ impl Writer<'_> {
     pub fn at(&self) -> &str {
         &self.at
     }
+}
+
+/// The snapshot digests of every carrier of `scans`, computed once per scan.
+fn scan_digests(scans: &[ModuleScan]) -> Result<Vec<Vec<String>>> {
+    scans
+        .iter()
+        .map(|s| s.carriers.iter().map(snapshot_digest).collect())
+        .collect()
 }
 
 fn snapshot_digest(snap: &CarrierSnapshot) -> Result<String> {

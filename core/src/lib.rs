@@ -11,6 +11,8 @@
 //! - [`cert`]: the only code that parses X.509 (`x509-parser`): [`cert::CertInfo`].
 //! - [`journal`]: the only code that uses SQLite (`rusqlite`): schema, events, hash chain.
 //! - [`inventory`]: snapshots of carriers and the diff that turns a scan into events.
+//! - [`order`]: signed destruction orders: parse, verify -> [`order::VerifiedOrder`].
+//! - [`wipe`]: plan, execute and verify a wipe; accepts only a verified order; reconcile.
 //! - [`id`]: carrier identity and raw PKCS#11 byte strings.
 //! - [`error`]: the one error type.
 
@@ -20,6 +22,8 @@ pub mod error;
 pub mod id;
 pub mod inventory;
 pub mod journal;
+pub mod order;
 pub mod token;
+pub mod wipe;
 
 pub use error::{Error, Result};

@@ -5,6 +5,7 @@
 //! one token or one object. Errors from the binding are translated once, in [`map_err`].
 
 mod sign;
+mod wipe;
 
 use std::path::{Path, PathBuf};
 
@@ -24,12 +25,18 @@ use crate::inventory::{
 };
 
 pub use sign::{CarrierCertificate, SignOptions};
+pub use wipe::{DestroyedObject, GoneReport, GoneSpec, RemainingObject, Resolution, ResolvedToken};
 
 /// Where PINs for carriers come from. Implemented by the agent from its configuration; PINs
 /// are handed over as [`SecretString`] and exposed only at the C call.
 pub trait PinSource {
     /// The user PIN for this carrier, if one is configured.
     fn user_pin(&self, carrier: &CarrierId) -> Result<Option<SecretString>>;
+
+    /// The SO PIN for this carrier, if one is configured (used only to wipe).
+    fn so_pin(&self, _carrier: &CarrierId) -> Result<Option<SecretString>> {
+        Ok(None)
+    }
 }
 
 /// A [`PinSource`] with no PINs: scans read only what is visible without login.

@@ -233,6 +233,37 @@ pub fn describe(e: &EventRow) -> String {
             d["count"],
             clip(&s(&d["head_hash"]), 17)
         ),
+        "order_received" => format!(
+            "order {} for {} ({}), holder {}",
+            s(&d["order_id"]),
+            s(&d["order"]["target"]["serial"]),
+            s(&d["order"]["method"]),
+            s(&d["order"]["holder"])
+        ),
+        "order_rejected" => format!(
+            "order {} refused: {}",
+            d["order_id"].as_str().unwrap_or("?"),
+            s(&d["code"])
+        ),
+        "wipe_started" => format!(
+            "order {} ({}), {} object(s) to go, responsible {}",
+            s(&d["order_id"]),
+            s(&d["method"]),
+            d["plan"]["objects"].as_array().map(Vec::len).unwrap_or(0),
+            s(&d["responsible"])
+        ),
+        "wipe_completed" => format!(
+            "order {}: {} object(s) destroyed, verified in a fresh context{}; responsible {}",
+            s(&d["order_id"]),
+            d["destroyed"].as_array().map(Vec::len).unwrap_or(0),
+            if d["reconciled"] == serde_json::Value::Bool(true) {
+                " after an interruption"
+            } else {
+                ""
+            },
+            s(&d["responsible"])
+        ),
+        "wipe_failed" => format!("order {}: {}", s(&d["order_id"]), s(&d["error"])),
         _ => d.to_string(),
     }
 }

@@ -505,7 +505,7 @@ fn plan(
     }
     let snapshot: String = conn
         .query_row(
-            "SELECT snapshot FROM carriers WHERE carrier = ?1",
+            "SELECT snapshot FROM carrier_snapshots WHERE carrier = ?1",
             [&key],
             |r| r.get(0),
         )

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 const MIGRATIONS: &[&str] = &[
     include_str!("sql/0001_initial.sql"),
     include_str!("sql/0002_issuance.sql"),
+    include_str!("sql/0003_orders.sql"),
 ];
 
 /// The schema version this build writes.
