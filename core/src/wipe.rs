@@ -754,6 +754,16 @@ fn record_outcome(
     } else {
         ("wipe_failed", OrderState::Failed)
     };
+    // A destruction is followed by a signed checkpoint in the same transaction. Without a
+    // usable journal key the outcome is still recorded: losing it would be worse.
+    let key = if report.verified {
+        journal
+            .journal_key()
+            .map_err(|e| tracing::warn!(cause = %e, "no checkpoint after the wipe"))
+            .ok()
+    } else {
+        None
+    };
     journal
         .write(env.actor, (env.clock)(), |w| {
             if let Some(scan) = scan {
@@ -761,6 +771,9 @@ fn record_outcome(
             }
             let seq = w.append(kind, Some(&report.carrier), report)?;
             w.set_order_state(order_id, state, seq, Some(&report.carrier))?;
+            if let Some(key) = &key {
+                w.checkpoint(key)?;
+            }
             Ok(seq)
         })
         .map_err(|e| {

@@ -100,6 +100,15 @@ fn reinit_wipe_is_verified_and_journaled_with_evidence() -> TestResult {
     assert_eq!(row.state, custody_core::journal::OrderState::Completed);
     // The post-wipe scan recorded the carrier's new state.
     assert!(!env.events_of("carrier_reinitialised").is_empty());
+    // The destruction is sealed by a signed checkpoint right after it.
+    let checkpoints = env.events_of("checkpoint");
+    let sealed = checkpoints.iter().find(|e| e.seq == c.seq + 1);
+    assert!(
+        sealed.is_some(),
+        "no checkpoint after wipe_completed #{}",
+        c.seq
+    );
+    assert!(journal.verify_checkpoints(None)?.ok());
 
     let shown = env.custody(&["journal", "show", &env.t.alice]);
     let shown = text(&shown);
