@@ -6,7 +6,7 @@
 #     after the commit) minus the time just before the move;
 #   - idle CPU time (exact: /proc/PID/task/*/schedstat) and peak RSS (VmHWM) of the service
 #     over 60 s with 1 and 10 tokens present, next to the floor measured at the same time:
-#     `watch-bench floor`, a minimal cryptoki loop doing what the module itself needs per
+#     `custody-floor --poll`, a minimal cryptoki loop doing what the module itself needs per
 #     interval (C_Finalize + C_Initialize, C_GetSlotList).
 # Options are passed on to `watch-bench run`: --interval MS --idle SECS --insertions N
 # --dir DIR --keep 1 (keep the directory with the journals and logs).
@@ -14,6 +14,6 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/softhsm-fixtures/ensure-packages.sh"
 cd "$root"
-cargo build -q --release -p custody-agent --bin custody -p custody-tests --bin watch-bench
+cargo build -q --release -p custody-agent --bin custody -p custody-tests --bin watch-bench --bin custody-floor
 exec "$root/target/release/watch-bench" run --custody "$root/target/release/custody" \
   --module "$("$root/softhsm-fixtures/module-path.sh")" "$@"

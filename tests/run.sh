@@ -3,6 +3,6 @@
 # workspace (unit tests, CLI tests and the end-to-end tests against SoftHSM2).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-"$root/softhsm-fixtures/ensure-packages.sh" chromium
+"$root/softhsm-fixtures/ensure-packages.sh" chromium poppler-utils
 cd "$root"
 cargo test --workspace --all-targets "$@"

@@ -1,9 +1,17 @@
 //! The command line: global options shared by every subcommand, and dispatch.
 
+pub mod cert;
+pub mod checkpoint;
+pub mod export;
+pub mod import;
+pub mod issue;
 pub mod journal;
+pub mod order;
+pub mod revocation;
 pub mod scan;
 pub mod status;
 pub mod watch;
+pub mod wipe;
 
 use std::path::{Path, PathBuf};
 
@@ -71,10 +79,25 @@ pub enum Command {
     /// Read the journal: list carriers, show one carrier's history, verify the chain.
     #[command(subcommand)]
     Journal(journal::JournalCommand),
+    /// Record that a carrier and the keys on it were handed to a signer.
+    Issue(issue::IssueArgs),
+    /// Record the revocation steps with the qualified trust service provider.
+    #[command(subcommand)]
+    Revocation(revocation::RevocationCommand),
+    /// Certificates: export one to a file.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
+    /// Destruction orders: create, sign, verify; reconcile interrupted wipes; process the spool.
+    #[command(subcommand)]
+    Order(order::OrderCommand),
+    /// Execute a signed destruction order: wipe the carrier and verify it in a fresh context.
+    Wipe(wipe::WipeArgs),
     /// Run the background service: enroll carriers when they are inserted, record every
-    /// change, until SIGTERM/SIGINT.
+    /// change, process the order spool, until SIGTERM/SIGINT.
     Watch(watch::WatchArgs),
-    /// Show the carriers present now and the state of the service.
+    /// The service's state, the carriers present now, open destruction orders and their
+    /// deadlines (--overdue: exit 1 when any is past due; --running: exit 1 unless the
+    /// service runs).
     Status(status::StatusArgs),
 }
 
@@ -95,6 +118,11 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
     match cli.command {
         Command::Scan(args) => scan::run(&ctx, &args),
         Command::Journal(cmd) => journal::run(&ctx, &cmd),
+        Command::Issue(args) => issue::run(&ctx, &args),
+        Command::Revocation(cmd) => revocation::run(&ctx, &cmd),
+        Command::Cert(cmd) => cert::run(&ctx, &cmd),
+        Command::Order(cmd) => order::run(&ctx, &cmd),
+        Command::Wipe(args) => wipe::run(&ctx, &args),
         Command::Watch(args) => watch::run(&ctx, &args),
         Command::Status(args) => status::run(&ctx, &args),
     }

@@ -340,6 +340,22 @@ impl PinSource for ConfigPins<'_> {
                 reason: format!("{e:#}"),
             })
     }
+
+    fn so_pin(&self, carrier: &CarrierId) -> custody_core::Result<Option<SecretString>> {
+        let Some(rule) = self.0.pin_rule(&carrier.serial) else {
+            return Ok(None);
+        };
+        let read = match (&rule.so_pin_file, &rule.so_pin_env) {
+            (Some(f), _) => read_pin_file(f).map_err(|e| (f.display().to_string(), e)),
+            (None, Some(v)) => read_pin_env(v).map_err(|e| (v.clone(), e)),
+            (None, None) => return Ok(None),
+        };
+        read.map(Some)
+            .map_err(|(source_name, e)| custody_core::Error::PinSource {
+                source_name,
+                reason: format!("{e:#}"),
+            })
+    }
 }
 
 /// Creates a file with mode 0600 (for PINs and keys written by custody or its tests).

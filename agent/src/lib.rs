@@ -9,6 +9,7 @@
 //! - [`config`]: the TOML configuration, validated; PIN sources.
 //! - [`output`]: tables for people, JSON for scripts.
 //! - [`logging`]: tracing subscriber (human or JSON).
+//! - [`spool`]: the order spool directory, one pass at a time.
 //! - [`service`]: the background service ([`service::run`]), built from [`worker`] (the
 //!   thread that owns PKCS#11 and the journal), [`watch`] (timing), [`shutdown`] and
 //!   [`state`] (the state record `custody status` reads).
@@ -19,6 +20,7 @@ pub mod logging;
 pub mod output;
 pub mod service;
 pub mod shutdown;
+pub mod spool;
 pub mod state;
 pub mod watch;
 pub mod worker;

@@ -2,7 +2,6 @@
 
 use std::io::Write;
 
-use custody_core::id::escape_text;
 use serde::Serialize;
 
 /// Prints `value` as pretty JSON on stdout.
@@ -33,7 +32,7 @@ impl Table {
     /// Adds a row (escaped).
     pub fn row(&mut self, cells: Vec<String>) {
         self.rows
-            .push(cells.iter().map(|c| escape_text(c)).collect());
+            .push(cells.iter().map(|c| escape_controls(c)).collect());
     }
 
     /// True when there are no rows.
@@ -70,6 +69,20 @@ impl Table {
     pub fn print(&self) {
         print!("{}", self.render());
     }
+}
+
+/// Escapes control characters only: cells often hold text that is already escaped (labels
+/// from raw bytes), and a second pass must not double its backslashes.
+fn escape_controls(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Shortens `s` to `max` characters with an ellipsis.

@@ -7,6 +7,8 @@
 //! and its journal transaction are finished, the worker records `last_seen` of the carriers
 //! present and finalises the modules, then `run` returns.
 
+pub mod orders;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -59,9 +61,22 @@ pub struct TaskContext<'a> {
     pub present: &'a [PresentCarrier],
 }
 
-/// The tasks the service runs every interval, in order. Add the order spool here.
-pub fn tasks(_config: &Config) -> Vec<Box<dyn Task>> {
-    Vec::new()
+/// The tasks the service runs every interval, in order: the order spool, when
+/// `[orders] allowed_signers` is configured.
+pub fn tasks(config: &Config) -> Vec<Box<dyn Task>> {
+    let mut tasks: Vec<Box<dyn Task>> = Vec::new();
+    match &config.allowed_signers {
+        Some(signers) => tasks.push(Box::new(orders::OrderTask::new(
+            config.spool.clone(),
+            signers.clone(),
+            config.required_signers,
+        ))),
+        None => tracing::info!(
+            spool = %config.spool.display(),
+            "no [orders] allowed_signers configured: the order spool is not processed"
+        ),
+    }
+    tasks
 }
 
 /// Runs the service until `shutdown` resolves (or the worker fails). Returns `Ok` after a

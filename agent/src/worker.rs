@@ -208,6 +208,25 @@ impl WorkerState {
     pub fn carriers_changed(&mut self) {
         self.force_check = true;
     }
+
+    /// Runs `f` with the journal, the loaded modules as one slice (what the order spool and
+    /// wipes take), the PIN sources and the actor.
+    pub fn with_modules<T>(
+        &mut self,
+        f: impl FnOnce(&mut Journal, &mut [Module], &dyn PinSource, &Actor) -> T,
+    ) -> T {
+        let (slots, mut modules): (Vec<usize>, Vec<Module>) = self
+            .modules
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, w)| w.module.take().map(|m| (i, m)))
+            .unzip();
+        let result = f(&mut self.journal, &mut modules, &self.pins, &self.actor);
+        for (i, m) in slots.into_iter().zip(modules) {
+            self.modules[i].module = Some(m);
+        }
+        result
+    }
 }
 
 /// One module the worker watches.
@@ -272,10 +291,12 @@ fn public_view(s: &CarrierSnapshot) -> CarrierSnapshot {
     p
 }
 
-/// A snapshot without its slot, for comparing reads.
-fn without_slot(s: &CarrierSnapshot) -> CarrierSnapshot {
+/// A snapshot without its slot and login outcome, for comparing reads (the login outcome
+/// is not journaled; what it let the read see is).
+fn comparable(s: &CarrierSnapshot) -> CarrierSnapshot {
     let mut s = s.clone();
     s.slot = 0;
+    s.login = Login::NotAttempted;
     s
 }
 
@@ -775,7 +796,7 @@ fn compare(
                 .filter_map(|(slot, s)| match s {
                     SlotState::Carrier(k) => Some((
                         k.full.id.key(),
-                        (*slot, without_slot(&k.full), k.unreadable.is_some()),
+                        (*slot, comparable(&k.full), k.unreadable.is_some()),
                     )),
                     _ => None,
                 })

@@ -73,6 +73,7 @@ fn material() -> &'static Material {
             ])
             .args([
                 "-nodes",
+                "-utf8",
                 "-subj",
                 "/CN=Тарас Шевченко",
                 "-days",
@@ -307,8 +308,12 @@ impl World {
         Ok(v["carriers"].as_array().cloned().unwrap_or_default())
     }
 
+    /// `custody status --running --json`: exit 1 unless the service runs.
     fn status(&self) -> Result<(Option<i32>, Value), Box<dyn std::error::Error>> {
-        let out = self.custody().args(["status", "--json"]).output()?;
+        let out = self
+            .custody()
+            .args(["status", "--running", "--json"])
+            .output()?;
         Ok((out.status.code(), serde_json::from_slice(&out.stdout)?))
     }
 
@@ -776,10 +781,12 @@ fn status_shows_the_service_and_the_carriers_present() -> TestResult {
         (w.status().ok()?.1["service"]["state"] == "running").then_some(())
     })?;
 
-    // Stopped cleanly: the carriers as last recorded, with their last_seen; exit 1.
+    // Stopped cleanly: the carriers as last recorded, with their last_seen; exit 1 with
+    // --running, 0 without (the listing is informational).
     assert_eq!(service.stop()?, Some(0));
     let (code, v) = w.status()?;
     assert_eq!(code, Some(1));
+    assert_eq!(w.custody().arg("status").output()?.status.code(), Some(0));
     assert_eq!(v["service"]["state"], "stopped");
     assert_eq!(v["carriers"][0]["serial"], serial.as_str());
     assert!(v["carriers"][0]["slot"].is_null());

@@ -81,6 +81,9 @@ pub enum Error {
     /// The request was refused; the message says why.
     #[error("{0}")]
     Refused(String),
+    /// A destruction order was refused; nothing was touched.
+    #[error("order refused: {0}")]
+    OrderRejected(#[from] crate::order::Rejection),
 }
 
 impl Error {

@@ -8,7 +8,11 @@
 //! as a custody journal by `PRAGMA application_id`.
 
 mod chain;
+mod checkpoint;
+mod form;
+mod issue;
 mod migrations;
+mod orders;
 mod presence;
 mod query;
 
@@ -24,6 +28,19 @@ use crate::inventory::{diff, CarrierSnapshot, Change, KnownCarrier};
 use crate::token::ModuleScan;
 
 pub use chain::{VerifyProblem, VerifyReport};
+pub use checkpoint::{
+    Checkpoint, CheckpointProblem, CheckpointReport, JournalKey, TrustedKey, CHECKPOINT_FORMAT,
+};
+pub use form::{
+    AckSummary, Destruction, FormFilter, FormRow, Generated, GeneratedSource, ImportedText,
+    RevocationNote,
+};
+pub use issue::{
+    CertEntry, ExistingIssue, Holder, ImportRecord, ImportRow, IssuePlan, IssueRecord,
+    IssueRequest, IssuedCarrier, IssuedData, KeyEntry, KeySet, RevocationData, RevocationRecord,
+    RevocationRequest, RevocationStep, StoredCertificate,
+};
+pub use orders::{OrderRow, OrderState};
 pub use query::{CarrierRow, EventRow};
 
 /// `PRAGMA application_id` of a custody journal ("CUST").
@@ -159,6 +176,14 @@ impl Journal {
             .map_err(db_err)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(db_err)?;
+        // The last connection would checkpoint the WAL into the database and delete it on
+        // close, with two more fsyncs on every run; SQLite's automatic checkpoints (every
+        // 1000 pages) keep the WAL small instead.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .map_err(db_err)?;
         let mut conn = conn;
         migrations::migrate(&mut conn)?;
         let journal_id: String = conn
@@ -194,7 +219,64 @@ impl Journal {
         actor: &Actor,
         now: OffsetDateTime,
     ) -> Result<ScanRecord> {
-        self.write(actor, now, |w| record_scan_in(w, scans))
+        let digests = scan_digests(scans)?;
+        if self.bookkeeping_only(scans, &digests)? {
+            // Nothing but last_seen will change: such a commit need not wait for the disk
+            // (WAL keeps the file consistent; at worst a power cut loses a last_seen). Should
+            // the state change in between, the transaction is abandoned and redone durably.
+            self.conn
+                .pragma_update(None, "synchronous", "NORMAL")
+                .map_err(db_err)?;
+            let light = self.write(actor, now, |w| {
+                let record = record_scan_in(w, scans, &digests)?;
+                if w.appended() > 0 {
+                    w.abandon();
+                    return Ok(None);
+                }
+                Ok(Some(record))
+            });
+            self.conn
+                .pragma_update(None, "synchronous", "FULL")
+                .map_err(db_err)?;
+            if let Some(record) = light? {
+                return Ok(record);
+            }
+        }
+        self.write(actor, now, |w| record_scan_in(w, scans, &digests))
+    }
+
+    /// True when recording `scans` would change nothing but bookkeeping: every carrier is
+    /// present with the same snapshot and no carrier of a scanned module is missing.
+    fn bookkeeping_only(&self, scans: &[ModuleScan], digests: &[Vec<String>]) -> Result<bool> {
+        let known = load_digests(&self.conn)?;
+        let mut seen = HashSet::new();
+        let all = scans
+            .iter()
+            .zip(digests)
+            .flat_map(|(s, d)| s.carriers.iter().zip(d));
+        for (snap, new) in all {
+            let key = snap.id.key();
+            match known.get(&key) {
+                Some((true, digest)) if digest == new => {}
+                _ => return Ok(false),
+            }
+            seen.insert(key);
+        }
+        let modules: HashSet<&str> = scans.iter().map(|s| s.module.path.as_str()).collect();
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT carrier, module FROM carriers WHERE present = 1")
+            .map_err(db_err)?;
+        let present = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(db_err)?;
+        for row in present {
+            let (carrier, module) = row.map_err(db_err)?;
+            if modules.contains(module.as_str()) && !seen.contains(&carrier) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Runs `f` in one immediate transaction with a [`Writer`] that appends events and
@@ -210,15 +292,22 @@ impl Journal {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db_err)?;
         let head = chain::Head::load(&tx)?;
+        let first_seq = head.seq;
         let mut writer = Writer {
             tx,
             head,
             journal_id: &self.journal_id,
             actor,
             at: timestamp(now),
+            first_seq,
+            abandoned: false,
         };
         let value = f(&mut writer)?;
-        writer.tx.commit().map_err(db_err)?;
+        if writer.abandoned {
+            writer.tx.rollback().map_err(db_err)?;
+        } else {
+            writer.tx.commit().map_err(db_err)?;
+        }
         Ok(value)
     }
 
@@ -252,7 +341,7 @@ impl Journal {
         let text: Option<String> = self
             .conn
             .query_row(
-                "SELECT snapshot FROM carriers WHERE carrier = ?1",
+                "SELECT snapshot FROM carrier_snapshots WHERE carrier = ?1",
                 [carrier],
                 |r| r.get(0),
             )
@@ -263,7 +352,11 @@ impl Journal {
     }
 }
 
-fn record_scan_in(w: &mut Writer<'_>, scans: &[ModuleScan]) -> Result<ScanRecord> {
+fn record_scan_in(
+    w: &mut Writer<'_>,
+    scans: &[ModuleScan],
+    digests: &[Vec<String>],
+) -> Result<ScanRecord> {
     let at = w.at().to_owned();
     let mut record = ScanRecord::default();
     let known = load_digests(w.tx())?;
@@ -276,14 +369,13 @@ fn record_scan_in(w: &mut Writer<'_>, scans: &[ModuleScan]) -> Result<ScanRecord
         });
         Ok::<u64, Error>(seq)
     };
-    for scan in scans {
+    for (scan, digests) in scans.iter().zip(digests) {
         let mut seen = HashSet::new();
-        for snap in &scan.carriers {
+        for (snap, digest) in scan.carriers.iter().zip(digests) {
             let key = snap.id.key();
             record.carriers_seen += 1;
-            let digest = snapshot_digest(snap)?;
             let (changes, stored, enrolled) = match known.get(&key) {
-                Some((true, stored)) if *stored == digest => {
+                Some((true, stored)) if stored == digest => {
                     w.tx()
                         .prepare_cached(
                             "UPDATE carriers SET last_seen = ?1, last_slot = ?2 WHERE carrier = ?3",
@@ -364,21 +456,38 @@ fn record_scan_in(w: &mut Writer<'_>, scans: &[ModuleScan]) -> Result<ScanRecord
 
 /// Refuses files that are not custody journals or are too new, without writing to them.
 fn probe(path: &Path) -> Result<()> {
+    let first = probe_with(path, OpenFlags::SQLITE_OPEN_READ_ONLY);
+    let mut hot = path.as_os_str().to_owned();
+    hot.push("-journal");
+    if first.is_err() && Path::new(&hot).exists() {
+        // A process killed mid-transaction left a hot rollback journal, which a read-only
+        // connection cannot roll back. Rolling it back is SQLite's own recovery.
+        return probe_with(path, OpenFlags::SQLITE_OPEN_READ_WRITE);
+    }
+    first
+}
+
+fn probe_with(path: &Path, mode: OpenFlags) -> Result<()> {
     let not_ours = || Error::NotAJournal(path.into());
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|_| not_ours())?;
+    let conn = Connection::open_with_flags(path, mode | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|_| not_ours())?;
     let app_id: i32 = conn
         .pragma_query_value(None, "application_id", |r| r.get(0))
         .map_err(|_| not_ours())?;
-    if app_id != APPLICATION_ID {
-        return Err(not_ours());
-    }
     let version: u32 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(|_| not_ours())?;
+    if app_id != APPLICATION_ID {
+        // An empty database (a first run killed before its schema was committed) is a new
+        // journal, not a foreign file.
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .map_err(|_| not_ours())?;
+        if app_id == 0 && version == 0 && tables == 0 {
+            return Ok(());
+        }
+        return Err(not_ours());
+    }
     if version > migrations::LATEST {
         return Err(Error::SchemaTooNew {
             found: version,
@@ -395,6 +504,8 @@ pub struct Writer<'a> {
     journal_id: &'a str,
     actor: &'a Actor,
     at: String,
+    first_seq: u64,
+    abandoned: bool,
 }
 
 impl Writer<'_> {
@@ -424,10 +535,28 @@ impl Writer<'_> {
         &self.tx
     }
 
+    /// Rolls the whole transaction back instead of committing it when the closure returns.
+    pub fn abandon(&mut self) {
+        self.abandoned = true;
+    }
+
+    /// Events appended so far in this transaction.
+    pub fn appended(&self) -> u64 {
+        self.head.seq - self.first_seq
+    }
+
     /// The time every event of this transaction carries.
     pub fn at(&self) -> &str {
         &self.at
     }
+}
+
+/// The snapshot digests of every carrier of `scans`, computed once per scan.
+fn scan_digests(scans: &[ModuleScan]) -> Result<Vec<Vec<String>>> {
+    scans
+        .iter()
+        .map(|s| s.carriers.iter().map(snapshot_digest).collect())
+        .collect()
 }
 
 fn snapshot_digest(snap: &CarrierSnapshot) -> Result<String> {
@@ -438,9 +567,12 @@ fn snapshot_digest(snap: &CarrierSnapshot) -> Result<String> {
     Ok(crate::cert::sha256_hex(&json))
 }
 
-fn load_digests(tx: &Transaction<'_>) -> Result<HashMap<String, (bool, String)>> {
+fn load_digests(tx: &Connection) -> Result<HashMap<String, (bool, String)>> {
     let mut stmt = tx
-        .prepare("SELECT carrier, present, snapshot_sha256 FROM carriers")
+        .prepare(
+            "SELECT c.carrier, c.present, s.sha256 FROM carriers c
+             JOIN carrier_snapshots s ON s.carrier = c.carrier",
+        )
         .map_err(db_err)?;
     let rows = stmt
         .query_map([], |r| {
@@ -456,7 +588,7 @@ fn load_digests(tx: &Transaction<'_>) -> Result<HashMap<String, (bool, String)>>
 fn load_snapshot(tx: &Transaction<'_>, key: &str) -> Result<CarrierSnapshot> {
     let text: String = tx
         .query_row(
-            "SELECT snapshot FROM carriers WHERE carrier = ?1",
+            "SELECT snapshot FROM carrier_snapshots WHERE carrier = ?1",
             [key],
             |r| r.get(0),
         )
@@ -479,8 +611,8 @@ fn store_carrier(
         Some(seq) => {
             tx.execute(
                 "INSERT INTO carriers (carrier, manufacturer, model, serial, label, module, present,
-                     first_seen, last_seen, last_slot, enrolled_seq, snapshot_sha256, snapshot)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7, ?8, ?9, ?10, ?11)",
+                     first_seen, last_seen, last_slot, enrolled_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7, ?8, ?9)",
                 params![
                     key,
                     snap.id.manufacturer,
@@ -490,9 +622,7 @@ fn store_carrier(
                     snap.module,
                     at,
                     snap.slot as i64,
-                    seq as i64,
-                    digest,
-                    json
+                    seq as i64
                 ],
             )
             .map_err(db_err)?;
@@ -500,20 +630,18 @@ fn store_carrier(
         None => {
             tx.execute(
                 "UPDATE carriers SET label = ?2, module = ?3, present = 1, last_seen = ?4,
-                     last_slot = ?5, snapshot_sha256 = ?6, snapshot = ?7 WHERE carrier = ?1",
-                params![
-                    key,
-                    snap.label,
-                    snap.module,
-                    at,
-                    snap.slot as i64,
-                    digest,
-                    json
-                ],
+                     last_slot = ?5 WHERE carrier = ?1",
+                params![key, snap.label, snap.module, at, snap.slot as i64],
             )
             .map_err(db_err)?;
         }
     }
+    tx.execute(
+        "INSERT INTO carrier_snapshots (carrier, sha256, snapshot) VALUES (?1, ?2, ?3)
+         ON CONFLICT (carrier) DO UPDATE SET sha256 = excluded.sha256, snapshot = excluded.snapshot",
+        params![key, digest, json],
+    )
+    .map_err(db_err)?;
     if changes.iter().any(|c| {
         matches!(
             c,

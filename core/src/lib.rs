@@ -7,17 +7,23 @@
 //! # Layout
 //!
 //! - [`token`]: the only code that talks PKCS#11 (`cryptoki`): modules, slots, objects, login.
+//! - [`ack`]: acknowledgements of receipt: the signed statement and its verification.
 //! - [`cert`]: the only code that parses X.509 (`x509-parser`): [`cert::CertInfo`].
 //! - [`journal`]: the only code that uses SQLite (`rusqlite`): schema, events, hash chain.
 //! - [`inventory`]: snapshots of carriers and the diff that turns a scan into events.
+//! - [`order`]: signed destruction orders: parse, verify -> [`order::VerifiedOrder`].
+//! - [`wipe`]: plan, execute and verify a wipe; accepts only a verified order; reconcile.
 //! - [`id`]: carrier identity and raw PKCS#11 byte strings.
 //! - [`error`]: the one error type.
 
+pub mod ack;
 pub mod cert;
 pub mod error;
 pub mod id;
 pub mod inventory;
 pub mod journal;
+pub mod order;
 pub mod token;
+pub mod wipe;
 
 pub use error::{Error, Result};

@@ -4,6 +4,9 @@
 //! initialised token into a [`CarrierSnapshot`] without ever failing the whole scan because of
 //! one token or one object. Errors from the binding are translated once, in [`map_err`].
 
+mod sign;
+mod wipe;
+
 use std::path::{Path, PathBuf};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -23,11 +26,19 @@ use crate::inventory::{
     key_type_name, CarrierSnapshot, CertObject, KeyClass, KeyObject, KeyPairing, Login, TokenFlags,
 };
 
+pub use sign::{CarrierCertificate, SignOptions};
+pub use wipe::{DestroyedObject, GoneReport, GoneSpec, RemainingObject, Resolution, ResolvedToken};
+
 /// Where PINs for carriers come from. Implemented by the agent from its configuration; PINs
 /// are handed over as [`SecretString`] and exposed only at the C call.
 pub trait PinSource {
     /// The user PIN for this carrier, if one is configured.
     fn user_pin(&self, carrier: &CarrierId) -> Result<Option<SecretString>>;
+
+    /// The SO PIN for this carrier, if one is configured (used only to wipe).
+    fn so_pin(&self, _carrier: &CarrierId) -> Result<Option<SecretString>> {
+        Ok(None)
+    }
 
     /// Called when the token rejected the PIN from this source ([`Error::WrongPin`] or
     /// [`Error::PinLocked`]), so that a long-running caller can stop offering it until the
@@ -270,6 +281,7 @@ impl Module {
             );
             snapshot.id.discriminator = Some(digest[..16].to_owned());
         }
+        snapshot.sort_objects();
         snapshot.pair_keys();
         Ok(Some(snapshot))
     }

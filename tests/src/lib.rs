@@ -1,1 +1,64 @@
-//! placeholder
+//! End-to-end test support for custody: SoftHSM2 token sets built from a [`Spec`].
+//!
+//! A spec lists tokens and their objects (EC/RSA key pairs generated on the token with a
+//! certificate from a fixture CA, Ukrainian qualified profiles, a DSTU 4145 certificate,
+//! certificates from files, raw garbage). The `custody-fixtures` binary realises it with
+//! cryptoki, one worker process per token, and writes `<dir>/softhsm2.conf`, `<dir>/tokens/`,
+//! `<dir>/pins/`, `<dir>/certs/`, `<dir>/ca/`, `<dir>/env` and `<dir>/manifest.json`.
+//!
+//! Tests run in parallel threads of one process, so nothing here sets SOFTHSM2_CONF in the
+//! test process: [`TokenSet`] runs the binary as a child, and tools that should see a set get
+//! [`TokenSet::env`] in their own environment.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use custody_tests::{temp_dir, Profile, Spec, TokenSet, TokenSpec};
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! let bin = Path::new("target/debug/custody-fixtures"); // env!("CARGO_BIN_EXE_custody-fixtures")
+//! let base = Path::new("target/tmp"); // env!("CARGO_TARGET_TMPDIR")
+//! let spec = Spec::new().token(
+//!     TokenSpec::new("Іваненко І.І.").ec_key_cert("01", "signing key", Profile::ua_person()),
+//! );
+//! let set = TokenSet::build(bin, &spec, &temp_dir(base, "my_test")?)?;
+//! let serial = &set.manifest().tokens[0].serial;
+//! let output = set
+//!     .command("pkcs11-tool")
+//!     .arg("--module")
+//!     .arg(set.module())
+//!     .arg("-L")
+//!     .output()?;
+//! assert!(String::from_utf8_lossy(&output.stdout).contains(serial.as_str()));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`spec`]: the spec types and the named sets (`demo`, `edge`, `bench:N:K`).
+//! - [`profile`]: certificate profiles (subject names, Ukrainian extensions).
+//! - `ca`: the fixture CA that issues every certificate (rcgen, and yasna for DSTU 4145).
+//! - [`token`]: builds one token with cryptoki inside a worker process.
+//! - [`set`]: builds, caches and copies whole sets; [`TokenSet`].
+//! - [`manifest`]: the typed `manifest.json`.
+//! - [`softhsm`]: module path, configuration and env files, test directories.
+//! - [`custody`]: runs the real `custody` binary against a set and a journal.
+
+mod ca;
+pub mod custody;
+pub mod manifest;
+pub mod profile;
+pub mod set;
+pub mod softhsm;
+pub mod spec;
+pub mod token;
+
+pub use custody::{custody_bin, Custody, Run};
+pub use manifest::{Manifest, ObjectClass, ObjectManifest, TokenManifest};
+pub use profile::{Person, Profile, Seal};
+pub use set::{build_set, copy_set, BuildOptions, BuildReport, TokenSet};
+pub use softhsm::{softhsm_module, temp_dir};
+pub use spec::{
+    default_ua_certs_dir, Bytes, Day, ObjectKind, ObjectSpec, Spec, Text, TokenSpec, Validity,
+    BUILDER_VERSION,
+};

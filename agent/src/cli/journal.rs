@@ -18,12 +18,25 @@ pub enum JournalCommand {
         /// The carrier's serial (or its full key manufacturer/model/serial).
         serial: String,
     },
-    /// Recompute the hash chain; exit 1 and name the first bad row when it is broken.
-    Verify,
+    /// Recompute the hash chain and check every signed checkpoint; exit 1 and name the
+    /// problem when something does not verify.
+    Verify(super::checkpoint::VerifyArgs),
+    /// Print the mandated form (CSV, HTML, JSON; Ukrainian or English).
+    Export(super::export::ExportArgs),
+    /// Import an office's paper journal from CSV; rows keep their numbers.
+    Import(super::import::ImportArgs),
+    /// Write a signed checkpoint, or export the latest one to keep elsewhere.
+    Checkpoint(super::checkpoint::CheckpointArgs),
 }
 
 /// Runs a journal subcommand.
 pub fn run(ctx: &Context, cmd: &JournalCommand) -> anyhow::Result<Exit> {
+    match cmd {
+        JournalCommand::Export(args) => return super::export::run(ctx, args),
+        JournalCommand::Import(args) => return super::import::run(ctx, args),
+        JournalCommand::Checkpoint(args) => return super::checkpoint::run(ctx, args),
+        _ => {}
+    }
     let journal = ctx.open_existing_journal()?;
     match cmd {
         JournalCommand::List => {
@@ -125,34 +138,10 @@ pub fn run(ctx: &Context, cmd: &JournalCommand) -> anyhow::Result<Exit> {
             }
             Ok(Exit::Ok)
         }
-        JournalCommand::Verify => {
-            let report = journal.verify()?;
-            if ctx.global.json {
-                json(&serde_json::json!({
-                    "journal": journal.path(),
-                    "journal_id": journal.journal_id(),
-                    "ok": report.ok(),
-                    "events": report.events,
-                    "head_hash": report.head_hash,
-                    "first_bad": report.first_bad,
-                }))?;
-            } else if let Some(bad) = &report.first_bad {
-                println!(
-                    "journal {} is BROKEN at event #{}: {}",
-                    journal.path().display(),
-                    bad.seq,
-                    bad.reason
-                );
-                println!("{} event(s) before it verify; keep the file as evidence and restore from a copy", report.events);
-            } else {
-                println!(
-                    "journal {} verifies: {} event(s), head {}",
-                    journal.path().display(),
-                    report.events,
-                    report.head_hash
-                );
-            }
-            Ok(if report.ok() { Exit::Ok } else { Exit::Failed })
+        JournalCommand::Verify(args) => super::checkpoint::verify(ctx, &journal, args),
+        // Dispatched above, before the journal is opened (import may create it).
+        JournalCommand::Export(_) | JournalCommand::Import(_) | JournalCommand::Checkpoint(_) => {
+            Ok(Exit::Error)
         }
     }
 }
@@ -182,8 +171,9 @@ pub fn describe(e: &EventRow) -> String {
             let c = &d["cert"];
             match c["info"]["subject"].as_str() {
                 Some(subject) => format!(
-                    "id {} {} sha256 {}",
+                    "id {} label \"{}\" {} sha256 {}",
                     s(&c["id"]),
+                    hexlabel(&c["label"]),
                     subject,
                     clip(&s(&c["sha256"]), 17)
                 ),
@@ -211,6 +201,69 @@ pub fn describe(e: &EventRow) -> String {
             )
         }
         "key_removed" => format!("{} id {}", s(&d["class"]), s(&d["id"])),
+        "issued" => format!(
+            "row {} to {}, {}{}",
+            d["row_no"],
+            s(&d["holder"]["name"]),
+            s(&d["issued_on"]),
+            match d["acknowledgement"]["status"].as_str() {
+                Some(st) => format!(", acknowledgement {st}"),
+                None => String::new(),
+            }
+        ),
+        "issue_acknowledged" => format!(
+            "row {}, acknowledgement {}",
+            d["row_no"],
+            s(&d["acknowledgement"]["status"])
+        ),
+        "revocation_requested" | "revocation_confirmed" => format!(
+            "ref {}, {}, {} certificate(s)",
+            s(&d["reference"]),
+            s(&d["date"]),
+            d["certificates"].as_array().map_or(0, Vec::len)
+        ),
+        "imported" => format!(
+            "row {} from {} line {}",
+            d["row_no"],
+            s(&d["source"]),
+            d["line"]
+        ),
+        "checkpoint" => format!(
+            "{} events, head {}",
+            d["count"],
+            clip(&s(&d["head_hash"]), 17)
+        ),
+        "order_received" => format!(
+            "order {} for {} ({}), holder {}",
+            s(&d["order_id"]),
+            s(&d["order"]["target"]["serial"]),
+            s(&d["order"]["method"]),
+            s(&d["order"]["holder"])
+        ),
+        "order_rejected" => format!(
+            "order {} refused: {}",
+            d["order_id"].as_str().unwrap_or("?"),
+            s(&d["code"])
+        ),
+        "wipe_started" => format!(
+            "order {} ({}), {} object(s) to go, responsible {}",
+            s(&d["order_id"]),
+            s(&d["method"]),
+            d["plan"]["objects"].as_array().map(Vec::len).unwrap_or(0),
+            s(&d["responsible"])
+        ),
+        "wipe_completed" => format!(
+            "order {}: {} object(s) destroyed, verified in a fresh context{}; responsible {}",
+            s(&d["order_id"]),
+            d["destroyed"].as_array().map(Vec::len).unwrap_or(0),
+            if d["reconciled"] == serde_json::Value::Bool(true) {
+                " after an interruption"
+            } else {
+                ""
+            },
+            s(&d["responsible"])
+        ),
+        "wipe_failed" => format!("order {}: {}", s(&d["order_id"]), s(&d["error"])),
         _ => d.to_string(),
     }
 }

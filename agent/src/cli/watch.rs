@@ -65,7 +65,11 @@ pub fn run(ctx: &Context, args: &WatchArgs) -> anyhow::Result<Exit> {
                     _ = int.recv() => "SIGINT",
                 };
                 tracing::warn!(signal = name, "second signal: exiting at once");
-                std::process::exit(2);
+                // _exit, not exit: no atexit handler runs, in particular no C++ static
+                // destructor of a loaded PKCS#11 module, which could crash while the worker
+                // thread is still inside that module. SQLite rolls back an unfinished
+                // transaction at the next open.
+                signal_hook::low_level::exit(2);
             });
         };
         service::run(cfg, shutdown).await

@@ -104,9 +104,18 @@ impl PinSource for ServicePins {
                  offered again until {name} changes; correct it and the service tries once more"
             )));
         }
-        self.rejected.borrow_mut().remove(&key);
-        *self.offered.borrow_mut() = Some((key, fp));
-        ConfigPins(&self.config).user_pin(carrier)
+        // The source changed (or never failed): read it. Forget the rejection only when a PIN
+        // is actually handed out, so that a source caught half-written (empty) is retried.
+        let pin = ConfigPins(&self.config).user_pin(carrier)?;
+        if pin.is_some() {
+            self.rejected.borrow_mut().remove(&key);
+            *self.offered.borrow_mut() = Some((key, fp));
+        }
+        Ok(pin)
+    }
+
+    fn so_pin(&self, carrier: &CarrierId) -> custody_core::Result<Option<SecretString>> {
+        ConfigPins(&self.config).so_pin(carrier)
     }
 
     fn login_failed(&self, carrier: &CarrierId, error: &Error) {
@@ -182,6 +191,14 @@ mod tests {
             ..carrier()
         };
         assert!(pins.user_pin(&other).is_ok());
+
+        // The file is being rewritten (empty for a moment): nothing is offered, and the retry
+        // stays due.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::fs::write(&file, b"").unwrap_or_else(|e| panic!("{e}"));
+        assert!(pins.retry_due(&c));
+        assert!(pins.user_pin(&c).is_err());
+        assert!(pins.retry_due(&c));
 
         // The file is corrected: a retry is due, and the new PIN is offered once.
         std::thread::sleep(std::time::Duration::from_millis(5));

@@ -7,7 +7,11 @@ use super::{db_err, APPLICATION_ID};
 use crate::error::{Error, Result};
 
 /// The migrations; `MIGRATIONS[n]` upgrades schema n to n + 1.
-const MIGRATIONS: &[&str] = &[include_str!("sql/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("sql/0001_initial.sql"),
+    include_str!("sql/0002_issuance.sql"),
+    include_str!("sql/0003_orders.sql"),
+];
 
 /// The schema version this build writes.
 pub(crate) const LATEST: u32 = MIGRATIONS.len() as u32;

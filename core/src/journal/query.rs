@@ -65,8 +65,8 @@ pub(crate) fn carriers(conn: &Connection, serial: Option<&str>) -> Result<Vec<Ca
                   c.first_seen, c.last_seen, c.enrolled_seq,
                   (SELECT count(*) FROM certificates WHERE carrier = c.carrier),
                   (SELECT count(*) FROM keys WHERE carrier = c.carrier),
-                  (SELECT group_concat(DISTINCT holder_name) FROM certificates
-                     WHERE carrier = c.carrier AND holder_name IS NOT NULL)
+                  (SELECT group_concat(h, char(31)) FROM (SELECT DISTINCT holder_name AS h
+                     FROM certificates WHERE carrier = c.carrier AND holder_name IS NOT NULL))
            FROM carriers c
            WHERE ?1 IS NULL OR c.serial = ?1 OR c.carrier = ?1
            ORDER BY c.enrolled_seq";
@@ -88,7 +88,7 @@ pub(crate) fn carriers(conn: &Connection, serial: Option<&str>) -> Result<Vec<Ca
                 certificates: r.get::<_, i64>(10)? as u64,
                 keys: r.get::<_, i64>(11)? as u64,
                 holders: holders
-                    .map(|h| h.split(',').map(str::to_owned).collect())
+                    .map(|h| h.split('\u{1f}').map(str::to_owned).collect())
                     .unwrap_or_default(),
             })
         })

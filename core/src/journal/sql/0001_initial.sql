@@ -38,11 +38,17 @@ CREATE TABLE carriers (
     first_seen      TEXT NOT NULL,
     last_seen       TEXT NOT NULL,      -- bookkeeping, not chained
     last_slot       INTEGER,
-    enrolled_seq    INTEGER NOT NULL,
-    snapshot_sha256 TEXT NOT NULL,
-    snapshot        TEXT NOT NULL       -- JSON CarrierSnapshot: the basis of the next diff
+    enrolled_seq    INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX carriers_by_serial ON carriers (serial);
+
+-- The last snapshot of each carrier, the basis of the next diff. Kept apart from `carriers`
+-- so that the bookkeeping update of an unchanged scan rewrites a small row only.
+CREATE TABLE carrier_snapshots (
+    carrier  TEXT PRIMARY KEY REFERENCES carriers (carrier),
+    sha256   TEXT NOT NULL,             -- digest of the snapshot without its slot id
+    snapshot TEXT NOT NULL              -- JSON CarrierSnapshot
+) STRICT;
 
 CREATE TABLE certificates (
     carrier     TEXT NOT NULL REFERENCES carriers (carrier),

@@ -6,12 +6,11 @@
 //!     Creates N initialised tokens (SO PIN 12345678, user PIN 123456) with K certificate
 //!     objects each in the SoftHSM2 of $SOFTHSM2_CONF, in-process through cryptoki (about
 //!     four times faster than pkcs11-tool). Prints one JSON line per token: label, serial.
-//! watch-bench floor --interval MS [--reinit yes|no] [--module PATH]
-//!     The floor: the minimal poll of the module every interval (C_Finalize + C_Initialize
-//!     when --reinit yes, then C_GetSlotList), until killed.
 //! watch-bench run --custody PATH [--interval MS] [--idle SECS] [--insertions N]
 //!                 [--dir DIR] [--module PATH]
-//!     The benchmark: insertion latency and idle cost of `custody watch` next to the floor.
+//!     The benchmark: insertion latency and idle cost of `custody watch` next to the floor,
+//!     `custody-floor MODULE --poll MS --reinit` (the module's own minimal poll: C_Finalize +
+//!     C_Initialize, then C_GetSlotList, every interval), run at the same time.
 //! ```
 //!
 //! The PINs above belong to throw-away test tokens; they are not secrets.
@@ -46,10 +45,9 @@ fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("tokens") => tokens(&Args::parse(&args[1..])),
-        Some("floor") => floor(&Args::parse(&args[1..])),
         Some("run") => run(&Args::parse(&args[1..])),
         _ => Err(anyhow::anyhow!(
-            "usage: watch-bench tokens|floor|run [options]; see the source header"
+            "usage: watch-bench tokens|run [options]; see the source header"
         )),
     };
     match result {
@@ -177,23 +175,6 @@ fn tokens(args: &Args) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn floor(args: &Args) -> Result<()> {
-    let interval = Duration::from_millis(args.num("interval", 2000)?);
-    let reinit = args.get("reinit") != Some("no");
-    let p = Pkcs11::new(args.module()).context("loading the module")?;
-    initialize(&p)?;
-    let mut next = Instant::now();
-    loop {
-        next += interval;
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
-        if reinit {
-            p.clone().finalize().context("C_Finalize")?;
-            initialize(&p)?;
-        }
-        std::hint::black_box(p.get_slots_with_token().context("C_GetSlotList")?);
-    }
 }
 
 /// CPU time of a process so far: the sum over its threads of /proc/…/schedstat's first
@@ -366,18 +347,17 @@ impl Setup<'_> {
         Ok(Running { child })
     }
 
-    fn floor(&self, hsm: &Softhsm) -> Result<Running> {
-        let child = Command::new(std::env::current_exe()?)
-            .args([
-                "floor",
-                "--interval",
-                &self.interval.as_millis().to_string(),
-            ])
-            .arg("--module")
+    /// `custody-floor` (built next to this program) polling like the service, for `secs`.
+    fn floor(&self, hsm: &Softhsm, secs: u64) -> Result<Running> {
+        let floor = std::env::current_exe()?.with_file_name("custody-floor");
+        let child = Command::new(&floor)
             .arg(&self.module)
+            .args(["--poll", &self.interval.as_millis().to_string()])
+            .args(["--for", &secs.to_string(), "--reinit"])
             .env("SOFTHSM2_CONF", &hsm.conf)
             .stdout(Stdio::null())
-            .spawn()?;
+            .spawn()
+            .with_context(|| format!("starting {}", floor.display()))?;
         Ok(Running { child })
     }
 }
@@ -441,7 +421,7 @@ fn idle(setup: &Setup<'_>, hsm: &Softhsm, tokens: usize, secs: u64, name: &str) 
     let journal = setup.dir.join(format!("{name}.db"));
     let log = setup.dir.join(format!("{name}.log"));
     let custody = setup.custody(hsm, &journal, &log)?;
-    let floor = setup.floor(hsm)?;
+    let floor = setup.floor(hsm, secs + 60)?;
     // Warm up: the first poll enrolls the tokens present; then two quiet intervals.
     let mut tail = LogTail::open(&log)?;
     tail.wait_recorded("carrier_enrolled", "", Duration::from_secs(30))?;
@@ -599,13 +579,8 @@ fn run(args: &Args) -> Result<()> {
     );
     for r in [&one, &ten] {
         let ratio = r.custody_cpu.as_secs_f64() / r.floor_cpu.as_secs_f64().max(1e-9);
-        let cpu = |d: Duration| {
-            format!(
-                "{} ({:.0} µs/poll)",
-                ms(d),
-                d.as_secs_f64() * 1e6 / r.polls
-            )
-        };
+        let cpu =
+            |d: Duration| format!("{} ({:.0} µs/poll)", ms(d), d.as_secs_f64() * 1e6 / r.polls);
         let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
         println!(
             "  {:<10} {:>24} {:>24} {:>6.2} {:>6}   {:>10.1} MiB {:>6}   {:>10.1} MiB",

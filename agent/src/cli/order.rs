@@ -1,0 +1,583 @@
+//! `custody order create | sign | verify | reconcile | spool`: destruction orders.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Subcommand};
+use custody_core::journal::{Journal, OrderState};
+use custody_core::order::{
+    self, signature, AllowedSigners, DestructionOrder, Method, OrderInput, Target, Verification,
+    Zone,
+};
+use custody_core::token::{Module, Resolution};
+use custody_core::wipe::{self, Env};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use super::Context;
+use crate::config::ConfigPins;
+use crate::output::json;
+use crate::Exit;
+
+/// `custody order …`
+#[derive(Debug, Subcommand)]
+pub enum OrderCommand {
+    /// Print a new destruction order (JSON) on stdout, to be signed.
+    Create(CreateArgs),
+    /// Sign an order with an OpenSSH private key (appends to FILE.sig, like ssh-keygen -Y sign).
+    Sign(SignArgs),
+    /// Explain whether an order is acceptable: signatures, signers, time window, replay, target.
+    Verify(VerifyArgs),
+    /// Check interrupted wipes (wipe_started without outcome) and record their outcome.
+    Reconcile,
+    /// Process the order spool directory once: verify arrivals, execute ready orders.
+    Spool(SpoolArgs),
+}
+
+/// `custody order create`
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Serial of the carrier to wipe.
+    #[arg(long, value_name = "SERIAL")]
+    pub carrier: String,
+    /// Full name of the dismissed holder.
+    #[arg(long, value_name = "NAME")]
+    pub holder: String,
+    /// Dismissal date (YYYY-MM-DD); the wipe is due by the end of the next day.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub dismissed: String,
+    /// reinit (C_InitToken with the SO PIN) or destroy-keys (user PIN, C_DestroyObject).
+    #[arg(long)]
+    pub method: Method,
+    /// Full name of the person responsible for the destruction (journal column 5).
+    #[arg(long, value_name = "NAME")]
+    pub responsible: String,
+    /// SHA-256 of a certificate that must be on the carrier (repeatable).
+    #[arg(long = "cert", value_name = "SHA256")]
+    pub certs: Vec<String>,
+    /// Days the order stays valid (1–31).
+    #[arg(long, default_value_t = 7, value_name = "N")]
+    pub valid_days: i64,
+    /// Why (e.g. the dismissal order's number). Default: "dismissal of HOLDER on DATE".
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Order id. Default: DATE-RANDOM.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Carrier manufacturer (default: from the journal, when it knows the serial).
+    #[arg(long)]
+    pub manufacturer: Option<String>,
+    /// Carrier model (default: from the journal, when it knows the serial).
+    #[arg(long)]
+    pub model: Option<String>,
+}
+
+/// `custody order sign`
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// The order file.
+    pub file: PathBuf,
+    /// OpenSSH private key (unencrypted; for a passphrase-protected key use ssh-keygen -Y sign).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Signature file to append to. Default: FILE.sig.
+    #[arg(long, value_name = "F")]
+    pub signature: Option<PathBuf>,
+}
+
+/// `custody order verify`
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The order file.
+    pub file: PathBuf,
+    /// Signature file. Default: FILE.sig.
+    #[arg(long, value_name = "F")]
+    pub signature: Option<PathBuf>,
+    /// Trusted signers (OpenSSH allowed_signers). Default: orders.allowed_signers in the configuration.
+    #[arg(long, value_name = "FILE")]
+    pub allowed_signers: Option<PathBuf>,
+}
+
+/// `custody order spool`
+#[derive(Debug, Args)]
+pub struct SpoolArgs {
+    /// Spool directory. Default: service.spool in the configuration.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Trusted signers. Default: orders.allowed_signers in the configuration.
+    #[arg(long, value_name = "FILE")]
+    pub allowed_signers: Option<PathBuf>,
+}
+
+/// Runs `custody order …`.
+pub fn run(ctx: &Context, cmd: &OrderCommand) -> anyhow::Result<Exit> {
+    match cmd {
+        OrderCommand::Create(a) => create(ctx, a),
+        OrderCommand::Sign(a) => sign(ctx, a),
+        OrderCommand::Verify(a) => verify(ctx, a),
+        OrderCommand::Reconcile => reconcile(ctx),
+        OrderCommand::Spool(a) => spool(ctx, a),
+    }
+}
+
+/// The trusted signers: `--allowed-signers`, else the configuration's.
+pub fn load_trust(ctx: &Context, explicit: Option<&Path>) -> anyhow::Result<AllowedSigners> {
+    let path = explicit
+        .map(Path::to_path_buf)
+        .or_else(|| ctx.config.allowed_signers.clone())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no trusted signers: set [orders] allowed_signers in the configuration or pass --allowed-signers FILE (OpenSSH allowed_signers format)"
+            )
+        })?;
+    let signers = AllowedSigners::load(&path, &Zone::system())?;
+    if signers.entries().is_empty() {
+        bail!(
+            "{} lists no usable signer; add lines `principal keytype key` (see ssh-keygen(1), ALLOWED SIGNERS)",
+            path.display()
+        );
+    }
+    Ok(signers)
+}
+
+/// The current time (the journal's clock).
+pub fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+/// Loads every module in effect; those that fail are reported on stderr and skipped.
+pub fn load_modules(ctx: &Context) -> Vec<Module> {
+    let mut out = Vec::new();
+    for path in ctx.modules() {
+        match Module::load(&path) {
+            Ok(m) => out.push(m),
+            Err(e) => {
+                tracing::error!(module = %path.display(), cause = %e, "module not loaded");
+                eprintln!("warning: {e}");
+            }
+        }
+    }
+    out
+}
+
+fn create(ctx: &Context, a: &CreateArgs) -> anyhow::Result<Exit> {
+    let dismissed = time::Date::parse(
+        &a.dismissed,
+        time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .with_context(|| {
+        format!(
+            "--dismissed {:?} is not a date like 2026-11-23",
+            a.dismissed
+        )
+    })?;
+    if !(1..=order::MAX_VALIDITY_DAYS).contains(&a.valid_days) {
+        bail!(
+            "--valid-days must be between 1 and {}",
+            order::MAX_VALIDITY_DAYS
+        );
+    }
+    let now = now().replace_nanosecond(0).unwrap_or_else(|_| now());
+    let (mut manufacturer, mut model) = (a.manufacturer.clone(), a.model.clone());
+    if manufacturer.is_none() || model.is_none() {
+        let path = ctx.journal_path();
+        if path.exists() {
+            let known = Journal::open(&path)?.carriers_by_serial(&a.carrier)?;
+            if let [one] = known.as_slice() {
+                manufacturer.get_or_insert_with(|| one.manufacturer.clone());
+                model.get_or_insert_with(|| one.model.clone());
+            }
+        }
+    }
+    let id = a.id.clone().unwrap_or_else(|| {
+        let rand = uuid::Uuid::new_v4().simple().to_string();
+        format!(
+            "{:04}{:02}{:02}-{}",
+            now.year(),
+            u8::from(now.month()),
+            now.day(),
+            &rand[..8]
+        )
+    });
+    let order = DestructionOrder {
+        id,
+        issued_at: now,
+        not_after: now + time::Duration::days(a.valid_days),
+        dismissed,
+        holder: a.holder.clone(),
+        target: Target {
+            serial: a.carrier.clone(),
+            manufacturer,
+            model,
+        },
+        certificates: a.certs.iter().map(|c| c.to_ascii_lowercase()).collect(),
+        method: a.method,
+        responsible: a.responsible.clone(),
+        reason: a
+            .reason
+            .clone()
+            .unwrap_or_else(|| format!("dismissal of {} on {}", a.holder, a.dismissed)),
+    };
+    let mut text = serde_json::to_string_pretty(&order)?;
+    text.push('\n');
+    // What we print must be what we accept.
+    DestructionOrder::parse(text.as_bytes()).map_err(|r| anyhow::anyhow!("{}", r.message))?;
+    print!("{text}");
+    Ok(Exit::Ok)
+}
+
+#[derive(Debug, Serialize)]
+struct Signed {
+    order_id: String,
+    signature_file: String,
+    key_fingerprint: String,
+    signatures: usize,
+}
+
+fn sign(ctx: &Context, a: &SignArgs) -> anyhow::Result<Exit> {
+    let (bytes, size) = order::read_capped(&a.file, order::MAX_ORDER_BYTES + 1)?;
+    if size > order::MAX_ORDER_BYTES as u64 {
+        bail!(
+            "{} is larger than an order may be; not signed",
+            a.file.display()
+        );
+    }
+    let parsed = DestructionOrder::parse(&bytes).map_err(|r| {
+        anyhow::anyhow!(
+            "{} is not a valid order, not signed: {}",
+            a.file.display(),
+            r.message
+        )
+    })?;
+    let key = zeroize::Zeroizing::new(
+        std::fs::read_to_string(&a.key)
+            .with_context(|| format!("reading the key {}", a.key.display()))?,
+    );
+    let (block, fingerprint) = signature::sign(&key, &bytes)?;
+    let sig_path = a
+        .signature
+        .clone()
+        .unwrap_or_else(|| order::signature_path(&a.file));
+    let mut existing = match std::fs::read_to_string(&sig_path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", sig_path.display())),
+    };
+    if !existing.is_empty() && !existing.ends_with('\n') {
+        existing.push('\n');
+    }
+    existing.push_str(&block);
+    let count = signature::split_blocks(&existing)
+        .map(|b| b.len())
+        .unwrap_or(1);
+    std::fs::write(&sig_path, existing)
+        .with_context(|| format!("writing {}", sig_path.display()))?;
+    let out = Signed {
+        order_id: parsed.id,
+        signature_file: sig_path.display().to_string(),
+        key_fingerprint: fingerprint,
+        signatures: count,
+    };
+    if ctx.global.json {
+        json(&out)?;
+    } else {
+        println!(
+            "Signed order {} with {}; {} now holds {} signature(s)",
+            out.order_id, out.key_fingerprint, out.signature_file, out.signatures
+        );
+    }
+    Ok(Exit::Ok)
+}
+
+/// The JSON document `custody order verify --json` prints.
+#[derive(Debug, Serialize)]
+pub struct VerifyReport {
+    /// The order file.
+    pub file: String,
+    /// True when the order would be executed now (or as soon as its carrier is present).
+    pub acceptable: bool,
+    /// The refusal, when not acceptable.
+    pub refusal: Option<order::Rejection>,
+    /// The order's fields as read (claims are unverified unless the signatures verified).
+    pub order: Option<DestructionOrder>,
+    /// SHA-256 of the order file.
+    pub sha256: String,
+    /// One entry per signature.
+    pub signatures: Vec<order::SignatureCheck>,
+    /// Distinct allowed signers with a valid signature.
+    pub distinct_signers: usize,
+    /// Required.
+    pub required_signers: u32,
+    /// The due time (end of the day after dismissal), local time.
+    pub due: Option<String>,
+    /// The journal's state of this order id, when the journal knows it.
+    pub journal_state: Option<OrderState>,
+    /// Target: `present`, `absent`, `mismatch`, `ambiguous`, `not checked`.
+    pub target: String,
+    /// Explanations, one per line.
+    pub notes: Vec<String>,
+}
+
+fn verify(ctx: &Context, a: &VerifyArgs) -> anyhow::Result<Exit> {
+    let trust = load_trust(ctx, a.allowed_signers.as_deref())?;
+    let input = OrderInput::read(&a.file, a.signature.as_deref())?;
+    let v = order::check(&input, &trust, ctx.config.required_signers, now());
+    let zone = Zone::system();
+    let mut notes: Vec<String> = trust.skipped().to_vec();
+    let mut refusal = v.result.as_ref().err().cloned();
+    let mut journal_state = None;
+    let mut target = "not checked".to_owned();
+    if let Ok(verified) = &v.result {
+        let o = verified.order();
+        let path = ctx.journal_path();
+        if path.exists() {
+            let journal = Journal::open(&path)?;
+            if let Some(row) = journal.order(&o.id)? {
+                journal_state = Some(row.state);
+                if row.sha256 != verified.sha256() {
+                    refusal = Some(order::Rejection::new(
+                        order::RejectCode::IdConflict,
+                        format!("the journal holds another order with id {} (received {}): this one would be refused", o.id, row.received_at),
+                    ));
+                } else if row.state == OrderState::Completed {
+                    refusal = Some(order::Rejection::new(
+                        order::RejectCode::AlreadyExecuted,
+                        format!(
+                            "order {} was executed already: it would be refused as a replay",
+                            o.id
+                        ),
+                    ));
+                } else {
+                    notes.push(format!(
+                        "the journal has this order ({})",
+                        row.state.as_str()
+                    ));
+                }
+            }
+        }
+        target = "absent".into();
+        for m in load_modules(ctx) {
+            match m.resolve(
+                &o.target.serial,
+                o.target.manufacturer.as_deref(),
+                o.target.model.as_deref(),
+            ) {
+                Ok(Resolution::Found(t)) => {
+                    target = "present".into();
+                    match m.read_token(&t, None) {
+                        Ok(snap) => {
+                            if let Err(r) = wipe::plan(verified, &snap, m.info()) {
+                                target = "mismatch".into();
+                                refusal.get_or_insert(r);
+                            } else {
+                                notes.push(format!(
+                                    "carrier {} is present in {} (slot {}), label {:?}",
+                                    t.carrier().key(),
+                                    m.info().path,
+                                    t.slot(),
+                                    t.label()
+                                ));
+                            }
+                        }
+                        Err(e) => notes.push(format!("the carrier could not be read: {e}")),
+                    }
+                    break;
+                }
+                Ok(Resolution::Mismatch(_)) => {
+                    target = "mismatch".into();
+                    refusal.get_or_insert(order::Rejection::new(
+                        order::RejectCode::TargetMismatch,
+                        format!("a carrier with serial {} is present but its manufacturer or model differ from the order", o.target.serial),
+                    ));
+                }
+                Ok(Resolution::Ambiguous(_)) => target = "ambiguous".into(),
+                Ok(Resolution::Absent) => {}
+                Err(e) => notes.push(format!("module {}: {e}", m.info().path)),
+            }
+        }
+        if target == "absent" {
+            notes.push(format!(
+                "carrier {} is not present now: the order waits for it (wipe refuses until it is plugged in)",
+                o.target.serial
+            ));
+        }
+    }
+    let report = VerifyReport {
+        file: a.file.display().to_string(),
+        acceptable: refusal.is_none(),
+        refusal,
+        order: v.order.clone(),
+        sha256: v.sha256.clone(),
+        signatures: v.signatures.clone(),
+        distinct_signers: v.distinct_signers,
+        required_signers: v.required_signers,
+        due: v
+            .order
+            .as_ref()
+            .map(|o| crate::cli::status::show_time(&zone, o.due(&zone))),
+        journal_state,
+        target,
+        notes,
+    };
+    if ctx.global.json {
+        json(&report)?;
+    } else {
+        print_verify(&report, &v);
+    }
+    Ok(if report.acceptable {
+        Exit::Ok
+    } else {
+        Exit::Failed
+    })
+}
+
+fn print_verify(r: &VerifyReport, v: &Verification) {
+    println!(
+        "Order file   {} ({} bytes, sha256 {})",
+        r.file, v.size, r.sha256
+    );
+    if let Some(o) = &r.order {
+        println!("Order        {} ({})", o.id, o.method);
+        println!("Holder       {} (dismissed {})", o.holder, o.dismissed);
+        println!(
+            "Target       {} {} {}",
+            o.target.manufacturer.as_deref().unwrap_or("*"),
+            o.target.model.as_deref().unwrap_or("*"),
+            o.target.serial
+        );
+        for c in &o.certificates {
+            println!("Certificate  {c}");
+        }
+        println!("Responsible  {}", o.responsible);
+        println!("Reason       {}", o.reason);
+        println!(
+            "Valid        {} – {} (UTC)",
+            custody_core::journal::timestamp(o.issued_at),
+            custody_core::journal::timestamp(o.not_after)
+        );
+        if let Some(due) = &r.due {
+            println!("Due          {due}");
+        }
+    }
+    for s in &r.signatures {
+        let who = s
+            .signer
+            .as_ref()
+            .map(|x| format!("{} (allowed_signers line {})", x.principals, x.line))
+            .unwrap_or_else(|| "unknown signer".into());
+        match (&s.problem, s.valid) {
+            (None, true) => println!(
+                "Signature {}  good: {who}, {}",
+                s.index,
+                s.key_fingerprint.as_deref().unwrap_or("")
+            ),
+            (Some(p), _) => println!("Signature {}  BAD: {}", s.index, p.message),
+            (None, false) => println!("Signature {}  not counted", s.index),
+        }
+    }
+    println!(
+        "Signers      {} distinct of {} required",
+        r.distinct_signers, r.required_signers
+    );
+    if let Some(state) = r.journal_state {
+        println!("Journal      {}", state.as_str());
+    }
+    println!("Target       {}", r.target);
+    for n in &r.notes {
+        println!("note: {n}");
+    }
+    match &r.refusal {
+        None => println!("\nACCEPTABLE: the order would be executed."),
+        Some(x) => println!("\nREFUSED ({}): {}", x.code, x.message),
+    }
+}
+
+fn reconcile(ctx: &Context) -> anyhow::Result<Exit> {
+    let mut journal = ctx.open_journal()?;
+    let mut modules = load_modules(ctx);
+    let pins = ConfigPins(&ctx.config);
+    let actor = ctx.actor();
+    let env = Env {
+        actor: &actor,
+        clock: &now,
+        source: "reconcile",
+        pins: &pins,
+    };
+    let done = wipe::reconcile(&mut journal, &mut modules, &env)?;
+    let failed = done.iter().any(|r| r.kind != "wipe_completed");
+    if ctx.global.json {
+        json(&serde_json::json!({ "reconciled": done }))?;
+    } else if done.is_empty() {
+        println!("No interrupted wipe in {}", journal.path().display());
+    } else {
+        print_reconciled(&done);
+    }
+    Ok(if failed { Exit::Failed } else { Exit::Ok })
+}
+
+/// Prints what reconciliation recorded.
+pub fn print_reconciled(done: &[wipe::Reconciled]) {
+    for r in done {
+        match r.kind.as_str() {
+            "wipe_completed" => eprintln!(
+                "reconciled: interrupted wipe of order {} on {} is confirmed complete (event #{})",
+                r.order_id, r.report.carrier, r.seq
+            ),
+            _ => eprintln!(
+                "reconciled: interrupted wipe of order {} on {} is NOT confirmed: {} (wipe_failed #{})",
+                r.order_id,
+                r.report.carrier,
+                r.report.error.as_deref().unwrap_or(""),
+                r.seq
+            ),
+        }
+    }
+}
+
+fn spool(ctx: &Context, a: &SpoolArgs) -> anyhow::Result<Exit> {
+    let trust = load_trust(ctx, a.allowed_signers.as_deref())?;
+    let dir = a.dir.clone().unwrap_or_else(|| ctx.config.spool.clone());
+    let mut journal = ctx.open_journal()?;
+    let mut modules = load_modules(ctx);
+    let pins = ConfigPins(&ctx.config);
+    let actor = ctx.actor();
+    let env = Env {
+        actor: &actor,
+        clock: &now,
+        source: "spool",
+        pins: &pins,
+    };
+    let spool = crate::spool::Spool {
+        dir: &dir,
+        allowed: &trust,
+        required_signers: ctx.config.required_signers,
+    };
+    let report = crate::spool::process_spool(&spool, &mut journal, &mut modules, &env)?;
+    if ctx.global.json {
+        json(&report)?;
+    } else if report.entries.is_empty() {
+        println!("No order in {}", dir.display());
+    } else {
+        let mut t = crate::output::Table::new(&["FILE", "ORDER", "ACTION", "REASON"]);
+        for e in &report.entries {
+            t.row(vec![
+                e.file.clone(),
+                e.order_id.clone().unwrap_or_default(),
+                e.action.as_str().into(),
+                e.reason.clone().unwrap_or_default(),
+            ]);
+        }
+        t.print();
+    }
+    Ok(
+        if report
+            .entries
+            .iter()
+            .any(|e| e.action == crate::spool::SpoolAction::Error)
+        {
+            Exit::Error
+        } else {
+            Exit::Ok
+        },
+    )
+}

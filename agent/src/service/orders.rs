@@ -1,0 +1,172 @@
+//! The order spool and deadlines, as a [`Task`] of the service: one pass of
+//! [`crate::spool::process_spool`] on the worker thread whenever it may find something to do,
+//! and a warning in the log for every destruction order that becomes overdue.
+//!
+//! A pass reads the spool directory and the journal's orders, so it is not run every poll
+//! when nothing can have changed; it runs on the first round, when the spool directory
+//! changes (an order or signature dropped in, which changes its modification time), when the
+//! carriers present change (an order may be waiting for its carrier), when the
+//! `allowed_signers` file changes, and at least every [`REFRESH`] (an order waiting for its
+//! signature file, a deadline passing). Orders whose wipe failed are never retried
+//! automatically (see [`crate::spool`]), so a wrong SO PIN cannot lock a carrier.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use custody_core::order::{AllowedSigners, Zone};
+use custody_core::wipe::Env;
+use time::OffsetDateTime;
+
+use super::{Task, TaskContext};
+use crate::cli::status::order_statuses;
+use crate::spool::{process_spool, Spool, SpoolAction};
+
+/// The longest time between two passes.
+pub const REFRESH: Duration = Duration::from_secs(60);
+
+/// The spool and deadline task.
+#[derive(Debug)]
+pub struct OrderTask {
+    dir: PathBuf,
+    signers_path: PathBuf,
+    signers: Option<(AllowedSigners, Option<SystemTime>)>,
+    required_signers: u32,
+    last_pass: Option<Instant>,
+    dir_modified: Option<SystemTime>,
+    present: Vec<String>,
+    overdue_warned: BTreeSet<String>,
+}
+
+impl OrderTask {
+    /// The task for the spool `dir`, trusting the signers in `signers_path`.
+    pub fn new(dir: PathBuf, signers_path: PathBuf, required_signers: u32) -> Self {
+        Self {
+            dir,
+            signers_path,
+            signers: None,
+            required_signers,
+            last_pass: None,
+            dir_modified: None,
+            present: Vec::new(),
+            overdue_warned: BTreeSet::new(),
+        }
+    }
+
+    /// True when a pass may find something new.
+    fn due(&mut self, present: Vec<String>) -> bool {
+        let modified = std::fs::metadata(&self.dir).and_then(|m| m.modified()).ok();
+        let signers = std::fs::metadata(&self.signers_path)
+            .and_then(|m| m.modified())
+            .ok();
+        let due = self.last_pass.is_none_or(|t| t.elapsed() >= REFRESH)
+            || modified != self.dir_modified
+            || present != self.present
+            || self.signers.as_ref().is_some_and(|(_, m)| *m != signers);
+        self.dir_modified = modified;
+        self.present = present;
+        due
+    }
+
+    /// The trusted signers, (re)loaded when the file changed.
+    fn signers(&mut self) -> anyhow::Result<&AllowedSigners> {
+        let modified = std::fs::metadata(&self.signers_path)
+            .and_then(|m| m.modified())
+            .ok();
+        if self.signers.as_ref().is_none_or(|(_, m)| *m != modified) {
+            let loaded = AllowedSigners::load(&self.signers_path, &Zone::system())?;
+            if loaded.entries().is_empty() {
+                anyhow::bail!(
+                    "{} lists no usable signer; add lines `principal keytype key` (see ssh-keygen(1), ALLOWED SIGNERS)",
+                    self.signers_path.display()
+                );
+            }
+            self.signers = Some((loaded, modified));
+        }
+        self.signers
+            .as_ref()
+            .map(|(s, _)| s)
+            .ok_or_else(|| anyhow::anyhow!("no trusted signers"))
+    }
+
+    /// Logs every open order that has become overdue, once per order.
+    fn warn_overdue(&mut self, cx: &mut TaskContext<'_>) -> anyhow::Result<()> {
+        let zone = Zone::system();
+        let rows = cx.state.journal().orders()?;
+        for o in order_statuses(&rows, &zone, OffsetDateTime::now_utc()) {
+            if o.overdue && self.overdue_warned.insert(o.order_id.clone()) {
+                tracing::warn!(
+                    order = %o.order_id,
+                    serial = %o.serial,
+                    holder = %o.holder,
+                    due = %o.due,
+                    state = o.state.as_str(),
+                    "destruction order overdue: the key was to be destroyed by the end of the day after the dismissal"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Task for OrderTask {
+    fn name(&self) -> &str {
+        "order spool"
+    }
+
+    fn run(&mut self, cx: &mut TaskContext<'_>) -> anyhow::Result<()> {
+        let present = cx.present.iter().map(|p| p.carrier.clone()).collect();
+        if !self.due(present) {
+            return Ok(());
+        }
+        self.last_pass = Some(Instant::now());
+        self.warn_overdue(cx)?;
+        let dir = self.dir.clone();
+        let required_signers = self.required_signers;
+        let allowed = self.signers()?;
+        let spool = Spool {
+            dir: &dir,
+            allowed,
+            required_signers,
+        };
+        let clock = OffsetDateTime::now_utc;
+        let report = cx.state.with_modules(|journal, modules, pins, actor| {
+            let env = Env {
+                actor,
+                clock: &clock,
+                source: "spool",
+                pins,
+            };
+            process_spool(&spool, journal, modules, &env)
+        })?;
+        let mut touched = !report.reconciled.is_empty();
+        for e in &report.entries {
+            let order = e.order_id.as_deref().unwrap_or("");
+            let reason = e.reason.as_deref().unwrap_or("");
+            match e.action {
+                SpoolAction::Waiting => {
+                    tracing::debug!(file = %e.file, order, reason, "order waiting");
+                }
+                SpoolAction::Completed => {
+                    touched = true;
+                    tracing::info!(file = %e.file, order, "order executed: carrier wiped and verified");
+                }
+                SpoolAction::Rejected => {
+                    tracing::warn!(file = %e.file, order, reason, "order rejected");
+                }
+                SpoolAction::Failed => {
+                    touched = true;
+                    tracing::error!(file = %e.file, order, reason, "order failed; not retried (move it back into the spool to retry)");
+                }
+                SpoolAction::Error => {
+                    tracing::error!(file = %e.file, order, reason, "order not processed; retried at the next pass");
+                    self.last_pass = None;
+                }
+            }
+        }
+        if touched {
+            cx.state.carriers_changed();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,12 @@
+//! Issuing carriers to signers, revocation, the journal in its mandated form (export,
+//! import, HTML in a real browser), certificate export and signed checkpoints, end to end:
+//! the real `custody` binary, real SoftHSM2 tokens, a real SQLite journal.
+
+#[path = "issuance/checkpoint.rs"]
+mod checkpoint;
+#[path = "issuance/common.rs"]
+mod common;
+#[path = "issuance/form.rs"]
+mod form;
+#[path = "issuance/issue.rs"]
+mod issue;

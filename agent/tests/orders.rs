@@ -1,0 +1,12 @@
+//! End-to-end tests of destruction orders and wipes: the real `custody` binary against
+//! SoftHSM2 (one test binary, one temporary world per test).
+
+mod orders {
+    mod canary;
+    mod cli;
+    mod crash;
+    mod security;
+    mod spool;
+    mod support;
+    mod wipe;
+}

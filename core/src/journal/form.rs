@@ -1,0 +1,372 @@
+//! The journal in its mandated form: one [`FormRow`] per issued (or imported) key set, with
+//! the five columns' data. Rendering (CSV, HTML, JSON, languages) is the agent's job.
+//!
+//! Column 5 comes from the first `wipe_completed` event of the row's carrier after the
+//! issuance (and before the carrier's next issuance): its time and its data field
+//! `responsible` (a string).
+
+use rusqlite::{params, Connection};
+use serde::{Deserialize, Serialize};
+
+use super::{db_err, issue, Journal};
+use crate::ack::AckStatus;
+use crate::error::{Error, Result};
+
+/// Where column 2 (date and time the keys were generated) came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GeneratedSource {
+    /// CKA_START_DATE of a key on the carrier (a date, no time).
+    KeyAttribute,
+    /// notBefore of the key's certificate.
+    Certificate,
+    /// When custody first saw the carrier.
+    FirstSeen,
+}
+
+/// Column 2.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Generated {
+    /// `YYYY-MM-DD` (key attribute) or RFC 3339 UTC.
+    pub at: String,
+    /// Where it came from.
+    pub source: GeneratedSource,
+}
+
+/// Column 5, from a `wipe_completed` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Destruction {
+    /// When the wipe completed (UTC).
+    pub at: String,
+    /// The person responsible, from the destruction order.
+    pub responsible: Option<String>,
+    /// The `wipe_completed` event: the verification evidence.
+    pub seq: u64,
+}
+
+/// A revocation step concerning a row's certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationNote {
+    /// Certificate (SHA-256), empty for the whole carrier.
+    pub cert_sha256: String,
+    /// Requested on (YYYY-MM-DD).
+    pub requested_on: Option<String>,
+    /// Request reference.
+    pub requested_ref: Option<String>,
+    /// Confirmed on.
+    pub confirmed_on: Option<String>,
+    /// Confirmation reference.
+    pub confirmed_ref: Option<String>,
+}
+
+/// The paper journal's text of an imported row.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportedText {
+    /// Column 2.
+    pub generated: String,
+    /// Column 3.
+    pub carrier: String,
+    /// Column 4.
+    pub received: String,
+    /// Column 5.
+    pub destroyed: String,
+    /// Notes.
+    #[serde(default)]
+    pub note: String,
+}
+
+/// The acknowledgement of an issued row, in short.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckSummary {
+    /// Verified or not.
+    pub status: AckStatus,
+    /// Signature algorithm.
+    pub algorithm: String,
+    /// Why not verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Certificate checked against.
+    pub cert_sha256: String,
+    /// The event holding it.
+    pub seq: u64,
+}
+
+/// One row of the mandated form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FormRow {
+    /// Column 1: "№ п/п", stable and never reused.
+    pub row_no: u64,
+    /// `issued` or `imported`.
+    pub origin: String,
+    /// The event that created the row.
+    pub seq: u64,
+    /// Carrier key (issued rows).
+    pub carrier: Option<String>,
+    /// Column 2 (issued rows).
+    pub generated: Option<Generated>,
+    /// Column 3: manufacturer.
+    pub manufacturer: Option<String>,
+    /// Column 3: model.
+    pub model: Option<String>,
+    /// Column 3: serial.
+    pub serial: Option<String>,
+    /// Column 4: date of handover, YYYY-MM-DD.
+    pub issued_on: Option<String>,
+    /// Column 4: holder.
+    pub holder_name: Option<String>,
+    /// Column 4: position.
+    pub holder_position: Option<String>,
+    /// Column 4: tax number.
+    pub holder_tax_number: Option<String>,
+    /// Column 4: the digital acknowledgement, if any (else a hand signature is due).
+    pub acknowledgement: Option<AckSummary>,
+    /// Column 5.
+    pub destruction: Option<Destruction>,
+    /// Revocation steps for the row's certificates.
+    pub revocations: Vec<RevocationNote>,
+    /// The paper journal's text (imported rows).
+    pub imported: Option<ImportedText>,
+}
+
+/// Which rows to export: by date of handover (column 4), inclusive. Rows without a known
+/// date (imported rows whose column 4 names none) are left out when a bound is given.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FormFilter {
+    /// First day.
+    pub from: Option<time::Date>,
+    /// Last day.
+    pub to: Option<time::Date>,
+}
+
+impl FormFilter {
+    fn keeps(&self, issued_on: Option<&str>) -> bool {
+        if self.from.is_none() && self.to.is_none() {
+            return true;
+        }
+        let Some(d) = issued_on.and_then(|d| {
+            time::Date::parse(d, time::macros::format_description!("[year]-[month]-[day]")).ok()
+        }) else {
+            return false;
+        };
+        self.from.is_none_or(|f| d >= f) && self.to.is_none_or(|t| d <= t)
+    }
+}
+
+type RawRow = (
+    i64,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    [Option<String>; 7],
+    String,
+    Option<i64>,
+    Option<String>,
+);
+
+impl Journal {
+    /// The rows of the mandated form, by number.
+    pub fn form(&self, filter: &FormFilter) -> Result<Vec<FormRow>> {
+        form(&self.conn, filter)
+    }
+}
+
+fn form(conn: &Connection, filter: &FormFilter) -> Result<Vec<FormRow>> {
+    let raw: Vec<RawRow> = {
+        let mut stmt = conn
+            .prepare(
+                "SELECT row_no, origin, seq, carrier, generated_at, generated_source,
+                        manufacturer, model, serial, issued_on, holder_name, holder_position,
+                        holder_tax_number, key_set, ack_seq, imported
+                 FROM form_rows ORDER BY row_no",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    [
+                        r.get(6)?,
+                        r.get(7)?,
+                        r.get(8)?,
+                        r.get(9)?,
+                        r.get(10)?,
+                        r.get(11)?,
+                        r.get(12)?,
+                    ],
+                    r.get(13)?,
+                    r.get(14)?,
+                    r.get(15)?,
+                ))
+            })
+            .map_err(db_err)?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(db_err)?
+    };
+    let mut out = Vec::new();
+    for (row_no, origin, seq, carrier, gen_at, gen_source, cols, key_set, ack_seq, imported) in raw
+    {
+        let [manufacturer, model, serial, issued_on, holder_name, holder_position, holder_tax_number] =
+            cols;
+        if !filter.keeps(issued_on.as_deref()) {
+            continue;
+        }
+        let corrupt = |what: &str| Error::JournalCorrupt(format!("form row {row_no}: {what}"));
+        let generated = match (gen_at, gen_source.as_deref()) {
+            (Some(at), Some(s)) => Some(Generated {
+                at,
+                source: match s {
+                    "key_attribute" => GeneratedSource::KeyAttribute,
+                    "certificate" => GeneratedSource::Certificate,
+                    "first_seen" => GeneratedSource::FirstSeen,
+                    _ => return Err(corrupt("unknown generated_source")),
+                },
+            }),
+            _ => None,
+        };
+        let acknowledgement = match ack_seq {
+            Some(s) => ack_of(conn, s as u64)?,
+            None => None,
+        };
+        let (destruction, revocations) = match &carrier {
+            Some(c) => {
+                let next: Option<i64> = conn
+                    .query_row(
+                        "SELECT min(seq) FROM form_rows WHERE carrier = ?1 AND seq > ?2",
+                        params![c, seq],
+                        |r| r.get(0),
+                    )
+                    .map_err(db_err)?;
+                let next = next.unwrap_or(i64::MAX);
+                let key_set: issue::KeySet = serde_json::from_str(&key_set)
+                    .map_err(|e| corrupt(&format!("key set: {e}")))?;
+                (
+                    destruction_of(conn, c, seq, next)?,
+                    revocations_of(conn, c, seq, next, &key_set)?,
+                )
+            }
+            None => (None, Vec::new()),
+        };
+        let imported = imported
+            .map(|t| serde_json::from_str::<ImportedText>(&t))
+            .transpose()
+            .map_err(|e| corrupt(&format!("imported text: {e}")))?;
+        out.push(FormRow {
+            row_no: row_no as u64,
+            origin,
+            seq: seq as u64,
+            carrier,
+            generated,
+            manufacturer,
+            model,
+            serial,
+            issued_on,
+            holder_name,
+            holder_position,
+            holder_tax_number,
+            acknowledgement,
+            destruction,
+            revocations,
+            imported,
+        });
+    }
+    Ok(out)
+}
+
+fn ack_of(conn: &Connection, seq: u64) -> Result<Option<AckSummary>> {
+    let data: String = conn
+        .query_row(
+            "SELECT data FROM events WHERE seq = ?1",
+            [seq as i64],
+            |r| r.get(0),
+        )
+        .map_err(db_err)?;
+    let v: serde_json::Value =
+        serde_json::from_str(&data).map_err(|e| Error::JournalCorrupt(e.to_string()))?;
+    let Some(a) = v.get("acknowledgement").filter(|a| !a.is_null()) else {
+        return Ok(None);
+    };
+    let ack: crate::ack::Acknowledgement = serde_json::from_value(a.clone())
+        .map_err(|e| Error::JournalCorrupt(format!("acknowledgement in event #{seq}: {e}")))?;
+    Ok(Some(AckSummary {
+        status: ack.status,
+        algorithm: ack.algorithm,
+        reason: ack.reason,
+        cert_sha256: ack.cert_sha256,
+        seq,
+    }))
+}
+
+fn destruction_of(
+    conn: &Connection,
+    carrier: &str,
+    after: i64,
+    before: i64,
+) -> Result<Option<Destruction>> {
+    let row: Option<(i64, String, String)> = conn
+        .query_row(
+            "SELECT seq, at, data FROM events WHERE carrier = ?1 AND kind = 'wipe_completed'
+             AND seq > ?2 AND seq < ?3 ORDER BY seq LIMIT 1",
+            params![carrier, after, before],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })
+        .map_err(db_err)?;
+    Ok(row.map(|(seq, at, data)| Destruction {
+        at,
+        responsible: issue::responsible_of(&data),
+        seq: seq as u64,
+    }))
+}
+
+fn revocations_of(
+    conn: &Connection,
+    carrier: &str,
+    after: i64,
+    before: i64,
+    key_set: &issue::KeySet,
+) -> Result<Vec<RevocationNote>> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT cert_sha256, requested_on, requested_ref, confirmed_on, confirmed_ref
+             FROM revocations WHERE carrier = ?1
+               AND ((requested_seq > ?2 AND requested_seq < ?3) OR (confirmed_seq > ?2 AND confirmed_seq < ?3))
+             ORDER BY coalesce(requested_seq, confirmed_seq), cert_sha256",
+        )
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map(params![carrier, after, before], |r| {
+            Ok(RevocationNote {
+                cert_sha256: r.get(0)?,
+                requested_on: r.get(1)?,
+                requested_ref: r.get(2)?,
+                confirmed_on: r.get(3)?,
+                confirmed_ref: r.get(4)?,
+            })
+        })
+        .map_err(db_err)?;
+    let all: Vec<RevocationNote> = rows
+        .collect::<std::result::Result<_, _>>()
+        .map_err(db_err)?;
+    Ok(all
+        .into_iter()
+        .filter(|n| {
+            n.cert_sha256.is_empty()
+                || key_set.certificates.is_empty()
+                || key_set
+                    .certificates
+                    .iter()
+                    .any(|c| c.sha256 == n.cert_sha256)
+        })
+        .collect())
+}
