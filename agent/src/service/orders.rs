@@ -21,6 +21,7 @@ use time::OffsetDateTime;
 use super::{Task, TaskContext};
 use crate::cli::status::order_statuses;
 use crate::spool::{process_spool, Spool, SpoolAction};
+use crate::worker::PresentCarrier;
 
 /// The longest time between two passes.
 pub const REFRESH: Duration = Duration::from_secs(60);
@@ -53,18 +54,22 @@ impl OrderTask {
         }
     }
 
-    /// True when a pass may find something new.
-    fn due(&mut self, present: Vec<String>) -> bool {
+    /// True when a pass may find something new. Cheap when nothing changed: two `stat`
+    /// calls and a comparison, no allocation.
+    fn due(&mut self, present: &[PresentCarrier]) -> bool {
         let modified = std::fs::metadata(&self.dir).and_then(|m| m.modified()).ok();
         let signers = std::fs::metadata(&self.signers_path)
             .and_then(|m| m.modified())
             .ok();
+        let same_present = present.iter().map(|p| &p.carrier).eq(self.present.iter());
         let due = self.last_pass.is_none_or(|t| t.elapsed() >= REFRESH)
             || modified != self.dir_modified
-            || present != self.present
+            || !same_present
             || self.signers.as_ref().is_some_and(|(_, m)| *m != signers);
         self.dir_modified = modified;
-        self.present = present;
+        if !same_present {
+            self.present = present.iter().map(|p| p.carrier.clone()).collect();
+        }
         due
     }
 
@@ -115,8 +120,7 @@ impl Task for OrderTask {
     }
 
     fn run(&mut self, cx: &mut TaskContext<'_>) -> anyhow::Result<()> {
-        let present = cx.present.iter().map(|p| p.carrier.clone()).collect();
-        if !self.due(present) {
+        if !self.due(cx.present) {
             return Ok(());
         }
         self.last_pass = Some(Instant::now());
@@ -168,5 +172,44 @@ impl Task for OrderTask {
             cx.state.carriers_changed();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn carrier(key: &str) -> PresentCarrier {
+        PresentCarrier {
+            carrier: key.into(),
+            label: String::new(),
+            module: "/m.so".into(),
+            slot: 1,
+        }
+    }
+
+    #[test]
+    fn a_pass_is_due_only_when_something_may_have_changed() {
+        let dir = std::env::temp_dir().join(format!("custody-order-task-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let mut task = OrderTask::new(dir.clone(), dir.join("allowed_signers"), 1);
+        let present = [carrier("a")];
+        assert!(task.due(&present), "the first round");
+        task.last_pass = Some(Instant::now());
+        assert!(!task.due(&present), "nothing changed");
+        assert!(task.due(&[carrier("a"), carrier("b")]), "a carrier arrived");
+        task.last_pass = Some(Instant::now());
+        assert!(!task.due(&[carrier("a"), carrier("b")]));
+        // An order dropped in changes the directory.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(dir.join("x.json"), "{}").unwrap_or_else(|e| panic!("{e}"));
+        assert!(task.due(&[carrier("a"), carrier("b")]), "the spool changed");
+        task.last_pass = Some(Instant::now());
+        assert!(!task.due(&[carrier("a"), carrier("b")]));
+        // And at least every REFRESH.
+        task.last_pass = Instant::now().checked_sub(REFRESH);
+        assert!(task.due(&[carrier("a"), carrier("b")]));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -339,7 +339,7 @@ impl Setup<'_> {
             .args(["--log-format", "json", "watch", "--interval"])
             .arg(format!("{}ms", self.interval.as_millis()))
             .env("SOFTHSM2_CONF", &hsm.conf)
-            .env("CUSTODY_CONFIG", self.dir.join("none.toml"))
+            .env("CUSTODY_CONFIG", self.dir.join("custody.toml"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -480,8 +480,34 @@ fn run(args: &Args) -> Result<()> {
         interval,
         dir: dir.clone(),
     };
-    // An empty configuration: the system's /etc/custody/custody.toml must not apply.
-    std::fs::write(dir.join("none.toml"), "")?;
+    // The configuration of a real deployment: the order spool is processed (its task runs
+    // after every poll); the system's /etc/custody/custody.toml must not apply.
+    let key = dir.join("signer");
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f"])
+        .arg(&key)
+        .status()
+        .context("running ssh-keygen")?;
+    if !status.success() {
+        bail!("ssh-keygen could not make a signer key");
+    }
+    let public = std::fs::read_to_string(key.with_extension("pub"))?;
+    std::fs::write(
+        dir.join("allowed_signers"),
+        format!(
+            "bench@example.org namespaces=\"custody-order\" {}",
+            public.trim()
+        ),
+    )?;
+    std::fs::create_dir_all(dir.join("spool"))?;
+    std::fs::write(
+        dir.join("custody.toml"),
+        format!(
+            "[orders]\nallowed_signers = \"{}\"\n[service]\nspool = \"{}\"\n",
+            dir.join("allowed_signers").display(),
+            dir.join("spool").display()
+        ),
+    )?;
     let cert = self_signed_cert(&dir)?;
     let live = Softhsm::new(&dir.join("live"))?;
     let more = Softhsm::new(&dir.join("more"))?;
@@ -534,7 +560,7 @@ fn run(args: &Args) -> Result<()> {
         .arg("--journal")
         .arg(&journal)
         .args(["journal", "verify"])
-        .env("CUSTODY_CONFIG", dir.join("none.toml"))
+        .env("CUSTODY_CONFIG", dir.join("custody.toml"))
         .stdout(Stdio::null())
         .status()?;
     latencies.sort();
