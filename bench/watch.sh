@@ -14,6 +14,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/softhsm-fixtures/ensure-packages.sh"
 cd "$root"
-cargo build -q --release -p custody-agent --bin custody -p custody-tests --bin watch-bench --bin custody-floor
-exec "$root/target/release/watch-bench" run --custody "$root/target/release/custody" \
+# custody as installed (the `dist` profile, see Cargo.toml); the tools in release.
+cargo build -q --profile dist -p custody-agent --bin custody
+cargo build -q --release -p custody-tests --bin watch-bench --bin custody-floor
+exec "$root/target/release/watch-bench" run --custody "$root/target/dist/custody" \
   --module "$("$root/softhsm-fixtures/module-path.sh")" "$@"

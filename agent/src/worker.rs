@@ -232,6 +232,8 @@ impl WorkerState {
 /// One module the worker watches.
 struct Watched {
     path: PathBuf,
+    /// `path` as text, for reports (formatted once).
+    path_text: String,
     policy: Reinit,
     module: Option<Module>,
     /// Slot id -> what is in it, as recorded in the journal.
@@ -478,6 +480,7 @@ impl WorkerState {
             .into_iter()
             .map(|(path, policy)| {
                 let mut m = Watched {
+                    path_text: path.display().to_string(),
                     path,
                     policy,
                     module: None,
@@ -531,7 +534,7 @@ impl WorkerState {
                 watched.load();
             }
             let mut mp = ModulePoll {
-                path: watched.path.display().to_string(),
+                path: watched.path_text.clone(),
                 loaded: watched.module.is_some(),
                 needs_reinit: watched.needs_reinit(),
                 error: watched.load_error.clone(),

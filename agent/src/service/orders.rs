@@ -5,9 +5,9 @@
 //! A pass reads the spool directory and the journal's orders, so it is not run every poll
 //! when nothing can have changed; it runs on the first round, when the spool directory
 //! changes (an order or signature dropped in, which changes its modification time), when the
-//! carriers present change (an order may be waiting for its carrier), when the
-//! `allowed_signers` file changes, and at least every [`REFRESH`] (an order waiting for its
-//! signature file, a deadline passing). Orders whose wipe failed are never retried
+//! carriers present change (an order may be waiting for its carrier), and at least every
+//! [`REFRESH`] (an order waiting for its signature file, a deadline passing, a changed
+//! `allowed_signers` file, which is then reloaded). Orders whose wipe failed are never retried
 //! automatically (see [`crate::spool`]), so a wrong SO PIN cannot lock a carrier.
 
 use std::collections::BTreeSet;
@@ -54,18 +54,15 @@ impl OrderTask {
         }
     }
 
-    /// True when a pass may find something new. Cheap when nothing changed: two `stat`
-    /// calls and a comparison, no allocation.
+    /// True when a pass may find something new. Cheap when nothing changed: one `stat` call
+    /// and a comparison, no allocation.
     fn due(&mut self, present: &[PresentCarrier]) -> bool {
         let modified = std::fs::metadata(&self.dir).and_then(|m| m.modified()).ok();
-        let signers = std::fs::metadata(&self.signers_path)
-            .and_then(|m| m.modified())
-            .ok();
         let same_present = present.iter().map(|p| &p.carrier).eq(self.present.iter());
+        // A changed allowed_signers file is noticed at the next refresh (it is reloaded then).
         let due = self.last_pass.is_none_or(|t| t.elapsed() >= REFRESH)
             || modified != self.dir_modified
-            || !same_present
-            || self.signers.as_ref().is_some_and(|(_, m)| *m != signers);
+            || !same_present;
         self.dir_modified = modified;
         if !same_present {
             self.present = present.iter().map(|p| p.carrier.clone()).collect();

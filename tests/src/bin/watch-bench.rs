@@ -421,11 +421,15 @@ fn idle(setup: &Setup<'_>, hsm: &Softhsm, tokens: usize, secs: u64, name: &str) 
     let journal = setup.dir.join(format!("{name}.db"));
     let log = setup.dir.join(format!("{name}.log"));
     let custody = setup.custody(hsm, &journal, &log)?;
-    let floor = setup.floor(hsm, secs + 60)?;
-    // Warm up: the first poll enrolls the tokens present; then two quiet intervals.
+    // The first poll enrolls the tokens present. The floor starts half an interval later,
+    // so that the two never poll at the same moment (on a small machine, simultaneous
+    // wake-ups slow each other down and make the comparison noisy).
     let mut tail = LogTail::open(&log)?;
     tail.wait_recorded("carrier_enrolled", "", Duration::from_secs(30))?;
-    std::thread::sleep(setup.interval * 2 + Duration::from_millis(300));
+    std::thread::sleep(setup.interval / 2);
+    let floor = setup.floor(hsm, secs + 60)?;
+    // Warm up: two quiet intervals.
+    std::thread::sleep(setup.interval * 2);
     let (c0, f0, t0) = (
         cpu_time(custody.pid())?,
         cpu_time(floor.pid())?,
