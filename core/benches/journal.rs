@@ -21,7 +21,9 @@ fn main() {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    let events: u64 = get("--events").and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let events: u64 = get("--events")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let dir = get("--dir")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("custody-journal-bench"));
@@ -41,7 +43,10 @@ fn main() {
     });
     let carrier = "SoftHSM project/SoftHSM v2/0123456789abcdef";
 
-    println!("journal append, {} events per transaction and one event per transaction:", 10_000);
+    println!(
+        "journal append, {} events per transaction and one event per transaction:",
+        10_000
+    );
     for (label, batch, total) in [("batched", 10_000u64, 100_000u64), ("one per tx", 1, 300)] {
         let mut best_ours = Duration::MAX;
         let mut best_raw = Duration::MAX;
@@ -113,8 +118,10 @@ fn main() {
 
 fn raw_inserts(path: &Path, batch: u64, total: u64, data: &str, carrier: &str) -> Duration {
     let mut conn = Connection::open(path).unwrap_or_else(|e| panic!("{e}"));
-    conn.pragma_update(None, "journal_mode", "WAL").unwrap_or_else(|e| panic!("{e}"));
-    conn.pragma_update(None, "synchronous", "FULL").unwrap_or_else(|e| panic!("{e}"));
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .unwrap_or_else(|e| panic!("{e}"));
+    conn.pragma_update(None, "synchronous", "FULL")
+        .unwrap_or_else(|e| panic!("{e}"));
     conn.execute_batch(
         "CREATE TABLE events (seq INTEGER PRIMARY KEY, at TEXT NOT NULL, kind TEXT NOT NULL,
             carrier TEXT, os_user TEXT NOT NULL, operator TEXT, host TEXT NOT NULL,

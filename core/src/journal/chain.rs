@@ -207,7 +207,17 @@ pub(crate) fn verify(conn: &Connection, journal_id: &str) -> Result<VerifyReport
         }
         let computed = hash_fields(
             &prev,
-            [journal_id, seq_text.as_bytes(), at, kind, carrier, os_user, operator, host, data],
+            [
+                journal_id,
+                seq_text.as_bytes(),
+                at,
+                kind,
+                carrier,
+                os_user,
+                operator,
+                host,
+                data,
+            ],
         );
         if computed[..] != hash[..] {
             return Ok(bad(
