@@ -203,8 +203,16 @@ pub fn softhsm_default() -> PathBuf {
 /// Modules registered with p11-kit (`*.module` files with a `module:` line), except
 /// p11-kit's own trust module, which holds the system's CA store and no carriers.
 pub fn p11kit_modules() -> Vec<PathBuf> {
+    p11kit_modules_in(&[
+        Path::new("/etc/pkcs11/modules"),
+        Path::new("/usr/share/p11-kit/modules"),
+    ])
+}
+
+/// [`p11kit_modules`] over the given configuration directories, in order.
+pub fn p11kit_modules_in(dirs: &[&Path]) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = Vec::new();
-    for dir in ["/etc/pkcs11/modules", "/usr/share/p11-kit/modules"] {
+    for dir in dirs {
         let Ok(entries) = std::fs::read_dir(dir) else {
             continue;
         };
@@ -261,4 +269,38 @@ fn resolve_p11kit_module(name: &str) -> PathBuf {
     .map(|d| Path::new(d).join(name))
     .find(|c| c.exists())
     .unwrap_or_else(|| Path::new("/usr/lib/x86_64-linux-gnu/pkcs11").join(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p11kit_registrations_are_read_in_order_without_the_trust_module() {
+        let dir = std::env::temp_dir().join(format!("custody-p11kit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.join(name), text).unwrap_or_else(|e| panic!("{e}"));
+        };
+        write(
+            "a-vendor.module",
+            "# vendor token\nmodule: /opt/vendor/libvendor-pkcs11.so\n",
+        );
+        write(
+            "b-trust.module",
+            "module: p11-kit-trust.so\ntrust-policy: yes\n",
+        );
+        write(
+            "c-hidden.module",
+            "module: /opt/hidden.so\ndisable-in: firefox custody\n",
+        );
+        write("d-relative.module", "module: softhsm2-test.so\n");
+        write("notes.txt", "module: /opt/ignored.so\n");
+        let found = p11kit_modules_in(&[dir.as_path()]);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[0], PathBuf::from("/opt/vendor/libvendor-pkcs11.so"));
+        assert!(found[1].ends_with("softhsm2-test.so") && found[1].is_absolute());
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

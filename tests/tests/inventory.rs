@@ -577,6 +577,38 @@ fn with_a_pin_source_private_keys_are_read() -> TestResult {
 }
 
 #[test]
+fn a_pin_from_an_environment_variable_named_in_the_config_works() -> TestResult {
+    let (set, custody) = setup(&Spec::demo(), "pin-env")?;
+    let t = set.manifest().token("RSA signer").context("token")?;
+    let cfg = set.dir().join("env-pin.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[pin]]\nserial = \"{}\"\nuser_pin_env = \"CUSTODY_TEST_PIN\"\n",
+            t.serial
+        ),
+    )?;
+    let out = custody
+        .with_config(&cfg)
+        .command()
+        .env("CUSTODY_TEST_PIN", &t.user_pin)
+        .args(["scan", "--json"])
+        .output()?;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let scan: Value = serde_json::from_slice(&out.stdout)?;
+    let c = carrier(&scan, "RSA signer")?;
+    assert_eq!(c["login"]["state"], "logged_in");
+    assert_eq!(c["private_keys"][0]["key_type_name"], "RSA");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&t.user_pin));
+    Ok(())
+}
+
+#[test]
 fn a_wrong_pin_is_reported_without_echo_and_tried_once() -> TestResult {
     let (set, custody) = setup(&Spec::demo(), "wrong-pin")?;
     let t = set.manifest().token("Іваненко І.І.").context("token")?;

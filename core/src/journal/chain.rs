@@ -6,6 +6,7 @@
 //! when none), host, data. The first event's `prev_hash` is 32 zero bytes. Because the
 //! journal_id and seq are hashed, rows cannot be moved between journals or renumbered.
 
+use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -82,22 +83,30 @@ impl Head {
 }
 
 fn hash_event(prev: &[u8], seq: u64, e: &NewEvent<'_>) -> [u8; 32] {
+    let seq = seq.to_string();
+    hash_fields(
+        prev,
+        [
+            e.journal_id.as_bytes(),
+            seq.as_bytes(),
+            e.at.as_bytes(),
+            e.kind.as_bytes(),
+            e.carrier.unwrap_or("").as_bytes(),
+            e.os_user.as_bytes(),
+            e.operator.unwrap_or("").as_bytes(),
+            e.host.as_bytes(),
+            e.data.as_bytes(),
+        ],
+    )
+}
+
+/// SHA-256 of `prev` and each field as a 4-byte big-endian length and its bytes.
+fn hash_fields(prev: &[u8], fields: [&[u8]; 9]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(prev);
-    let seq = seq.to_string();
-    for field in [
-        e.journal_id,
-        &seq,
-        e.at,
-        e.kind,
-        e.carrier.unwrap_or(""),
-        e.os_user,
-        e.operator.unwrap_or(""),
-        e.host,
-        e.data,
-    ] {
+    for field in fields {
         h.update((field.len() as u32).to_be_bytes());
-        h.update(field.as_bytes());
+        h.update(field);
     }
     h.finalize().into()
 }
@@ -148,23 +157,10 @@ pub(crate) fn verify(conn: &Connection, journal_id: &str) -> Result<VerifyReport
             reason: reason.into(),
         }),
     };
+    let journal_id = journal_id.as_bytes();
+    let mut seq_text = String::new();
     while let Some(row) = rows.next().map_err(db_err)? {
         let seq: i64 = row.get(0).map_err(db_err)?;
-        let text =
-            |i: usize| -> std::result::Result<Option<String>, rusqlite::Error> { row.get(i) };
-        let fields = (|| {
-            Ok::<_, rusqlite::Error>((
-                text(1)?.unwrap_or_default(),
-                text(2)?.unwrap_or_default(),
-                text(3)?,
-                text(4)?.unwrap_or_default(),
-                text(5)?,
-                text(6)?.unwrap_or_default(),
-                text(7)?.unwrap_or_default(),
-                row.get::<_, Vec<u8>>(8)?,
-                row.get::<_, Vec<u8>>(9)?,
-            ))
-        })();
         let seq_u = seq.max(0) as u64;
         if seq_u != expected {
             let reason = if seq_u > expected {
@@ -174,7 +170,26 @@ pub(crate) fn verify(conn: &Connection, journal_id: &str) -> Result<VerifyReport
             };
             return Ok(bad(expected.min(seq_u.max(1)), &reason, checked, &prev));
         }
-        let Ok((at, kind, carrier, os_user, operator, host, data, prev_hash, hash)) = fields else {
+        // Borrow the columns in place: no allocation per row.
+        let bytes = |i: usize| -> Option<&[u8]> {
+            match row.get_ref(i).ok()? {
+                ValueRef::Text(t) => Some(t),
+                ValueRef::Null => Some(&[]),
+                _ => None,
+            }
+        };
+        let blob = |i: usize| -> Option<&[u8]> {
+            match row.get_ref(i).ok()? {
+                ValueRef::Blob(b) => Some(b),
+                _ => None,
+            }
+        };
+        let (Some(at), Some(kind), Some(carrier), Some(os_user), Some(operator), Some(host)) =
+            (bytes(1), bytes(2), bytes(3), bytes(4), bytes(5), bytes(6))
+        else {
+            return Ok(bad(seq_u, "a column has the wrong type", checked, &prev));
+        };
+        let (Some(data), Some(prev_hash), Some(hash)) = (bytes(7), blob(8), blob(9)) else {
             return Ok(bad(seq_u, "a column has the wrong type", checked, &prev));
         };
         if prev_hash != prev {
@@ -185,17 +200,25 @@ pub(crate) fn verify(conn: &Connection, journal_id: &str) -> Result<VerifyReport
                 &prev,
             ));
         }
-        let event = NewEvent {
-            journal_id,
-            at: &at,
-            kind: &kind,
-            carrier: carrier.as_deref(),
-            os_user: &os_user,
-            operator: operator.as_deref(),
-            host: &host,
-            data: &data,
-        };
-        let computed = hash_event(&prev, seq_u, &event);
+        seq_text.clear();
+        {
+            use std::fmt::Write as _;
+            let _ = write!(seq_text, "{seq_u}");
+        }
+        let computed = hash_fields(
+            &prev,
+            [
+                journal_id,
+                seq_text.as_bytes(),
+                at,
+                kind,
+                carrier,
+                os_user,
+                operator,
+                host,
+                data,
+            ],
+        );
         if computed[..] != hash[..] {
             return Ok(bad(
                 seq_u,

@@ -1,0 +1,165 @@
+//! Journal benchmark: custody's own event path against a raw rusqlite insert loop with the
+//! same pragmas (in the same run, so the ratio holds on a noisy machine), and
+//! `journal verify` speed on a journal of one million events.
+//!
+//! Run: `cargo bench -p custody-core --bench journal` (or bench/journal.sh).
+//! Options after `--`: `--events N` (default 1000000), `--dir DIR`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use custody_core::journal::{Actor, Journal};
+use rusqlite::{params, Connection};
+use serde_json::json;
+use time::OffsetDateTime;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let events: u64 = get("--events")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = get("--dir")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("custody-journal-bench"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let actor = Actor {
+        os_user: "bench".into(),
+        operator: Some("Бенчмарк".into()),
+        host: "workstation-01".into(),
+    };
+    // A typical event: a key_added record of a carrier.
+    let data = json!({
+        "event": "key_added",
+        "key": {"class": "public", "id": "0001", "label": "6b65792d30303031", "key_type": 3,
+                "key_type_name": "EC", "local": true,
+                "public_key_sha256": "3b0f2c1b8fb1a6e3c2f8b1d6b5f8a9e0c7d6b5a4f3e2d1c0b9a8f7e6d5c4b3a2"}
+    });
+    let carrier = "SoftHSM project/SoftHSM v2/0123456789abcdef";
+
+    println!(
+        "journal append, {} events per transaction and one event per transaction:",
+        10_000
+    );
+    for (label, batch, total) in [("batched", 10_000u64, 100_000u64), ("one per tx", 1, 300)] {
+        let mut best_ours = Duration::MAX;
+        let mut best_raw = Duration::MAX;
+        for round in 0..3 {
+            // custody
+            let path = dir.join(format!("ours-{label}-{round}.db"));
+            let mut j = Journal::open(&path).unwrap_or_else(|e| panic!("{e}"));
+            let start = Instant::now();
+            let mut done = 0;
+            while done < total {
+                j.write(&actor, OffsetDateTime::now_utc(), |w| {
+                    for _ in 0..batch {
+                        w.append("key_added", Some(carrier), &data)?;
+                    }
+                    Ok(())
+                })
+                .unwrap_or_else(|e| panic!("{e}"));
+                done += batch;
+            }
+            best_ours = best_ours.min(start.elapsed());
+            drop(j);
+            // raw rusqlite, same pragmas and table shape, no hashing, no JSON
+            let path = dir.join(format!("raw-{label}-{round}.db"));
+            let elapsed = raw_inserts(&path, batch, total, &data.to_string(), carrier);
+            best_raw = best_raw.min(elapsed);
+        }
+        let ours = total as f64 / best_ours.as_secs_f64();
+        let raw = total as f64 / best_raw.as_secs_f64();
+        println!(
+            "  {label:>10}: custody {ours:>10.0} events/s   raw rusqlite {raw:>10.0} rows/s   custody/raw {:.2}",
+            ours / raw
+        );
+    }
+
+    // verify over a big journal
+    let path = dir.join("big.db");
+    let mut j = Journal::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let start = Instant::now();
+    let mut done = 0;
+    while done < events {
+        let n = (events - done).min(100_000);
+        j.write(&actor, OffsetDateTime::now_utc(), |w| {
+            for _ in 0..n {
+                w.append("key_added", Some(carrier), &data)?;
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        done += n;
+    }
+    let built = start.elapsed();
+    drop(j);
+    let j = Journal::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let report = j.verify().unwrap_or_else(|e| panic!("{e}"));
+        assert!(report.ok() && report.events == events);
+        best = best.min(start.elapsed());
+    }
+    println!(
+        "journal verify: {events} events in {:.3} s = {:.0} events/s (built in {:.1} s)",
+        best.as_secs_f64(),
+        events as f64 / best.as_secs_f64(),
+        built.as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn raw_inserts(path: &Path, batch: u64, total: u64, data: &str, carrier: &str) -> Duration {
+    let mut conn = Connection::open(path).unwrap_or_else(|e| panic!("{e}"));
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .unwrap_or_else(|e| panic!("{e}"));
+    conn.pragma_update(None, "synchronous", "FULL")
+        .unwrap_or_else(|e| panic!("{e}"));
+    conn.execute_batch(
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY, at TEXT NOT NULL, kind TEXT NOT NULL,
+            carrier TEXT, os_user TEXT NOT NULL, operator TEXT, host TEXT NOT NULL,
+            data TEXT NOT NULL, prev_hash BLOB NOT NULL, hash BLOB NOT NULL) STRICT;
+         CREATE INDEX events_by_carrier ON events (carrier, seq);
+         CREATE INDEX events_by_kind ON events (kind, seq);",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let hash = [7u8; 32];
+    let start = Instant::now();
+    let mut seq = 0i64;
+    while (seq as u64) < total {
+        let tx = conn.transaction().unwrap_or_else(|e| panic!("{e}"));
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO events (seq, at, kind, carrier, os_user, operator, host, data, prev_hash, hash)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+            for _ in 0..batch {
+                seq += 1;
+                stmt.execute(params![
+                    seq,
+                    "2026-11-23T05:00:00.000Z",
+                    "key_added",
+                    carrier,
+                    "bench",
+                    "Бенчмарк",
+                    "workstation-01",
+                    data,
+                    &hash[..],
+                    &hash[..]
+                ])
+                .unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+        tx.commit().unwrap_or_else(|e| panic!("{e}"));
+    }
+    start.elapsed()
+}
