@@ -569,7 +569,11 @@ impl WorkerState {
             Ok(Vec::new())
         } else {
             let carriers: usize = scans.iter().map(|s| s.carriers.len()).sum();
-            tracing::info!(carriers, events = report.events.len(), "recording changes");
+            tracing::info!(
+                carriers,
+                detected = report.events.len(),
+                "recording changes"
+            );
             self.journal
                 .record_scan(&scans, &self.actor, OffsetDateTime::now_utc())
                 .map(|r| r.events)
