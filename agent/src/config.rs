@@ -88,7 +88,7 @@ pub struct RawService {
     /// Poll interval, e.g. "2s", "500ms".
     pub interval: Option<String>,
     /// Time between content checks of present carriers, e.g. "10s"; default: measured, so
-    /// that they add at most 5 % to the modules' polling cost, and at most 30 s.
+    /// that they add at most 3 % to the modules' polling cost, and at most 30 s.
     pub check_interval: Option<String>,
     /// Order spool directory.
     pub spool: Option<PathBuf>,

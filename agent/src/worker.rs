@@ -913,6 +913,57 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn calls_run_on_the_worker_thread_and_stop_ends_it() {
+        let dir = std::env::temp_dir().join(format!("custody-worker-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = Config::validate(crate::config::RawConfig::default(), None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let coordinator = crate::shutdown::Coordinator::new();
+        let (_, done) = coordinator.part();
+        let (worker, exit) = start(
+            WorkerConfig {
+                journal: dir.join("journal.db"),
+                modules: Vec::new(),
+                config,
+                actor: Actor::current(None),
+                interval: Duration::from_millis(50),
+                check_interval: None,
+                state_path: dir.join("journal.watch.json"),
+            },
+            Vec::new(),
+            done,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (id, thread) = worker
+            .call(|state| {
+                (
+                    state.journal().journal_id().to_owned(),
+                    std::thread::current().name().map(str::to_owned),
+                )
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(id.len(), 36, "a UUID: {id}");
+        assert_eq!(thread.as_deref(), Some("custody-worker"));
+        worker.stop();
+        exit.await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        coordinator.finished().await;
+        // The state record says the worker stopped cleanly.
+        let (state, _) = StateFile::read(&dir.join("journal.watch.json"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no state record"));
+        assert!(state.stopped_at.is_some());
+        assert!(
+            worker.call(|_| ()).await.is_err(),
+            "a stopped worker refuses calls"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn public_view_ignores_private_keys_login_and_slot() {
         let mut full = snap("a", "A");

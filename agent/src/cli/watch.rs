@@ -19,7 +19,7 @@ pub struct WatchArgs {
     pub interval: Option<Duration>,
     /// Time between content checks of present carriers (certificates and keys added or
     /// removed, tokens re-initialised in place), e.g. 10s. Default: [service] check_interval,
-    /// else measured so that checks add at most 5 % to the modules' own polling cost, and at
+    /// else measured so that checks add at most 3 % to the modules' own polling cost, and at
     /// most 30 s.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub check_interval: Option<Duration>,

@@ -4,7 +4,8 @@
 //!
 //! A pass reads the spool directory and the journal's orders, so it is not run every poll
 //! when nothing can have changed; it runs on the first round, when the spool directory
-//! changes (an order or signature dropped in, which changes its modification time), when the
+//! changes (an order or signature dropped in, which changes its modification time; looked at
+//! every [`LOOK`]), when the
 //! carriers present change (an order may be waiting for its carrier), and at least every
 //! [`REFRESH`] (an order waiting for its signature file, a deadline passing, a changed
 //! `allowed_signers` file, which is then reloaded). Orders whose wipe failed are never retried
@@ -25,6 +26,8 @@ use crate::worker::PresentCarrier;
 
 /// The longest time between two passes.
 pub const REFRESH: Duration = Duration::from_secs(60);
+/// How often the spool directory is looked at (a `stat`) for new orders.
+pub const LOOK: Duration = Duration::from_secs(5);
 
 /// The spool and deadline task.
 #[derive(Debug)]
@@ -34,6 +37,7 @@ pub struct OrderTask {
     signers: Option<(AllowedSigners, Option<SystemTime>)>,
     required_signers: u32,
     last_pass: Option<Instant>,
+    last_look: Option<Instant>,
     dir_modified: Option<SystemTime>,
     present: Vec<String>,
     overdue_warned: BTreeSet<String>,
@@ -48,22 +52,27 @@ impl OrderTask {
             signers: None,
             required_signers,
             last_pass: None,
+            last_look: None,
             dir_modified: None,
             present: Vec::new(),
             overdue_warned: BTreeSet::new(),
         }
     }
 
-    /// True when a pass may find something new. Cheap when nothing changed: one `stat` call
-    /// and a comparison, no allocation.
+    /// True when a pass may find something new. Cheap when nothing changed: a comparison,
+    /// and one `stat` of the spool directory every [`LOOK`]; no allocation.
     fn due(&mut self, present: &[PresentCarrier]) -> bool {
-        let modified = std::fs::metadata(&self.dir).and_then(|m| m.modified()).ok();
         let same_present = present.iter().map(|p| &p.carrier).eq(self.present.iter());
+        let mut spool_changed = false;
+        if self.last_look.is_none_or(|t| t.elapsed() >= LOOK) {
+            self.last_look = Some(Instant::now());
+            let modified = std::fs::metadata(&self.dir).and_then(|m| m.modified()).ok();
+            spool_changed = modified != self.dir_modified;
+            self.dir_modified = modified;
+        }
         // A changed allowed_signers file is noticed at the next refresh (it is reloaded then).
-        let due = self.last_pass.is_none_or(|t| t.elapsed() >= REFRESH)
-            || modified != self.dir_modified
-            || !same_present;
-        self.dir_modified = modified;
+        let due =
+            self.last_pass.is_none_or(|t| t.elapsed() >= REFRESH) || spool_changed || !same_present;
         if !same_present {
             self.present = present.iter().map(|p| p.carrier.clone()).collect();
         }
@@ -198,9 +207,14 @@ mod tests {
         assert!(task.due(&[carrier("a"), carrier("b")]), "a carrier arrived");
         task.last_pass = Some(Instant::now());
         assert!(!task.due(&[carrier("a"), carrier("b")]));
-        // An order dropped in changes the directory.
+        // An order dropped in changes the directory: seen at the next look.
         std::thread::sleep(Duration::from_millis(20));
         std::fs::write(dir.join("x.json"), "{}").unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            !task.due(&[carrier("a"), carrier("b")]),
+            "not looked at yet"
+        );
+        task.last_look = Instant::now().checked_sub(LOOK);
         assert!(task.due(&[carrier("a"), carrier("b")]), "the spool changed");
         task.last_pass = Some(Instant::now());
         assert!(!task.due(&[carrier("a"), carrier("b")]));
