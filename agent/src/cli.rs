@@ -10,6 +10,7 @@ pub mod order;
 pub mod revocation;
 pub mod scan;
 pub mod status;
+pub mod watch;
 pub mod wipe;
 
 use std::path::{Path, PathBuf};
@@ -91,14 +92,19 @@ pub enum Command {
     Order(order::OrderCommand),
     /// Execute a signed destruction order: wipe the carrier and verify it in a fresh context.
     Wipe(wipe::WipeArgs),
-    /// Open destruction orders and their deadlines (--overdue: exit 1 when any is past due).
+    /// Run the background service: enroll carriers when they are inserted, record every
+    /// change, process the order spool, until SIGTERM/SIGINT.
+    Watch(watch::WatchArgs),
+    /// The service's state, the carriers present now, open destruction orders and their
+    /// deadlines (--overdue: exit 1 when any is past due; --running: exit 1 unless the
+    /// service runs).
     Status(status::StatusArgs),
 }
 
 impl Command {
     /// True for the long-running service, which logs at info by default.
     pub fn is_service(&self) -> bool {
-        false
+        matches!(self, Self::Watch(_))
     }
 }
 
@@ -117,6 +123,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Cert(cmd) => cert::run(&ctx, &cmd),
         Command::Order(cmd) => order::run(&ctx, &cmd),
         Command::Wipe(args) => wipe::run(&ctx, &args),
+        Command::Watch(args) => watch::run(&ctx, &args),
         Command::Status(args) => status::run(&ctx, &args),
     }
 }

@@ -61,6 +61,24 @@ pub struct RawJournal {
 pub struct RawModule {
     /// Path of a PKCS#11 library.
     pub path: PathBuf,
+    /// When `custody watch` re-initialises this module to see new tokens (default `auto`).
+    #[serde(default)]
+    pub reinit: Reinit,
+}
+
+/// When the service re-initialises a module (`C_Finalize` + `C_Initialize`) to see tokens
+/// created or deleted by other processes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reinit {
+    /// Re-initialise modules known to need it (SoftHSM2); never the others, whose slot list
+    /// is live (smart-card readers).
+    #[default]
+    Auto,
+    /// Always re-initialise (within the service's re-initialisation cost budget).
+    Always,
+    /// Never re-initialise.
+    Never,
 }
 
 /// `[service]`
@@ -69,6 +87,9 @@ pub struct RawModule {
 pub struct RawService {
     /// Poll interval, e.g. "2s", "500ms".
     pub interval: Option<String>,
+    /// Time between content checks of present carriers, e.g. "10s"; default: measured, so
+    /// that they add at most 3 % to the modules' polling cost, and at most 30 s.
+    pub check_interval: Option<String>,
     /// Order spool directory.
     pub spool: Option<PathBuf>,
 }
@@ -110,10 +131,14 @@ pub struct Config {
     pub journal: PathBuf,
     /// Modules from the file (empty: use the defaults).
     pub modules: Vec<PathBuf>,
+    /// `reinit` of each `[[module]]` of the file, for the service.
+    pub module_reinit: Vec<(PathBuf, Reinit)>,
     /// PIN rules, first match wins.
     pub pins: Vec<PinRule>,
     /// Service poll interval.
     pub interval: std::time::Duration,
+    /// Fixed time between content checks (`None`: from the measured cost).
+    pub check_interval: Option<std::time::Duration>,
     /// Order spool.
     pub spool: PathBuf,
     /// allowed_signers file.
@@ -168,6 +193,13 @@ impl Config {
             }
             None => std::time::Duration::from_secs(2),
         };
+        let check_interval = match &raw.service.check_interval {
+            Some(text) => Some(
+                parse_duration(text)
+                    .with_context(|| format!("[service] check_interval = {text:?}"))?,
+            ),
+            None => None,
+        };
         let required_signers = raw.orders.required_signers.unwrap_or(1);
         if required_signers == 0 {
             bail!("[orders] required_signers must be at least 1");
@@ -176,9 +208,11 @@ impl Config {
             source,
             organisation: raw.organisation.name,
             journal: raw.journal.path.unwrap_or_else(default_journal),
-            modules: raw.module.into_iter().map(|m| m.path).collect(),
+            modules: raw.module.iter().map(|m| m.path.clone()).collect(),
+            module_reinit: raw.module.into_iter().map(|m| (m.path, m.reinit)).collect(),
             pins: raw.pin,
             interval,
+            check_interval,
             spool: raw
                 .service
                 .spool
@@ -186,6 +220,15 @@ impl Config {
             allowed_signers: raw.orders.allowed_signers,
             required_signers,
         })
+    }
+
+    /// The re-initialisation policy of a module (`auto` unless the file says otherwise).
+    pub fn reinit(&self, module: &Path) -> Reinit {
+        self.module_reinit
+            .iter()
+            .find(|(p, _)| p == module)
+            .map(|(_, r)| *r)
+            .unwrap_or_default()
     }
 
     /// The PIN rule for a carrier serial: an exact serial match first, then `*`.
@@ -355,12 +398,14 @@ name = "Прилуцька міська рада"
 path = "/var/lib/custody/journal.db"
 [[module]]
 path = "/usr/lib/softhsm/libsofthsm2.so"
+reinit = "always"
 [[pin]]
 serial = "*"
 user_pin_file = "/etc/custody/pins/user"
 so_pin_file = "/etc/custody/pins/so"
 [service]
 interval = "500ms"
+check_interval = "10s"
 spool = "/var/lib/custody/orders"
 [orders]
 allowed_signers = "/etc/custody/allowed_signers"
@@ -369,9 +414,25 @@ required_signers = 2
         );
         let c = c.unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(c.interval, std::time::Duration::from_millis(500));
+        assert_eq!(c.check_interval, Some(std::time::Duration::from_secs(10)));
         assert_eq!(c.required_signers, 2);
         assert_eq!(c.modules.len(), 1);
+        assert_eq!(
+            c.reinit(Path::new("/usr/lib/softhsm/libsofthsm2.so")),
+            Reinit::Always
+        );
+        assert_eq!(c.reinit(Path::new("/other.so")), Reinit::Auto);
         assert!(c.pin_rule("anything").is_some());
+    }
+
+    #[test]
+    fn unknown_reinit_policy_is_refused() {
+        let err = parse("[[module]]\npath = \"/m.so\"\nreinit = \"sometimes\"\n").err();
+        let text = err.map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(
+            text.contains("sometimes") && text.contains("line 3"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -10,12 +10,22 @@
 //! - [`output`]: tables for people, JSON for scripts.
 //! - [`logging`]: tracing subscriber (human or JSON).
 //! - [`spool`]: the order spool directory, one pass at a time.
+//! - [`service`]: the background service ([`service::run`]), built from [`worker`] (the
+//!   thread that owns PKCS#11 and the journal), [`watch`] (timing), [`shutdown`] and
+//!   [`state`] (the state record `custody status` reads).
 
 pub mod cli;
 pub mod config;
 pub mod logging;
 pub mod output;
+pub mod service;
+pub mod shutdown;
 pub mod spool;
+pub mod state;
+pub mod watch;
+pub mod worker;
+
+pub use service::run;
 
 use std::process::ExitCode;
 

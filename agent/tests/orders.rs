@@ -6,6 +6,7 @@ mod orders {
     mod cli;
     mod crash;
     mod security;
+    mod service;
     mod spool;
     mod support;
     mod wipe;

@@ -168,6 +168,27 @@ pub fn key_type_name(raw: u64) -> String {
 }
 
 impl CarrierSnapshot {
+    /// Puts certificates and keys in a canonical order. PKCS#11 does not order
+    /// `C_FindObjects` results, and SoftHSM2's order changes from one `C_Initialize` to the
+    /// next: without this, two reads of an unchanged carrier would differ.
+    pub fn sort_objects(&mut self) {
+        self.certificates
+            .sort_by(|a, b| (&a.sha256, &a.id, &a.label).cmp(&(&b.sha256, &b.id, &b.label)));
+        let key = |k: &KeyObject| {
+            (
+                k.class,
+                k.id.clone(),
+                k.key_type,
+                k.public_key_sha256.clone(),
+                k.label.clone(),
+            )
+        };
+        self.public_keys.sort_by_key(key);
+        if let Some(private) = self.private_keys.as_mut() {
+            private.sort_by_key(key);
+        }
+    }
+
     /// Fills in [`CertObject::key_pairing`] from the keys on the carrier: a key with the same
     /// CKA_ID, confirmed by comparing public-key fingerprints.
     pub fn pair_keys(&mut self) {
@@ -529,6 +550,24 @@ mod tests {
 
     fn kinds(changes: &[Change]) -> Vec<&'static str> {
         changes.iter().map(Change::kind).collect()
+    }
+
+    #[test]
+    fn object_order_does_not_matter_once_sorted() {
+        let mut a = snapshot("a");
+        a.certificates = vec![cert(2, "bb"), cert(1, "aa")];
+        a.public_keys = vec![
+            key(KeyClass::Public, 2, "f2"),
+            key(KeyClass::Public, 1, "f1"),
+        ];
+        let mut b = a.clone();
+        b.certificates.reverse();
+        b.public_keys.reverse();
+        assert_ne!(a, b);
+        a.sort_objects();
+        b.sort_objects();
+        assert_eq!(a, b);
+        assert_eq!(a.certificates[0].sha256, "aa");
     }
 
     #[test]

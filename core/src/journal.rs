@@ -13,6 +13,7 @@ mod form;
 mod issue;
 mod migrations;
 mod orders;
+mod presence;
 mod query;
 
 use std::collections::{HashMap, HashSet};

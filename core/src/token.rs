@@ -17,6 +17,8 @@ use cryptoki::slot::{Slot, TokenInfo};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+mod reload;
+
 use crate::cert::{self, CertInfo};
 use crate::error::{Error, Result};
 use crate::id::{is_weak_serial, CarrierId, RawBytes};
@@ -37,6 +39,11 @@ pub trait PinSource {
     fn so_pin(&self, _carrier: &CarrierId) -> Result<Option<SecretString>> {
         Ok(None)
     }
+
+    /// Called when the token rejected the PIN from this source ([`Error::WrongPin`] or
+    /// [`Error::PinLocked`]), so that a long-running caller can stop offering it until the
+    /// source changes. The default does nothing.
+    fn login_failed(&self, _carrier: &CarrierId, _error: &Error) {}
 }
 
 /// A [`PinSource`] with no PINs: scans read only what is visible without login.
@@ -248,6 +255,12 @@ impl Module {
                         retries_low: low.unwrap_or(false),
                     };
                     tracing::warn!(carrier = %snapshot.id.key(), cause = %e, "login failed");
+                    pins.login_failed(&snapshot.id, &e);
+                    Login::Failed(e.to_string())
+                }
+                Err(e @ Error::PinLocked) => {
+                    tracing::warn!(carrier = %snapshot.id.key(), cause = %e, "login failed");
+                    pins.login_failed(&snapshot.id, &e);
                     Login::Failed(e.to_string())
                 }
                 Err(e) => {
@@ -268,6 +281,7 @@ impl Module {
             );
             snapshot.id.discriminator = Some(digest[..16].to_owned());
         }
+        snapshot.sort_objects();
         snapshot.pair_keys();
         Ok(Some(snapshot))
     }

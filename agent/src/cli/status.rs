@@ -1,18 +1,23 @@
-//! `custody status [--overdue]`: destruction orders not yet carried out, and their deadlines.
+//! `custody status [--overdue] [--running]`: the state of the service and the carriers
+//! present now (from the journal and the service's state record, never by talking to the
+//! process), and the destruction orders not yet carried out, with their deadlines.
 //!
 //! Deadline: an order is due at the end of the day after the dismissal date, in the
 //! workstation's local time zone (`TZ`, else `/etc/localtime`): dismissed on 23 November, the
 //! key must be destroyed before 25 November 00:00 local time. It is overdue from that moment
 //! until a `wipe_completed` is recorded for it.
 
+use std::time::{Duration, SystemTime};
+
 use clap::Args;
-use custody_core::journal::{OrderRow, OrderState};
+use custody_core::journal::{timestamp, CarrierRow, OrderRow, OrderState};
 use custody_core::order::Zone;
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::Context;
-use crate::output::{json, Table};
+use crate::output::{clip, json, Table};
+use crate::state::{ModuleState, ServiceState, StateFile};
 use crate::Exit;
 
 /// Arguments of `custody status`.
@@ -21,6 +26,9 @@ pub struct StatusArgs {
     /// List only orders past due, and exit 1 when there are any (for monitoring).
     #[arg(long)]
     pub overdue: bool,
+    /// Exit 1 unless the service is running and polling (for monitoring).
+    #[arg(long)]
+    pub running: bool,
 }
 
 /// One order in `custody status --json`.
@@ -57,6 +65,14 @@ pub struct OrderStatus {
 pub struct StatusJson {
     /// Now (UTC).
     pub now: String,
+    /// Journal file.
+    pub journal: String,
+    /// Journal id.
+    pub journal_id: String,
+    /// The service.
+    pub service: ServiceStatus,
+    /// The carriers present now (when the service runs), else as last recorded.
+    pub carriers: Vec<PresentRow>,
     /// The time zone deadlines are computed in.
     pub time_zone: String,
     /// Orders listed: all not completed, or only the overdue ones with --overdue.
@@ -70,7 +86,7 @@ pub fn show_time(zone: &Zone, t: OffsetDateTime) -> String {
     let local = zone.local(t);
     local
         .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| custody_core::journal::timestamp(t))
+        .unwrap_or_else(|_| timestamp(t))
 }
 
 /// The status of every order at `now`.
@@ -91,9 +107,7 @@ pub fn order_statuses(rows: &[OrderRow], zone: &Zone, now: OffsetDateTime) -> Ve
                 responsible: r.responsible.clone(),
                 dismissed: r.dismissed.clone(),
                 due: due.map(|d| show_time(zone, d)).unwrap_or_default(),
-                due_utc: due
-                    .map(custody_core::journal::timestamp)
-                    .unwrap_or_default(),
+                due_utc: due.map(timestamp).unwrap_or_default(),
                 overdue: due.is_none_or(|d| now >= d),
                 state: r.state,
                 received_at: r.received_at.clone(),
@@ -102,9 +116,89 @@ pub fn order_statuses(rows: &[OrderRow], zone: &Zone, now: OffsetDateTime) -> Ve
         .collect()
 }
 
-/// Runs `custody status`.
+/// The service as its state record shows it.
+#[derive(Debug, Serialize)]
+pub struct ServiceStatus {
+    /// `running`; `stale` (the process exists but has not polled for three intervals and a
+    /// second);
+    /// `stopped` (shut down cleanly); `died` (killed or crashed); `never` (no state record
+    /// next to this journal).
+    pub state: &'static str,
+    /// Process id.
+    pub pid: Option<u32>,
+    /// When it started (UTC).
+    pub started_at: Option<String>,
+    /// When it stopped cleanly (UTC).
+    pub stopped_at: Option<String>,
+    /// Its last poll (UTC).
+    pub last_poll: Option<String>,
+    /// Milliseconds since the last poll.
+    pub last_poll_age_ms: Option<u64>,
+    /// Poll interval, ms.
+    pub interval_ms: Option<u64>,
+    /// Time between content checks, ms.
+    pub check_period_ms: Option<u64>,
+    /// Modules.
+    pub modules: Vec<ModuleState>,
+}
+
+/// One carrier present.
+#[derive(Debug, Serialize)]
+pub struct PresentRow {
+    /// Carrier key.
+    pub carrier: String,
+    /// Serial.
+    pub serial: String,
+    /// Manufacturer.
+    pub manufacturer: String,
+    /// Model.
+    pub model: String,
+    /// Label.
+    pub label: String,
+    /// Module.
+    pub module: String,
+    /// Slot id at the last poll, when the service runs.
+    pub slot: Option<u64>,
+    /// When it was last seen (UTC): the last poll while the service runs.
+    pub last_seen: String,
+    /// Certificates on it.
+    pub certificates: u64,
+    /// Key objects on it.
+    pub keys: u64,
+    /// Holder names from its certificates.
+    pub holders: Vec<String>,
+}
+
+/// Runs `custody status`. Exit 1 with `--overdue` when an order is past due, and with
+/// `--running` when the service is not running; else 0.
 pub fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<Exit> {
     let journal = ctx.open_existing_journal()?;
+    let state = StateFile::read(&StateFile::path_for(journal.path()))?;
+    let service = service_status(state.as_ref(), SystemTime::now());
+    let rows = journal.carriers()?;
+    let running = service.state == "running";
+    let carriers: Vec<PresentRow> = match (&state, running) {
+        (Some((record, _)), true) => record
+            .present
+            .iter()
+            .map(|p| {
+                let row = rows.iter().find(|r| r.carrier == p.carrier);
+                present_row(
+                    row,
+                    &p.carrier,
+                    &p.label,
+                    &p.module,
+                    Some(p.slot),
+                    service.last_poll.clone(),
+                )
+            })
+            .collect(),
+        _ => rows
+            .iter()
+            .filter(|r| r.present)
+            .map(|r| present_row(Some(r), &r.carrier, &r.label, &r.module, None, None))
+            .collect(),
+    };
     let zone = Zone::system();
     let now = OffsetDateTime::now_utc();
     let mut orders = order_statuses(&journal.orders()?, &zone, now);
@@ -112,14 +206,21 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<Exit> {
     if args.overdue {
         orders.retain(|o| o.overdue);
     }
+    let failed = (args.overdue && overdue > 0) || (args.running && !running);
     if ctx.global.json {
         json(&StatusJson {
-            now: custody_core::journal::timestamp(now),
+            now: timestamp(now),
+            journal: journal.path().display().to_string(),
+            journal_id: journal.journal_id().to_owned(),
+            service,
+            carriers,
             time_zone: zone.name(),
             orders,
             overdue,
         })?;
     } else {
+        print_service(&service, &carriers, journal.path());
+        println!();
         if orders.is_empty() {
             println!(
                 "{}",
@@ -161,16 +262,180 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<Exit> {
             );
         }
     }
-    Ok(if args.overdue && overdue > 0 {
-        Exit::Failed
+    Ok(if failed { Exit::Failed } else { Exit::Ok })
+}
+
+fn present_row(
+    row: Option<&CarrierRow>,
+    carrier: &str,
+    label: &str,
+    module: &str,
+    slot: Option<u64>,
+    seen: Option<String>,
+) -> PresentRow {
+    PresentRow {
+        carrier: carrier.to_owned(),
+        serial: row.map(|r| r.serial.clone()).unwrap_or_default(),
+        manufacturer: row.map(|r| r.manufacturer.clone()).unwrap_or_default(),
+        model: row.map(|r| r.model.clone()).unwrap_or_default(),
+        label: label.to_owned(),
+        module: module.to_owned(),
+        slot,
+        last_seen: seen
+            .or_else(|| row.map(|r| r.last_seen.clone()))
+            .unwrap_or_default(),
+        certificates: row.map(|r| r.certificates).unwrap_or_default(),
+        keys: row.map(|r| r.keys).unwrap_or_default(),
+        holders: row.map(|r| r.holders.clone()).unwrap_or_default(),
+    }
+}
+
+/// True when process `pid` exists and is a custody process; `None` when that cannot be
+/// told (another PID namespace, /proc hidden).
+fn process_alive(pid: u32) -> Option<bool> {
+    match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Ok(comm) => Some(comm.trim_end() == "custody"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(false),
+        Err(_) => None,
+    }
+}
+
+fn service_status(state: Option<&(ServiceState, SystemTime)>, now: SystemTime) -> ServiceStatus {
+    let Some((record, modified)) = state else {
+        return ServiceStatus {
+            state: "never",
+            pid: None,
+            started_at: None,
+            stopped_at: None,
+            last_poll: None,
+            last_poll_age_ms: None,
+            interval_ms: None,
+            check_period_ms: None,
+            modules: Vec::new(),
+        };
+    };
+    let age = now.duration_since(*modified).unwrap_or_default();
+    let interval = Duration::from_millis(record.interval_ms);
+    let fresh = age <= interval * 3 + Duration::from_secs(1);
+    let alive = process_alive(record.pid);
+    let state = match (&record.stopped_at, alive, fresh) {
+        (Some(_), _, _) => "stopped",
+        (None, Some(false), _) => "died",
+        (None, _, true) => "running",
+        (None, _, false) => "stale",
+    };
+    ServiceStatus {
+        state,
+        pid: Some(record.pid),
+        started_at: Some(record.started_at.clone()),
+        stopped_at: record.stopped_at.clone(),
+        last_poll: Some(timestamp(OffsetDateTime::from(*modified))),
+        last_poll_age_ms: Some(age.as_millis() as u64),
+        interval_ms: Some(record.interval_ms),
+        check_period_ms: Some(record.check_period_ms),
+        modules: record.modules.clone(),
+    }
+}
+
+fn secs(ms: u64) -> String {
+    if ms % 1000 == 0 {
+        format!("{} s", ms / 1000)
     } else {
-        Exit::Ok
-    })
+        format!("{:.1} s", ms as f64 / 1000.0)
+    }
+}
+
+fn print_service(service: &ServiceStatus, carriers: &[PresentRow], journal: &std::path::Path) {
+    let since = |t: &Option<String>| t.clone().unwrap_or_default();
+    match service.state {
+        "never" => println!(
+            "Service   has not run with this journal (no state record next to it); start it with `custody watch` or `systemctl start custody`"
+        ),
+        state => {
+            let what = match state {
+                "running" => "running",
+                "stale" => "STALE: the process exists but has not polled for three intervals; check its log (journalctl -u custody)",
+                "stopped" => "stopped",
+                _ => "DIED: it stopped without shutting down (killed or crashed); check its log and restart it",
+            };
+            println!("Service   {what}");
+            println!(
+                "          pid {}, started {}{}",
+                service.pid.unwrap_or_default(),
+                since(&service.started_at),
+                service
+                    .stopped_at
+                    .as_ref()
+                    .map(|t| format!(", stopped {t}"))
+                    .unwrap_or_default()
+            );
+            println!(
+                "          last poll {} ({} ago); polls every {}, reads carriers' contents every {}",
+                since(&service.last_poll),
+                secs(service.last_poll_age_ms.unwrap_or_default()),
+                secs(service.interval_ms.unwrap_or_default()),
+                secs(service.check_period_ms.unwrap_or_default())
+            );
+            for m in &service.modules {
+                let how = match (m.loaded, &m.error, m.reinit_period_ms) {
+                    (false, e, _) => format!("NOT LOADED: {}", e.clone().unwrap_or_default()),
+                    (true, Some(e), _) => format!("ERROR: {e}"),
+                    (true, None, Some(p)) => format!(
+                        "re-initialised every {}, {:.2} ms per poll",
+                        secs(p),
+                        m.poll_cost_us as f64 / 1000.0
+                    ),
+                    (true, None, None) => {
+                        format!("{:.2} ms per poll", m.poll_cost_us as f64 / 1000.0)
+                    }
+                };
+                println!("Module    {}: {how}", m.path);
+            }
+        }
+    }
+    println!("Journal   {}", journal.display());
+    println!();
+    if carriers.is_empty() {
+        println!("No carrier present.");
+        return;
+    }
+    if service.state == "running" {
+        println!("{} carrier(s) present:", carriers.len());
+    } else {
+        println!(
+            "{} carrier(s) present when the journal was last written:",
+            carriers.len()
+        );
+    }
+    let mut t = Table::new(&[
+        "SERIAL",
+        "MODEL",
+        "LABEL",
+        "SLOT",
+        "CERTS",
+        "KEYS",
+        "HOLDER",
+        "LAST SEEN",
+    ]);
+    for c in carriers {
+        t.row(vec![
+            c.serial.clone(),
+            format!("{} {}", c.manufacturer, c.model),
+            c.label.clone(),
+            c.slot.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+            c.certificates.to_string(),
+            c.keys.to_string(),
+            clip(&c.holders.join("; "), 40),
+            c.last_seen.clone(),
+        ]);
+    }
+    t.print();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use time::macros::datetime;
 
     fn row(id: &str, dismissed: &str, state: OrderState) -> OrderRow {
@@ -210,5 +475,40 @@ mod tests {
         // 25 Nov 00:00 Kyiv: overdue.
         let s = order_statuses(&rows, &kyiv, datetime!(2026-11-24 22:00 UTC));
         assert!(s.iter().all(|o| o.overdue));
+    }
+
+    fn record(stopped: bool, pid: u32) -> ServiceState {
+        ServiceState {
+            pid,
+            started_at: "2026-01-01T00:00:00.000Z".into(),
+            stopped_at: stopped.then(|| "2026-01-01T01:00:00.000Z".into()),
+            journal: "/j.db".into(),
+            interval_ms: 2000,
+            check_period_ms: 8000,
+            modules: Vec::new(),
+            present: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn states_from_the_record() {
+        let now = SystemTime::now();
+        let me = std::process::id();
+        let dead = u32::MAX - 1; // beyond pid_max: never a live process
+        let at = |secs_ago: u64| now - Duration::from_secs(secs_ago);
+        assert_eq!(service_status(None, now).state, "never");
+        assert_eq!(
+            service_status(Some(&(record(true, me), at(1))), now).state,
+            "stopped"
+        );
+        assert_eq!(
+            service_status(Some(&(record(false, dead), at(1))), now).state,
+            "died"
+        );
+        // This test process is not named custody: it counts as not alive.
+        assert_eq!(
+            service_status(Some(&(record(false, me), at(1))), now).state,
+            "died"
+        );
     }
 }
