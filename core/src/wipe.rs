@@ -32,6 +32,49 @@ use crate::token::{
     DestroyedObject, GoneReport, GoneSpec, Module, ModuleInfo, PinSource, Resolution, ResolvedToken,
 };
 
+/// An exclusive lock on `<journal>.wipe-lock`, held while a wipe is executed or reconciled, so
+/// that two custody processes on one journal never wipe at once and a reconciliation never
+/// judges a wipe that another process is still running. Released on drop (and by the kernel
+/// when the process dies, so a crash never leaves it held).
+#[derive(Debug)]
+pub struct WipeLock {
+    _file: std::fs::File,
+}
+
+impl WipeLock {
+    /// How long a second process waits for a running wipe before giving up.
+    pub const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+    /// Takes the lock of the journal at `journal`, waiting up to `wait`.
+    pub fn acquire(journal: &std::path::Path, wait: std::time::Duration) -> Result<Self> {
+        let mut path = journal.as_os_str().to_owned();
+        path.push(".wipe-lock");
+        let path = std::path::PathBuf::from(path);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Self { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(Error::Refused(format!(
+                        "another custody process is executing or reconciling a wipe on this journal (it holds {}); nothing was done, run the order again when it has finished",
+                        path.display()
+                    )));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+            }
+        }
+    }
+}
+
 /// PINs given for one wipe (from a file or stdin); `None`: use the configured source.
 #[derive(Default)]
 pub struct Secrets {
@@ -517,13 +560,14 @@ pub fn execute(
     secrets: &Secrets,
     env: &Env<'_>,
 ) -> Result<Outcome> {
+    let _lock = WipeLock::acquire(journal.path(), WipeLock::WAIT)?;
     let o = order.order();
     let mut state = match admit(journal, env, order)? {
         Ok(s) => s,
         Err(r) => return Ok(Outcome::Refused(r)),
     };
     if state == OrderState::Started {
-        reconcile(journal, std::slice::from_mut(module), env)?;
+        reconcile_locked(journal, std::slice::from_mut(module), env)?;
         state = match admit(journal, env, order)? {
             Ok(s) => s,
             Err(r) => return Ok(Outcome::Refused(r)),
@@ -811,6 +855,15 @@ pub struct Reconciled {
 /// when one has the plan's path; others are loaded for the check. Call at start, before
 /// anything that executes orders.
 pub fn reconcile(
+    journal: &mut Journal,
+    modules: &mut [Module],
+    env: &Env<'_>,
+) -> Result<Vec<Reconciled>> {
+    let _lock = WipeLock::acquire(journal.path(), WipeLock::WAIT)?;
+    reconcile_locked(journal, modules, env)
+}
+
+fn reconcile_locked(
     journal: &mut Journal,
     modules: &mut [Module],
     env: &Env<'_>,

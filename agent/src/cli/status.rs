@@ -338,7 +338,7 @@ fn service_status(state: Option<&(ServiceState, SystemTime)>, now: SystemTime) -
 }
 
 fn secs(ms: u64) -> String {
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{} s", ms / 1000)
     } else {
         format!("{:.1} s", ms as f64 / 1000.0)

@@ -210,3 +210,51 @@ fn destroy_keys_leaves_objects_without_a_private_key_out_of_the_plan() {
     let p = plan(&order, &snap, &module()).unwrap_or_else(|r| panic!("{r}"));
     assert!(p.gone.cka_ids.contains(&"09".to_owned()));
 }
+
+#[test]
+fn the_wipe_lock_excludes_a_second_holder_until_released() {
+    let dir = std::env::temp_dir().join(format!("custody-wipe-lock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let journal = dir.join("journal.db");
+    let first =
+        WipeLock::acquire(&journal, std::time::Duration::ZERO).unwrap_or_else(|e| panic!("{e}"));
+    let refused = WipeLock::acquire(&journal, std::time::Duration::from_millis(120));
+    let text = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(text.contains("another custody process"), "{text}");
+    drop(first);
+    assert!(WipeLock::acquire(&journal, std::time::Duration::ZERO).is_ok());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn reconcile_waits_for_a_running_wipe_to_release_the_lock() {
+    let dir = std::env::temp_dir().join(format!("custody-wipe-wait-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.join("journal.db");
+    let mut journal = Journal::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let held =
+        WipeLock::acquire(&path, std::time::Duration::ZERO).unwrap_or_else(|e| panic!("{e}"));
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(held);
+    });
+    let actor = Actor::current(None);
+    let clock = || NOW;
+    let env = Env {
+        actor: &actor,
+        clock: &clock,
+        source: "test",
+        pins: &crate::token::NoPins,
+    };
+    let start = std::time::Instant::now();
+    let done = reconcile(&mut journal, &mut [], &env).unwrap_or_else(|e| panic!("{e}"));
+    assert!(done.is_empty());
+    assert!(
+        start.elapsed() >= std::time::Duration::from_millis(250),
+        "did not wait for the lock"
+    );
+    let _ = release.join();
+    let _ = std::fs::remove_dir_all(dir);
+}
