@@ -283,3 +283,54 @@ fn a_locked_journal_means_nothing_is_wiped() -> TestResult {
     assert!(env.events_of("wipe_started").is_empty());
     Ok(())
 }
+
+#[test]
+fn a_journal_that_cannot_grow_means_nothing_is_wiped() -> TestResult {
+    // Disk full, staged with a file-size limit on the custody process (SIGXFSZ ignored, so a
+    // write past the limit fails with EFBIG, which SQLite reports like a full disk). The
+    // limit is far below the journal's size: the first write that records the order fails.
+    let env = Env::new("full");
+    assert!(env.custody(&["scan"]).status.success());
+    let before = env.token_listing();
+    let order = env.order("ord-full", json!({}));
+    env.sign(&order, "hr");
+    let so = env.path("so.pin");
+    let inner = {
+        let mut c = env.command(MODULE);
+        c.args([
+            "--json",
+            "wipe",
+            "--order",
+            order.to_str().unwrap_or(""),
+            "--so-pin-file",
+            so.to_str().unwrap_or(""),
+        ]);
+        c
+    };
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 1; exec \"$0\" \"$@\"")
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let out = cmd.output()?;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let j = json_of(&out);
+    assert_eq!(j["outcome"], "error", "{j}");
+    let error = j["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("disk") || error.contains("full") || error.contains("too large"),
+        "{error}"
+    );
+    // Nothing was wiped: the carrier, re-read independently, is unchanged, and the journal
+    // (readable again without the limit) holds no wipe_started and still verifies.
+    assert_eq!(env.token_listing(), before);
+    assert!(env.events_of("wipe_started").is_empty());
+    assert!(env.open_journal().verify()?.ok());
+    Ok(())
+}
