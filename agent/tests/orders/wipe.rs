@@ -238,8 +238,7 @@ fn wrong_so_pin_fails_honestly_and_the_order_can_be_run_again() -> TestResult {
 
 #[test]
 fn a_locked_journal_means_nothing_is_wiped() -> TestResult {
-    // Disk full cannot be staged portably; a journal locked by another writer fails the same
-    // write path (the transaction that would record the order).
+    // A journal locked by another writer: the transaction that would record the order fails.
     let env = Env::new("locked");
     assert!(env.custody(&["scan"]).status.success());
     let before = env.token_listing();
