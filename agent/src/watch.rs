@@ -268,6 +268,11 @@ impl Watch {
         &self.schedule
     }
 
+    /// Makes a poll due at once (a module reported a slot event).
+    pub fn wake(&mut self, now: Instant) {
+        self.next = self.next.min(now);
+    }
+
     /// The plan of the poll due at `now`, or `None` when none is due yet. Moves the
     /// deadline on by one interval.
     pub fn due(&mut self, now: Instant) -> Option<PollPlan> {
@@ -381,6 +386,24 @@ mod tests {
         assert!(times
             .windows(2)
             .all(|w| w[1] - w[0] == Duration::from_secs(2)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_event_makes_a_poll_due_at_once_then_the_interval_resumes() {
+        let start = Instant::now();
+        let mut watch = Watch::new(start, Duration::from_secs(2), 1);
+        assert!(watch.due(start).is_some());
+        tokio::time::advance(Duration::from_millis(700)).await;
+        let now = Instant::now();
+        assert!(watch.due(now).is_none(), "not due before the interval");
+        watch.wake(now);
+        assert_eq!(watch.deadline(), now);
+        assert!(watch.due(now).is_some(), "due at once after a slot event");
+        assert_eq!(watch.deadline(), now + Duration::from_secs(2));
+        // A wake never postpones a poll that is due earlier.
+        let mut early = Watch::new(start, Duration::from_secs(2), 1);
+        early.wake(now);
+        assert_eq!(early.deadline(), start);
     }
 
     #[tokio::test(start_paused = true)]

@@ -67,6 +67,8 @@ pub enum Request {
     /// Run a function on the worker thread, with the modules and the journal; see
     /// [`WorkerHandle::call`].
     Call(Box<dyn FnOnce(&mut WorkerState) + Send>),
+    /// A module reported a slot event (C_WaitForSlotEvent): poll now.
+    Wake,
     /// Finish the poll in hand and stop.
     Stop,
 }
@@ -75,6 +77,7 @@ impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Call(_) => f.write_str("Call"),
+            Self::Wake => f.write_str("Wake"),
             Self::Stop => f.write_str("Stop"),
         }
     }
@@ -245,9 +248,46 @@ struct Watched {
     failed: bool,
     /// Why the module is not loaded.
     load_error: Option<String>,
+    /// Where a slot-event thread sends [`Request::Wake`].
+    waker: mpsc::Sender<Request>,
 }
 
 impl Watched {
+    /// Where the module supports C_WaitForSlotEvent, a thread blocks in it and wakes the
+    /// worker on every slot event, so an insertion is seen at once rather than at the next
+    /// poll; the poll stays as the fallback. Not for modules re-initialised by the poll (their
+    /// C_Finalize would end every wait; SoftHSM2 does not support waiting anyway). The thread
+    /// ends when the module answers with an error (not supported, or finalised).
+    fn wait_for_slot_events(&self) {
+        if self.needs_reinit() {
+            return;
+        }
+        let Some(events) = self.module.as_ref().and_then(Module::slot_events) else {
+            return;
+        };
+        let waker = self.waker.clone();
+        let module = self.path_text.clone();
+        let spawned = std::thread::Builder::new()
+            .name("custody-slot-events".into())
+            .spawn(move || loop {
+                match events.wait() {
+                    Ok(slot) => {
+                        tracing::debug!(%module, slot, "slot event");
+                        if waker.send(Request::Wake).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::info!(%module, cause = %e, "no slot events from this module; polling only");
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(cause = %e, "no slot-event thread; polling only");
+        }
+    }
+
     fn needs_reinit(&self) -> bool {
         match self.policy {
             Reinit::Always => true,
@@ -312,6 +352,7 @@ pub async fn start(
     done: Completion,
 ) -> anyhow::Result<(WorkerHandle, oneshot::Receiver<anyhow::Result<()>>)> {
     let (tx, rx) = mpsc::channel::<Request>();
+    let waker = tx.clone();
     let (ready_tx, ready_rx) = oneshot::channel::<anyhow::Result<()>>();
     let (exit_tx, exit_rx) = oneshot::channel::<anyhow::Result<()>>();
     std::thread::Builder::new()
@@ -320,7 +361,7 @@ pub async fn start(
             let _done = done;
             let timing = (cfg.interval, cfg.check_interval);
             let state_path = cfg.state_path.clone();
-            let state = match WorkerState::open(cfg) {
+            let state = match WorkerState::open(cfg, waker) {
                 Ok(state) => {
                     let _ = ready_tx.send(Ok(()));
                     state
@@ -339,8 +380,8 @@ pub async fn start(
     Ok((WorkerHandle { tx }, exit_rx))
 }
 
-/// The worker thread's loop: polls every interval and serves calls until
-/// [`Request::Stop`] (or every handle is gone); then records `last_seen` of the carriers
+/// The worker thread's loop: polls every interval (or at once on a [`Request::Wake`]) and
+/// serves calls until [`Request::Stop`]; then records `last_seen` of the carriers
 /// present, marks the state record stopped, and releases the modules (C_Finalize) and the
 /// journal.
 fn serve(
@@ -387,6 +428,7 @@ fn serve(
         }
         match rx.recv_timeout(watch.deadline() - now) {
             Ok(Request::Call(f)) => f(&mut state),
+            Ok(Request::Wake) => watch.wake(tokio::time::Instant::now()),
             Ok(Request::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
@@ -472,7 +514,7 @@ fn update_record(record: &mut ServiceState, report: &PollReport, schedule: &Sche
 }
 
 impl WorkerState {
-    fn open(cfg: WorkerConfig) -> anyhow::Result<Self> {
+    fn open(cfg: WorkerConfig, waker: mpsc::Sender<Request>) -> anyhow::Result<Self> {
         let journal = Journal::open(&cfg.journal)
             .with_context(|| format!("opening the journal {}", cfg.journal.display()))?;
         let modules = cfg
@@ -488,6 +530,7 @@ impl WorkerState {
                     fresh: true,
                     failed: false,
                     load_error: None,
+                    waker: waker.clone(),
                 };
                 m.load();
                 m
@@ -635,6 +678,7 @@ impl Watched {
                 self.fresh = true;
                 self.failed = false;
                 self.load_error = None;
+                self.wait_for_slot_events();
             }
             Err(e) => {
                 self.load_error = Some(e.to_string());

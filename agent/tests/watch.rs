@@ -871,3 +871,39 @@ fn bad_inputs_are_refused_with_exit_2_and_a_reason() -> TestResult {
     assert!(String::from_utf8_lossy(&out.stderr).contains("remove it"));
     Ok(())
 }
+
+#[test]
+fn without_slot_events_from_the_module_polling_carries_on() -> TestResult {
+    // With re-initialisation off, the service waits for slot events (C_WaitForSlotEvent) on
+    // a thread of its own; SoftHSM2 answers CKR_FUNCTION_NOT_SUPPORTED, and the poll must go
+    // on seeing every change.
+    let w = World::new("slot-events");
+    let a = w.init_token("gamma")?;
+    std::fs::write(
+        &w.config,
+        format!("[[module]]\npath = \"{SOFTHSM}\"\nreinit = \"never\"\n"),
+    )?;
+    let mut c = w.custody();
+    c.args(["--log-format", "json", "-v", "watch", "--interval"])
+        .arg(format!("{}ms", INTERVAL.as_millis()))
+        .args(["--check-interval", CHECK]);
+    let mut service = Service::spawn(c)?;
+    service.wait_log(
+        "no slot events from this module; polling only",
+        Duration::from_secs(10),
+    )?;
+    assert!(
+        service
+            .log()
+            .iter()
+            .any(|l| l.contains("C_WaitForSlotEvent") && l.contains("FunctionNotSupported")),
+        "{:?}",
+        service.log()
+    );
+    w.wait_kind(&a, "carrier_enrolled", 1, Duration::from_secs(10))?;
+    w.import("gamma", "01", false)?;
+    w.wait_kind(&a, "cert_added", 1, Duration::from_secs(30))?;
+    assert_eq!(service.stop()?, Some(0), "log: {:?}", service.log());
+    assert_verifies(&w)?;
+    Ok(())
+}

@@ -287,6 +287,38 @@ impl Module {
     }
 }
 
+/// Waits for slot events (C_WaitForSlotEvent) of one module, on a thread of the caller's
+/// choosing: a token inserted or removed ends the wait at once instead of at the next poll.
+pub struct SlotEvents {
+    ctx: Pkcs11,
+}
+
+impl std::fmt::Debug for SlotEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotEvents").finish_non_exhaustive()
+    }
+}
+
+impl SlotEvents {
+    /// Blocks until a slot changes and returns its id. An error means waiting is over for
+    /// this module: it does not support C_WaitForSlotEvent (SoftHSM2 answers
+    /// CKR_FUNCTION_NOT_SUPPORTED), or it was finalised (CKR_CRYPTOKI_NOT_INITIALIZED).
+    pub fn wait(&self) -> Result<u64> {
+        self.ctx
+            .wait_for_slot_event()
+            .map(|slot| slot.id())
+            .map_err(|e| map_err("C_WaitForSlotEvent", e))
+    }
+}
+
+impl Module {
+    /// A handle to wait for this module's slot events on another thread. Finalising the
+    /// module (drop, [`Module::reinitialize`]) ends a wait in progress with an error.
+    pub fn slot_events(&self) -> Option<SlotEvents> {
+        self.ctx.as_ref().map(|ctx| SlotEvents { ctx: ctx.clone() })
+    }
+}
+
 impl Drop for Module {
     fn drop(&mut self) {
         if let Some(ctx) = self.ctx.take() {
