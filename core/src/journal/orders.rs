@@ -141,22 +141,12 @@ fn load_orders(conn: &Connection, id: Option<&str>) -> Result<Vec<OrderRow>> {
 
 fn load_event(conn: &Connection, seq: u64) -> Result<Option<EventRow>> {
     conn.query_row(
-        "SELECT seq, at, kind, carrier, os_user, operator, host, data, hash FROM events WHERE seq = ?1",
+        &format!(
+            "SELECT {} FROM events WHERE seq = ?1",
+            super::query::EVENT_COLUMNS
+        ),
         [seq as i64],
-        |r| {
-            let data: String = r.get(7)?;
-            Ok(EventRow {
-                seq: r.get::<_, i64>(0)? as u64,
-                at: r.get(1)?,
-                kind: r.get(2)?,
-                carrier: r.get(3)?,
-                os_user: r.get(4)?,
-                operator: r.get(5)?,
-                host: r.get(6)?,
-                data: serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data)),
-                hash: hex::encode(r.get::<_, Vec<u8>>(8)?),
-            })
-        },
+        super::query::event_row,
     )
     .optional()
     .map_err(db_err)

@@ -98,26 +98,30 @@ pub(crate) fn carriers(conn: &Connection, serial: Option<&str>) -> Result<Vec<Ca
 
 pub(crate) fn events(conn: &Connection, carrier: Option<&str>) -> Result<Vec<EventRow>> {
     let mut stmt = conn
-        .prepare(
-            "SELECT seq, at, kind, carrier, os_user, operator, host, data, hash FROM events
-             WHERE ?1 IS NULL OR carrier = ?1 ORDER BY seq",
-        )
+        .prepare(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE ?1 IS NULL OR carrier = ?1 ORDER BY seq"
+        ))
         .map_err(db_err)?;
-    let rows = stmt
-        .query_map([carrier], |r| {
-            let data: String = r.get(7)?;
-            Ok(EventRow {
-                seq: r.get::<_, i64>(0)? as u64,
-                at: r.get(1)?,
-                kind: r.get(2)?,
-                carrier: r.get(3)?,
-                os_user: r.get(4)?,
-                operator: r.get(5)?,
-                host: r.get(6)?,
-                data: serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data)),
-                hash: hex::encode(r.get::<_, Vec<u8>>(8)?),
-            })
-        })
-        .map_err(db_err)?;
+    let rows = stmt.query_map([carrier], event_row).map_err(db_err)?;
     rows.collect::<std::result::Result<_, _>>().map_err(db_err)
+}
+
+/// The columns every event query selects, in the order [`event_row`] reads them.
+pub(crate) const EVENT_COLUMNS: &str =
+    "seq, at, kind, carrier, os_user, operator, host, data, hash";
+
+/// One event from a row of [`EVENT_COLUMNS`].
+pub(crate) fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+    let data: String = r.get(7)?;
+    Ok(EventRow {
+        seq: r.get::<_, i64>(0)? as u64,
+        at: r.get(1)?,
+        kind: r.get(2)?,
+        carrier: r.get(3)?,
+        os_user: r.get(4)?,
+        operator: r.get(5)?,
+        host: r.get(6)?,
+        data: serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data)),
+        hash: hex::encode(r.get::<_, Vec<u8>>(8)?),
+    })
 }
