@@ -37,7 +37,7 @@ pub struct Cli {
 /// Options every subcommand accepts.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// PKCS#11 module to use (repeatable). Default: the config file's [[module]], else the
+    /// PKCS#11 module to use (repeatable). Default: the config file's `[[module]]`, else the
     /// modules registered with p11-kit, else SoftHSM2.
     #[arg(long = "module", global = true, value_name = "PATH")]
     pub modules: Vec<PathBuf>,

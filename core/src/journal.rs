@@ -3,8 +3,8 @@
 //! One SQLite file (WAL, synchronous=FULL) holds an append-only chain of events and the
 //! current state derived from them, updated in the same transaction. Every event row
 //! stores `prev_hash` and `hash = SHA-256(prev_hash || canonical bytes)` (see
-//! [`chain`]); [`Journal::verify`] recomputes the chain and names the first bad row.
-//! Schema versions are kept in `PRAGMA user_version` ([`migrations`]); the file is marked
+//! `chain`); [`Journal::verify`] recomputes the chain and names the first bad row.
+//! Schema versions are kept in `PRAGMA user_version` (`migrations`); the file is marked
 //! as a custody journal by `PRAGMA application_id`.
 
 mod chain;

@@ -2,7 +2,7 @@
 //!
 //! A [`Module`] is one loaded and initialised PKCS#11 library. [`Module::scan`] reads every
 //! initialised token into a [`CarrierSnapshot`] without ever failing the whole scan because of
-//! one token or one object. Errors from the binding are translated once, in [`map_err`].
+//! one token or one object. Errors from the binding are translated once, in `map_err`.
 
 mod sign;
 mod wipe;
