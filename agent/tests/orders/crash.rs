@@ -58,13 +58,7 @@ fn kill_9_at_random_moments_never_leaves_a_false_wipe_claim() {
         env.sign(&order, "hr");
         let wall = time::OffsetDateTime::now_utc();
         let start = Instant::now();
-        let out = env.custody(&[
-            "wipe",
-            "--order",
-            order.to_str().unwrap_or(""),
-            "--so-pin-file",
-            env.path("so.pin").to_str().unwrap_or(""),
-        ]);
+        let out = env.wipe(&order);
         let took = start.elapsed();
         assert!(out.status.success(), "{}", text(&out));
         let at = |kind: &str| {
@@ -226,13 +220,7 @@ fn kill_9_at_random_moments_never_leaves_a_false_wipe_claim() {
         }
         // After reconciliation the order can be run to completion (or was completed).
         if completed.is_empty() {
-            let out = env.custody(&[
-                "wipe",
-                "--order",
-                order.to_str().unwrap_or(""),
-                "--so-pin-file",
-                env.path("so.pin").to_str().unwrap_or(""),
-            ]);
+            let out = env.wipe(&order);
             if out.status.code() != Some(0) {
                 let files: Vec<String> = walk(&env.path("tokens"));
                 panic!(

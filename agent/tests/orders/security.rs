@@ -128,14 +128,7 @@ fn replay_of_an_executed_order_also_after_a_restart() {
     let env = Env::new("replay");
     let order = env.order("ord-replay", json!({}));
     env.sign(&order, "hr");
-    let so = env.path("so.pin");
-    let out = env.custody(&[
-        "wipe",
-        "--order",
-        order.to_str().unwrap_or(""),
-        "--so-pin-file",
-        so.to_str().unwrap_or(""),
-    ]);
+    let out = env.wipe(&order);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     // The carrier is issued again to a new holder: new user PIN, new key.
     let conf = &env.conf;
@@ -240,13 +233,6 @@ fn two_person_rule_with_the_same_signer_twice() {
     assert_refused(&env, &order, "not_enough_signers");
     // With a second person it goes through.
     env.sign(&order, "it");
-    let so = env.path("so.pin");
-    let out = env.custody(&[
-        "wipe",
-        "--order",
-        order.to_str().unwrap_or(""),
-        "--so-pin-file",
-        so.to_str().unwrap_or(""),
-    ]);
+    let out = env.wipe(&order);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }

@@ -182,13 +182,7 @@ fn status_overdue_lists_orders_past_the_day_after_dismissal() {
     );
     env.sign(&fresh, "hr");
     for o in [&old, &fresh] {
-        let out = env.custody(&[
-            "wipe",
-            "--order",
-            o.to_str().unwrap_or(""),
-            "--so-pin-file",
-            env.path("so.pin").to_str().unwrap_or(""),
-        ]);
+        let out = env.wipe(o);
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     }
     let run = |args: &[&str]| {

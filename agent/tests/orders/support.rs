@@ -340,6 +340,18 @@ impl Env {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Runs `custody wipe --order ORDER` with the carrier's SO PIN file (`so.pin`).
+    pub(crate) fn wipe(&self, order: &Path) -> Output {
+        let so = self.path("so.pin");
+        self.custody(&[
+            "wipe",
+            "--order",
+            order.to_str().unwrap_or(""),
+            "--so-pin-file",
+            so.to_str().unwrap_or(""),
+        ])
+    }
+
     /// Runs custody with the module behind pkcs11-spy; returns the output and the spy's
     /// counts of C_InitToken and C_DestroyObject. The spy log holds PINs: it stays in the
     /// test directory, is never printed, and is deleted.

@@ -223,14 +223,7 @@ fn wrong_so_pin_fails_honestly_and_the_order_can_be_run_again() -> TestResult {
     assert_eq!(env.events_of("wipe_failed").len(), 1);
 
     // A failed order may be run again with the right PIN.
-    let so = env.path("so.pin");
-    let out = env.custody(&[
-        "wipe",
-        "--order",
-        order.to_str().unwrap_or(""),
-        "--so-pin-file",
-        so.to_str().unwrap_or(""),
-    ]);
+    let out = env.wipe(&order);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(!env.alice_has_objects());
     Ok(())
