@@ -25,11 +25,11 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
-use crate::inventory::CarrierSnapshot;
+use crate::inventory::{CarrierSnapshot, ModuleInfo, ModuleScan};
 use crate::journal::{Actor, Journal, OrderState};
 use crate::order::{DestructionOrder, Method, RejectCode, Rejection, Verification, VerifiedOrder};
 use crate::token::{
-    DestroyedObject, GoneReport, GoneSpec, Module, ModuleInfo, PinSource, Resolution, ResolvedToken,
+    DestroyedObject, GoneReport, GoneSpec, Module, PinSource, Resolution, ResolvedToken,
 };
 
 /// An exclusive lock on `<journal>.wipe-lock`, held while a wipe is executed or reconciled, so
@@ -776,14 +776,13 @@ fn report_for(
     }
 }
 
-fn scan_for_journal(module: &Module, env: &Env<'_>) -> Option<crate::token::ModuleScan> {
-    match module.scan(env.pins) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(cause = %e, "scan for the journal failed; the wipe goes on");
-            None
-        }
+fn scan_for_journal(module: &Module, env: &Env<'_>) -> Option<ModuleScan> {
+    let scan = module.scan(env.pins);
+    if let Some(why) = scan.unavailability() {
+        tracing::warn!(cause = %why, "scan for the journal failed; the wipe goes on");
+        return None;
     }
+    Some(scan)
 }
 
 fn record_outcome(
@@ -791,7 +790,7 @@ fn record_outcome(
     env: &Env<'_>,
     order_id: &str,
     report: &WipeReport,
-    scan: Option<&crate::token::ModuleScan>,
+    scan: Option<&ModuleScan>,
 ) -> Result<u64> {
     let (kind, state) = if report.verified {
         ("wipe_completed", OrderState::Completed)

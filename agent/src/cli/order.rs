@@ -414,7 +414,7 @@ fn verify(ctx: &Context, a: &VerifyArgs) -> anyhow::Result<Exit> {
         due: v
             .order
             .as_ref()
-            .map(|o| crate::cli::status::show_time(&zone, o.due(&zone))),
+            .map(|o| crate::deadline::show_time(&zone, o.due(&zone))),
         journal_state,
         target,
         notes,

@@ -10,12 +10,13 @@
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
-use custody_core::journal::{timestamp, CarrierRow, OrderRow, OrderState};
+use custody_core::journal::{timestamp, CarrierRow};
 use custody_core::order::Zone;
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::Context;
+use crate::deadline::{order_statuses, OrderStatus};
 use crate::output::{clip, json, Table};
 use crate::state::{ModuleState, ServiceState, StateFile};
 use crate::Exit;
@@ -29,35 +30,6 @@ pub struct StatusArgs {
     /// Exit 1 unless the service is running and polling (for monitoring).
     #[arg(long)]
     pub running: bool,
-}
-
-/// One order in `custody status --json`.
-#[derive(Debug, Serialize)]
-pub struct OrderStatus {
-    /// Order id.
-    pub order_id: String,
-    /// Holder.
-    pub holder: String,
-    /// Target serial.
-    pub serial: String,
-    /// Carrier key, once matched.
-    pub carrier: Option<String>,
-    /// Method.
-    pub method: String,
-    /// Responsible person.
-    pub responsible: String,
-    /// Dismissal date.
-    pub dismissed: String,
-    /// Due (local time, RFC 3339 with offset).
-    pub due: String,
-    /// Due (UTC).
-    pub due_utc: String,
-    /// True when past due and not completed.
-    pub overdue: bool,
-    /// State in the journal.
-    pub state: OrderState,
-    /// Received (UTC).
-    pub received_at: String,
 }
 
 /// The JSON document `custody status --json` prints.
@@ -79,41 +51,6 @@ pub struct StatusJson {
     pub orders: Vec<OrderStatus>,
     /// How many are overdue.
     pub overdue: usize,
-}
-
-/// `t` in `zone` as RFC 3339 with its offset.
-pub fn show_time(zone: &Zone, t: OffsetDateTime) -> String {
-    let local = zone.local(t);
-    local
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| timestamp(t))
-}
-
-/// The status of every order at `now`.
-pub fn order_statuses(rows: &[OrderRow], zone: &Zone, now: OffsetDateTime) -> Vec<OrderStatus> {
-    let fmt = time::macros::format_description!("[year]-[month]-[day]");
-    rows.iter()
-        .filter(|r| r.state != OrderState::Completed)
-        .map(|r| {
-            let due = time::Date::parse(&r.dismissed, fmt)
-                .ok()
-                .map(|d| custody_core::order::due(d, zone));
-            OrderStatus {
-                order_id: r.order_id.clone(),
-                holder: r.holder.clone(),
-                serial: r.serial.clone(),
-                carrier: r.carrier.clone(),
-                method: r.method.clone(),
-                responsible: r.responsible.clone(),
-                dismissed: r.dismissed.clone(),
-                due: due.map(|d| show_time(zone, d)).unwrap_or_default(),
-                due_utc: due.map(timestamp).unwrap_or_default(),
-                overdue: due.is_none_or(|d| now >= d),
-                state: r.state,
-                received_at: r.received_at.clone(),
-            }
-        })
-        .collect()
 }
 
 /// The service as its state record shows it.
@@ -435,6 +372,7 @@ fn print_service(service: &ServiceStatus, carriers: &[PresentRow], journal: &std
 #[cfg(test)]
 mod tests {
     use super::*;
+    use custody_core::journal::{OrderRow, OrderState};
     use std::time::Duration;
     use time::macros::datetime;
 

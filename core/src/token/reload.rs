@@ -9,7 +9,8 @@
 //! SoftHSM 2.6.1). This module only knows which libraries behave like that; how often to
 //! re-initialise is the caller's decision.
 
-use super::{Module, ModuleInfo};
+use super::Module;
+use crate::inventory::ModuleInfo;
 
 /// Library manufacturer ids (`CK_INFO.manufacturerID`, trailing blanks trimmed) of modules
 /// measured to show tokens created by other processes only after re-initialisation.
