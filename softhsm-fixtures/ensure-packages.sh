@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian/Ubuntu packages custody's demo and tests use, when they are missing:
 # softhsm2 (the PKCS#11 module), opensc (pkcs11-tool, pkcs11-spy), openssh-client
-# (ssh-keygen), sqlite3, openssl. Extra package names may be given as arguments.
+# (ssh-keygen), sqlite3, openssl, p11-kit and p11-kit-modules (the remote module the tests
+# kill and restart). Extra package names may be given as arguments.
 set -euo pipefail
 
 need=()
@@ -10,6 +11,8 @@ command -v pkcs11-tool   >/dev/null 2>&1 || need+=(opensc)
 command -v ssh-keygen    >/dev/null 2>&1 || need+=(openssh-client)
 command -v sqlite3       >/dev/null 2>&1 || need+=(sqlite3)
 command -v openssl       >/dev/null 2>&1 || need+=(openssl)
+command -v p11-kit       >/dev/null 2>&1 || need+=(p11-kit)
+ls /usr/lib/*/pkcs11/p11-kit-client.so >/dev/null 2>&1 || need+=(p11-kit-modules)
 for extra in "$@"; do
   case "$extra" in
     chromium) command -v chromium >/dev/null 2>&1 || need+=(chromium) ;;

@@ -155,10 +155,15 @@ impl Module {
         e
     }
 
-    /// The device or general error this module returned last, unless a slot list with
-    /// tokens came after it.
+    /// Why an empty slot list from this module would not be believed: the device or
+    /// general error it returned last (unless a slot list with tokens came after it), or
+    /// its own word that it lost its connection ([`Module::disconnected`]).
     pub fn trouble(&self) -> Option<CallError> {
-        self.trouble.lock().ok().and_then(|t| t.clone())
+        self.trouble
+            .lock()
+            .ok()
+            .and_then(|t| t.clone())
+            .or_else(|| self.disconnected())
     }
 
     fn listed(&self, count: usize) {
@@ -190,7 +195,6 @@ impl Module {
     /// scan ([`ModuleScan::failed`]); one token that cannot be read completely is a
     /// [`SlotProblem`] and does not stop the others.
     pub fn scan(&self, pins: &dyn PinSource) -> ModuleScan {
-        let trouble = self.trouble();
         let slots = match self.ctx().and_then(|ctx| {
             ctx.get_slots_with_token()
                 .map_err(|e| self.note(map_err("C_GetSlotList", e)))
@@ -198,7 +202,12 @@ impl Module {
             Ok(slots) => slots,
             Err(e) => return ModuleScan::failed(self.info.clone(), CallError::of(&e)),
         };
-        self.listed(slots.len());
+        let trouble = if slots.is_empty() {
+            self.trouble()
+        } else {
+            self.listed(slots.len());
+            None
+        };
         let mut carriers = Vec::with_capacity(slots.len());
         let mut slot_problems = Vec::new();
         for slot in &slots {

@@ -274,8 +274,10 @@ pub(super) fn poll_module(
         mp.reinit_cost = start.elapsed();
     }
     let mut ids = module.slots().map_err(|e| CallError::of(&e))?;
-    if let Some(reason) = unavailable_if_empty(ids.len(), module.trouble()) {
-        return Err(reason);
+    if ids.is_empty() {
+        if let Some(reason) = unavailable_if_empty(0, module.trouble()) {
+            return Err(reason);
+        }
     }
     mp.presence_cost = start.elapsed();
     ids.sort_unstable();

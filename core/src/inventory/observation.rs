@@ -64,10 +64,6 @@ impl CallError {
                 call: "C_Login".into(),
                 rv: "CKR_PIN_LOCKED".into(),
             },
-            Error::ModuleLoad { reason, .. } => Self {
-                call: "C_Initialize".into(),
-                rv: reason.clone(),
-            },
             other => Self {
                 call: String::new(),
                 rv: other.to_string(),
@@ -126,8 +122,8 @@ pub struct ModuleScan {
     /// `None` when its slot list was read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<CallError>,
-    /// The last device or general error this module returned before its slot list, if that
-    /// list came back empty: a module whose server or device died answers an empty list
+    /// Why the module was not believed when its slot list came back empty (see
+    /// [`unavailable_if_empty`]): a module whose server or device died answers an empty list
     /// with CKR_OK (p11-kit's remote module does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trouble_before_empty_list: Option<CallError>,
@@ -184,10 +180,11 @@ impl ModuleScan {
     }
 }
 
-/// The rule for empty slot lists: believed, unless the module's last answer before it was a
-/// device or general error (then the module is unavailable, and the error is the reason).
+/// The rule for empty slot lists: believed, unless the module was in trouble right before
+/// (a device or general error, or its own word that it lost its connection): then the module
+/// is unavailable, and the trouble is the reason.
 pub fn unavailable_if_empty(listed: usize, trouble: Option<CallError>) -> Option<CallError> {
-    trouble.filter(|t| listed == 0 && t.is_device_trouble())
+    trouble.filter(|_| listed == 0)
 }
 
 #[cfg(test)]

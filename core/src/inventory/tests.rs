@@ -345,7 +345,11 @@ fn content_never_changes_a_weak_serial_identity() {
 #[test]
 fn two_weak_serial_tokens_are_two_carriers_even_with_one_label() {
     let scan = module_scan(vec![weak("same", 1), weak("same", 2)]);
-    let steps = run(std::slice::from_ref(&scan), &Known::default(), &HashMap::new());
+    let steps = run(
+        std::slice::from_ref(&scan),
+        &Known::default(),
+        &HashMap::new(),
+    );
     assert_eq!(steps.iter().filter(|k| *k == "carrier_enrolled").count(), 2);
     let observed = Observed::new(std::slice::from_ref(&scan), &Known::default())
         .unwrap_or_else(|e| panic!("{e}"));

@@ -10,13 +10,33 @@
 //! re-initialise is the caller's decision.
 
 use super::Module;
-use crate::inventory::ModuleInfo;
+use crate::inventory::{CallError, ModuleInfo};
 
 /// Library manufacturer ids (`CK_INFO.manufacturerID`, trailing blanks trimmed) of modules
 /// measured to show tokens created by other processes only after re-initialisation.
 const REINIT_TO_SEE_NEW_TOKENS: &[&str] = &["SoftHSM"];
 
+/// What a module's library description (`CK_INFO.libraryDescription`) says when it has lost
+/// what it fronts: p11-kit's remote client answers "p11-kit (no connection)" and an empty slot
+/// list, all with CKR_OK, once its server is gone (measured with p11-kit 0.24).
+const DISCONNECTED: &[&str] = &["(no connection)"];
+
 impl Module {
+    /// When the module says it has lost its connection (asked afresh with C_GetInfo), why;
+    /// an empty slot list from such a module shows nothing about the carriers.
+    pub fn disconnected(&self) -> Option<CallError> {
+        let ctx = self.ctx().ok()?;
+        let info = ctx.get_library_info().ok()?;
+        let description = info.library_description().trim_end().to_owned();
+        DISCONNECTED
+            .iter()
+            .any(|d| description.contains(d))
+            .then(|| CallError {
+                call: "C_GetInfo".into(),
+                rv: format!("CKR_OK, library \"{description}\""),
+            })
+    }
+
     /// True when this module is known to learn of tokens created or deleted by other
     /// processes only at `C_Initialize`, so that a watcher must call
     /// [`Module::reinitialize`] to notice them.
