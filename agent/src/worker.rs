@@ -398,7 +398,7 @@ impl WorkerState {
             Ok(Vec::new())
         } else {
             let carriers: usize = scans.iter().map(|s| s.carriers.len()).sum();
-            tracing::info!(carriers, "recording what the modules show");
+            tracing::info!(carriers, "recording changes");
             self.journal
                 .record_scan(&scans, &self.actor, OffsetDateTime::now_utc())
                 .map(|r| r.events)

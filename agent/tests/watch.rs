@@ -896,7 +896,7 @@ fn without_slot_events_from_the_module_polling_carries_on() -> TestResult {
         service
             .log()
             .iter()
-            .any(|l| l.contains("C_WaitForSlotEvent") && l.contains("FunctionNotSupported")),
+            .any(|l| l.contains("C_WaitForSlotEvent") && l.contains("CKR_FUNCTION_NOT_SUPPORTED")),
         "{:?}",
         service.log()
     );
