@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use super::{db_err, Actor, Journal, Writer};
+use super::{db_err, Actor, EventKind, Journal, Writer};
 use crate::error::{Error, Result};
 
 /// `format` of an exported checkpoint.
@@ -210,7 +210,7 @@ impl Writer<'_> {
             public_key: cp.public_key.clone(),
             signature: cp.signature.clone(),
         };
-        cp.seq = self.append("checkpoint", None, &data)?;
+        cp.seq = self.append(EventKind::Checkpoint, None, &data)?;
         self.tx
             .execute(
                 "INSERT INTO checkpoints (seq, count, head_hash, at, public_key, signature)

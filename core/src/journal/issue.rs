@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 
 use super::checkpoint::Checkpoint;
 use super::form::{Generated, GeneratedSource, ImportedText};
-use super::{db_err, query, timestamp, Actor, Journal};
+use super::{db_err, query, timestamp, Actor, EventKind, Journal};
 use crate::ack::{AckStatus, Acknowledgement, Statement};
 use crate::error::{Error, Result};
 use crate::id::RawBytes;
@@ -272,7 +272,7 @@ impl Journal {
                     });
                 };
                 let seq = w.append(
-                    "issue_acknowledged",
+                    EventKind::IssueAcknowledged,
                     Some(&data.carrier.key),
                     &serde_json::json!({ "row_no": existing.row_no, "acknowledgement": ack }),
                 )?;
@@ -306,7 +306,7 @@ impl Journal {
                     c.der = Some(hex::encode(der));
                 }
             }
-            let seq = w.append("issued", Some(&data.carrier.key), &data)?;
+            let seq = w.append(EventKind::Issued, Some(&data.carrier.key), &data)?;
             insert_issued_row(w.tx(), seq, &data)?;
             for c in &data.key_set.certificates {
                 let Some(der) = c.der.as_deref().and_then(|d| hex::decode(d).ok()) else {
@@ -769,10 +769,10 @@ pub enum RevocationStep {
 
 impl RevocationStep {
     /// The event kind.
-    pub fn kind(self) -> &'static str {
+    pub fn kind(self) -> EventKind {
         match self {
-            Self::Requested => "revocation_requested",
-            Self::Confirmed => "revocation_confirmed",
+            Self::Requested => EventKind::RevocationRequested,
+            Self::Confirmed => EventKind::RevocationConfirmed,
         }
     }
 }
@@ -1070,7 +1070,7 @@ impl Journal {
                     "destroyed": r.destroyed,
                     "note": r.note,
                 });
-                let seq = w.append("imported", None, &data)?;
+                let seq = w.append(EventKind::Imported, None, &data)?;
                 if first_seq == 0 {
                     first_seq = seq;
                 }

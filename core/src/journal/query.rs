@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 use serde::Serialize;
 
-use super::db_err;
+use super::{db_err, EventKind};
 use crate::error::Result;
 
 /// One carrier as the journal knows it.
@@ -45,7 +45,7 @@ pub struct EventRow {
     /// UTC time.
     pub at: String,
     /// Event kind.
-    pub kind: String,
+    pub kind: EventKind,
     /// Carrier key, if any.
     pub carrier: Option<String>,
     /// OS user.
