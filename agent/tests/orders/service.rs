@@ -84,7 +84,7 @@ fn the_service_executes_a_spooled_order_and_journals_the_wiped_carrier() -> Test
         "events: {:?}",
         env.events()
             .iter()
-            .map(|e| e.kind.clone())
+            .map(|e| e.kind)
             .collect::<Vec<_>>()
     );
 
