@@ -10,11 +10,14 @@
 mod chain;
 mod checkpoint;
 mod form;
+mod import;
 mod issue;
+mod keyset;
 mod migrations;
 mod orders;
 mod presence;
 mod query;
+mod revocation;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -33,17 +36,15 @@ pub use chain::{VerifyProblem, VerifyReport};
 pub use checkpoint::{
     Checkpoint, CheckpointProblem, CheckpointReport, JournalKey, TrustedKey, CHECKPOINT_FORMAT,
 };
-pub use form::{
-    AckSummary, Destruction, FormFilter, FormRow, Generated, GeneratedSource, ImportedText,
-    RevocationNote,
-};
+pub use form::{AckSummary, Destruction, FormFilter, FormRow, ImportedText, RevocationNote};
+pub use import::{ImportRecord, ImportRow};
 pub use issue::{
-    CertEntry, ExistingIssue, Holder, ImportRecord, ImportRow, IssuePlan, IssueRecord,
-    IssueRequest, IssuedCarrier, IssuedData, KeyEntry, KeySet, RevocationData, RevocationRecord,
-    RevocationRequest, RevocationStep, StoredCertificate,
+    ExistingIssue, Holder, IssuePlan, IssueRecord, IssueRequest, IssuedCarrier, IssuedData,
 };
+pub use keyset::{CertEntry, Generated, GeneratedSource, KeyEntry, KeySet};
 pub use orders::{OrderRow, OrderState};
-pub use query::{CarrierRow, EventRow};
+pub use query::{CarrierRow, EventRow, StoredCertificate};
+pub use revocation::{RevocationData, RevocationRecord, RevocationRequest, RevocationStep};
 
 /// `PRAGMA application_id` of a custody journal ("CUST").
 pub const APPLICATION_ID: i32 = 0x4355_5354;

@@ -554,3 +554,39 @@ impl Journal {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_file_is_mode_0600_and_reused() {
+        let dir = std::env::temp_dir().join(format!("custody-key-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let path = JournalKey::path_for(&dir.join("journal.db"));
+        assert!(path.ends_with("journal.db.key"));
+        let a = JournalKey::load_or_create(&path).unwrap_or_else(|e| panic!("{e}"));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0);
+        assert_eq!(mode, 0o600);
+        let b = JournalKey::load_or_create(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.public_key_hex(), b.public_key_hex());
+        assert!(!format!("{a:?}").contains(
+            &std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        ));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = JournalKey::load(&path)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("chmod 600"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
