@@ -8,8 +8,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 start=$SECONDS
 echo "custody: building custody (the first build compiles the dependencies: a few minutes)" >&2
-cargo build --release -p custody-agent --bin custody
-custody="$root/target/release/custody"
+cargo build -p custody-agent --bin custody
+custody="$root/target/debug/custody"
 demo="$root/demo"
 rm -rf "$demo"
 "$root/softhsm-fixtures/build.sh" --set demo "$demo/tokens" >/dev/null
