@@ -2,6 +2,7 @@
 
 pub mod cert;
 pub mod checkpoint;
+pub mod doctor;
 pub mod export;
 pub mod import;
 pub mod issue;
@@ -127,6 +128,12 @@ pub enum Command {
         after_help = "Examples:\n  # What the service sees and the open orders\n  custody status\n  # For monitoring: exit 1 when a destruction is overdue\n  custody status --overdue\n  # For monitoring: exit 1 unless the service runs\n  custody status --running --json"
     )]
     Status(status::StatusArgs),
+    /// Check everything a deployment depends on (configuration, modules, PIN sources,
+    /// journal, spool, allowed_signers) and say what to fix; exit 1 when something is broken.
+    #[command(
+        after_help = "Examples:\n  # After installing or changing the configuration\n  sudo custody doctor\n  # For a monitoring script\n  custody doctor --json\n  # Without touching the tokens\n  custody doctor --no-modules"
+    )]
+    Doctor(doctor::DoctorArgs),
 }
 
 impl Command {
@@ -138,6 +145,9 @@ impl Command {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<Exit> {
+    if let Command::Doctor(args) = &cli.command {
+        return doctor::run(cli.global, args);
+    }
     let config = Config::load(cli.global.config.as_deref())?;
     let ctx = Context {
         global: cli.global,
@@ -153,6 +163,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Wipe(args) => wipe::run(&ctx, &args),
         Command::Watch(args) => watch::run(&ctx, &args),
         Command::Status(args) => status::run(&ctx, &args),
+        Command::Doctor(args) => doctor::run(ctx.global, &args),
     }
 }
 
