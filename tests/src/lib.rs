@@ -43,12 +43,18 @@
 //! - [`manifest`]: the typed `manifest.json`.
 //! - [`softhsm`]: module path, configuration and env files, test directories.
 //! - [`custody`]: runs the real `custody` binary against a set and a journal.
+//! - [`smartcard`]: a virtual ISO 7816-4 card for vsmartcard's vpcd reader driver.
+//! - [`pkcs15`]: the PKCS#15 application on it (a key pair and its certificate).
+//! - [`pcsc`]: pcscd with a vpcd reader and OpenSC's configuration, private to one test.
 
 mod ca;
 pub mod custody;
 pub mod manifest;
+pub mod pcsc;
+pub mod pkcs15;
 pub mod profile;
 pub mod set;
+pub mod smartcard;
 pub mod softhsm;
 pub mod spec;
 pub mod token;
