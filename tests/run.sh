@@ -5,4 +5,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/softhsm-fixtures/ensure-packages.sh" chromium poppler-utils
 cd "$root"
+# The fault-injecting PKCS#11 module the tests put in front of SoftHSM2 (a cdylib: tests also
+# build it on demand, this only makes that a no-op).
+cargo build -p custody-fault-pkcs11
 cargo test --workspace --all-targets "$@"

@@ -117,7 +117,8 @@ impl State {
                     std::os::unix::fs::MetadataExt::ino(&meta),
                 ));
                 if stamp == self.stamp {
-                    return Ok(());
+                    // Unchanged since it was read: its verdict stands.
+                    return self.problem.clone().map_or(Ok(()), Err);
                 }
                 self.stamp = stamp;
                 std::fs::read_to_string(path)

@@ -43,9 +43,11 @@
 //! - [`manifest`]: the typed `manifest.json`.
 //! - [`softhsm`]: module path, configuration and env files, test directories.
 //! - [`custody`]: runs the real `custody` binary against a set and a journal.
+//! - [`fault`]: the fault-injecting PKCS#11 module in front of SoftHSM2: plans, call logs.
 
 mod ca;
 pub mod custody;
+pub mod fault;
 pub mod manifest;
 pub mod profile;
 pub mod set;
@@ -54,6 +56,7 @@ pub mod spec;
 pub mod token;
 
 pub use custody::{custody_bin, Custody, Run};
+pub use fault::{fault_library, FaultModule, FaultPlan};
 pub use manifest::{Manifest, ObjectClass, ObjectManifest, TokenManifest};
 pub use profile::{Person, Profile, Seal};
 pub use set::{build_set, copy_set, BuildOptions, BuildReport, TokenSet};
