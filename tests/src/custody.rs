@@ -94,6 +94,21 @@ impl Custody {
         }
     }
 
+    /// custody for any PKCS#11 module, with the environment the module needs (a reader's
+    /// [`crate::pcsc::Reader::env`]), writing `journal`.
+    pub fn for_module(
+        module: &Path,
+        env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+        journal: &Path,
+    ) -> Self {
+        Self {
+            env,
+            module: module.to_path_buf(),
+            journal: journal.to_path_buf(),
+            config: None,
+        }
+    }
+
     /// Uses a configuration file.
     pub fn with_config(mut self, config: &Path) -> Self {
         self.config = Some(config.to_path_buf());
