@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian/Ubuntu packages custody's demo and tests use, when they are missing:
-# softhsm2 (the PKCS#11 module), opensc (pkcs11-tool, pkcs11-spy), openssh-client
-# (ssh-keygen), sqlite3, openssl, p11-kit and p11-kit-modules (the remote module the tests
-# kill and restart). Extra package names may be given as arguments.
+# softhsm2 (the PKCS#11 module), opensc (pkcs11-tool, pkcs11-spy, opensc-pkcs11.so), openssh-client
+# (ssh-keygen), sqlite3, openssl; for the smart-card tests pcscd, libpcsclite1, vsmartcard-vpcd
+# (a virtual reader) and systemd (systemd-socket-activate starts a private pcscd); p11-kit and
+# p11-kit-modules (the remote module the tests kill and restart). Extra package names may be
+# given as arguments.
 set -euo pipefail
 
 need=()
@@ -11,6 +13,10 @@ command -v pkcs11-tool   >/dev/null 2>&1 || need+=(opensc)
 command -v ssh-keygen    >/dev/null 2>&1 || need+=(openssh-client)
 command -v sqlite3       >/dev/null 2>&1 || need+=(sqlite3)
 command -v openssl       >/dev/null 2>&1 || need+=(openssl)
+[ -x /usr/sbin/pcscd ] || [ -x /sbin/pcscd ] || need+=(pcscd)
+dpkg -s libpcsclite1 >/dev/null 2>&1 || need+=(libpcsclite1)
+[ -e /usr/lib/pcsc/drivers/serial/libifdvpcd.so ] || need+=(vsmartcard-vpcd)
+command -v systemd-socket-activate >/dev/null 2>&1 || need+=(systemd)
 command -v p11-kit       >/dev/null 2>&1 || need+=(p11-kit)
 ls /usr/lib/*/pkcs11/p11-kit-client.so >/dev/null 2>&1 || need+=(p11-kit-modules)
 for extra in "$@"; do

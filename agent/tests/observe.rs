@@ -62,7 +62,6 @@ fn wait_for<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T, 
 struct World {
     dir: PathBuf,
     conf: PathBuf,
-    tokens: PathBuf,
     socket: PathBuf,
     journal: PathBuf,
     client: PathBuf,
@@ -91,7 +90,6 @@ impl World {
             client: client_module()?,
             dir,
             conf,
-            tokens,
             server: None,
         })
     }

@@ -10,11 +10,14 @@
 mod chain;
 mod checkpoint;
 mod form;
+mod import;
 mod issue;
+mod keyset;
 mod migrations;
 mod orders;
 mod presence;
 mod query;
+mod revocation;
 
 use std::path::{Path, PathBuf};
 
@@ -28,21 +31,21 @@ use crate::inventory::{
     Observed, Step,
 };
 
+pub use crate::event::EventKind;
+pub use crate::utc::timestamp;
 pub use chain::{VerifyProblem, VerifyReport};
 pub use checkpoint::{
     Checkpoint, CheckpointProblem, CheckpointReport, JournalKey, TrustedKey, CHECKPOINT_FORMAT,
 };
-pub use form::{
-    AckSummary, Destruction, FormFilter, FormRow, Generated, GeneratedSource, ImportedText,
-    RevocationNote,
-};
+pub use form::{AckSummary, Destruction, FormFilter, FormRow, ImportedText, RevocationNote};
+pub use import::{ImportRecord, ImportRow};
 pub use issue::{
-    CertEntry, ExistingIssue, Holder, ImportRecord, ImportRow, IssuePlan, IssueRecord,
-    IssueRequest, IssuedCarrier, IssuedData, KeyEntry, KeySet, RevocationData, RevocationRecord,
-    RevocationRequest, RevocationStep, StoredCertificate,
+    ExistingIssue, Holder, IssuePlan, IssueRecord, IssueRequest, IssuedCarrier, IssuedData,
 };
+pub use keyset::{CertEntry, Generated, GeneratedSource, KeyEntry, KeySet};
 pub use orders::{OrderRow, OrderState};
-pub use query::{CarrierRow, EventRow};
+pub use query::{CarrierRow, EventRow, StoredCertificate};
+pub use revocation::{RevocationData, RevocationRecord, RevocationRequest, RevocationStep};
 
 /// `PRAGMA application_id` of a custody journal ("CUST").
 pub const APPLICATION_ID: i32 = 0x4355_5354;
@@ -90,21 +93,6 @@ fn uid_from_proc() -> Option<String> {
     Some(name.unwrap_or_else(|| format!("uid {uid}")))
 }
 
-/// UTC time in the journal's format: RFC 3339 with milliseconds.
-pub fn timestamp(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
-}
-
 /// An open custody journal.
 pub struct Journal {
     conn: Connection,
@@ -138,7 +126,7 @@ pub struct RecordedEvent {
     /// Sequence number.
     pub seq: u64,
     /// Event kind.
-    pub kind: String,
+    pub kind: EventKind,
     /// Carrier key (empty for a module event).
     pub carrier: String,
     /// Module path, for a module event (`module_unavailable`, `module_recovered`).
@@ -148,6 +136,21 @@ pub struct RecordedEvent {
 
 pub(crate) fn db_err(e: rusqlite::Error) -> Error {
     Error::Journal(Box::new(e))
+}
+
+impl rusqlite::types::FromSql for EventKind {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        value
+            .as_str()?
+            .parse()
+            .map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
+    }
+}
+
+impl rusqlite::types::ToSql for EventKind {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
 }
 
 impl Journal {
@@ -356,7 +359,7 @@ fn apply(w: &mut Writer<'_>, comparison: &Comparison) -> Result<ScanRecord> {
         let seq = w.append(change.kind(), Some(key), change)?;
         record.events.push(RecordedEvent {
             seq,
-            kind: change.kind().into(),
+            kind: change.kind(),
             carrier: key.to_owned(),
             module: None,
         });
@@ -368,7 +371,7 @@ fn apply(w: &mut Writer<'_>, comparison: &Comparison) -> Result<ScanRecord> {
                 let seq = w.append(m.kind(), None, m)?;
                 record.events.push(RecordedEvent {
                     seq,
-                    kind: m.kind().into(),
+                    kind: m.kind(),
                     carrier: String::new(),
                     module: Some(m.module().to_owned()),
                 });
@@ -484,7 +487,7 @@ impl Writer<'_> {
     /// Appends one event; `data` is stored as JSON and hashed. Returns its seq.
     pub fn append(
         &mut self,
-        kind: &str,
+        kind: EventKind,
         carrier: Option<&str>,
         data: &impl Serialize,
     ) -> Result<u64> {
@@ -492,7 +495,7 @@ impl Writer<'_> {
         let event = chain::NewEvent {
             journal_id: self.journal_id,
             at: &self.at,
-            kind,
+            kind: kind.as_str(),
             carrier,
             os_user: &self.actor.os_user,
             operator: self.actor.operator.as_deref(),

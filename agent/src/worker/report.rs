@@ -9,7 +9,7 @@ pub(super) fn log_report(report: &PollReport) {
     for e in &report.recorded {
         if let Some(module) = &e.module {
             tracing::info!(seq = e.seq, kind = %e.kind, %module, "recorded");
-        } else if e.kind.starts_with("carrier_") {
+        } else if e.kind.is_carrier() {
             tracing::info!(seq = e.seq, kind = %e.kind, carrier = %e.carrier, "recorded");
         } else {
             tracing::debug!(seq = e.seq, kind = %e.kind, carrier = %e.carrier, "recorded");

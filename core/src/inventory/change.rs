@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::snapshot::{CarrierSnapshot, CertObject, KeyClass, KeyObject, TokenFlags};
+use crate::event::EventKind;
 use crate::id::{CarrierId, RawBytes};
 
 /// Proof that a complete observation of a healthy module showed something absent. Its only
@@ -102,17 +103,17 @@ pub enum Change {
 
 impl Change {
     /// The journal event kind of this change.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> EventKind {
         match self {
-            Self::CarrierEnrolled { .. } => "carrier_enrolled",
-            Self::CarrierSeen { .. } => "carrier_seen",
-            Self::CarrierReinitialised { .. } => "carrier_reinitialised",
-            Self::CarrierChanged { .. } => "carrier_changed",
-            Self::CarrierRemoved { .. } => "carrier_removed",
-            Self::CertAdded { .. } => "cert_added",
-            Self::CertRemoved { .. } => "cert_removed",
-            Self::KeyAdded { .. } => "key_added",
-            Self::KeyRemoved { .. } => "key_removed",
+            Self::CarrierEnrolled { .. } => EventKind::CarrierEnrolled,
+            Self::CarrierSeen { .. } => EventKind::CarrierSeen,
+            Self::CarrierReinitialised { .. } => EventKind::CarrierReinitialised,
+            Self::CarrierChanged { .. } => EventKind::CarrierChanged,
+            Self::CarrierRemoved { .. } => EventKind::CarrierRemoved,
+            Self::CertAdded { .. } => EventKind::CertAdded,
+            Self::CertRemoved { .. } => EventKind::CertRemoved,
+            Self::KeyAdded { .. } => EventKind::KeyAdded,
+            Self::KeyRemoved { .. } => EventKind::KeyRemoved,
         }
     }
 }

@@ -20,6 +20,7 @@ use super::identity;
 use super::observation::{CallError, ModuleScan};
 use super::snapshot::CarrierSnapshot;
 use crate::error::Result;
+use crate::event::EventKind;
 
 /// What the journal holds about one carrier before a read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,10 +102,10 @@ pub enum ModuleChange {
 
 impl ModuleChange {
     /// The journal event kind.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> EventKind {
         match self {
-            Self::ModuleUnavailable { .. } => "module_unavailable",
-            Self::ModuleRecovered { .. } => "module_recovered",
+            Self::ModuleUnavailable { .. } => EventKind::ModuleUnavailable,
+            Self::ModuleRecovered { .. } => EventKind::ModuleRecovered,
         }
     }
 

@@ -210,14 +210,9 @@ mod tests {
         assert!(why.contains("CKR_DEVICE_ERROR"), "{why}");
         let empty = ModuleScan::read(m.clone(), vec![], vec![], 0, None);
         assert!(empty.is_complete());
-        let pulled = ModuleScan::read(
-            m.clone(),
-            vec![],
-            vec![],
-            0,
-            Some(err("CKR_TOKEN_NOT_PRESENT")),
-        );
-        assert!(pulled.is_complete());
+        // What counts as trouble: device and general errors, not a token that is not there.
+        assert!(err("CKR_DEVICE_ERROR").is_device_trouble());
+        assert!(!err("CKR_TOKEN_NOT_PRESENT").is_device_trouble());
         let listed = ModuleScan::read(m, vec![], vec![], 2, Some(err("CKR_DEVICE_ERROR")));
         assert!(listed.unavailability().is_none());
     }

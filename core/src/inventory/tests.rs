@@ -63,7 +63,7 @@ fn snapshot(label: &str) -> CarrierSnapshot {
 }
 
 fn kinds(changes: &[Change]) -> Vec<&'static str> {
-    changes.iter().map(Change::kind).collect()
+    changes.iter().map(|c| c.kind().as_str()).collect()
 }
 
 #[test]
@@ -244,10 +244,13 @@ fn run(
     cmp.steps
         .iter()
         .flat_map(|s| match s {
-            Step::Module(m) => vec![m.kind().to_owned()],
+            Step::Module(m) => vec![m.kind().as_str().to_owned()],
             Step::Unchanged { .. } => vec!["unchanged".to_owned()],
-            Step::Updated { changes, .. } => changes.iter().map(|c| c.kind().to_owned()).collect(),
-            Step::Removed { change, .. } => vec![change.kind().to_owned()],
+            Step::Updated { changes, .. } => changes
+                .iter()
+                .map(|c| c.kind().as_str().to_owned())
+                .collect(),
+            Step::Removed { change, .. } => vec![change.kind().as_str().to_owned()],
         })
         .collect()
 }
