@@ -52,7 +52,7 @@ pub enum OrderCommand {
 /// `custody order create`
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// Serial of the carrier to wipe.
+    /// The carrier to wipe: its serial, or its key as `custody journal list` prints it.
     #[arg(long, value_name = "SERIAL")]
     pub carrier: String,
     /// Full name of the dismissed holder.
@@ -194,14 +194,16 @@ fn create(ctx: &Context, a: &CreateArgs) -> anyhow::Result<Exit> {
     }
     let now = now().replace_nanosecond(0).unwrap_or_else(|_| now());
     let (mut manufacturer, mut model) = (a.manufacturer.clone(), a.model.clone());
-    if manufacturer.is_none() || model.is_none() {
-        let path = ctx.journal_path();
-        if path.exists() {
-            let known = Journal::open(&path)?.carriers_by_serial(&a.carrier)?;
-            if let [one] = known.as_slice() {
-                manufacturer.get_or_insert_with(|| one.manufacturer.clone());
-                model.get_or_insert_with(|| one.model.clone());
-            }
+    // --carrier takes a serial or the carrier key `custody journal list` prints; the order
+    // names the carrier's serial either way.
+    let mut serial = a.carrier.clone();
+    let path = ctx.journal_path();
+    if path.exists() {
+        let known = Journal::open(&path)?.carriers_by_serial(&a.carrier)?;
+        if let [one] = known.as_slice() {
+            manufacturer.get_or_insert_with(|| one.manufacturer.clone());
+            model.get_or_insert_with(|| one.model.clone());
+            serial.clone_from(&one.serial);
         }
     }
     let id = a.id.clone().unwrap_or_else(|| {
@@ -221,7 +223,7 @@ fn create(ctx: &Context, a: &CreateArgs) -> anyhow::Result<Exit> {
         dismissed,
         holder: a.holder.clone(),
         target: Target {
-            serial: a.carrier.clone(),
+            serial,
             manufacturer,
             model,
         },
