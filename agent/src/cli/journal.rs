@@ -1,7 +1,7 @@
 //! `custody journal list | show | verify`.
 
 use clap::Subcommand;
-use custody_core::journal::EventRow;
+use custody_core::journal::{EventKind, EventRow};
 use serde::Serialize;
 
 use super::Context;
@@ -12,20 +12,38 @@ use crate::Exit;
 #[derive(Debug, Subcommand)]
 pub enum JournalCommand {
     /// List every carrier in the journal.
+    #[command(
+        after_help = "Examples:\n  # Every carrier, as a table\n  custody journal list\n  # For a script\n  custody journal list --json"
+    )]
     List,
     /// Show one carrier and its history.
+    #[command(
+        after_help = "Examples:\n  # One carrier's whole history, by serial\n  custody journal show 3c5e0a1b2d4f6789\n  # By PKCS#11 URI, as `custody journal list` prints it\n  custody journal show 'pkcs11:manufacturer=SoftHSM%20project;model=SoftHSM%20v2;serial=3c5e0a1b2d4f6789'"
+    )]
     Show {
         /// The carrier's serial (or its full key manufacturer/model/serial).
         serial: String,
     },
     /// Recompute the hash chain and check every signed checkpoint; exit 1 and name the
     /// problem when something does not verify.
+    #[command(
+        after_help = "Examples:\n  # Check the chain and every signed checkpoint\n  custody journal verify\n  # Also against a checkpoint kept on other media\n  custody journal verify --checkpoint /mnt/archive/checkpoint-2026-03.json"
+    )]
     Verify(super::checkpoint::VerifyArgs),
     /// Print the mandated form (CSV, HTML, JSON; Ukrainian or English).
+    #[command(
+        after_help = "Examples:\n  # The printable form (A4 landscape HTML)\n  custody journal export --out journal.html\n  # One quarter as CSV, in English\n  custody journal export --format csv --lang en --from 2026-01-01 --to 2026-03-31"
+    )]
     Export(super::export::ExportArgs),
     /// Import an office's paper journal from CSV; rows keep their numbers.
+    #[command(
+        after_help = "Examples:\n  # Bring the paper journal's rows in, keeping their numbers\n  custody journal import --csv paper-journal.csv"
+    )]
     Import(super::import::ImportArgs),
     /// Write a signed checkpoint, or export the latest one to keep elsewhere.
+    #[command(
+        after_help = "Examples:\n  # Sign the journal's current head\n  custody journal checkpoint\n  # From a daily timer\n  custody journal checkpoint --if-older-than 24h\n  # Keep the latest one elsewhere\n  custody journal checkpoint --export --out /mnt/archive/checkpoint.json"
+    )]
     Checkpoint(super::checkpoint::CheckpointArgs),
 }
 
@@ -125,7 +143,7 @@ pub fn run(ctx: &Context, cmd: &JournalCommand) -> anyhow::Result<Exit> {
                     t.row(vec![
                         e.seq.to_string(),
                         e.at.clone(),
-                        e.kind.clone(),
+                        e.kind.to_string(),
                         match &e.operator {
                             Some(op) => format!("{} ({op})", e.os_user),
                             None => e.os_user.clone(),
@@ -155,19 +173,19 @@ pub fn describe(e: &EventRow) -> String {
             .map(|b| b.escaped())
             .unwrap_or_default()
     };
-    match e.kind.as_str() {
-        "carrier_enrolled" => format!(
+    match e.kind {
+        EventKind::CarrierEnrolled => format!(
             "label \"{}\", {} {}",
             s(&d["carrier"]["label"]),
             s(&d["carrier"]["hardware_version"]),
             s(&d["carrier"]["module"])
         ),
-        "carrier_seen" => format!("present again, label \"{}\"", s(&d["label"])),
-        "carrier_removed" => format!("gone, label \"{}\"", s(&d["label"])),
-        "carrier_reinitialised" => {
+        EventKind::CarrierSeen => format!("present again, label \"{}\"", s(&d["label"])),
+        EventKind::CarrierRemoved => format!("gone, label \"{}\"", s(&d["label"])),
+        EventKind::CarrierReinitialised => {
             format!("\"{}\" -> \"{}\"", s(&d["old_label"]), s(&d["new_label"]))
         }
-        "cert_added" => {
+        EventKind::CertAdded => {
             let c = &d["cert"];
             match c["info"]["subject"].as_str() {
                 Some(subject) => format!(
@@ -185,8 +203,10 @@ pub fn describe(e: &EventRow) -> String {
                 ),
             }
         }
-        "cert_removed" => format!("id {} {}", s(&d["id"]), d["subject"].as_str().unwrap_or("")),
-        "key_added" => {
+        EventKind::CertRemoved => {
+            format!("id {} {}", s(&d["id"]), d["subject"].as_str().unwrap_or(""))
+        }
+        EventKind::KeyAdded => {
             let k = &d["key"];
             format!(
                 "{} {} id {}{}",
@@ -200,8 +220,8 @@ pub fn describe(e: &EventRow) -> String {
                 }
             )
         }
-        "key_removed" => format!("{} id {}", s(&d["class"]), s(&d["id"])),
-        "issued" => format!(
+        EventKind::KeyRemoved => format!("{} id {}", s(&d["class"]), s(&d["id"])),
+        EventKind::Issued => format!(
             "row {} to {}, {}{}",
             d["row_no"],
             s(&d["holder"]["name"]),
@@ -211,48 +231,48 @@ pub fn describe(e: &EventRow) -> String {
                 None => String::new(),
             }
         ),
-        "issue_acknowledged" => format!(
+        EventKind::IssueAcknowledged => format!(
             "row {}, acknowledgement {}",
             d["row_no"],
             s(&d["acknowledgement"]["status"])
         ),
-        "revocation_requested" | "revocation_confirmed" => format!(
+        EventKind::RevocationRequested | EventKind::RevocationConfirmed => format!(
             "ref {}, {}, {} certificate(s)",
             s(&d["reference"]),
             s(&d["date"]),
             d["certificates"].as_array().map_or(0, Vec::len)
         ),
-        "imported" => format!(
+        EventKind::Imported => format!(
             "row {} from {} line {}",
             d["row_no"],
             s(&d["source"]),
             d["line"]
         ),
-        "checkpoint" => format!(
+        EventKind::Checkpoint => format!(
             "{} events, head {}",
             d["count"],
             clip(&s(&d["head_hash"]), 17)
         ),
-        "order_received" => format!(
+        EventKind::OrderReceived => format!(
             "order {} for {} ({}), holder {}",
             s(&d["order_id"]),
             s(&d["order"]["target"]["serial"]),
             s(&d["order"]["method"]),
             s(&d["order"]["holder"])
         ),
-        "order_rejected" => format!(
+        EventKind::OrderRejected => format!(
             "order {} refused: {}",
             d["order_id"].as_str().unwrap_or("?"),
             s(&d["code"])
         ),
-        "wipe_started" => format!(
+        EventKind::WipeStarted => format!(
             "order {} ({}), {} object(s) to go, responsible {}",
             s(&d["order_id"]),
             s(&d["method"]),
             d["plan"]["objects"].as_array().map(Vec::len).unwrap_or(0),
             s(&d["responsible"])
         ),
-        "wipe_completed" => format!(
+        EventKind::WipeCompleted => format!(
             "order {}: {} object(s) destroyed, verified in a fresh context{}; responsible {}",
             s(&d["order_id"]),
             d["destroyed"].as_array().map(Vec::len).unwrap_or(0),
@@ -263,7 +283,7 @@ pub fn describe(e: &EventRow) -> String {
             },
             s(&d["responsible"])
         ),
-        "wipe_failed" => format!("order {}: {}", s(&d["order_id"]), s(&d["error"])),
+        EventKind::WipeFailed => format!("order {}: {}", s(&d["order_id"]), s(&d["error"])),
         _ => d.to_string(),
     }
 }
