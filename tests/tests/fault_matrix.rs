@@ -14,6 +14,7 @@
 //! violation (index, the call at that index in the clean run, what went wrong).
 
 mod fault_matrix {
+    mod controls;
     mod issue;
     mod scan;
     mod support;

@@ -2,14 +2,16 @@
 //! configuration with a PIN rule per carrier, and a baseline journal that already knows both
 //! carriers (so a wrong removal has something to remove). Plus the matrix bookkeeping.
 
+use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Instant;
 
 use anyhow::{ensure, Context as _};
 use custody_core::journal::{EventRow, Journal};
 use custody_tests::fault::Call;
-use custody_tests::{pair_spec, temp_dir, Custody, FaultModule, FaultPlan, TokenSet};
+use custody_tests::{pair_spec, temp_dir, Custody, FaultModule, FaultPlan, Run, TokenSet};
 
 pub(crate) type TestResult = anyhow::Result<()>;
 
@@ -65,6 +67,27 @@ impl World {
                 token.user_pin_file.display()
             ));
         }
+        // An OpenSSH key whose signatures custody accepts on destruction orders.
+        let signer = dir.join("hr");
+        let keygen = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "hr", "-f"])
+            .arg(&signer)
+            .output()
+            .context("running ssh-keygen (Debian package openssh-client)")?;
+        ensure!(keygen.status.success(), "ssh-keygen failed");
+        let public = std::fs::read_to_string(dir.join("hr.pub"))?;
+        let allowed = dir.join("allowed_signers");
+        std::fs::write(
+            &allowed,
+            format!(
+                "hr@example.org namespaces=\"custody-order\" {}",
+                public.trim()
+            ),
+        )?;
+        text.push_str(&format!(
+            "[orders]\nallowed_signers = \"{}\"\nrequired_signers = 1\n",
+            allowed.display()
+        ));
         std::fs::write(&config, text)?;
         let baseline = dir.join("baseline.db");
         let world = Self {
@@ -138,6 +161,23 @@ impl World {
     pub(crate) fn injected(&self) -> anyhow::Result<bool> {
         Ok(self.fault.calls()?.iter().any(|c| c.origin == "fault"))
     }
+}
+
+/// Runs `custody ARGS` with `input` on standard input.
+pub(crate) fn run_with_input(custody: &Custody, args: &[&str], input: &str) -> anyhow::Result<Run> {
+    let mut child = custody
+        .command()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running custody")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // custody may exit before reading (a refusal): a broken pipe is its answer, not ours.
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    Ok(child.wait_with_output()?.into())
 }
 
 /// Every event of a journal.
