@@ -34,7 +34,7 @@ fn the_matrix_checks_see_a_real_removal_and_an_unverified_wipe() -> TestResult {
         .iter()
         .cloned()
         .map(|mut e| {
-            e.kind = "wipe_completed".into();
+            e.kind = custody_core::event::EventKind::WipeCompleted;
             e
         })
         .take(1)
