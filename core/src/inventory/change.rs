@@ -12,18 +12,26 @@ use crate::id::{CarrierId, RawBytes};
 /// for a complete read, so no other code can build a removal ([`Change::CarrierRemoved`],
 /// [`Change::CertRemoved`], [`Change::KeyRemoved`]): a module that failed, a carrier pulled
 /// mid-read or a list that ended early never removes anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// It is neither `Clone` nor `Copy`, so one proof stands for one removal.
+#[derive(Debug, PartialEq, Eq)]
 pub struct ConfirmedAbsence(());
 
 impl ConfirmedAbsence {
     pub(super) fn confirmed() -> Self {
         Self(())
     }
+
+    /// One proof per removal: the complete read that confirmed one absence confirms every
+    /// absence it shows.
+    fn again(&self) -> Self {
+        Self(())
+    }
 }
 
 /// One change between the journal's view of a carrier and a new snapshot. Each becomes one
 /// journal event of the same name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Change {
     /// First time this carrier is seen.
@@ -169,7 +177,7 @@ pub(super) struct Previous {
 pub(super) fn diff(
     known: Option<&Previous>,
     new: &CarrierSnapshot,
-    proof: ConfirmedAbsence,
+    complete: &ConfirmedAbsence,
 ) -> (Vec<Change>, CarrierSnapshot) {
     let mut stored = new.clone();
     let mut changes = Vec::new();
@@ -224,7 +232,7 @@ pub(super) fn diff(
                 sha256: c.sha256.clone(),
                 id: c.id.clone(),
                 subject: c.info.as_ref().map(|i| i.subject.clone()),
-                proof,
+                proof: complete.again(),
             });
         }
     }
@@ -235,12 +243,12 @@ pub(super) fn diff(
             });
         }
     }
-    diff_keys(&old.public_keys, &new.public_keys, proof, &mut changes);
+    diff_keys(&old.public_keys, &new.public_keys, complete, &mut changes);
     match (&old.private_keys, &new.private_keys) {
-        (Some(o), Some(n)) => diff_keys(o, n, proof, &mut changes),
-        (None, Some(n)) => diff_keys(&[], n, proof, &mut changes),
+        (Some(o), Some(n)) => diff_keys(o, n, complete, &mut changes),
+        (None, Some(n)) => diff_keys(&[], n, complete, &mut changes),
         (Some(o), None) if reinitialised => {
-            diff_keys(o, &[], proof, &mut changes);
+            diff_keys(o, &[], complete, &mut changes);
             stored.private_keys = Some(Vec::new());
         }
         (Some(o), None) => stored.private_keys = Some(o.clone()),
@@ -252,7 +260,7 @@ pub(super) fn diff(
 fn diff_keys(
     old: &[KeyObject],
     new: &[KeyObject],
-    proof: ConfirmedAbsence,
+    complete: &ConfirmedAbsence,
     changes: &mut Vec<Change>,
 ) {
     for k in old {
@@ -261,7 +269,7 @@ fn diff_keys(
                 class: k.class,
                 id: k.id.clone(),
                 public_key_sha256: k.public_key_sha256.clone(),
-                proof,
+                proof: complete.again(),
             });
         }
     }

@@ -118,7 +118,7 @@ impl ModuleChange {
 }
 
 /// One step of a [`Comparison`], in the order it is to be recorded.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Step {
     /// A module event.
     Module(ModuleChange),
@@ -150,7 +150,7 @@ pub enum Step {
 }
 
 /// Everything one read changes, decided in one place.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Comparison {
     /// The steps, in recording order.
     pub steps: Vec<Step>,
@@ -220,7 +220,7 @@ pub fn compare(
                         snapshot: load(&key)?,
                         present: k.present,
                     };
-                    let (changes, stored) = diff(Some(&previous), snap, proof);
+                    let (changes, stored) = diff(Some(&previous), snap, &proof);
                     if changes.is_empty() {
                         out.carriers_unchanged += 1;
                     }
@@ -232,7 +232,7 @@ pub fn compare(
                     }
                 }
                 None => {
-                    let (changes, stored) = diff(None, snap, proof);
+                    let (changes, stored) = diff(None, snap, &proof);
                     Step::Updated {
                         key: key.clone(),
                         changes,

@@ -86,7 +86,7 @@ fn object_order_does_not_matter_once_sorted() {
 
 #[test]
 fn first_sight_enrolls_with_every_object() {
-    let (changes, _) = diff(None, &snapshot("a"), proof());
+    let (changes, _) = diff(None, &snapshot("a"), &proof());
     assert_eq!(
         kinds(&changes),
         ["carrier_enrolled", "cert_added", "key_added"]
@@ -100,7 +100,7 @@ fn unchanged_state_gives_no_change() {
         snapshot: s.clone(),
         present: true,
     };
-    let (changes, stored) = diff(Some(&known), &s, proof());
+    let (changes, stored) = diff(Some(&known), &s, &proof());
     assert!(changes.is_empty(), "{changes:?}");
     assert_eq!(stored, s);
 }
@@ -114,7 +114,7 @@ fn slot_change_alone_is_not_a_change() {
     };
     let mut moved = s;
     moved.slot = 99;
-    assert!(diff(Some(&known), &moved, proof()).0.is_empty());
+    assert!(diff(Some(&known), &moved, &proof()).0.is_empty());
 }
 
 #[test]
@@ -126,7 +126,7 @@ fn cert_added_and_removed() {
     };
     let mut n = s;
     n.certificates = vec![cert(2, "bb")];
-    let (changes, _) = diff(Some(&known), &n, proof());
+    let (changes, _) = diff(Some(&known), &n, &proof());
     assert_eq!(kinds(&changes), ["cert_removed", "cert_added"]);
 }
 
@@ -142,7 +142,7 @@ fn reinit_with_new_key_is_recorded_as_such() {
     n.flags.user_pin_initialized = false;
     n.certificates.clear();
     n.public_keys = vec![key(KeyClass::Public, 7, "f7")];
-    let (changes, _) = diff(Some(&known), &n, proof());
+    let (changes, _) = diff(Some(&known), &n, &proof());
     assert_eq!(
         kinds(&changes),
         [
@@ -161,7 +161,7 @@ fn reappearing_carrier_is_seen_again() {
         snapshot: s.clone(),
         present: false,
     };
-    assert_eq!(kinds(&diff(Some(&known), &s, proof()).0), ["carrier_seen"]);
+    assert_eq!(kinds(&diff(Some(&known), &s, &proof()).0), ["carrier_seen"]);
 }
 
 #[test]
@@ -174,7 +174,7 @@ fn private_keys_unread_are_carried_over_not_removed() {
     };
     let mut n = s.clone();
     n.private_keys = None;
-    let (changes, stored) = diff(Some(&known), &n, proof());
+    let (changes, stored) = diff(Some(&known), &n, &proof());
     assert!(changes.is_empty());
     assert_eq!(stored.private_keys, s.private_keys);
 }
