@@ -93,6 +93,21 @@ impl Custody {
         }
     }
 
+    /// custody for `module`, with `env` (what the module needs to find its tokens) in its
+    /// environment, writing `journal`.
+    pub fn with_module(
+        module: &Path,
+        env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+        journal: &Path,
+    ) -> Self {
+        Self {
+            env,
+            module: module.to_path_buf(),
+            journal: journal.to_path_buf(),
+            config: None,
+        }
+    }
+
     /// Uses a configuration file.
     pub fn with_config(mut self, config: &Path) -> Self {
         self.config = Some(config.to_path_buf());

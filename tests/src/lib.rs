@@ -43,9 +43,13 @@
 //! - [`manifest`]: the typed `manifest.json`.
 //! - [`softhsm`]: module path, configuration and env files, test directories.
 //! - [`custody`]: runs the real `custody` binary against a set and a journal.
+//! - [`implementation`]: the PKCS#11 implementations the behaviour tests run on.
+//! - [`daemon`]: daemons started by tests, ended by pid; free loopback ports.
 
 mod ca;
 pub mod custody;
+pub mod daemon;
+pub mod implementation;
 pub mod manifest;
 pub mod profile;
 pub mod set;
