@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian/Ubuntu packages custody's demo and tests use, when they are missing:
 # softhsm2 (the PKCS#11 module), opensc (pkcs11-tool, pkcs11-spy), openssh-client
-# (ssh-keygen), sqlite3, openssl. Extra package names may be given as arguments.
+# (ssh-keygen), sqlite3, openssl. Extra package names may be given as arguments (tests/run.sh
+# adds the other PKCS#11 implementations: swtpm, tpm2-abrmd and tpm2-pkcs11, p11-kit's remote
+# module, and what building kryoptic needs).
 set -euo pipefail
 
 need=()

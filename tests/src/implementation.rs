@@ -272,7 +272,9 @@ impl Provisioner {
         private_file(&token.user_pin_file, &token.user_pin)?;
         private_file(&token.so_pin_file, &token.so_pin)?;
         Ok(Carrier {
-            slot: reply["slot"].as_u64().context("the provision reply has no slot")?,
+            slot: reply["slot"]
+                .as_u64()
+                .context("the provision reply has no slot")?,
             token,
         })
     }

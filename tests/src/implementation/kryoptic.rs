@@ -24,8 +24,8 @@ fn module() -> anyhow::Result<PathBuf> {
     static MODULE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     MODULE
         .get_or_init(|| {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../softhsm-fixtures/kryoptic.sh");
+            let script =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../softhsm-fixtures/kryoptic.sh");
             let out = std::process::Command::new(&script)
                 .stdin(std::process::Stdio::null())
                 .output()

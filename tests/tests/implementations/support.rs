@@ -1,21 +1,23 @@
 //! One behaviour test's world: a running implementation, a configuration and a journal of
 //! its own, the real `custody` binary, and `custody watch` as a child process.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
 use custody_core::journal::{EventRow, Journal};
 use custody_tests::daemon::Daemon;
 use custody_tests::implementation::{
-    implementation, start_for_test, Capabilities, Carrier, Instance, Support,
+    implementation, start_for_test, Capabilities, Instance, Support,
 };
 use custody_tests::{temp_dir, Custody};
 use serde_json::Value;
 
 pub(crate) type TestResult = anyhow::Result<()>;
+
+/// How long a test waits for something that should take at most a few polls.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 
 fn base() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("implementations")
@@ -44,10 +46,7 @@ impl World {
         let config = dir.join("custody.toml");
         std::fs::write(
             &config,
-            format!(
-                "[service]\nspool = {}\n",
-                toml_path(&dir.join("spool"))?
-            ),
+            format!("[service]\nspool = {}\n", toml_path(&dir.join("spool"))?),
         )?;
         Ok(Some(Self {
             name: imp.name(),
@@ -74,24 +73,6 @@ impl World {
     /// `custody ARGS --json`, expecting exit `code`.
     pub(crate) fn json(&self, args: &[&str], code: i32) -> anyhow::Result<Value> {
         self.custody().json(args, code)
-    }
-
-    /// Appends `text` to the configuration file.
-    pub(crate) fn configure(&self, text: &str) -> anyhow::Result<()> {
-        let mut all = std::fs::read_to_string(&self.config)?;
-        all.push_str(text);
-        std::fs::write(&self.config, all)?;
-        Ok(())
-    }
-
-    /// A `[[pin]]` rule with the carrier's user and SO PIN files.
-    pub(crate) fn configure_pins(&self, carrier: &Carrier) -> anyhow::Result<()> {
-        self.configure(&format!(
-            "[[pin]]\nserial = {}\nuser_pin_file = {}\nso_pin_file = {}\n",
-            toml_string(carrier.serial()),
-            toml_path(&carrier.token.user_pin_file)?,
-            toml_path(&carrier.token.so_pin_file)?,
-        ))
     }
 
     /// Every event of the journal.
@@ -140,7 +121,10 @@ impl World {
                         .iter()
                         .map(|e| format!("{} {}", e.kind, e.carrier.as_deref().unwrap_or("-")))
                         .collect();
-                    bail!("[{}] no {what} within {within:?}; journal: {kinds:#?}", self.name);
+                    bail!(
+                        "[{}] no {what} within {within:?}; journal: {kinds:#?}",
+                        self.name
+                    );
                 }
             } else if start.elapsed() > within {
                 bail!("[{}] no journal within {within:?}", self.name);
@@ -149,10 +133,34 @@ impl World {
         }
     }
 
+    /// Waits for the first event of `kind` for the carrier `key` and returns how long after
+    /// `since` custody recorded it (the event's own time, so the test's polling adds
+    /// nothing).
+    pub(crate) fn latency(
+        &self,
+        key: &str,
+        kind: &str,
+        since: time::OffsetDateTime,
+    ) -> anyhow::Result<Duration> {
+        self.wait_events(&format!("{kind} of {key}"), PATIENCE, |e| {
+            e.iter()
+                .any(|e| e.kind == kind && e.carrier.as_deref() == Some(key))
+        })?;
+        let events = self.events_of(key, kind)?;
+        let at = &events.first().context("the event went away")?.at;
+        let at = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+            .with_context(|| format!("event time {at:?}"))?;
+        Ok(Duration::try_from(at - since).unwrap_or_default())
+    }
+
     /// Fails unless `custody journal verify` says the chain verifies.
     pub(crate) fn assert_verifies(&self) -> TestResult {
         let v = self.json(&["journal", "verify"], 0)?;
-        ensure!(v["ok"] == true, "[{}] journal does not verify: {v}", self.name);
+        ensure!(
+            v["ok"] == true,
+            "[{}] journal does not verify: {v}",
+            self.name
+        );
         Ok(())
     }
 
@@ -160,6 +168,7 @@ impl World {
     pub(crate) fn watch(&self, args: &[&str]) -> anyhow::Result<Watch> {
         let mut command = self.custody().command();
         command
+            .env("CUSTODY_LOG", "info,custody_agent::worker=trace")
             .args(["--log-format", "json", "watch"])
             .args(args)
             .stdin(Stdio::null());
@@ -198,24 +207,6 @@ impl Watch {
         self.daemon.check_running()
     }
 
-    /// What the service logged.
-    pub(crate) fn log(&self) -> String {
-        self.daemon.log_text()
-    }
-
-    /// Waits until the log has a line containing `needle`.
-    pub(crate) fn wait_log(&mut self, needle: &str, within: Duration) -> TestResult {
-        let start = Instant::now();
-        while start.elapsed() < within {
-            self.check_running()?;
-            if self.log().contains(needle) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        bail!("no log line with {needle:?} within {within:?}: {}", self.log())
-    }
-
     /// SIGTERM, and the exit must be clean.
     pub(crate) fn stop(mut self) -> TestResult {
         self.daemon.stop()?;
@@ -231,26 +222,4 @@ pub(crate) fn toml_path(path: &Path) -> anyhow::Result<String> {
 /// A TOML basic string.
 pub(crate) fn toml_string(text: &str) -> String {
     format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-/// `program ARGS` with the instance's environment; its stdout, or an error with its output.
-pub(crate) fn tool(
-    world: &World,
-    program: &str,
-    args: &[&str],
-) -> anyhow::Result<String> {
-    let env: Vec<(OsString, OsString)> = world.instance.env();
-    let out = Command::new(program)
-        .args(args)
-        .envs(env)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    ensure!(
-        out.status.success(),
-        "{program} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
