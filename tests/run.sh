@@ -5,10 +5,17 @@
 # remote module).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-"$root/softhsm-fixtures/ensure-packages.sh" chromium poppler-utils \
+start=$SECONDS
+"$root/softhsm-fixtures/ensure-packages.sh" chromium poppler-utils man-db \
   swtpm swtpm-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtpm2-pkcs11-1 tpm2-tools \
   p11-kit p11-kit-modules dbus-daemon libssl-dev pkg-config libclang-dev
 cd "$root"
+# The fault-injecting PKCS#11 module the tests put in front of SoftHSM2 (a cdylib: tests also
+# build it on demand, this only makes that a no-op).
+cargo build -p custody-fault-pkcs11
 # kryoptic is built from the crates registry once and kept under target/kryoptic.
 "$root/softhsm-fixtures/kryoptic.sh" >/dev/null
 cargo test --workspace --all-targets "$@"
+# The Debian package: built, installed, used and purged (as root on a machine without custody).
+"$root/tests/package.sh"
+echo "custody: the test suite took $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s" >&2

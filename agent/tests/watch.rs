@@ -745,9 +745,13 @@ fn status_shows_the_service_and_the_carriers_present() -> TestResult {
     w.import("delta", "01", false)?;
     let mut service = w.watch()?;
     w.wait_kind(&serial, "carrier_enrolled", 1, Duration::from_secs(20))?;
+    // Whether the module is re-initialised is known once it has refused to wait for slot
+    // events, which may be after the first poll.
     let (code, v) = wait_for(Duration::from_secs(10), || {
         let (code, v) = w.status().ok()?;
-        (v["carriers"].as_array().map(Vec::len) == Some(1)).then_some((code, v))
+        (v["carriers"].as_array().map(Vec::len) == Some(1)
+            && v["service"]["modules"][0]["reinit_period_ms"] == 200)
+            .then_some((code, v))
     })?;
     assert_eq!(code, Some(0), "{v}");
     assert_eq!(v["service"]["state"], "running");

@@ -66,7 +66,7 @@ impl World {
 
     /// custody with this world's module, environment, journal and configuration.
     pub(crate) fn custody(&self) -> Custody {
-        Custody::with_module(self.instance.module(), self.instance.env(), &self.journal)
+        Custody::for_module(self.instance.module(), self.instance.env(), &self.journal)
             .with_config(&self.config)
     }
 
