@@ -106,7 +106,7 @@ fn watch_sees_insertion_and_removal(name: &str) -> TestResult {
     let first = w.instance.insert("first")?;
     let mut watch = w.watch(&[])?;
     w.wait_events("first carrier enrolled", PATIENCE, |e| {
-        e.iter().any(|e| e.kind == "carrier_enrolled")
+        e.iter().any(|e| e.kind.as_str() == "carrier_enrolled")
     })?;
     let key_first = w.carrier_key(&first.token.label)?;
 
@@ -115,7 +115,10 @@ fn watch_sees_insertion_and_removal(name: &str) -> TestResult {
     let second = w.instance.insert("second")?;
     let inserted = time::OffsetDateTime::now_utc();
     w.wait_events("second carrier enrolled", PATIENCE, |e| {
-        e.iter().filter(|e| e.kind == "carrier_enrolled").count() == 2
+        e.iter()
+            .filter(|e| e.kind.as_str() == "carrier_enrolled")
+            .count()
+            == 2
     })?;
     let key_second = w.carrier_key(&second.token.label)?;
     ensure!(key_first != key_second, "[{name}] two carriers, one key");
@@ -160,7 +163,7 @@ fn remote_server_killed_and_restarted(name: &str) -> TestResult {
     let first = w.instance.insert("first")?;
     let mut watch = w.watch(&["--interval", "300ms"])?;
     w.wait_events("enrolled", PATIENCE, |e| {
-        e.iter().any(|e| e.kind == "carrier_enrolled")
+        e.iter().any(|e| e.kind.as_str() == "carrier_enrolled")
     })?;
     let key = w.carrier_key(&first.token.label)?;
 
@@ -177,7 +180,10 @@ fn remote_server_killed_and_restarted(name: &str) -> TestResult {
     w.instance.restart_server()?;
     let second = w.instance.insert("second")?;
     w.wait_events("the carrier inserted after the restart", PATIENCE, |e| {
-        e.iter().filter(|e| e.kind == "carrier_enrolled").count() == 2
+        e.iter()
+            .filter(|e| e.kind.as_str() == "carrier_enrolled")
+            .count()
+            == 2
     })?;
     w.carrier_key(&second.token.label)?;
     // A few more polls after recovery.

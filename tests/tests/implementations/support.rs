@@ -98,7 +98,7 @@ impl World {
         Ok(self
             .events()?
             .into_iter()
-            .filter(|e| e.kind == kind && e.carrier.as_deref() == Some(key))
+            .filter(|e| e.kind.as_str() == kind && e.carrier.as_deref() == Some(key))
             .collect())
     }
 
@@ -144,7 +144,7 @@ impl World {
     ) -> anyhow::Result<Duration> {
         self.wait_events(&format!("{kind} of {key}"), PATIENCE, |e| {
             e.iter()
-                .any(|e| e.kind == kind && e.carrier.as_deref() == Some(key))
+                .any(|e| e.kind.as_str() == kind && e.carrier.as_deref() == Some(key))
         })?;
         let events = self.events_of(key, kind)?;
         let at = &events.first().context("the event went away")?.at;
