@@ -2,9 +2,10 @@
 # Installs the Debian/Ubuntu packages custody's demo and tests use, when they are missing:
 # softhsm2 (the PKCS#11 module), opensc (pkcs11-tool, pkcs11-spy, opensc-pkcs11.so), openssh-client
 # (ssh-keygen), sqlite3, openssl; for the smart-card tests pcscd, libpcsclite1, vsmartcard-vpcd
-# (a virtual reader) and systemd (systemd-socket-activate starts a private pcscd); p11-kit and
-# p11-kit-modules (the remote module the tests kill and restart). Extra package names may be
-# given as arguments.
+# (a virtual reader) and systemd (systemd-socket-activate starts a private pcscd). Extra
+# package names may be given as arguments (tests/run.sh adds the other PKCS#11
+# implementations: swtpm, tpm2-abrmd and tpm2-pkcs11, p11-kit's remote module, and what
+# building kryoptic needs).
 set -euo pipefail
 
 need=()

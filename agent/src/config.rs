@@ -60,6 +60,14 @@ pub struct RawOrganisation {
     /// Printed on the journal form.
     #[serde(default, deserialize_with = "value::organisation")]
     pub name: Option<String>,
+    /// The journal form's title, when the organisation's order names it otherwise than the
+    /// default «Журнал обліку зберігання та знищення особистих ключів».
+    #[serde(default, deserialize_with = "value::organisation")]
+    pub title: Option<String>,
+    /// IANA time zone for times on the form and in human output (e.g. "Europe/Kyiv");
+    /// default: the system's ($TZ, /etc/localtime).
+    #[serde(default, deserialize_with = "value::timezone")]
+    pub timezone: Option<jiff::tz::TimeZone>,
 }
 
 /// `[journal]`
@@ -88,8 +96,10 @@ pub struct RawModule {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Reinit {
-    /// Re-initialise modules known to need it (SoftHSM2); never the others, whose slot list
-    /// is live (smart-card readers).
+    /// Re-initialise a module once it has shown that it has no slot events
+    /// (C_WaitForSlotEvent answers CKR_FUNCTION_NOT_SUPPORTED: SoftHSM2, kryoptic,
+    /// tpm2-pkcs11, p11-kit's client), whose slot list is frozen between C_Initialize and
+    /// C_Finalize; never a module with slot events, whose slot list is live (OpenSC).
     #[default]
     Auto,
     /// Always re-initialise (within the service's re-initialisation cost budget).
@@ -153,6 +163,10 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// Organisation name for the journal form.
     pub organisation: Option<String>,
+    /// The form's title from `[organisation] title` (`None`: the default).
+    pub form_title: Option<String>,
+    /// Time zone of times for people (`[organisation] timezone`, else the system's).
+    pub zone: jiff::tz::TimeZone,
     /// Journal file.
     pub journal: PathBuf,
     /// Modules from the file (empty: use the defaults).
@@ -235,6 +249,11 @@ impl Config {
         Ok(Self {
             source,
             organisation: raw.organisation.name,
+            form_title: raw.organisation.title,
+            zone: raw
+                .organisation
+                .timezone
+                .unwrap_or_else(jiff::tz::TimeZone::system),
             journal: raw.journal.path.unwrap_or_else(default_journal),
             modules: raw.module.iter().map(|m| m.path.clone()).collect(),
             module_reinit: raw.module.into_iter().map(|m| (m.path, m.reinit)).collect(),

@@ -18,6 +18,7 @@
 pub mod cli;
 pub mod config;
 pub mod deadline;
+pub mod local_time;
 pub mod logging;
 pub mod output;
 pub mod poll;

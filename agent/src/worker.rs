@@ -254,6 +254,9 @@ fn serve(
         .with_check_interval(check_interval);
     loop {
         let now = tokio::time::Instant::now();
+        for (i, m) in state.modules.iter().enumerate() {
+            watch.set_needs_reinit(i, m.needs_reinit());
+        }
         if let Some(plan) = watch.due(now) {
             let report = state.poll(&plan);
             watch.observe(tokio::time::Instant::now(), &plan, &report);
@@ -347,7 +350,6 @@ impl WorkerState {
             let mut mp = ModulePoll {
                 path: watched.path_text.clone(),
                 loaded: watched.module.is_some(),
-                needs_reinit: watched.needs_reinit(),
                 error: watched.load_error.clone(),
                 ..ModulePoll::default()
             };
@@ -387,6 +389,8 @@ impl WorkerState {
                     }
                 }
             }
+            // Read after the poll: the slot-event thread may have answered meanwhile.
+            mp.needs_reinit = watched.needs_reinit();
             report.modules.push(mp);
         }
         report.checked_contents = plan.check_contents || force;

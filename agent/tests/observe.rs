@@ -345,7 +345,7 @@ fn watch_keeps_carriers_of_a_dead_remote_module_and_recovers_when_it_returns() -
         .find(|l| l.contains("\"message\":\"module loaded\""))
         .ok_or("no module loaded line")?;
     assert!(
-        loaded.contains("\"reinit\":\"not re-initialised (policy auto)\""),
+        loaded.contains("\"reinit\":\"every poll once the module shows it has no slot events, else never (policy auto)\""),
         "the module loaded line states the effective re-init setting: {loaded}"
     );
 
