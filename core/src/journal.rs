@@ -163,10 +163,10 @@ impl Journal {
             Ok(m) => m.len() > 0,
             Err(_) => false,
         };
-        if existing {
-            probe(path)?;
-        } else if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        if !existing {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            }
         }
         let conn = Connection::open_with_flags(
             path,
@@ -175,6 +175,12 @@ impl Journal {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(db_err)?;
+        if existing {
+            // Checked on this connection before anything is written (the pragmas below are
+            // the first writes): one open instead of two, and SQLite rolls back a hot
+            // journal left by a killed process here, as its own recovery.
+            check_ours(&conn, path)?;
+        }
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(db_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -430,22 +436,8 @@ fn apply(w: &mut Writer<'_>, comparison: &Comparison) -> Result<ScanRecord> {
 }
 
 /// Refuses files that are not custody journals or are too new, without writing to them.
-fn probe(path: &Path) -> Result<()> {
-    let first = probe_with(path, OpenFlags::SQLITE_OPEN_READ_ONLY);
-    let mut hot = path.as_os_str().to_owned();
-    hot.push("-journal");
-    if first.is_err() && Path::new(&hot).exists() {
-        // A process killed mid-transaction left a hot rollback journal, which a read-only
-        // connection cannot roll back. Rolling it back is SQLite's own recovery.
-        return probe_with(path, OpenFlags::SQLITE_OPEN_READ_WRITE);
-    }
-    first
-}
-
-fn probe_with(path: &Path, mode: OpenFlags) -> Result<()> {
+fn check_ours(conn: &Connection, path: &Path) -> Result<()> {
     let not_ours = || Error::NotAJournal(path.into());
-    let conn = Connection::open_with_flags(path, mode | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .map_err(|_| not_ours())?;
     let app_id: i32 = conn
         .pragma_query_value(None, "application_id", |r| r.get(0))
         .map_err(|_| not_ours())?;
