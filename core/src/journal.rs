@@ -9,6 +9,7 @@
 
 mod chain;
 mod checkpoint;
+mod feed;
 mod form;
 mod issue;
 mod migrations;
@@ -28,6 +29,7 @@ use crate::inventory::{diff, CarrierSnapshot, Change, KnownCarrier};
 use crate::token::ModuleScan;
 
 pub use chain::{VerifyProblem, VerifyReport};
+pub use feed::ChainEvent;
 pub use checkpoint::{
     Checkpoint, CheckpointProblem, CheckpointReport, JournalKey, TrustedKey, CHECKPOINT_FORMAT,
 };

@@ -42,11 +42,13 @@
 //! - [`set`]: builds, caches and copies whole sets; [`TokenSet`].
 //! - [`manifest`]: the typed `manifest.json`.
 //! - [`softhsm`]: module path, configuration and env files, test directories.
+//! - [`postgres`]: a private PostgreSQL cluster (initdb + pg_ctl) for the fleet tests.
 //! - [`custody`]: runs the real `custody` binary against a set and a journal.
 
 mod ca;
 pub mod custody;
 pub mod manifest;
+pub mod postgres;
 pub mod profile;
 pub mod set;
 pub mod softhsm;
