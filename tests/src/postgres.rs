@@ -275,7 +275,10 @@ impl Postgres {
         let mut pids = children(self.pid);
         pids.push(self.pid);
         for pid in &pids {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
         }
         for _ in 0..200 {
             if pids.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists()) {
