@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian/Ubuntu packages custody's demo and tests use, when they are missing:
 # softhsm2 (the PKCS#11 module), opensc (pkcs11-tool, pkcs11-spy), openssh-client
-# (ssh-keygen), sqlite3, openssl. Extra package names may be given as arguments.
+# (ssh-keygen), sqlite3, openssl, postgresql (server, for the fleet tests), libssl-dev and
+# pkg-config (the PostgreSQL client's TLS). Extra package names may be given as arguments.
 set -euo pipefail
 
 need=()
@@ -10,6 +11,11 @@ command -v pkcs11-tool   >/dev/null 2>&1 || need+=(opensc)
 command -v ssh-keygen    >/dev/null 2>&1 || need+=(openssh-client)
 command -v sqlite3       >/dev/null 2>&1 || need+=(sqlite3)
 command -v openssl       >/dev/null 2>&1 || need+=(openssl)
+# PostgreSQL's server (the organisation's journal: the tests start a private cluster) and
+# what the build of its TLS client needs.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+dpkg -s libssl-dev       >/dev/null 2>&1 || need+=(libssl-dev)
+command -v pkg-config    >/dev/null 2>&1 || need+=(pkg-config)
 for extra in "$@"; do
   case "$extra" in
     chromium) command -v chromium >/dev/null 2>&1 || need+=(chromium) ;;

@@ -12,6 +12,9 @@ use custody_core::token::PinSource;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+mod fleet;
+pub use fleet::{FleetSettings, RawFleet};
+
 /// The system-wide configuration file.
 pub const SYSTEM_CONFIG: &str = "/etc/custody/custody.toml";
 
@@ -37,6 +40,9 @@ pub struct RawConfig {
     /// `[orders]`
     #[serde(default)]
     pub orders: RawOrders,
+    /// `[fleet]`
+    #[serde(default)]
+    pub fleet: RawFleet,
 }
 
 /// `[organisation]`
@@ -145,6 +151,8 @@ pub struct Config {
     pub allowed_signers: Option<PathBuf>,
     /// Signatures an order needs.
     pub required_signers: u32,
+    /// `[fleet]`: where the journal is synced, when configured.
+    pub fleet: Option<FleetSettings>,
 }
 
 impl Config {
@@ -204,7 +212,9 @@ impl Config {
         if required_signers == 0 {
             bail!("[orders] required_signers must be at least 1");
         }
+        let fleet = FleetSettings::validate(raw.fleet, source.as_deref())?;
         Ok(Self {
+            fleet,
             source,
             organisation: raw.organisation.name,
             journal: raw.journal.path.unwrap_or_else(default_journal),

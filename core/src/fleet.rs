@@ -10,7 +10,7 @@
 //! This module owns the schema (numbered SQL files applied by [`Fleet::init`]), the roles,
 //! sync, and the organisation's reads (status, verify, the events behind the form). It reads
 //! local journals only through the journal's public API and never writes to them. Every
-//! PostgreSQL error becomes a custody [`Error`] in one place, [`map_err`].
+//! PostgreSQL error becomes a custody [`Error`] in one place, `map_err`.
 //!
 //! # Layout
 //!
@@ -26,7 +26,9 @@ mod enroll;
 mod migrations;
 mod sync;
 
-pub use audit::{AlarmRow, FleetJournal, FleetStatus, FleetVerify, JournalCheck, OverdueOrder};
+pub use audit::{
+    AlarmRow, FleetJournal, FleetStatus, FleetVerify, JournalCheck, JournalForm, OverdueOrder,
+};
 pub use connect::{read_password_file, Database, SslMode};
 pub use enroll::{check_agent_name, Enrolled};
 pub use migrations::{InitReport, LATEST};

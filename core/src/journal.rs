@@ -16,6 +16,7 @@ mod migrations;
 mod orders;
 mod presence;
 mod query;
+mod replica;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -29,10 +30,10 @@ use crate::inventory::{diff, CarrierSnapshot, Change, KnownCarrier};
 use crate::token::ModuleScan;
 
 pub use chain::{VerifyProblem, VerifyReport};
-pub use feed::ChainEvent;
 pub use checkpoint::{
     Checkpoint, CheckpointProblem, CheckpointReport, JournalKey, TrustedKey, CHECKPOINT_FORMAT,
 };
+pub use feed::ChainEvent;
 pub use form::{
     AckSummary, Destruction, FormFilter, FormRow, Generated, GeneratedSource, ImportedText,
     RevocationNote,

@@ -116,7 +116,18 @@ impl Postgres {
         pg.watch_parent()?;
         let out = pg
             .command("initdb")
-            .args(["-D", "data", "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"])
+            .args([
+                "-D",
+                "data",
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ])
             .output()?;
         ensure!(
             out.status.success(),
@@ -249,7 +260,13 @@ impl Postgres {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let clean: String = hint
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
             .take(20)
             .collect();
         let name = format!("t{n}_{clean}");
@@ -266,7 +283,11 @@ impl Postgres {
             .command("pg_ctl")
             .args(["-D", "data", "-m", "fast", "-w", "stop"])
             .output()?;
-        ensure!(out.status.success(), "pg_ctl stop failed: {}", String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(())
     }
 
@@ -281,7 +302,10 @@ impl Postgres {
                 .status();
         }
         for _ in 0..200 {
-            if pids.iter().all(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+            if pids
+                .iter()
+                .all(|p| !Path::new(&format!("/proc/{p}")).exists())
+            {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(25));

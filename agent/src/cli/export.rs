@@ -60,6 +60,49 @@ pub struct ExportArgs {
 /// Runs `custody journal export`.
 pub fn run(ctx: &Context, args: &ExportArgs) -> anyhow::Result<Exit> {
     let journal = ctx.open_existing_journal()?;
+    let filter = filter_of(args)?;
+    let rows = journal.form(&filter)?;
+    let doc = Document {
+        lang: args.lang,
+        organisation: ctx.config.organisation.clone(),
+        journal_id: journal.journal_id().to_owned(),
+        from: args.from.clone(),
+        to: args.to.clone(),
+        rows,
+        sources: Vec::new(),
+    };
+    write(ctx, args, &doc)
+}
+
+/// Runs `custody fleet form`: the organisation's journal, every agent's rows, rendered as
+/// `journal export` renders one journal's.
+pub fn run_fleet(
+    ctx: &Context,
+    fleet: &mut custody_core::fleet::Fleet,
+    args: &ExportArgs,
+) -> anyhow::Result<Exit> {
+    let filter = filter_of(args)?;
+    let mut rows = Vec::new();
+    let mut sources = Vec::new();
+    for journal in fleet.form(&filter)? {
+        for row in journal.rows {
+            sources.push((journal.agent.clone(), journal.journal_id.clone()));
+            rows.push(row);
+        }
+    }
+    let doc = Document {
+        lang: args.lang,
+        organisation: ctx.config.organisation.clone(),
+        journal_id: fleet.database().to_string(),
+        from: args.from.clone(),
+        to: args.to.clone(),
+        rows,
+        sources,
+    };
+    write(ctx, args, &doc)
+}
+
+fn filter_of(args: &ExportArgs) -> anyhow::Result<FormFilter> {
     let filter = FormFilter {
         from: args.from.as_deref().map(parse_date).transpose()?,
         to: args.to.as_deref().map(parse_date).transpose()?,
@@ -69,15 +112,10 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> anyhow::Result<Exit> {
             anyhow::bail!("--from {f} is after --to {t}");
         }
     }
-    let rows = journal.form(&filter)?;
-    let doc = Document {
-        lang: args.lang,
-        organisation: ctx.config.organisation.clone(),
-        journal_id: journal.journal_id().to_owned(),
-        from: args.from.clone(),
-        to: args.to.clone(),
-        rows,
-    };
+    Ok(filter)
+}
+
+fn write(ctx: &Context, args: &ExportArgs, doc: &Document) -> anyhow::Result<Exit> {
     let bytes = match args.format {
         Format::Csv => doc.csv()?,
         Format::Json => doc.json()?,
@@ -115,6 +153,10 @@ pub struct Document {
     pub to: Option<String>,
     /// The rows.
     pub rows: Vec<FormRow>,
+    /// The organisation's form (`custody fleet form`): the agent and journal of each row;
+    /// column 1 then reads `AGENT/ROW` (rows are numbered per workstation journal). Empty for
+    /// one workstation's journal.
+    pub sources: Vec<(String, String)>,
 }
 
 /// The column headers: the five mandated columns, then notes.
@@ -326,18 +368,31 @@ pub fn when(lang: Lang, t: &str) -> String {
 
 #[derive(Serialize)]
 struct JsonRow<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    journal_id: Option<&'a str>,
     row_no: u64,
     columns: [String; 6],
     data: &'a FormRow,
 }
 
 impl Document {
+    /// The six cells of row `i`; in the organisation's form column 1 names the agent too.
+    fn row_cells(&self, i: usize, r: &FormRow) -> [String; 6] {
+        let mut c = cells(self.lang, r);
+        if let Some((agent, _)) = self.sources.get(i) {
+            c[0] = format!("{agent}/{}", c[0]);
+        }
+        c
+    }
+
     /// CSV: a header row, then one row per key set (RFC 4180 quoting, UTF-8, no BOM).
     pub fn csv(&self) -> anyhow::Result<Vec<u8>> {
         let mut w = csv::Writer::from_writer(Vec::new());
         w.write_record(headers(self.lang))?;
-        for r in &self.rows {
-            w.write_record(cells(self.lang, r).iter().map(|c| defuse(c).into_owned()))?;
+        for (i, r) in self.rows.iter().enumerate() {
+            w.write_record(self.row_cells(i, r).iter().map(|c| defuse(c).into_owned()))?;
         }
         w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))
     }
@@ -347,9 +402,12 @@ impl Document {
         let rows: Vec<JsonRow<'_>> = self
             .rows
             .iter()
-            .map(|r| JsonRow {
+            .enumerate()
+            .map(|(i, r)| JsonRow {
+                agent: self.sources.get(i).map(|s| s.0.as_str()),
+                journal_id: self.sources.get(i).map(|s| s.1.as_str()),
                 row_no: r.row_no,
-                columns: cells(self.lang, r),
+                columns: self.row_cells(i, r),
                 data: r,
             })
             .collect();
@@ -410,8 +468,8 @@ impl Document {
         }
         s.push_str("</tr>\n</thead>\n<tbody>\n");
         let sig = if uk { "(підпис)" } else { "(signature)" };
-        for r in &self.rows {
-            let c = cells(self.lang, r);
+        for (i, r) in self.rows.iter().enumerate() {
+            let c = self.row_cells(i, r);
             s.push_str(&format!(
                 "<tr id=\"row-{}\"{}>",
                 r.row_no,

@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 
 use super::Fleet;
 use crate::error::Result;
-use crate::journal::{ChainEvent, Checkpoint, CHECKPOINT_FORMAT};
+use crate::journal::{ChainEvent, Checkpoint, FormFilter, FormRow, Journal, CHECKPOINT_FORMAT};
 use crate::order::Zone;
 
 /// An alarm the server recorded.
@@ -131,6 +131,19 @@ impl FleetVerify {
             .iter()
             .all(|j| j.first_bad.is_none() && j.checkpoint_problems.is_empty())
     }
+}
+
+/// One workstation journal's rows of the mandated form, as the organisation holds them.
+#[derive(Debug, Clone, Serialize)]
+pub struct JournalForm {
+    /// The agent.
+    pub agent: String,
+    /// The host it registered from.
+    pub host: String,
+    /// The journal.
+    pub journal_id: String,
+    /// Its rows, numbered by the workstation.
+    pub rows: Vec<FormRow>,
 }
 
 const UTC_TEXT: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'";
@@ -387,6 +400,25 @@ impl Fleet {
         })
     }
 
+    /// The mandated form of every journal the organisation holds, by agent: each journal's
+    /// events are rebuilt into an in-memory journal (chain checked) whose form is read with
+    /// the workstation's own code.
+    pub fn form(&mut self, filter: &FormFilter) -> Result<Vec<JournalForm>> {
+        self.check_schema()?;
+        let mut out = Vec::new();
+        for (journal_id, agent, host) in self.journals()? {
+            let events = self.journal_events(&journal_id)?;
+            let replica = Journal::replica(&journal_id, &events)?;
+            out.push(JournalForm {
+                rows: replica.form(filter)?,
+                agent,
+                host,
+                journal_id,
+            });
+        }
+        Ok(out)
+    }
+
     /// Every journal the organisation holds: (journal_id, agent, host).
     pub fn journals(&mut self) -> Result<Vec<(String, String, String)>> {
         let db = self.database.clone();
@@ -397,7 +429,10 @@ impl Fleet {
                 &[],
             )
             .map_err(|e| super::map_err(&db, e))?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
     }
 
     /// Every event of one journal, oldest first, as chained.

@@ -102,7 +102,9 @@ impl Database {
             match k {
                 "sslmode" => ssl = v.parse()?,
                 "sslrootcert" => ca_file = Some(PathBuf::from(decode(v))),
-                "password" => return Err(bad("a password belongs in password_file, not in the URL")),
+                "password" => {
+                    return Err(bad("a password belongs in password_file, not in the URL"))
+                }
                 _ => kept.push(pair),
             }
         }
@@ -341,7 +343,7 @@ mod tests {
             "postgresql://u:canary-pw@h/db?sslmode=sometimes",
             "postgresql://u@h/db?password=canary-pw",
         ] {
-            let e = Database::parse(url).map(|_| ()).unwrap_err().to_string();
+            let e = Database::parse(url).map(|_| ()).expect_err("refused").to_string();
             assert!(!e.contains("canary-pw"), "{e}");
         }
     }
@@ -351,10 +353,7 @@ mod tests {
         let db = Database::parse("postgresql://postgres@%2Ftmp%2Fpg/fleet")
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(db.dbname(), Some("fleet"));
-        assert_eq!(
-            db.url_for_user("x"),
-            "postgresql://x@%2Ftmp%2Fpg/fleet"
-        );
+        assert_eq!(db.url_for_user("x"), "postgresql://x@%2Ftmp%2Fpg/fleet");
     }
 
     #[test]

@@ -75,15 +75,21 @@ impl Fleet {
             .map_err(err)?
             .get(0);
         if !can_create {
-            tx.batch_execute(&format!("SET LOCAL ROLE {}", ident(&format!("{db_name}_admin"))))
-                .map_err(err)?;
+            tx.batch_execute(&format!(
+                "SET LOCAL ROLE {}",
+                ident(&format!("{db_name}_admin"))
+            ))
+            .map_err(err)?;
         }
         let exists = tx
             .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
             .map_err(err)?
             .is_some();
         let enrolled = tx
-            .query_opt("SELECT role::text FROM custody.agents WHERE name = $1", &[&name])
+            .query_opt(
+                "SELECT role::text FROM custody.agents WHERE name = $1",
+                &[&name],
+            )
             .map_err(err)?
             .map(|r| r.get::<_, String>(0));
         match (exists || enrolled.is_some(), rotate) {

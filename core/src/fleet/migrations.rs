@@ -121,10 +121,7 @@ impl Fleet {
         let db = self.database.clone();
         let row = self
             .client
-            .query_one(
-                "SELECT to_regclass('custody.migrations') IS NOT NULL",
-                &[],
-            )
+            .query_one("SELECT to_regclass('custody.migrations') IS NOT NULL", &[])
             .map_err(|e| super::map_err(&db, e))?;
         if !row.get::<_, bool>(0) {
             return Err(Error::Refused(format!(

@@ -277,7 +277,10 @@ impl Fleet {
         Ok(match row {
             Some(r) => {
                 let hash: &[u8] = r.get(1);
-                (r.get::<_, i64>(0) as u64, hash.try_into().unwrap_or([0; 32]))
+                (
+                    r.get::<_, i64>(0) as u64,
+                    hash.try_into().unwrap_or([0; 32]),
+                )
             }
             None => (0, [0; 32]),
         })

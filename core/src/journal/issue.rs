@@ -334,14 +334,14 @@ impl Journal {
     }
 }
 
-fn status_text(s: AckStatus) -> &'static str {
+pub(crate) fn status_text(s: AckStatus) -> &'static str {
     match s {
         AckStatus::Verified => "verified",
         AckStatus::NotVerified => "not_verified",
     }
 }
 
-fn insert_issued_row(conn: &Connection, seq: u64, data: &IssuedData) -> Result<()> {
+pub(crate) fn insert_issued_row(conn: &Connection, seq: u64, data: &IssuedData) -> Result<()> {
     let key_set =
         serde_json::to_string(&data.key_set).map_err(|e| Error::JournalCorrupt(e.to_string()))?;
     let source = match data.generated.source {
@@ -395,7 +395,7 @@ fn next_row_no(conn: &Connection) -> Result<u64> {
     Ok(last.max(max.max(0) as u64) + 1)
 }
 
-fn set_last_row_no(conn: &Connection, row_no: u64) -> Result<()> {
+pub(crate) fn set_last_row_no(conn: &Connection, row_no: u64) -> Result<()> {
     conn.execute(
         "INSERT INTO meta (key, value) VALUES ('last_row_no', ?1)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value
@@ -777,6 +777,40 @@ impl RevocationStep {
     }
 }
 
+/// Records one revocation step of one certificate (`''` for the whole carrier) in the
+/// revocations table; the first request and the first confirmation are kept.
+pub(crate) fn record_revocation_row(
+    conn: &Connection,
+    step: RevocationStep,
+    carrier: &str,
+    sha: &str,
+    data: &RevocationData,
+    seq: u64,
+) -> Result<()> {
+    let sql = match step {
+        RevocationStep::Requested => {
+            "INSERT INTO revocations (carrier, cert_sha256, requested_on, requested_ref, requested_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (carrier, cert_sha256) DO UPDATE SET requested_on = excluded.requested_on,
+               requested_ref = excluded.requested_ref, requested_seq = excluded.requested_seq
+             WHERE requested_seq IS NULL"
+        }
+        RevocationStep::Confirmed => {
+            "INSERT INTO revocations (carrier, cert_sha256, confirmed_on, confirmed_ref, confirmed_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (carrier, cert_sha256) DO UPDATE SET confirmed_on = excluded.confirmed_on,
+               confirmed_ref = excluded.confirmed_ref, confirmed_seq = excluded.confirmed_seq
+             WHERE confirmed_seq IS NULL"
+        }
+    };
+    conn.execute(
+        sql,
+        params![carrier, sha, data.date, data.reference, seq as i64],
+    )
+    .map_err(db_err)?;
+    Ok(())
+}
+
 /// What `custody revocation requested|confirmed` asks for.
 #[derive(Debug, Clone, Default)]
 pub struct RevocationRequest {
@@ -936,25 +970,7 @@ impl Journal {
             };
             let seq = w.append(step.kind(), Some(&carrier.carrier), &data)?;
             for sha in &rows {
-                let sql = match step {
-                    RevocationStep::Requested => {
-                        "INSERT INTO revocations (carrier, cert_sha256, requested_on, requested_ref, requested_seq)
-                         VALUES (?1, ?2, ?3, ?4, ?5)
-                         ON CONFLICT (carrier, cert_sha256) DO UPDATE SET requested_on = excluded.requested_on,
-                           requested_ref = excluded.requested_ref, requested_seq = excluded.requested_seq
-                         WHERE requested_seq IS NULL"
-                    }
-                    RevocationStep::Confirmed => {
-                        "INSERT INTO revocations (carrier, cert_sha256, confirmed_on, confirmed_ref, confirmed_seq)
-                         VALUES (?1, ?2, ?3, ?4, ?5)
-                         ON CONFLICT (carrier, cert_sha256) DO UPDATE SET confirmed_on = excluded.confirmed_on,
-                           confirmed_ref = excluded.confirmed_ref, confirmed_seq = excluded.confirmed_seq
-                         WHERE confirmed_seq IS NULL"
-                    }
-                };
-                w.tx()
-                    .execute(sql, params![carrier.carrier, sha, data.date, data.reference, seq as i64])
-                    .map_err(db_err)?;
+                record_revocation_row(w.tx(), step, &carrier.carrier, sha, &data, seq)?;
             }
             Ok(RevocationRecord {
                 seq,
@@ -1082,15 +1098,7 @@ impl Journal {
                     destroyed: r.destroyed.clone(),
                     note: r.note.clone(),
                 };
-                let text = serde_json::to_string(&text)
-                    .map_err(|e| Error::JournalCorrupt(e.to_string()))?;
-                w.tx()
-                    .execute(
-                        "INSERT INTO form_rows (row_no, origin, seq, issued_on, key_set, imported)
-                         VALUES (?1, 'imported', ?2, ?3, '{}', ?4)",
-                        params![r.row_no as i64, seq as i64, first_date(&r.received), text],
-                    )
-                    .map_err(db_err)?;
+                insert_imported_row(w.tx(), r.row_no, seq, &text)?;
             }
             let max = rows.iter().map(|r| r.row_no).max().unwrap_or(0);
             set_last_row_no(w.tx(), max)?;
@@ -1104,6 +1112,23 @@ impl Journal {
             })
         })
     }
+}
+
+/// The form row of an imported paper-journal row, recorded by event `seq`.
+pub(crate) fn insert_imported_row(
+    conn: &Connection,
+    row_no: u64,
+    seq: u64,
+    text: &ImportedText,
+) -> Result<()> {
+    let json = serde_json::to_string(text).map_err(|e| Error::JournalCorrupt(e.to_string()))?;
+    conn.execute(
+        "INSERT INTO form_rows (row_no, origin, seq, issued_on, key_set, imported)
+         VALUES (?1, 'imported', ?2, ?3, '{}', ?4)",
+        params![row_no as i64, seq as i64, first_date(&text.received), json],
+    )
+    .map_err(db_err)?;
+    Ok(())
 }
 
 /// The first date in free text, as YYYY-MM-DD: `DD.MM.YYYY` (the Ukrainian way) or
