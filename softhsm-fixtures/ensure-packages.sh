@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian/Ubuntu packages custody's demo and tests use, when they are missing:
-# softhsm2 (the PKCS#11 module), opensc (pkcs11-tool, pkcs11-spy), openssh-client
-# (ssh-keygen), sqlite3, openssl, postgresql (server, for the fleet tests), libssl-dev and
+# softhsm2 (the PKCS#11 module), opensc (pkcs11-tool, pkcs11-spy, opensc-pkcs11.so), openssh-client
+# (ssh-keygen), sqlite3, openssl; for the smart-card tests pcscd, libpcsclite1, vsmartcard-vpcd
+# (a virtual reader) and systemd (systemd-socket-activate starts a private pcscd); for the
+# fleet tests postgresql (the server: the tests start a private cluster), and libssl-dev and
 # pkg-config (the PostgreSQL client's TLS). Extra package names may be given as arguments.
 set -euo pipefail
 
@@ -16,6 +18,10 @@ command -v openssl       >/dev/null 2>&1 || need+=(openssl)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 dpkg -s libssl-dev       >/dev/null 2>&1 || need+=(libssl-dev)
 command -v pkg-config    >/dev/null 2>&1 || need+=(pkg-config)
+[ -x /usr/sbin/pcscd ] || [ -x /sbin/pcscd ] || need+=(pcscd)
+dpkg -s libpcsclite1 >/dev/null 2>&1 || need+=(libpcsclite1)
+[ -e /usr/lib/pcsc/drivers/serial/libifdvpcd.so ] || need+=(vsmartcard-vpcd)
+command -v systemd-socket-activate >/dev/null 2>&1 || need+=(systemd)
 for extra in "$@"; do
   case "$extra" in
     chromium) command -v chromium >/dev/null 2>&1 || need+=(chromium) ;;

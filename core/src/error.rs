@@ -113,7 +113,7 @@ pub enum Error {
     Fleet(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A destruction order was refused; nothing was touched.
     #[error("order refused: {0}")]
-    OrderRejected(#[from] crate::order::Rejection),
+    OrderRejected(#[from] crate::rejection::Rejection),
 }
 
 impl Error {

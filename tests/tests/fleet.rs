@@ -34,7 +34,7 @@ pub(crate) fn add_notes(journal: &mut Journal, n: usize, text: &str) -> anyhow::
     journal.write(&actor(), time::OffsetDateTime::now_utc(), |w| {
         for i in 0..n {
             w.append(
-                "note",
+                custody_core::event::EventKind::Note,
                 None,
                 &serde_json::json!({ "text": format!("{text} {i}"), "ua": "Примітка «лапки»" }),
             )?;

@@ -124,7 +124,9 @@ mod tests {
         let raw: RawFleet =
             toml::from_str("database = \"postgresql://u:canary-secret@db/fleet\"\n")
                 .unwrap_or_else(|e| panic!("{e}"));
-        let e = FleetSettings::validate(raw, None).map(|_| ()).expect_err("refused");
+        let e = FleetSettings::validate(raw, None)
+            .map(|_| ())
+            .expect_err("refused");
         let text = format!("{e:#}");
         assert!(
             text.contains("password_file") && !text.contains("canary-secret"),

@@ -343,7 +343,10 @@ mod tests {
             "postgresql://u:canary-pw@h/db?sslmode=sometimes",
             "postgresql://u@h/db?password=canary-pw",
         ] {
-            let e = Database::parse(url).map(|_| ()).expect_err("refused").to_string();
+            let e = Database::parse(url)
+                .map(|_| ())
+                .expect_err("refused")
+                .to_string();
             assert!(!e.contains("canary-pw"), "{e}");
         }
     }

@@ -7,7 +7,7 @@
 use rusqlite::{params, Connection};
 use serde::Deserialize;
 
-use super::{chain, db_err, issue, migrations, ChainEvent, Journal};
+use super::{chain, db_err, form, import, issue, migrations, revocation, ChainEvent, Journal};
 use crate::error::{Error, Result};
 
 #[derive(Deserialize)]
@@ -84,14 +84,16 @@ impl Journal {
 fn derive(conn: &Connection, e: &ChainEvent) -> Result<()> {
     let corrupt =
         |what: &str| Error::JournalCorrupt(format!("event #{} ({}): {what}", e.seq, e.kind));
-    match e.kind.as_str() {
-        "issued" => {
+    use crate::event::EventKind;
+    let kind = |k: EventKind| e.kind == k.as_str();
+    match () {
+        () if kind(EventKind::Issued) => {
             let data: issue::IssuedData =
                 serde_json::from_str(&e.data).map_err(|x| corrupt(&x.to_string()))?;
             issue::insert_issued_row(conn, e.seq, &data)?;
-            issue::set_last_row_no(conn, data.row_no)?;
+            form::set_last_row_no(conn, data.row_no)?;
         }
-        "issue_acknowledged" => {
+        () if kind(EventKind::IssueAcknowledged) => {
             let data: Acknowledged =
                 serde_json::from_str(&e.data).map_err(|x| corrupt(&x.to_string()))?;
             conn.execute(
@@ -104,14 +106,14 @@ fn derive(conn: &Connection, e: &ChainEvent) -> Result<()> {
             )
             .map_err(db_err)?;
         }
-        "revocation_requested" | "revocation_confirmed" => {
-            let data: issue::RevocationData =
+        () if kind(EventKind::RevocationRequested) || kind(EventKind::RevocationConfirmed) => {
+            let data: revocation::RevocationData =
                 serde_json::from_str(&e.data).map_err(|x| corrupt(&x.to_string()))?;
             let carrier = e.carrier.as_deref().ok_or_else(|| corrupt("no carrier"))?;
-            let step = if e.kind == "revocation_requested" {
-                issue::RevocationStep::Requested
+            let step = if kind(EventKind::RevocationRequested) {
+                revocation::RevocationStep::Requested
             } else {
-                issue::RevocationStep::Confirmed
+                revocation::RevocationStep::Confirmed
             };
             let rows = if data.certificates.is_empty() {
                 vec![String::new()]
@@ -119,10 +121,10 @@ fn derive(conn: &Connection, e: &ChainEvent) -> Result<()> {
                 data.certificates.clone()
             };
             for sha in &rows {
-                issue::record_revocation_row(conn, step, carrier, sha, &data, e.seq)?;
+                revocation::record_revocation_row(conn, step, carrier, sha, &data, e.seq)?;
             }
         }
-        "imported" => {
+        () if kind(EventKind::Imported) => {
             let data: Imported =
                 serde_json::from_str(&e.data).map_err(|x| corrupt(&x.to_string()))?;
             let text = super::ImportedText {
@@ -132,8 +134,8 @@ fn derive(conn: &Connection, e: &ChainEvent) -> Result<()> {
                 destroyed: data.destroyed,
                 note: data.note,
             };
-            issue::insert_imported_row(conn, data.row_no, e.seq, &text)?;
-            issue::set_last_row_no(conn, data.row_no)?;
+            import::insert_imported_row(conn, data.row_no, e.seq, &text)?;
+            form::set_last_row_no(conn, data.row_no)?;
         }
         _ => {}
     }
