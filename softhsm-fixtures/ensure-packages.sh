@@ -4,7 +4,9 @@
 # (ssh-keygen), sqlite3, openssl; for the smart-card tests pcscd, libpcsclite1, vsmartcard-vpcd
 # (a virtual reader) and systemd (systemd-socket-activate starts a private pcscd); for the
 # fleet tests postgresql (the server: the tests start a private cluster), and libssl-dev and
-# pkg-config (the PostgreSQL client's TLS). Extra package names may be given as arguments.
+# pkg-config (the PostgreSQL client's TLS). Extra package names may be given as arguments
+# (tests/run.sh adds the other PKCS#11 implementations: swtpm, tpm2-abrmd and tpm2-pkcs11,
+# p11-kit's remote module, and what building kryoptic needs).
 set -euo pipefail
 
 need=()

@@ -46,10 +46,10 @@ impl FromStr for SslMode {
             "require" => Self::Require,
             "verify-ca" => Self::VerifyCa,
             "verify-full" => Self::VerifyFull,
-            other => {
-                return Err(Error::Refused(format!(
-                    "sslmode={other} is not known; use disable, prefer, require, verify-ca or verify-full"
-                )))
+            _ => {
+                return Err(Error::Refused(
+                    "the sslmode in the database URL is not known; use disable, prefer, require, verify-ca or verify-full".into(),
+                ))
             }
         })
     }
