@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use custody_core::id::CarrierId;
-use custody_core::token::PinSource;
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -30,7 +29,7 @@ pub struct RawConfig {
     pub module: Vec<RawModule>,
     /// `[[pin]]`
     #[serde(default)]
-    pub pin: Vec<PinRule>,
+    pub pin: Vec<RawPinRule>,
     /// `[service]`
     #[serde(default)]
     pub service: RawService,
@@ -104,12 +103,18 @@ pub struct RawOrders {
     pub required_signers: Option<u32>,
 }
 
-/// `[[pin]]`: where the PINs of matching carriers come from. Never a PIN itself.
-#[derive(Debug, Clone, Deserialize)]
+/// `[[pin]]` as written: where the PINs of one carrier come from. Never a PIN itself.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PinRule {
-    /// A carrier serial, or `*` for any.
-    pub serial: String,
+pub struct RawPinRule {
+    /// CK_TOKEN_INFO.manufacturerID of the carrier.
+    pub manufacturer: Option<String>,
+    /// CK_TOKEN_INFO.model of the carrier.
+    pub model: Option<String>,
+    /// CK_TOKEN_INFO.serialNumber of the carrier.
+    pub serial: Option<String>,
+    /// The token label; tells apart carriers that share manufacturer, model and serial.
+    pub label: Option<String>,
     /// File holding the user PIN (mode 0600 or stricter).
     pub user_pin_file: Option<PathBuf>,
     /// Environment variable holding the user PIN.
@@ -118,6 +123,95 @@ pub struct PinRule {
     pub so_pin_file: Option<PathBuf>,
     /// Environment variable holding the SO PIN.
     pub so_pin_env: Option<String>,
+}
+
+/// A validated `[[pin]]` rule: names exactly one carrier by its full identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinRule {
+    /// CK_TOKEN_INFO.manufacturerID.
+    pub manufacturer: String,
+    /// CK_TOKEN_INFO.model.
+    pub model: String,
+    /// CK_TOKEN_INFO.serialNumber.
+    pub serial: String,
+    /// The token label, when the rule names one.
+    pub label: Option<String>,
+    /// File holding the user PIN.
+    pub user_pin_file: Option<PathBuf>,
+    /// Environment variable holding the user PIN.
+    pub user_pin_env: Option<String>,
+    /// File holding the SO PIN.
+    pub so_pin_file: Option<PathBuf>,
+    /// Environment variable holding the SO PIN.
+    pub so_pin_env: Option<String>,
+}
+
+impl PinRule {
+    /// True when the rule names this carrier: manufacturer, model and serial equal, and the
+    /// label too when the rule gives one (a carrier of unknown label never matches a rule
+    /// with a label).
+    pub fn matches(&self, carrier: &CarrierId, label: Option<&str>) -> bool {
+        self.manufacturer == carrier.manufacturer
+            && self.model == carrier.model
+            && self.serial == carrier.serial
+            && self.label.as_deref().is_none_or(|l| Some(l) == label)
+    }
+
+    /// The carrier the rule names, for messages.
+    pub fn describe(&self) -> String {
+        let mut text = format!("{}/{}/{}", self.manufacturer, self.model, self.serial);
+        if let Some(l) = &self.label {
+            text.push_str(&format!(" label {l:?}"));
+        }
+        text
+    }
+}
+
+/// How a `[[pin]]` rule is written, for the messages that refuse one.
+const PIN_RULE_EXAMPLE: &str = "write each rule for one carrier, by its full identity as \
+`custody scan` or `custody journal list` shows it:\n  [[pin]]\n  manufacturer = \"SoftHSM project\"\n  \
+model = \"SoftHSM v2\"\n  serial = \"3c5e0a1b2d4f6789\"\n  label = \"Іваненко І.І.\"   # optional; \
+needed when carriers share a serial\n  user_pin_file = \"/etc/custody/pins/3c5e0a1b2d4f6789\"";
+
+impl RawPinRule {
+    /// Checks that the rule names one carrier, with no wildcard, and at most one source of
+    /// each PIN. `n` is the rule's position in the file (from 1).
+    fn validate(self, n: usize) -> anyhow::Result<PinRule> {
+        let field = |name: &str, value: Option<String>| -> anyhow::Result<String> {
+            match value {
+                None => bail!(
+                    "[[pin]] rule {n} has no {name}: a PIN is offered only to the carrier its rule names, so a rule must give manufacturer, model and serial; {PIN_RULE_EXAMPLE}"
+                ),
+                Some(v) if v.trim().is_empty() || v.contains('*') || v.contains('?') => bail!(
+                    "[[pin]] rule {n}: {name} = {v:?} would match carriers the PIN does not belong to, and a wrong PIN counts towards locking them; wildcards are refused. {PIN_RULE_EXAMPLE}"
+                ),
+                Some(v) => Ok(v),
+            }
+        };
+        let rule = PinRule {
+            manufacturer: field("manufacturer", self.manufacturer)?,
+            model: field("model", self.model)?,
+            serial: field("serial", self.serial)?,
+            label: self.label,
+            user_pin_file: self.user_pin_file,
+            user_pin_env: self.user_pin_env,
+            so_pin_file: self.so_pin_file,
+            so_pin_env: self.so_pin_env,
+        };
+        if rule.user_pin_file.is_some() && rule.user_pin_env.is_some() {
+            bail!(
+                "[[pin]] rule {n} for {}: give user_pin_file or user_pin_env, not both",
+                rule.describe()
+            );
+        }
+        if rule.so_pin_file.is_some() && rule.so_pin_env.is_some() {
+            bail!(
+                "[[pin]] rule {n} for {}: give so_pin_file or so_pin_env, not both",
+                rule.describe()
+            );
+        }
+        Ok(rule)
+    }
 }
 
 /// The validated configuration.
@@ -173,19 +267,26 @@ impl Config {
 
     /// Checks a parsed file and fills in defaults.
     pub fn validate(raw: RawConfig, source: Option<PathBuf>) -> anyhow::Result<Self> {
-        for rule in &raw.pin {
-            if rule.user_pin_file.is_some() && rule.user_pin_env.is_some() {
+        let mut pins: Vec<PinRule> = Vec::with_capacity(raw.pin.len());
+        for (i, rule) in raw.pin.into_iter().enumerate() {
+            let rule = rule.validate(i + 1)?;
+            if let Some(j) = pins.iter().position(|p| {
+                (p.manufacturer.as_str(), p.model.as_str(), p.serial.as_str())
+                    == (
+                        rule.manufacturer.as_str(),
+                        rule.model.as_str(),
+                        rule.serial.as_str(),
+                    )
+                    && (p.label.is_none() || rule.label.is_none() || p.label == rule.label)
+            }) {
                 bail!(
-                    "[[pin]] for serial {:?}: give user_pin_file or user_pin_env, not both",
-                    rule.serial
+                    "[[pin]] rules {} and {} both name carrier {}; keep one, or tell the carriers apart with a label on each",
+                    j + 1,
+                    i + 1,
+                    rule.describe()
                 );
             }
-            if rule.so_pin_file.is_some() && rule.so_pin_env.is_some() {
-                bail!(
-                    "[[pin]] for serial {:?}: give so_pin_file or so_pin_env, not both",
-                    rule.serial
-                );
-            }
+            pins.push(rule);
         }
         let interval = match &raw.service.interval {
             Some(text) => {
@@ -210,7 +311,7 @@ impl Config {
             journal: raw.journal.path.unwrap_or_else(default_journal),
             modules: raw.module.iter().map(|m| m.path.clone()).collect(),
             module_reinit: raw.module.into_iter().map(|m| (m.path, m.reinit)).collect(),
-            pins: raw.pin,
+            pins,
             interval,
             check_interval,
             spool: raw
@@ -231,12 +332,9 @@ impl Config {
             .unwrap_or_default()
     }
 
-    /// The PIN rule for a carrier serial: an exact serial match first, then `*`.
-    pub fn pin_rule(&self, serial: &str) -> Option<&PinRule> {
-        self.pins
-            .iter()
-            .find(|r| r.serial == serial)
-            .or_else(|| self.pins.iter().find(|r| r.serial == "*"))
+    /// The `[[pin]]` rule naming this carrier, if any.
+    pub fn pin_rule(&self, carrier: &CarrierId, label: Option<&str>) -> Option<&PinRule> {
+        self.pins.iter().find(|r| r.matches(carrier, label))
     }
 }
 
@@ -320,44 +418,6 @@ pub fn read_pin_env(name: &str) -> anyhow::Result<SecretString> {
     }
 }
 
-/// The user-PIN source of a configuration, for scans.
-#[derive(Debug)]
-pub struct ConfigPins<'a>(pub &'a Config);
-
-impl PinSource for ConfigPins<'_> {
-    fn user_pin(&self, carrier: &CarrierId) -> custody_core::Result<Option<SecretString>> {
-        let Some(rule) = self.0.pin_rule(&carrier.serial) else {
-            return Ok(None);
-        };
-        let read = match (&rule.user_pin_file, &rule.user_pin_env) {
-            (Some(f), _) => read_pin_file(f).map_err(|e| (f.display().to_string(), e)),
-            (None, Some(v)) => read_pin_env(v).map_err(|e| (v.clone(), e)),
-            (None, None) => return Ok(None),
-        };
-        read.map(Some)
-            .map_err(|(source_name, e)| custody_core::Error::PinSource {
-                source_name,
-                reason: format!("{e:#}"),
-            })
-    }
-
-    fn so_pin(&self, carrier: &CarrierId) -> custody_core::Result<Option<SecretString>> {
-        let Some(rule) = self.0.pin_rule(&carrier.serial) else {
-            return Ok(None);
-        };
-        let read = match (&rule.so_pin_file, &rule.so_pin_env) {
-            (Some(f), _) => read_pin_file(f).map_err(|e| (f.display().to_string(), e)),
-            (None, Some(v)) => read_pin_env(v).map_err(|e| (v.clone(), e)),
-            (None, None) => return Ok(None),
-        };
-        read.map(Some)
-            .map_err(|(source_name, e)| custody_core::Error::PinSource {
-                source_name,
-                reason: format!("{e:#}"),
-            })
-    }
-}
-
 /// Creates a file with mode 0600 (for PINs and keys written by custody or its tests).
 pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
@@ -400,7 +460,9 @@ path = "/var/lib/custody/journal.db"
 path = "/usr/lib/softhsm/libsofthsm2.so"
 reinit = "always"
 [[pin]]
-serial = "*"
+manufacturer = "SoftHSM project"
+model = "SoftHSM v2"
+serial = "3c5e0a1b2d4f6789"
 user_pin_file = "/etc/custody/pins/user"
 so_pin_file = "/etc/custody/pins/so"
 [service]
@@ -422,7 +484,71 @@ required_signers = 2
             Reinit::Always
         );
         assert_eq!(c.reinit(Path::new("/other.so")), Reinit::Auto);
-        assert!(c.pin_rule("anything").is_some());
+        let id = |serial: &str| CarrierId {
+            manufacturer: "SoftHSM project".into(),
+            model: "SoftHSM v2".into(),
+            serial: serial.into(),
+            discriminator: None,
+        };
+        assert!(c.pin_rule(&id("3c5e0a1b2d4f6789"), None).is_some());
+        assert!(c.pin_rule(&id("3c5e0a1b2d4f6780"), None).is_none());
+    }
+
+    #[test]
+    fn pin_rules_with_wildcards_or_without_full_identity_are_refused() {
+        for (rule, says) in [
+            ("serial = \"*\"", "no manufacturer"),
+            (
+                "manufacturer = \"M\"\nmodel = \"X\"\nserial = \"*\"",
+                "wildcards are refused",
+            ),
+            (
+                "manufacturer = \"*\"\nmodel = \"X\"\nserial = \"42\"",
+                "wildcards are refused",
+            ),
+            ("manufacturer = \"M\"\nserial = \"42\"", "no model"),
+            (
+                "manufacturer = \"M\"\nmodel = \"X\"\nserial = \"\"",
+                "wildcards are refused",
+            ),
+        ] {
+            let text = format!("[[pin]]\n{rule}\nuser_pin_file = \"/p\"\n");
+            let err = parse(&text).err().map(|e| format!("{e:#}")).unwrap_or_default();
+            assert!(err.contains(says), "{rule}: {err}");
+            // The message shows how to write a rule.
+            assert!(err.contains("manufacturer = ") && err.contains("model = "), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_rule_with_a_label_matches_only_that_label() {
+        let c = parse(
+            "[[pin]]\nmanufacturer = \"M\"\nmodel = \"X\"\nserial = \"0000\"\nlabel = \"a\"\nuser_pin_file = \"/a\"\n\
+             [[pin]]\nmanufacturer = \"M\"\nmodel = \"X\"\nserial = \"0000\"\nlabel = \"b\"\nuser_pin_file = \"/b\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        let id = CarrierId {
+            manufacturer: "M".into(),
+            model: "X".into(),
+            serial: "0000".into(),
+            discriminator: None,
+        };
+        let file = |label| {
+            c.pin_rule(&id, label)
+                .and_then(|r| r.user_pin_file.clone())
+        };
+        assert_eq!(file(Some("a")), Some(PathBuf::from("/a")));
+        assert_eq!(file(Some("b")), Some(PathBuf::from("/b")));
+        assert_eq!(file(Some("c")), None);
+        assert_eq!(file(None), None);
+        // Two rules for one carrier are refused.
+        let err = parse(
+            "[[pin]]\nmanufacturer = \"M\"\nmodel = \"X\"\nserial = \"1\"\n[[pin]]\nmanufacturer = \"M\"\nmodel = \"X\"\nserial = \"1\"\n",
+        )
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+        assert!(err.contains("rules 1 and 2"), "{err}");
     }
 
     #[test]

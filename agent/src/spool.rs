@@ -189,17 +189,19 @@ fn process_one(
         }
     };
     let o = verified.order();
-    let found = modules.iter().position(|m| {
-        matches!(
-            m.resolve(
-                &o.target.serial,
-                o.target.manufacturer.as_deref(),
-                o.target.model.as_deref()
-            ),
-            Ok(Resolution::Found(_) | Resolution::Mismatch(_) | Resolution::Ambiguous(_))
-        )
-    });
-    let Some(index) = found else {
+    // Executed once some module shows the serial (a mismatch or ambiguity is then refused
+    // by the wipe, which resolves the target against every module at once).
+    let found = modules.iter().any(|m| {
+            matches!(
+                m.resolve(
+                    &o.target.serial,
+                    o.target.manufacturer.as_deref(),
+                    o.target.model.as_deref()
+                ),
+                Ok(Resolution::Found(_) | Resolution::Mismatch(_) | Resolution::Ambiguous(_))
+            )
+        });
+    if !found {
         // Record it (replay checks included) and wait for the carrier.
         return match wipe::admit(journal, &env, &verified)? {
             Ok(_) => {
@@ -208,10 +210,10 @@ fn process_one(
             }
             Err(r) => settle(spool, journal, &env, path, entry, r, Some(())),
         };
-    };
+    }
     let outcome = wipe::execute(
         journal,
-        &mut modules[index],
+        modules,
         &verified,
         &Secrets::default(),
         &env,

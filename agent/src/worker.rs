@@ -20,7 +20,6 @@
 //! The in-memory view is replaced only after that transaction commits, so a failed write is
 //! detected again and retried at the next poll.
 
-mod pins;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -41,7 +40,7 @@ use crate::service::{Task, TaskContext};
 use crate::shutdown::Completion;
 use crate::state::{ModuleState, ServiceState, StateFile};
 use crate::watch::{PollPlan, Schedule, TokenEvent, Watch};
-use pins::ServicePins;
+use crate::pin::Pins as ServicePins;
 
 /// What the worker needs to start.
 #[derive(Debug, Clone)]
@@ -539,7 +538,7 @@ impl WorkerState {
         Ok(Self {
             journal,
             modules,
-            pins: ServicePins::new(cfg.config),
+            pins: ServicePins::new(&cfg.config, &cfg.journal),
             actor: cfg.actor,
             force_check: false,
         })

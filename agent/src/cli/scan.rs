@@ -8,7 +8,6 @@ use custody_core::token::{Module, ModuleInfo, ModuleScan, SlotProblem};
 use serde::Serialize;
 
 use super::Context;
-use crate::config::ConfigPins;
 use crate::output::{clip, json, Table};
 use crate::Exit;
 
@@ -70,7 +69,7 @@ pub struct Problem {
 /// Runs `custody scan`.
 pub fn run(ctx: &Context, _args: &ScanArgs) -> anyhow::Result<Exit> {
     let mut journal = ctx.open_journal()?;
-    let pins = ConfigPins(&ctx.config);
+    let pins = ctx.pins();
     let mut scans: Vec<ModuleScan> = Vec::new();
     let mut reports = Vec::new();
     let mut problems = Vec::new();
