@@ -58,7 +58,7 @@ pub struct ModuleReport {
 /// A problem that did not stop the scan.
 #[derive(Debug, Serialize)]
 pub struct Problem {
-    /// `module`, `slot`, `login` or `object`.
+    /// `module`, `slot`, `login`, `login_skipped` or `object`.
     pub scope: &'static str,
     /// Module path or carrier key.
     pub subject: String,
@@ -150,12 +150,18 @@ fn exit_code(e: Exit) -> u8 {
 
 fn collect_carrier_problems(c: &CarrierSnapshot, problems: &mut Vec<Problem>) {
     let key = c.id.key();
-    if let Login::Failed(reason) = &c.login {
-        problems.push(Problem {
+    match &c.login {
+        Login::Failed(reason) => problems.push(Problem {
             scope: "login",
             subject: key.clone(),
             message: reason.clone(),
-        });
+        }),
+        Login::Skipped(reason) => problems.push(Problem {
+            scope: "login_skipped",
+            subject: key.clone(),
+            message: reason.clone(),
+        }),
+        Login::NotAttempted | Login::LoggedIn => {}
     }
     for cert in &c.certificates {
         if let Some(err) = &cert.parse_error {
@@ -216,6 +222,7 @@ fn print_human(
                 match (&c.private_keys, &c.login) {
                     (Some(k), _) => k.len().to_string(),
                     (None, Login::Failed(_)) => "login failed".into(),
+                    (None, Login::Skipped(_)) => "login skipped".into(),
                     (None, _) => "-".into(),
                 },
                 clip(&holder, 32),
