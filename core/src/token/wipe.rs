@@ -229,9 +229,9 @@ impl Module {
             .ctx()?
             .get_token_info(slot)
             .map_err(|e| map_err("C_GetTokenInfo", e))?;
-        if info.so_pin_locked() || info.so_pin_final_try() || info.so_pin_count_low() {
+        if info.so_pin_locked() || info.so_pin_final_try() {
             return Err(Error::Refused(format!(
-                "the SO PIN of carrier {} is locked or close to locking (CKF_SO_PIN_LOCKED / FINAL_TRY / COUNT_LOW); custody does not risk it and nothing was done. Reset the counter by hand with the right SO PIN, then run the order again",
+                "the SO PIN of carrier {} is locked or has one try left (CKF_SO_PIN_LOCKED / FINAL_TRY); custody does not risk it and nothing was done. Reset the counter by hand with the right SO PIN, then run the order again",
                 t.id.serial
             )));
         }
