@@ -6,8 +6,10 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/softhsm-fixtures/ensure-packages.sh"
 cd "$root"
-cargo build -q --release -p custody-agent --bin custody
-custody="$root/target/release/custody"
+start=$SECONDS
+echo "custody: building custody (the first build compiles the dependencies: a few minutes)" >&2
+cargo build -p custody-agent --bin custody
+custody="$root/target/debug/custody"
 demo="$root/demo"
 rm -rf "$demo"
 "$root/softhsm-fixtures/build.sh" --set demo "$demo/tokens" >/dev/null
@@ -83,3 +85,4 @@ if command -v chromium >/dev/null 2>&1; then
 else
   echo; echo "The form: $demo/journal.html (open it in a browser and print it, A4 landscape)."
 fi
+echo "custody: the demo took $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s" >&2

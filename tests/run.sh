@@ -3,6 +3,10 @@
 # workspace (unit tests, CLI tests and the end-to-end tests against SoftHSM2).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-"$root/softhsm-fixtures/ensure-packages.sh" chromium poppler-utils
+start=$SECONDS
+"$root/softhsm-fixtures/ensure-packages.sh" chromium poppler-utils man-db
 cd "$root"
 cargo test --workspace --all-targets "$@"
+# The Debian package: built, installed, used and purged (as root on a machine without custody).
+"$root/tests/package.sh"
+echo "custody: the test suite took $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s" >&2

@@ -2,6 +2,7 @@
 
 pub mod cert;
 pub mod checkpoint;
+pub mod doctor;
 pub mod export;
 pub mod import;
 pub mod issue;
@@ -36,6 +37,7 @@ pub struct Cli {
 
 /// Options every subcommand accepts.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// PKCS#11 module to use (repeatable). Default: the config file's `[[module]]`, else the
     /// modules registered with p11-kit, else SoftHSM2.
@@ -75,30 +77,63 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Read every carrier the modules show and record what changed in the journal.
+    #[command(
+        after_help = "Examples:\n  # Read every carrier of the configured modules into the journal\n  custody scan\n  # One module, one journal file, JSON for a script\n  custody --module /usr/lib/x86_64-linux-gnu/opensc-pkcs11.so --journal ./journal.db --json scan"
+    )]
     Scan(scan::ScanArgs),
     /// Read the journal: list carriers, show one carrier's history, verify the chain.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  # Every carrier the journal knows\n  custody journal list\n  # Check the hash chain and the signed checkpoints\n  custody journal verify\n  # Print the mandated form for the inspector\n  custody journal export --format html --out journal.html"
+    )]
     Journal(journal::JournalCommand),
     /// Record that a carrier and the keys on it were handed to a signer.
+    #[command(
+        after_help = "Examples:\n  # Hand a carrier to the holder named in its certificate; he signs with its key\n  custody issue --carrier 3c5e0a1b2d4f6789 --position \"головний спеціаліст\" --ack-sign\n  # Record a handover signed by hand on the printed form\n  custody issue --carrier 3c5e0a1b2d4f6789 --holder \"Іваненко Іван Іванович\" --date 2026-03-02"
+    )]
     Issue(issue::IssueArgs),
     /// Record the revocation steps with the qualified trust service provider.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  # The provider was asked to revoke the carrier's certificates\n  custody revocation requested --carrier 3c5e0a1b2d4f6789 --ref \"лист № 12/3\"\n  # The provider confirmed\n  custody revocation confirmed --carrier 3c5e0a1b2d4f6789 --ref \"ticket 48213\""
+    )]
     Revocation(revocation::RevocationCommand),
     /// Certificates: export one to a file.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  # A holder's certificate as PEM, for the registry\n  custody cert export --holder \"Іваненко Іван Іванович\" --pem --out ivanenko.pem\n  # By fingerprint\n  custody cert export --fingerprint 9f86d081884c7d65 --out cert.der"
+    )]
     Cert(cert::CertCommand),
     /// Destruction orders: create, sign, verify; reconcile interrupted wipes; process the spool.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  # Write an order for HR to sign\n  custody order create --carrier 3c5e0a1b2d4f6789 --holder \"Іваненко Іван Іванович\" --dismissed 2026-03-13 --method reinit --responsible \"Коваленко Ольга Петрівна\" > order.json\n  # Sign it (or: ssh-keygen -Y sign -n custody-order -f KEY order.json)\n  custody order sign --key ~/.ssh/id_ed25519 order.json\n  # Check it before the wipe\n  custody order verify order.json"
+    )]
     Order(order::OrderCommand),
     /// Execute a signed destruction order: wipe the carrier and verify it in a fresh context.
+    #[command(
+        after_help = "Examples:\n  # Execute a signed order; the SO PIN from a file\n  custody wipe --order order.json --so-pin-file /etc/custody/pins/3c5e0a1b2d4f6789.so\n  # The PIN typed on standard input, JSON report for a script\n  custody --json wipe --order order.json --pin-stdin"
+    )]
     Wipe(wipe::WipeArgs),
     /// Run the background service: enroll carriers when they are inserted, record every
     /// change, process the order spool, until SIGTERM/SIGINT.
+    #[command(
+        after_help = "Examples:\n  # The service as systemd runs it\n  custody --log-format json watch\n  # In a terminal, polling every second\n  custody -v watch --interval 1s"
+    )]
     Watch(watch::WatchArgs),
     /// The service's state, the carriers present now, open destruction orders and their
     /// deadlines (--overdue: exit 1 when any is past due; --running: exit 1 unless the
     /// service runs).
+    #[command(
+        after_help = "Examples:\n  # What the service sees and the open orders\n  custody status\n  # For monitoring: exit 1 when a destruction is overdue\n  custody status --overdue\n  # For monitoring: exit 1 unless the service runs\n  custody status --running --json"
+    )]
     Status(status::StatusArgs),
+    /// Check everything a deployment depends on (configuration, modules, PIN sources,
+    /// journal, spool, allowed_signers) and say what to fix; exit 1 when something is broken.
+    #[command(
+        after_help = "Examples:\n  # After installing or changing the configuration\n  sudo custody doctor\n  # For a monitoring script\n  custody doctor --json\n  # Without touching the tokens\n  custody doctor --no-modules"
+    )]
+    Doctor(doctor::DoctorArgs),
 }
 
 impl Command {
@@ -110,6 +145,9 @@ impl Command {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<Exit> {
+    if let Command::Doctor(args) = &cli.command {
+        return doctor::run(cli.global, args);
+    }
     let config = Config::load(cli.global.config.as_deref())?;
     let ctx = Context {
         global: cli.global,
@@ -125,6 +163,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Wipe(args) => wipe::run(&ctx, &args),
         Command::Watch(args) => watch::run(&ctx, &args),
         Command::Status(args) => status::run(&ctx, &args),
+        Command::Doctor(args) => doctor::run(ctx.global, &args),
     }
 }
 
@@ -279,7 +318,57 @@ fn resolve_p11kit_module(name: &str) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
+
+    /// Every subcommand's help ends with examples, and every example parses as a command line.
+    #[test]
+    fn every_subcommand_has_examples_that_parse() {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut checked = 0;
+        let mut stack: Vec<(String, &clap::Command)> = cli
+            .get_subcommands()
+            .map(|c| (c.get_name().to_owned(), c))
+            .collect();
+        while let Some((path, cmd)) = stack.pop() {
+            if cmd.get_name() == "help" || cmd.is_hide_set() {
+                continue;
+            }
+            stack.extend(
+                cmd.get_subcommands()
+                    .map(|c| (format!("{path} {}", c.get_name()), c)),
+            );
+            let help = cmd
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                help.starts_with("Examples:\n"),
+                "`custody {path} --help` has no examples"
+            );
+            let examples: Vec<&str> = help
+                .lines()
+                .filter_map(|l| l.trim_start().strip_prefix("custody "))
+                .collect();
+            assert!(
+                !examples.is_empty(),
+                "`custody {path}`: no example runs custody"
+            );
+            for example in examples {
+                let line = example.split(" > ").next().unwrap_or(example);
+                let mut argv = shlex::split(line)
+                    .unwrap_or_else(|| panic!("`custody {path}`: example does not split: {line}"));
+                argv.insert(0, "custody".to_owned());
+                if let Err(err) = Cli::try_parse_from(&argv) {
+                    panic!("`custody {path}`: example `{line}` does not parse: {err}");
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 30, "only {checked} examples");
+    }
 
     #[test]
     fn p11kit_registrations_are_read_in_order_without_the_trust_module() {

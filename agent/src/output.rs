@@ -73,7 +73,9 @@ impl Table {
 
 /// Escapes control characters only: cells often hold text that is already escaped (labels
 /// from raw bytes), and a second pass must not double its backslashes.
-fn escape_controls(s: &str) -> String {
+/// `s` with control characters escaped (`\u{0}`), so that a label can never break a line
+/// or the terminal.
+pub fn escape_controls(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {

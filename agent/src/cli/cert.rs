@@ -21,6 +21,9 @@ use crate::Exit;
 #[derive(Debug, Subcommand)]
 pub enum CertCommand {
     /// Write one certificate to a file.
+    #[command(
+        after_help = "Examples:\n  # A holder's certificate as DER\n  custody cert export --holder \"Іваненко Іван Іванович\" --out ivanenko.cer\n  # By fingerprint, as PEM\n  custody cert export --fingerprint 9f86d081 --pem --out cert.pem"
+    )]
     Export(CertExportArgs),
 }
 

@@ -12,20 +12,38 @@ use crate::Exit;
 #[derive(Debug, Subcommand)]
 pub enum JournalCommand {
     /// List every carrier in the journal.
+    #[command(
+        after_help = "Examples:\n  # Every carrier, as a table\n  custody journal list\n  # For a script\n  custody journal list --json"
+    )]
     List,
     /// Show one carrier and its history.
+    #[command(
+        after_help = "Examples:\n  # One carrier's whole history, by serial\n  custody journal show 3c5e0a1b2d4f6789\n  # By PKCS#11 URI, as `custody journal list` prints it\n  custody journal show 'pkcs11:manufacturer=SoftHSM%20project;model=SoftHSM%20v2;serial=3c5e0a1b2d4f6789'"
+    )]
     Show {
         /// The carrier's serial (or its full key manufacturer/model/serial).
         serial: String,
     },
     /// Recompute the hash chain and check every signed checkpoint; exit 1 and name the
     /// problem when something does not verify.
+    #[command(
+        after_help = "Examples:\n  # Check the chain and every signed checkpoint\n  custody journal verify\n  # Also against a checkpoint kept on other media\n  custody journal verify --checkpoint /mnt/archive/checkpoint-2026-03.json"
+    )]
     Verify(super::checkpoint::VerifyArgs),
     /// Print the mandated form (CSV, HTML, JSON; Ukrainian or English).
+    #[command(
+        after_help = "Examples:\n  # The printable form (A4 landscape HTML)\n  custody journal export --out journal.html\n  # One quarter as CSV, in English\n  custody journal export --format csv --lang en --from 2026-01-01 --to 2026-03-31"
+    )]
     Export(super::export::ExportArgs),
     /// Import an office's paper journal from CSV; rows keep their numbers.
+    #[command(
+        after_help = "Examples:\n  # Bring the paper journal's rows in, keeping their numbers\n  custody journal import --csv paper-journal.csv"
+    )]
     Import(super::import::ImportArgs),
     /// Write a signed checkpoint, or export the latest one to keep elsewhere.
+    #[command(
+        after_help = "Examples:\n  # Sign the journal's current head\n  custody journal checkpoint\n  # From a daily timer\n  custody journal checkpoint --if-older-than 24h\n  # Keep the latest one elsewhere\n  custody journal checkpoint --export --out /mnt/archive/checkpoint.json"
+    )]
     Checkpoint(super::checkpoint::CheckpointArgs),
 }
 

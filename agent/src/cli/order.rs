@@ -22,14 +22,29 @@ use crate::Exit;
 #[derive(Debug, Subcommand)]
 pub enum OrderCommand {
     /// Print a new destruction order (JSON) on stdout, to be signed.
+    #[command(
+        after_help = "Examples:\n  # An order to re-initialise a dismissed holder's carrier\n  custody order create --carrier 3c5e0a1b2d4f6789 --holder \"Іваненко Іван Іванович\" --dismissed 2026-03-13 --method reinit --responsible \"Коваленко Ольга Петрівна\" --reason \"Наказ № 17-к\" > order.json\n  # Destroy only the keys, naming the certificate that must be on the carrier\n  custody order create --carrier 3c5e0a1b2d4f6789 --holder \"Іваненко Іван Іванович\" --dismissed 2026-03-13 --method destroy-keys --responsible \"Коваленко Ольга Петрівна\" --cert 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 > order.json"
+    )]
     Create(CreateArgs),
     /// Sign an order with an OpenSSH private key (appends to FILE.sig, like ssh-keygen -Y sign).
+    #[command(
+        after_help = "Examples:\n  # Sign with an OpenSSH key (appends to order.json.sig)\n  custody order sign --key ~/.ssh/hr_ed25519 order.json\n  # The same with OpenSSH itself\n  ssh-keygen -Y sign -n custody-order -f ~/.ssh/hr_ed25519 order.json"
+    )]
     Sign(SignArgs),
     /// Explain whether an order is acceptable: signatures, signers, time window, replay, target.
+    #[command(
+        after_help = "Examples:\n  # Would this order be executed now?\n  custody order verify order.json\n  # Against another signers file\n  custody order verify --allowed-signers ./allowed_signers order.json"
+    )]
     Verify(VerifyArgs),
     /// Check interrupted wipes (wipe_started without outcome) and record their outcome.
+    #[command(
+        after_help = "Examples:\n  # After a crash or power loss during a wipe\n  custody order reconcile"
+    )]
     Reconcile,
     /// Process the order spool directory once: verify arrivals, execute ready orders.
+    #[command(
+        after_help = "Examples:\n  # Process the configured spool once\n  custody order spool\n  # Another directory\n  custody order spool --dir /var/lib/custody/orders"
+    )]
     Spool(SpoolArgs),
 }
 

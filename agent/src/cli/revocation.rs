@@ -14,8 +14,14 @@ use crate::Exit;
 #[derive(Debug, Subcommand)]
 pub enum RevocationCommand {
     /// Revocation of the carrier's certificates was requested from the provider.
+    #[command(
+        after_help = "Examples:\n  # The provider was asked to revoke every certificate of the carrier\n  custody revocation requested --carrier 3c5e0a1b2d4f6789 --ref \"лист № 12/3\"\n  # One certificate\n  custody revocation requested --carrier 3c5e0a1b2d4f6789 --cert 9f86d081 --ref \"ticket 48213\""
+    )]
     Requested(RevocationArgs),
     /// The provider confirmed the revocation.
+    #[command(
+        after_help = "Examples:\n  # The provider confirmed the revocation\n  custody revocation confirmed --carrier 3c5e0a1b2d4f6789 --ref \"ticket 48213\" --date 2026-03-14"
+    )]
     Confirmed(RevocationArgs),
 }
 
