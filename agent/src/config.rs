@@ -513,10 +513,16 @@ required_signers = 2
             ),
         ] {
             let text = format!("[[pin]]\n{rule}\nuser_pin_file = \"/p\"\n");
-            let err = parse(&text).err().map(|e| format!("{e:#}")).unwrap_or_default();
+            let err = parse(&text)
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default();
             assert!(err.contains(says), "{rule}: {err}");
             // The message shows how to write a rule.
-            assert!(err.contains("manufacturer = ") && err.contains("model = "), "{err}");
+            assert!(
+                err.contains("manufacturer = ") && err.contains("model = "),
+                "{err}"
+            );
         }
     }
 
@@ -533,10 +539,7 @@ required_signers = 2
             serial: "0000".into(),
             discriminator: None,
         };
-        let file = |label| {
-            c.pin_rule(&id, label)
-                .and_then(|r| r.user_pin_file.clone())
-        };
+        let file = |label| c.pin_rule(&id, label).and_then(|r| r.user_pin_file.clone());
         assert_eq!(file(Some("a")), Some(PathBuf::from("/a")));
         assert_eq!(file(Some("b")), Some(PathBuf::from("/b")));
         assert_eq!(file(Some("c")), None);

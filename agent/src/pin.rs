@@ -99,7 +99,9 @@ impl Memory {
                 ),
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(file = %self.path.display(), cause = %e, "PIN rejection memory unreadable"),
+            Err(e) => {
+                tracing::warn!(file = %self.path.display(), cause = %e, "PIN rejection memory unreadable")
+            }
         }
     }
 
@@ -189,7 +191,8 @@ impl Memory {
     }
 
     fn write(&self) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(&*self.state.borrow()).map_err(std::io::Error::other)?;
+        let bytes =
+            serde_json::to_vec_pretty(&*self.state.borrow()).map_err(std::io::Error::other)?;
         let mut tmp = self.path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
@@ -297,11 +300,10 @@ impl PinSource for Pins {
             (None, Some(v)) => read_pin_env(v).map_err(|e| (v.clone(), e)),
             (None, None) => return Ok(None),
         };
-        read.map(Some)
-            .map_err(|(source_name, e)| Error::PinSource {
-                source_name,
-                reason: format!("{e:#}"),
-            })
+        read.map(Some).map_err(|(source_name, e)| Error::PinSource {
+            source_name,
+            reason: format!("{e:#}"),
+        })
     }
 
     fn login_failed(&self, target: &PinTarget<'_>, error: &Error) {
@@ -389,7 +391,9 @@ mod tests {
         ));
         let pins = Pins::new(&cfg, &journal);
         let c = carrier("42");
-        let first = pins.user_pin(&target(&c, &[])).unwrap_or_else(|e| panic!("{e}"));
+        let first = pins
+            .user_pin(&target(&c, &[]))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(exposed(first).as_deref(), Some("111111"));
         pins.login_failed(&target(&c, &[]), &Error::WrongPin { retries_low: false });
 
@@ -401,12 +405,18 @@ mod tests {
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default();
-            assert!(again.contains("user.pin") && !again.contains("111111"), "{again}");
+            assert!(
+                again.contains("user.pin") && !again.contains("111111"),
+                "{again}"
+            );
             assert!(!p.retry_due(&c));
         }
-        let memory = std::fs::read_to_string(dir.join("journal.db.pin-rejections"))
-            .unwrap_or_default();
-        assert!(memory.contains("M/X/42") && !memory.contains("111111"), "{memory}");
+        let memory =
+            std::fs::read_to_string(dir.join("journal.db.pin-rejections")).unwrap_or_default();
+        assert!(
+            memory.contains("M/X/42") && !memory.contains("111111"),
+            "{memory}"
+        );
         // Another carrier is unaffected.
         assert!(pins.user_pin(&target(&carrier("43"), &[])).is_ok());
 
@@ -422,7 +432,9 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(5));
         write_private_file(&file, b"222222\n").unwrap_or_else(|e| panic!("{e}"));
         assert!(pins.retry_due(&c));
-        let second = pins.user_pin(&target(&c, &[])).unwrap_or_else(|e| panic!("{e}"));
+        let second = pins
+            .user_pin(&target(&c, &[]))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(exposed(second).as_deref(), Some("222222"));
         assert!(!pins.retry_due(&c));
         let _ = std::fs::remove_dir_all(dir);
@@ -443,11 +455,15 @@ mod tests {
         pins.login_failed(&target(&c, &[]), &Error::WrongPin { retries_low: false });
         let memory = std::fs::read_to_string(dir.join("j.db.pin-rejections")).unwrap_or_default();
         assert!(!memory.contains("5555"), "{memory}");
-        assert!(Pins::new(&cfg, &dir.join("j.db")).user_pin(&target(&c, &[])).is_err());
+        assert!(Pins::new(&cfg, &dir.join("j.db"))
+            .user_pin(&target(&c, &[]))
+            .is_err());
         std::env::set_var(&name, "6666");
         let next = Pins::new(&cfg, &dir.join("j.db"));
         assert!(next.retry_due(&c));
-        let pin = next.user_pin(&target(&c, &[])).unwrap_or_else(|e| panic!("{e}"));
+        let pin = next
+            .user_pin(&target(&c, &[]))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(exposed(pin).as_deref(), Some("6666"));
         std::env::remove_var(&name);
         let _ = std::fs::remove_dir_all(dir);
@@ -474,7 +490,10 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains("matches 2 present carriers") && err.contains("label"), "{err}");
+        assert!(
+            err.contains("matches 2 present carriers") && err.contains("label"),
+            "{err}"
+        );
         // Alone, it gets the PIN.
         assert!(matches!(pins.user_pin(&target(&c, &[])), Ok(Some(_))));
         let _ = std::fs::remove_dir_all(dir);
@@ -484,7 +503,10 @@ mod tests {
     fn carriers_without_a_pin_rule_get_none() {
         let dir = dir("none");
         let pins = Pins::new(&config(""), &dir.join("j.db"));
-        assert!(matches!(pins.user_pin(&target(&carrier("42"), &[])), Ok(None)));
+        assert!(matches!(
+            pins.user_pin(&target(&carrier("42"), &[])),
+            Ok(None)
+        ));
         assert!(!pins.retry_due(&carrier("42")));
         assert!(!pins.any());
         let _ = std::fs::remove_dir_all(dir);

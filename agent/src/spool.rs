@@ -192,15 +192,15 @@ fn process_one(
     // Executed once some module shows the serial (a mismatch or ambiguity is then refused
     // by the wipe, which resolves the target against every module at once).
     let found = modules.iter().any(|m| {
-            matches!(
-                m.resolve(
-                    &o.target.serial,
-                    o.target.manufacturer.as_deref(),
-                    o.target.model.as_deref()
-                ),
-                Ok(Resolution::Found(_) | Resolution::Mismatch(_) | Resolution::Ambiguous(_))
-            )
-        });
+        matches!(
+            m.resolve(
+                &o.target.serial,
+                o.target.manufacturer.as_deref(),
+                o.target.model.as_deref()
+            ),
+            Ok(Resolution::Found(_) | Resolution::Mismatch(_) | Resolution::Ambiguous(_))
+        )
+    });
     if !found {
         // Record it (replay checks included) and wait for the carrier.
         return match wipe::admit(journal, &env, &verified)? {
@@ -211,13 +211,7 @@ fn process_one(
             Err(r) => settle(spool, journal, &env, path, entry, r, Some(())),
         };
     }
-    let outcome = wipe::execute(
-        journal,
-        modules,
-        &verified,
-        &Secrets::default(),
-        &env,
-    )?;
+    let outcome = wipe::execute(journal, modules, &verified, &Secrets::default(), &env)?;
     match outcome {
         Outcome::Refused(r) if r.code == RejectCode::TargetAbsent => {
             entry.reason = Some(r.message);

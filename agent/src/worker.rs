@@ -20,7 +20,6 @@
 //! The in-memory view is replaced only after that transaction commits, so a failed write is
 //! detected again and retried at the next poll.
 
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -36,11 +35,11 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use crate::config::{Config, Reinit};
+use crate::pin::Pins as ServicePins;
 use crate::service::{Task, TaskContext};
 use crate::shutdown::Completion;
 use crate::state::{ModuleState, ServiceState, StateFile};
 use crate::watch::{PollPlan, Schedule, TokenEvent, Watch};
-use crate::pin::Pins as ServicePins;
 
 /// What the worker needs to start.
 #[derive(Debug, Clone)]

@@ -34,8 +34,8 @@ use crate::token::{
 
 mod target;
 
-pub use target::{locate, Located};
 use target::TargetPins;
+pub use target::{locate, Located};
 
 /// An exclusive lock on `<journal>.wipe-lock`, held while a wipe is executed or reconciled, so
 /// that two custody processes on one journal never wipe at once and a reconciliation never

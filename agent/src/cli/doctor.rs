@@ -263,7 +263,7 @@ fn check_pin_rule(
     carriers: &[custody_core::inventory::CarrierSnapshot],
     no_modules: bool,
 ) {
-    let subject = format!("[[pin]] serial {}", escape_controls(&rule.serial));
+    let subject = format!("[[pin]] {}", escape_controls(&rule.describe()));
     let mut problems = Vec::new();
     for file in [&rule.user_pin_file, &rule.so_pin_file]
         .into_iter()
@@ -307,7 +307,7 @@ fn check_pin_rule(
     }
     let matching = carriers
         .iter()
-        .filter(|c| rule.serial == "*" || c.id.serial == rule.serial)
+        .filter(|c| rule.matches(&c.id, Some(&c.label)))
         .count();
     match matching {
         1 => report.ok(
@@ -325,7 +325,7 @@ fn check_pin_rule(
             "pin",
             subject,
             format!("matches {n} present carriers: its PIN would be offered to the wrong ones"),
-            "name one carrier exactly (manufacturer, model, serial) as `custody journal list` shows it",
+            "add the label of the carrier it belongs to (label = \"...\"); custody offers its PIN to none of them until then",
         ),
     }
 }

@@ -84,7 +84,9 @@ fn a_wildcard_pin_rule_is_refused_with_how_to_write_one() -> TestResult {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("[[pin]] rule 1") && err.contains("manufacturer = ") && err.contains("model = "),
+        err.contains("[[pin]] rule 1")
+            && err.contains("manufacturer = ")
+            && err.contains("model = "),
         "{err}"
     );
     assert!(spy.logins.is_empty());
@@ -108,7 +110,11 @@ fn a_wipe_logs_in_only_on_its_target() -> TestResult {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(json_of(&out)["outcome"], "completed");
     let (on_target, failed_on_target) = spy.logins_on(&env.t.alice);
-    assert!(on_target >= 1, "the target was logged in to: {:?}", spy.logins);
+    assert!(
+        on_target >= 1,
+        "the target was logged in to: {:?}",
+        spy.logins
+    );
     assert_eq!(failed_on_target, 0);
     assert_eq!(
         spy.logins_on(&env.t.other),
@@ -116,13 +122,17 @@ fn a_wipe_logs_in_only_on_its_target() -> TestResult {
         "a wipe offered a PIN to a bystander: {:?}",
         spy.logins
     );
-    assert_eq!(spy.logins.len(), on_target, "every login went to a known slot");
+    assert_eq!(
+        spy.logins.len(),
+        on_target,
+        "every login went to a known slot"
+    );
     Ok(())
 }
 
 #[test]
-fn a_rejected_pin_is_offered_once_per_version_of_its_source_over_any_number_of_scans(
-) -> TestResult {
+fn a_rejected_pin_is_offered_once_per_version_of_its_source_over_any_number_of_scans() -> TestResult
+{
     let env = Env::new("pin-memory");
     let config = rules_with_a_wrong_pin_for_other(&env);
     let other = env.t.other.clone();
@@ -146,7 +156,10 @@ fn a_rejected_pin_is_offered_once_per_version_of_its_source_over_any_number_of_s
             "{skipped:?}"
         );
     }
-    assert_eq!(failed, 1, "a PIN was offered to a token counting wrong PINs");
+    assert_eq!(
+        failed, 1,
+        "a PIN was offered to a token counting wrong PINs"
+    );
 
     // Someone logs in by hand with the right PIN: the counter is reset. The same wrong PIN
     // source is still not offered again, by any later process.
@@ -190,7 +203,15 @@ fn a_token_without_a_user_pin_skips_its_rule_and_the_scan_succeeds() -> TestResu
     let env = Env::new("pin-none");
     // C_InitToken alone leaves the user PIN uninitialised.
     let init = Command::new("pkcs11-tool")
-        .args(["--module", MODULE, "--init-token", "--label", "no-user-pin", "--so-pin", SO_PIN])
+        .args([
+            "--module",
+            MODULE,
+            "--init-token",
+            "--label",
+            "no-user-pin",
+            "--so-pin",
+            SO_PIN,
+        ])
         .env("SOFTHSM2_CONF", &env.conf)
         .output()?;
     assert!(init.status.success(), "{}", text(&init));
@@ -235,8 +256,8 @@ fn a_token_without_a_user_pin_skips_its_rule_and_the_scan_succeeds() -> TestResu
 }
 
 #[test]
-fn an_order_matching_the_same_carrier_in_two_modules_is_refused_as_target_ambiguous(
-) -> TestResult {
+fn an_order_matching_the_same_carrier_in_two_modules_is_refused_as_target_ambiguous() -> TestResult
+{
     let env = Env::new("two-modules");
     // A second copy of SoftHSM2 is a second module (its own library instance) that shows
     // the same tokens: the same serial in two modules.

@@ -287,7 +287,10 @@ impl Env {
         private_file(&dir.join("so.pin"), &format!("{SO_PIN}\n"));
         private_file(&dir.join("user.pin"), &format!("{USER_PIN}\n"));
         let pin_rule = if user_pin_configured {
-            pin_rules(&t, &format!("user_pin_file = \"{}\"\n", dir.join("user.pin").display()))
+            pin_rules(
+                t,
+                &format!("user_pin_file = \"{}\"\n", dir.join("user.pin").display()),
+            )
         } else {
             String::new()
         };
@@ -317,7 +320,7 @@ impl Env {
         let text = if text.contains("[[pin]]") {
             text.replace("[[pin]]\n", &format!("[[pin]]\n{so}"))
         } else {
-            format!("{text}{}", pin_rules(&self.t, &so))
+            format!("{text}{}", pin_rules(self.t, &so))
         };
         std::fs::write(&self.config, text).unwrap_or_else(|e| panic!("{e}"));
     }
@@ -526,7 +529,10 @@ fn spy_calls(text: &str) -> Vec<(String, Vec<&str>)> {
         let mut words = line.split_whitespace();
         let first = words.next().unwrap_or_default();
         let name = words.next().unwrap_or_default();
-        if first.ends_with(':') && first[..first.len() - 1].chars().all(|c| c.is_ascii_digit()) && name.starts_with("C_") {
+        if first.ends_with(':')
+            && first[..first.len() - 1].chars().all(|c| c.is_ascii_digit())
+            && name.starts_with("C_")
+        {
             calls.push((name.to_owned(), Vec::new()));
         } else if let Some(last) = calls.last_mut() {
             last.1.push(line);
@@ -538,8 +544,14 @@ fn spy_calls(text: &str) -> Vec<(String, Vec<&str>)> {
 /// The value of `[in] NAME = 0x…` / `[out] NAME = 0x…` in a call's lines.
 fn spy_value(lines: &[&str], name: &str) -> Option<u64> {
     lines.iter().find_map(|l| {
-        let rest = l.strip_prefix("[in] ").or_else(|| l.strip_prefix("[out] "))?;
-        let value = rest.strip_prefix(name)?.trim_start().strip_prefix('=')?.trim();
+        let rest = l
+            .strip_prefix("[in] ")
+            .or_else(|| l.strip_prefix("[out] "))?;
+        let value = rest
+            .strip_prefix(name)?
+            .trim_start()
+            .strip_prefix('=')?
+            .trim();
         u64::from_str_radix(value.trim_start_matches("0x"), 16).ok()
     })
 }

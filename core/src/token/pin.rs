@@ -262,9 +262,9 @@ pub(super) fn scan_login(
         }
         Err(Error::WrongPin { .. }) => {
             // Re-read the counters so the message says how close the token is to locking.
-            let low = ctx.get_token_info(slot).map(|i| {
-                i.user_pin_count_low() || i.user_pin_final_try() || i.user_pin_locked()
-            });
+            let low = ctx
+                .get_token_info(slot)
+                .map(|i| i.user_pin_count_low() || i.user_pin_final_try() || i.user_pin_locked());
             let e = Error::WrongPin {
                 retries_low: low.unwrap_or(false),
             };

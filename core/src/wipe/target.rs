@@ -35,7 +35,9 @@ pub fn locate(modules: &[Module], target: &Target) -> Located {
             target.manufacturer.as_deref(),
             target.model.as_deref(),
         ) {
-            Ok(Resolution::Found(t)) => found.push((index, format!("{path} slot {}", t.slot()), Some(t))),
+            Ok(Resolution::Found(t)) => {
+                found.push((index, format!("{path} slot {}", t.slot()), Some(t)))
+            }
             Ok(Resolution::Ambiguous(slots)) => {
                 for slot in slots {
                     found.push((index, format!("{path} slot {slot}"), None));
