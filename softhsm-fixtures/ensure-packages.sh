@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian/Ubuntu packages custody's demo and tests use, when they are missing:
-# softhsm2 (the PKCS#11 module), opensc (pkcs11-tool, pkcs11-spy), openssh-client
-# (ssh-keygen), sqlite3, openssl. Extra package names may be given as arguments.
+# softhsm2 (the PKCS#11 module), opensc (pkcs11-tool, pkcs11-spy, opensc-pkcs11.so), openssh-client
+# (ssh-keygen), sqlite3, openssl; for the smart-card tests pcscd, libpcsclite1, vsmartcard-vpcd
+# (a virtual reader) and systemd (systemd-socket-activate starts a private pcscd). Extra
+# package names may be given as arguments.
 set -euo pipefail
 
 need=()
@@ -10,6 +12,10 @@ command -v pkcs11-tool   >/dev/null 2>&1 || need+=(opensc)
 command -v ssh-keygen    >/dev/null 2>&1 || need+=(openssh-client)
 command -v sqlite3       >/dev/null 2>&1 || need+=(sqlite3)
 command -v openssl       >/dev/null 2>&1 || need+=(openssl)
+[ -x /usr/sbin/pcscd ] || [ -x /sbin/pcscd ] || need+=(pcscd)
+dpkg -s libpcsclite1 >/dev/null 2>&1 || need+=(libpcsclite1)
+[ -e /usr/lib/pcsc/drivers/serial/libifdvpcd.so ] || need+=(vsmartcard-vpcd)
+command -v systemd-socket-activate >/dev/null 2>&1 || need+=(systemd)
 for extra in "$@"; do
   case "$extra" in
     chromium) command -v chromium >/dev/null 2>&1 || need+=(chromium) ;;

@@ -467,7 +467,7 @@ fn log_report(report: &PollReport) {
     }
     // Carrier-level events at info, object-level ones (one per certificate or key) at debug.
     for e in &report.recorded {
-        if e.kind.starts_with("carrier_") {
+        if e.kind.is_carrier() {
             tracing::info!(seq = e.seq, kind = %e.kind, carrier = %e.carrier, "recorded");
         } else {
             tracing::debug!(seq = e.seq, kind = %e.kind, carrier = %e.carrier, "recorded");

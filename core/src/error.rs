@@ -83,7 +83,7 @@ pub enum Error {
     Refused(String),
     /// A destruction order was refused; nothing was touched.
     #[error("order refused: {0}")]
-    OrderRejected(#[from] crate::order::Rejection),
+    OrderRejected(#[from] crate::rejection::Rejection),
 }
 
 impl Error {

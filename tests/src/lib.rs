@@ -43,17 +43,26 @@
 //! - [`manifest`]: the typed `manifest.json`.
 //! - [`softhsm`]: module path, configuration and env files, test directories.
 //! - [`custody`]: runs the real `custody` binary against a set and a journal.
+//! - [`fault`]: the fault-injecting PKCS#11 module in front of SoftHSM2: plans, call logs.
+//! - [`smartcard`]: a virtual ISO 7816-4 card for vsmartcard's vpcd reader driver.
+//! - [`pkcs15`]: the PKCS#15 application on it (a key pair and its certificate).
+//! - [`pcsc`]: pcscd with a vpcd reader and OpenSC's configuration, private to one test.
 
 mod ca;
 pub mod custody;
+pub mod fault;
 pub mod manifest;
+pub mod pcsc;
+pub mod pkcs15;
 pub mod profile;
 pub mod set;
+pub mod smartcard;
 pub mod softhsm;
 pub mod spec;
 pub mod token;
 
 pub use custody::{custody_bin, Custody, Run};
+pub use fault::{fault_library, FaultModule, FaultPlan};
 pub use manifest::{Manifest, ObjectClass, ObjectManifest, TokenManifest};
 pub use profile::{Person, Profile, Seal};
 pub use set::{build_set, copy_set, BuildOptions, BuildReport, TokenSet};

@@ -63,7 +63,7 @@ impl AllowedSigner {
             if now < after {
                 return Err(format!(
                     "valid-after {} has not come yet",
-                    crate::journal::timestamp(after)
+                    crate::utc::timestamp(after)
                 ));
             }
         }
@@ -71,7 +71,7 @@ impl AllowedSigner {
             if now > before {
                 return Err(format!(
                     "valid-before {} has passed",
-                    crate::journal::timestamp(before)
+                    crate::utc::timestamp(before)
                 ));
             }
         }

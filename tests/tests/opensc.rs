@@ -1,0 +1,417 @@
+//! custody on OpenSC's PKCS#11 module over pcscd, with a virtual smart card in vsmartcard's
+//! virtual reader (vpcd): the one implementation here with real slot events and removable
+//! carriers.
+//!
+//! Every test starts its own pcscd (private socket, private reader configuration, vpcd on
+//! free ports) and OpenSC configuration ([`Reader`]), makes its own card (a key pair
+//! certified by a fixture CA, [`Pkcs15Card`]) and runs the real `custody` binary. Waits are
+//! bounded polls of `custody journal show --json`. A reader that cannot be started fails the
+//! test (the packages are installed by `softhsm-fixtures/ensure-packages.sh`).
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _};
+use custody_tests::pcsc::Reader;
+use custody_tests::pkcs15::{CardSpec, Pkcs15Card};
+use custody_tests::smartcard::VirtualCard;
+use custody_tests::{temp_dir, Custody};
+use serde_json::Value;
+
+type TestResult = anyhow::Result<()>;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn base() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("opensc")
+}
+
+/// A test's reader, card and custody (journal in the test's directory).
+struct World {
+    dir: PathBuf,
+    reader: Reader,
+    card: Pkcs15Card,
+    custody: Custody,
+}
+
+impl World {
+    fn new(name: &str) -> anyhow::Result<Self> {
+        let dir = temp_dir(&base(), name)?;
+        let reader = Reader::start(&dir).context("starting pcscd with a vpcd reader")?;
+        let card = Pkcs15Card::generate(&CardSpec::new("Іваненко І.І.", name))?;
+        let custody = Custody::for_module(reader.module(), reader.env(), &dir.join("journal.db"));
+        Ok(Self {
+            dir,
+            reader,
+            card,
+            custody,
+        })
+    }
+
+    fn serial(&self) -> String {
+        self.card.spec.serial_hex()
+    }
+
+    fn insert(&self) -> anyhow::Result<VirtualCard> {
+        let card = self.reader.insert(&self.card.image)?;
+        card.wait_detected(WAIT)?;
+        Ok(card)
+    }
+
+    /// Kinds of the card's events in the journal, in order (empty when it is unknown).
+    fn kinds(&self) -> anyhow::Result<Vec<String>> {
+        let run = self
+            .custody
+            .run(&["journal", "show", &self.serial(), "--json"])?;
+        if run.code != 0 {
+            return Ok(Vec::new());
+        }
+        let json = run.json()?;
+        Ok(json["carriers"][0]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["kind"].as_str().map(str::to_owned))
+            .collect())
+    }
+
+    fn count(&self, kind: &str) -> anyhow::Result<usize> {
+        Ok(self.kinds()?.iter().filter(|k| *k == kind).count())
+    }
+
+    /// Waits until the journal holds `n` events of `kind` for the card.
+    fn wait_count(&self, kind: &str, n: usize) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        loop {
+            let have = self.count(kind)?;
+            if have >= n {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > WAIT {
+                bail!(
+                    "{n} `{kind}` expected within {WAIT:?}, journal has {:?}",
+                    self.kinds()?
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn verify(&self) -> TestResult {
+        self.custody.run(&["journal", "verify"])?.expect(0)?;
+        Ok(())
+    }
+
+    /// `custody watch` with a long interval: anything seen within seconds came through
+    /// C_WaitForSlotEvent.
+    fn watch(&self) -> anyhow::Result<Watch> {
+        let log = self.dir.join("watch.log");
+        let child = self
+            .custody
+            .command()
+            .args(["--log-format", "json", "watch", "--interval", "60s"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting custody watch")?;
+        let watch = Watch { child, log };
+        watch.wait_log("watching")?;
+        Ok(watch)
+    }
+}
+
+/// A running `custody watch`, stopped by SIGTERM (or killed, on a failed test).
+struct Watch {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Watch {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_log(&self, message: &str) -> TestResult {
+        let start = Instant::now();
+        let needle = format!("\"message\":\"{message}\"");
+        while !self.log_text().contains(&needle) {
+            ensure!(
+                start.elapsed() < WAIT,
+                "no `{message}` in the service log: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// SIGTERM; the service must end with 0.
+    fn stop(mut self) -> TestResult {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        ensure!(status.success(), "kill -TERM failed");
+        let code = self.child.wait()?.code();
+        ensure!(
+            code == Some(0),
+            "custody watch exited {code:?}: {}",
+            self.log_text()
+        );
+        Ok(())
+    }
+
+    /// Lines of the log whose message is `message`.
+    fn lines(&self, message: &str) -> Vec<Value> {
+        self.log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == message)
+            .collect()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        // Our own child, by its pid (a no-op after stop()).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn opensc_scan_reads_the_card_and_a_rescan_records_nothing() -> TestResult {
+    let w = World::new("scan")?;
+    let _card = w.insert()?;
+    let scan = w.custody.json(&["scan"], 0)?;
+    let carriers: Vec<&Value> = scan["modules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|m| m["carriers"].as_array().into_iter().flatten())
+        .collect();
+    ensure!(carriers.len() == 1, "one card: {scan:#}");
+    let c = carriers[0];
+    ensure!(c["id"]["serial"] == w.serial().as_str(), "{c:#}");
+    ensure!(c["id"]["manufacturer"] == "custody test card", "{c:#}");
+    ensure!(c["id"]["model"] == "PKCS#15", "{c:#}");
+    ensure!(c["label"] == "Іваненко І.І.", "{c:#}");
+    ensure!(c["flags"]["write_protected"] == true, "{c:#}");
+    ensure!(c["flags"]["login_required"] == false, "{c:#}");
+    let certs = c["certificates"].as_array().context("certificates")?;
+    ensure!(certs.len() == 1, "{c:#}");
+    let fingerprint = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&w.card.certificate));
+    ensure!(certs[0]["sha256"] == fingerprint.as_str(), "{c:#}");
+    ensure!(certs[0]["id"] == "4501", "{c:#}");
+    ensure!(
+        certs[0]["info"]["holder_name"] == "Іваненко Іван Іванович",
+        "{c:#}"
+    );
+    ensure!(certs[0]["key_pairing"] == "confirmed", "{c:#}");
+    let keys = c["public_keys"].as_array().context("public keys")?;
+    ensure!(
+        keys.len() == 1 && keys[0]["key_type_name"] == "EC" && keys[0]["id"] == "4501",
+        "{c:#}"
+    );
+    ensure!(
+        w.kinds()? == ["carrier_enrolled", "cert_added", "key_added"],
+        "{:?}",
+        w.kinds()?
+    );
+    // Re-scans of the unchanged card record nothing.
+    for _ in 0..3 {
+        let again = w.custody.json(&["scan"], 0)?;
+        ensure!(
+            again["events"].as_array().is_some_and(Vec::is_empty),
+            "a re-scan recorded {:#}",
+            again["events"]
+        );
+    }
+    ensure!(w.kinds()?.len() == 3);
+    w.verify()
+}
+
+#[test]
+fn opensc_watch_sees_insertion_and_removal_through_slot_events() -> TestResult {
+    let w = World::new("watch")?;
+    let watch = w.watch()?;
+    for round in 1..=3 {
+        let card = w.insert()?;
+        // The first insertion enrolls the card, later ones record it seen again.
+        let took = if round == 1 {
+            w.wait_count("carrier_enrolled", 1)?
+        } else {
+            w.wait_count("carrier_seen", round - 1)?
+        };
+        ensure!(
+            took < Duration::from_secs(10),
+            "insertion {round} recorded after {took:?} (the poll interval is 60 s)"
+        );
+        card.remove();
+        let took = w.wait_count("carrier_removed", round)?;
+        ensure!(
+            took < Duration::from_secs(10),
+            "removal {round} recorded after {took:?} (the poll interval is 60 s)"
+        );
+    }
+    ensure!(
+        watch
+            .lines("no slot events from this module; polling only")
+            .is_empty(),
+        "the service fell back to polling: {}",
+        watch.log_text()
+    );
+    ensure!(
+        w.kinds()?
+            == [
+                "carrier_enrolled",
+                "cert_added",
+                "key_added",
+                "carrier_removed",
+                "carrier_seen",
+                "carrier_removed",
+                "carrier_seen",
+                "carrier_removed",
+            ],
+        "{:?}",
+        w.kinds()?
+    );
+    watch.stop()?;
+    w.verify()
+}
+
+/// A signer key, its allowed_signers file and a configuration naming them.
+fn order_setup(w: &World) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let key = w.dir.join("signer");
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "it", "-f"])
+        .arg(&key)
+        .status()?;
+    ensure!(status.success(), "ssh-keygen failed");
+    let public = std::fs::read_to_string(key.with_extension("pub"))?;
+    let signers = w.dir.join("allowed_signers");
+    std::fs::write(
+        &signers,
+        format!(
+            "it@example.org namespaces=\"custody-order\" {}",
+            public.trim()
+        ),
+    )?;
+    let config = w.dir.join("custody.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[orders]\nallowed_signers = \"{}\"\n[service]\nspool = \"{}\"\n",
+            signers.display(),
+            w.dir.join("spool").display()
+        ),
+    )?;
+    Ok((key, config))
+}
+
+fn pin_file(path: &Path, pin: &str) -> anyhow::Result<PathBuf> {
+    std::fs::write(path, format!("{pin}\n"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(path.to_path_buf())
+}
+
+#[test]
+fn opensc_wipe_of_a_read_only_card_is_refused_and_nothing_is_recorded_done() -> TestResult {
+    let w = World::new("wipe")?;
+    let _card = w.insert()?;
+    let (key, config) = order_setup(&w)?;
+    let custody = w.custody.clone().with_config(&config);
+    custody.json(&["scan"], 0)?;
+    let fingerprint = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&w.card.certificate));
+    let so_pin = pin_file(&w.dir.join("so.pin"), "12345678")?;
+    let user_pin = pin_file(&w.dir.join("user.pin"), "123456")?;
+    for (method, pin_option, pin) in [
+        ("reinit", "--so-pin-file", &so_pin),
+        ("destroy-keys", "--user-pin-file", &user_pin),
+    ] {
+        let order = w.dir.join(format!("{method}.json"));
+        let created = custody
+            .run(&[
+                "order",
+                "create",
+                "--carrier",
+                &w.serial(),
+                "--holder",
+                "Іваненко Іван Іванович",
+                "--dismissed",
+                &time::OffsetDateTime::now_utc().date().to_string(),
+                "--method",
+                method,
+                "--responsible",
+                "Коваленко Ольга Петрівна",
+                "--cert",
+                &fingerprint,
+                "--reason",
+                "Наказ № 17-к",
+                "--id",
+                &format!("opensc-{method}"),
+            ])?
+            .expect(0)?;
+        std::fs::write(&order, created.stdout)?;
+        let key_text = key.display().to_string();
+        let order_text = order.display().to_string();
+        custody
+            .run(&["order", "sign", &order_text, "--key", &key_text])?
+            .expect(0)?;
+        let pin_text = pin.display().to_string();
+        let run = custody.run(&["wipe", "--order", &order_text, pin_option, &pin_text])?;
+        ensure!(
+            run.code == 1,
+            "a wipe of a read-only card must be refused or fail (exit 1), got {}:\n{}\n{}",
+            run.code,
+            run.stdout,
+            run.stderr
+        );
+        let said = format!("{}{}", run.stdout, run.stderr);
+        let plain = said.to_lowercase().replace([' ', '-', '_'], "");
+        ensure!(
+            [
+                "notsupported",
+                "readonly",
+                "writeprotected",
+                "pinnotinitialized"
+            ]
+            .iter()
+            .any(|why| plain.contains(why)),
+            "the refusal does not say why ({method}): {said}"
+        );
+        ensure!(
+            said.contains("nothing claims a wipe")
+                || said.contains("nothing was touched")
+                || said.contains("refused"),
+            "the refusal does not say that nothing was done ({method}): {said}"
+        );
+        eprintln!("{method}: {said}");
+    }
+    // reinit: C_InitToken is not supported (the wipe is tried, fails, and says so);
+    // destroy-keys: the card has no user PIN to log in with (refused before anything).
+    let kinds = w.kinds()?;
+    ensure!(
+        kinds.iter().any(|k| k == "wipe_failed") && kinds.iter().any(|k| k == "order_rejected"),
+        "{kinds:?}"
+    );
+    ensure!(
+        !kinds.iter().any(|k| k == "wipe_completed"),
+        "a wipe of a read-only card recorded as done: {kinds:?}"
+    );
+    ensure!(
+        !kinds
+            .iter()
+            .any(|k| k == "cert_removed" || k == "key_removed"),
+        "{kinds:?}"
+    );
+    // The card still holds its key and certificate, and a scan sees no change.
+    let scan = custody.json(&["scan"], 0)?;
+    ensure!(
+        scan["events"].as_array().is_some_and(Vec::is_empty),
+        "{:#}",
+        scan["events"]
+    );
+    w.verify()
+}
