@@ -629,12 +629,14 @@ pub fn execute(
     let snapshot = module.read_token(&target, &pins)?;
     if o.method == Method::DestroyKeys && snapshot.private_keys.is_none() {
         let reason = match &snapshot.login {
-            crate::inventory::Login::Failed(why) => why.clone(),
+            crate::inventory::Login::Failed(why) | crate::inventory::Login::Skipped(why) => {
+                why.clone()
+            }
             _ => "login failed".into(),
         };
         let r = Rejection::new(
             RejectCode::PinMissing,
-            format!("the user PIN was not accepted ({reason}); nothing was touched"),
+            format!("the user PIN could not be used ({reason}); nothing was touched"),
         );
         reject_verified(journal, env, order, &r, Some(&snapshot.id.key()), None)?;
         return Ok(Outcome::Refused(r));

@@ -95,10 +95,10 @@ impl PinSource for NoPins {
 /// on its final try or has had failed tries (CKF_USER_PIN_COUNT_LOW: one more wrong PIN may
 /// lock it). The caller warns instead of logging in.
 pub fn login_refusal(flags: &TokenFlags) -> Option<&'static str> {
-    if !flags.login_required {
-        Some("the token does not require a login (no CKF_LOGIN_REQUIRED), so its [[pin]] rule is skipped")
-    } else if !flags.user_pin_initialized {
-        Some("the token has no user PIN (CKF_USER_PIN_INITIALIZED is not set), so its [[pin]] rule is skipped")
+    if !flags.user_pin_initialized {
+        Some("the token has no user PIN (user PIN not initialized: CKF_USER_PIN_INITIALIZED is clear); no PIN is offered")
+    } else if !flags.login_required {
+        Some("the token does not require a login (CKF_LOGIN_REQUIRED is clear); no PIN is offered")
     } else if flags.user_pin_locked {
         Some("the user PIN is locked (CKF_USER_PIN_LOCKED); no PIN was offered. Unblock it with the SO PIN")
     } else if flags.user_pin_final_try {
@@ -318,6 +318,7 @@ mod tests {
         let mut f = flags();
         f.login_required = false;
         assert!(login_refusal(&f).is_some_and(|w| w.contains("CKF_LOGIN_REQUIRED")));
+        assert!(!refusal_is_counter(&f));
     }
 
     #[test]
