@@ -2,14 +2,30 @@
 //! exists), then command-line flags on top. [`RawConfig`] mirrors the file
 //! (`deny_unknown_fields`); [`Config`] is the validated result. PINs are never in the file:
 //! only where to read them from.
+//!
+//! No value of the file is ever echoed: a refused value is named by file, line and key
+//! ([`report`]), because the one value that must never be shown — a PIN typed into the file
+//! by mistake — looks like any other. Values that would be shown later (paths in messages,
+//! the organisation on the form) are checked when the file is read: paths must be absolute,
+//! the organisation's name must contain letters, variable names must be variable names, so a
+//! PIN in any of those keys is refused before anything runs.
+
+mod pin_rule;
+mod report;
+mod value;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use custody_core::id::CarrierId;
 use secrecy::SecretString;
 use serde::Deserialize;
+use toml::Spanned;
+
+pub use pin_rule::{PinRule, RawPinRule};
+pub use report::Problem;
 
 /// The system-wide configuration file.
 pub const SYSTEM_CONFIG: &str = "/etc/custody/custody.toml";
@@ -29,7 +45,7 @@ pub struct RawConfig {
     pub module: Vec<RawModule>,
     /// `[[pin]]`
     #[serde(default)]
-    pub pin: Vec<RawPinRule>,
+    pub pin: Vec<Spanned<RawPinRule>>,
     /// `[service]`
     #[serde(default)]
     pub service: RawService,
@@ -43,6 +59,7 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawOrganisation {
     /// Printed on the journal form.
+    #[serde(default, deserialize_with = "value::organisation")]
     pub name: Option<String>,
 }
 
@@ -51,6 +68,7 @@ pub struct RawOrganisation {
 #[serde(deny_unknown_fields)]
 pub struct RawJournal {
     /// Journal file.
+    #[serde(default, deserialize_with = "value::absolute")]
     pub path: Option<PathBuf>,
 }
 
@@ -59,6 +77,7 @@ pub struct RawJournal {
 #[serde(deny_unknown_fields)]
 pub struct RawModule {
     /// Path of a PKCS#11 library.
+    #[serde(deserialize_with = "value::absolute_required")]
     pub path: PathBuf,
     /// When `custody watch` re-initialises this module to see new tokens (default `auto`).
     #[serde(default)]
@@ -85,11 +104,14 @@ pub enum Reinit {
 #[serde(deny_unknown_fields)]
 pub struct RawService {
     /// Poll interval, e.g. "2s", "500ms".
-    pub interval: Option<String>,
+    #[serde(default, deserialize_with = "value::duration")]
+    pub interval: Option<Duration>,
     /// Time between content checks of present carriers, e.g. "10s"; default: measured, so
     /// that they add at most 3 % to the modules' polling cost, and at most 30 s.
-    pub check_interval: Option<String>,
+    #[serde(default, deserialize_with = "value::duration")]
+    pub check_interval: Option<Duration>,
     /// Order spool directory.
+    #[serde(default, deserialize_with = "value::absolute")]
     pub spool: Option<PathBuf>,
 }
 
@@ -98,120 +120,11 @@ pub struct RawService {
 #[serde(deny_unknown_fields)]
 pub struct RawOrders {
     /// OpenSSH allowed_signers file.
+    #[serde(default, deserialize_with = "value::absolute")]
     pub allowed_signers: Option<PathBuf>,
-    /// Distinct valid signatures an order needs.
+    /// Distinct valid signatures an order needs (1 to 10).
+    #[serde(default, deserialize_with = "value::required_signers")]
     pub required_signers: Option<u32>,
-}
-
-/// `[[pin]]` as written: where the PINs of one carrier come from. Never a PIN itself.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawPinRule {
-    /// CK_TOKEN_INFO.manufacturerID of the carrier.
-    pub manufacturer: Option<String>,
-    /// CK_TOKEN_INFO.model of the carrier.
-    pub model: Option<String>,
-    /// CK_TOKEN_INFO.serialNumber of the carrier.
-    pub serial: Option<String>,
-    /// The token label; tells apart carriers that share manufacturer, model and serial.
-    pub label: Option<String>,
-    /// File holding the user PIN (mode 0600 or stricter).
-    pub user_pin_file: Option<PathBuf>,
-    /// Environment variable holding the user PIN.
-    pub user_pin_env: Option<String>,
-    /// File holding the SO PIN.
-    pub so_pin_file: Option<PathBuf>,
-    /// Environment variable holding the SO PIN.
-    pub so_pin_env: Option<String>,
-}
-
-/// A validated `[[pin]]` rule: names exactly one carrier by its full identity.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PinRule {
-    /// CK_TOKEN_INFO.manufacturerID.
-    pub manufacturer: String,
-    /// CK_TOKEN_INFO.model.
-    pub model: String,
-    /// CK_TOKEN_INFO.serialNumber.
-    pub serial: String,
-    /// The token label, when the rule names one.
-    pub label: Option<String>,
-    /// File holding the user PIN.
-    pub user_pin_file: Option<PathBuf>,
-    /// Environment variable holding the user PIN.
-    pub user_pin_env: Option<String>,
-    /// File holding the SO PIN.
-    pub so_pin_file: Option<PathBuf>,
-    /// Environment variable holding the SO PIN.
-    pub so_pin_env: Option<String>,
-}
-
-impl PinRule {
-    /// True when the rule names this carrier: manufacturer, model and serial equal, and the
-    /// label too when the rule gives one (a carrier of unknown label never matches a rule
-    /// with a label).
-    pub fn matches(&self, carrier: &CarrierId, label: Option<&str>) -> bool {
-        self.manufacturer == carrier.manufacturer
-            && self.model == carrier.model
-            && self.serial == carrier.serial
-            && self.label.as_deref().is_none_or(|l| Some(l) == label)
-    }
-
-    /// The carrier the rule names, for messages.
-    pub fn describe(&self) -> String {
-        let mut text = format!("{}/{}/{}", self.manufacturer, self.model, self.serial);
-        if let Some(l) = &self.label {
-            text.push_str(&format!(" label {l:?}"));
-        }
-        text
-    }
-}
-
-/// How a `[[pin]]` rule is written, for the messages that refuse one.
-const PIN_RULE_EXAMPLE: &str = "write each rule for one carrier, by its full identity as \
-`custody scan` or `custody journal list` shows it:\n  [[pin]]\n  manufacturer = \"SoftHSM project\"\n  \
-model = \"SoftHSM v2\"\n  serial = \"3c5e0a1b2d4f6789\"\n  label = \"Іваненко І.І.\"   # optional; \
-needed when carriers share a serial\n  user_pin_file = \"/etc/custody/pins/3c5e0a1b2d4f6789\"";
-
-impl RawPinRule {
-    /// Checks that the rule names one carrier, with no wildcard, and at most one source of
-    /// each PIN. `n` is the rule's position in the file (from 1).
-    fn validate(self, n: usize) -> anyhow::Result<PinRule> {
-        let field = |name: &str, value: Option<String>| -> anyhow::Result<String> {
-            match value {
-                None => bail!(
-                    "[[pin]] rule {n} has no {name}: a PIN is offered only to the carrier its rule names, so a rule must give manufacturer, model and serial; {PIN_RULE_EXAMPLE}"
-                ),
-                Some(v) if v.trim().is_empty() || v.contains('*') || v.contains('?') => bail!(
-                    "[[pin]] rule {n}: {name} = {v:?} would match carriers the PIN does not belong to, and a wrong PIN counts towards locking them; wildcards are refused. {PIN_RULE_EXAMPLE}"
-                ),
-                Some(v) => Ok(v),
-            }
-        };
-        let rule = PinRule {
-            manufacturer: field("manufacturer", self.manufacturer)?,
-            model: field("model", self.model)?,
-            serial: field("serial", self.serial)?,
-            label: self.label,
-            user_pin_file: self.user_pin_file,
-            user_pin_env: self.user_pin_env,
-            so_pin_file: self.so_pin_file,
-            so_pin_env: self.so_pin_env,
-        };
-        if rule.user_pin_file.is_some() && rule.user_pin_env.is_some() {
-            bail!(
-                "[[pin]] rule {n} for {}: give user_pin_file or user_pin_env, not both",
-                rule.describe()
-            );
-        }
-        if rule.so_pin_file.is_some() && rule.so_pin_env.is_some() {
-            bail!(
-                "[[pin]] rule {n} for {}: give so_pin_file or so_pin_env, not both",
-                rule.describe()
-            );
-        }
-        Ok(rule)
-    }
 }
 
 /// The validated configuration.
@@ -230,9 +143,9 @@ pub struct Config {
     /// PIN rules, first match wins.
     pub pins: Vec<PinRule>,
     /// Service poll interval.
-    pub interval: std::time::Duration,
+    pub interval: Duration,
     /// Fixed time between content checks (`None`: from the measured cost).
-    pub check_interval: Option<std::time::Duration>,
+    pub check_interval: Option<Duration>,
     /// Order spool.
     pub spool: PathBuf,
     /// allowed_signers file.
@@ -257,54 +170,50 @@ impl Config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("reading configuration {}", p.display()))?;
-                toml::from_str::<RawConfig>(&text)
-                    .map_err(|e| anyhow::anyhow!("configuration {}: {e}", p.display()))?
+                return Self::parse(&text, p);
             }
             None => RawConfig::default(),
         };
         Self::validate(raw, path)
     }
 
+    /// Parses and checks the text of the configuration file `file`. Messages name the file,
+    /// line and key, never a value.
+    pub fn parse(text: &str, file: &Path) -> anyhow::Result<Self> {
+        let raw = toml::from_str::<RawConfig>(text)
+            .map_err(|e| anyhow::anyhow!(report::from_toml(text, &e).message(file)))?;
+        Self::validate_in(raw, Some(file.to_owned()), text)
+    }
+
     /// Checks a parsed file and fills in defaults.
     pub fn validate(raw: RawConfig, source: Option<PathBuf>) -> anyhow::Result<Self> {
-        let mut pins: Vec<PinRule> = Vec::with_capacity(raw.pin.len());
-        for (i, rule) in raw.pin.into_iter().enumerate() {
-            let rule = rule.validate(i + 1)?;
-            if let Some(j) = pins.iter().position(|p| {
-                (p.manufacturer.as_str(), p.model.as_str(), p.serial.as_str())
-                    == (
-                        rule.manufacturer.as_str(),
-                        rule.model.as_str(),
-                        rule.serial.as_str(),
-                    )
-                    && (p.label.is_none() || rule.label.is_none() || p.label == rule.label)
-            }) {
-                bail!(
-                    "[[pin]] rules {} and {} both name carrier {}; keep one, or tell the carriers apart with a label on each",
-                    j + 1,
-                    i + 1,
-                    rule.describe()
+        Self::validate_in(raw, source, "")
+    }
+
+    /// [`Self::validate`], with the file's text to name lines in messages.
+    fn validate_in(raw: RawConfig, source: Option<PathBuf>, text: &str) -> anyhow::Result<Self> {
+        let file = source
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("(configuration)"));
+        for rule in &raw.pin {
+            let both = |key: &str| {
+                let mut problem = Problem::at(
+                    text,
+                    rule.span().start,
+                    format!("give {key}_file or {key}_env, not both"),
                 );
+                problem.table = Some("[[pin]]".into());
+                problem.key = None;
+                anyhow::anyhow!(problem.message(&file))
+            };
+            if rule.get_ref().user_pin_file.is_some() && rule.get_ref().user_pin_env.is_some() {
+                return Err(both("user_pin"));
             }
-            pins.push(rule);
-        }
-        let interval = match &raw.service.interval {
-            Some(text) => {
-                parse_duration(text).with_context(|| format!("[service] interval = {text:?}"))?
+            if rule.get_ref().so_pin_file.is_some() && rule.get_ref().so_pin_env.is_some() {
+                return Err(both("so_pin"));
             }
-            None => std::time::Duration::from_secs(2),
-        };
-        let check_interval = match &raw.service.check_interval {
-            Some(text) => Some(
-                parse_duration(text)
-                    .with_context(|| format!("[service] check_interval = {text:?}"))?,
-            ),
-            None => None,
-        };
-        let required_signers = raw.orders.required_signers.unwrap_or(1);
-        if required_signers == 0 {
-            bail!("[orders] required_signers must be at least 1");
         }
+        let pins = pin_rule::validate(raw.pin, text, &file)?;
         Ok(Self {
             source,
             organisation: raw.organisation.name,
@@ -312,14 +221,14 @@ impl Config {
             modules: raw.module.iter().map(|m| m.path.clone()).collect(),
             module_reinit: raw.module.into_iter().map(|m| (m.path, m.reinit)).collect(),
             pins,
-            interval,
-            check_interval,
+            interval: raw.service.interval.unwrap_or(Duration::from_secs(2)),
+            check_interval: raw.service.check_interval,
             spool: raw
                 .service
                 .spool
                 .unwrap_or_else(|| state_dir().join("orders")),
             allowed_signers: raw.orders.allowed_signers,
-            required_signers,
+            required_signers: raw.orders.required_signers.unwrap_or(1),
         })
     }
 
@@ -339,7 +248,7 @@ impl Config {
 }
 
 /// Parses "2s", "500ms", "1m", "1h", or a bare number of seconds.
-pub fn parse_duration(text: &str) -> anyhow::Result<std::time::Duration> {
+pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     let t = text.trim();
     let split = t
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -358,7 +267,7 @@ pub fn parse_duration(text: &str) -> anyhow::Result<std::time::Duration> {
     if !(0.0..=86_400.0).contains(&secs) || secs == 0.0 {
         bail!("{t:?} is out of range (more than 0, at most 24h)");
     }
-    Ok(std::time::Duration::from_secs_f64(secs))
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn is_root() -> bool {
@@ -438,14 +347,17 @@ mod tests {
     use secrecy::ExposeSecret;
 
     fn parse(text: &str) -> anyhow::Result<Config> {
-        Config::validate(toml::from_str(text)?, None)
+        Config::parse(text, Path::new("/etc/custody/custody.toml"))
     }
 
     #[test]
     fn unknown_keys_are_refused_with_the_line() {
         let err = parse("[journal]\npath = \"/tmp/j.db\"\ncolour = 1\n").err();
         let text = err.map(|e| format!("{e:#}")).unwrap_or_default();
-        assert!(text.contains("colour") && text.contains("line 3"), "{text}");
+        assert!(
+            text.contains("line 3, [journal] colour: unknown key colour; expected `path`"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -475,8 +387,8 @@ required_signers = 2
 "#,
         );
         let c = c.unwrap_or_else(|e| panic!("{e:#}"));
-        assert_eq!(c.interval, std::time::Duration::from_millis(500));
-        assert_eq!(c.check_interval, Some(std::time::Duration::from_secs(10)));
+        assert_eq!(c.interval, Duration::from_millis(500));
+        assert_eq!(c.check_interval, Some(Duration::from_secs(10)));
         assert_eq!(c.required_signers, 2);
         assert_eq!(c.modules.len(), 1);
         assert_eq!(
@@ -495,21 +407,27 @@ required_signers = 2
     }
 
     #[test]
-    fn pin_rules_with_wildcards_or_without_full_identity_are_refused() {
+    fn pin_rules_with_wildcards_or_without_full_identity_are_refused_unechoed() {
         for (rule, says) in [
-            ("serial = \"*\"", "no manufacturer"),
+            (
+                "serial = \"*\"",
+                "line 1, in [[pin]]: the rule has no manufacturer",
+            ),
             (
                 "manufacturer = \"M\"\nmodel = \"X\"\nserial = \"*\"",
-                "wildcards are refused",
+                "line 4, [[pin]] serial: a wildcard",
             ),
             (
                 "manufacturer = \"*\"\nmodel = \"X\"\nserial = \"42\"",
-                "wildcards are refused",
+                "line 2, [[pin]] manufacturer: a wildcard",
             ),
-            ("manufacturer = \"M\"\nserial = \"42\"", "no model"),
+            (
+                "manufacturer = \"M\"\nserial = \"42\"",
+                "the rule has no model",
+            ),
             (
                 "manufacturer = \"M\"\nmodel = \"X\"\nserial = \"\"",
-                "wildcards are refused",
+                "line 4, [[pin]] serial: a wildcard or empty value",
             ),
         ] {
             let text = format!("[[pin]]\n{rule}\nuser_pin_file = \"/p\"\n");
@@ -518,11 +436,12 @@ required_signers = 2
                 .map(|e| format!("{e:#}"))
                 .unwrap_or_default();
             assert!(err.contains(says), "{rule}: {err}");
-            // The message shows how to write a rule.
+            // The message shows how to write a rule, and none of the file's values.
             assert!(
                 err.contains("manufacturer = ") && err.contains("model = "),
                 "{err}"
             );
+            assert!(!err.contains("\"M\"") && !err.contains("\"X\""), "{err}");
         }
     }
 
@@ -544,40 +463,98 @@ required_signers = 2
         assert_eq!(file(Some("b")), Some(PathBuf::from("/b")));
         assert_eq!(file(Some("c")), None);
         assert_eq!(file(None), None);
-        // Two rules for one carrier are refused.
+        // Two rules for one carrier are refused, by line.
         let err = parse(
             "[[pin]]\nmanufacturer = \"M\"\nmodel = \"X\"\nserial = \"1\"\n[[pin]]\nmanufacturer = \"M\"\nmodel = \"X\"\nserial = \"1\"\n",
         )
         .err()
         .map(|e| format!("{e:#}"))
         .unwrap_or_default();
-        assert!(err.contains("rules 1 and 2"), "{err}");
+        assert!(
+            err.contains("the rule at line 1 name the same carrier"),
+            "{err}"
+        );
     }
 
     #[test]
-    fn unknown_reinit_policy_is_refused() {
+    fn unknown_reinit_policy_is_refused_without_echoing_it() {
         let err = parse("[[module]]\npath = \"/m.so\"\nreinit = \"sometimes\"\n").err();
         let text = err.map(|e| format!("{e:#}")).unwrap_or_default();
         assert!(
-            text.contains("sometimes") && text.contains("line 3"),
+            text.contains("line 3, [[module]] reinit") && text.contains("`always`"),
             "{text}"
         );
+        assert!(!text.contains("sometimes"), "{text}");
+    }
+
+    #[test]
+    fn refused_values_are_named_by_line_and_key_never_shown() {
+        const PIN: &str = "48151623";
+        for (text, want) in [
+            (
+                format!("[[pin]]\nserial = \"*\"\nuser_pin_file = \"{PIN}\"\n"),
+                "line 3, [[pin]] user_pin_file: must be an absolute path",
+            ),
+            (
+                format!("[[pin]]\nserial = \"*\"\nso_pin_env = \"{PIN}\"\n"),
+                "line 3, [[pin]] so_pin_env: must be the name of an environment variable",
+            ),
+            (
+                format!("[journal]\npath = {PIN}\n"),
+                "line 2, [journal] path: invalid type",
+            ),
+            (
+                format!("[service]\ninterval = \"{PIN}\"\n"),
+                "line 2, [service] interval: is not a duration",
+            ),
+            (
+                format!("[orders]\nrequired_signers = {PIN}\n"),
+                "line 2, [orders] required_signers: must be a number from 1 to 10",
+            ),
+            (
+                format!("[organisation]\nname = \"{PIN}\"\n"),
+                "line 2, [organisation] name: must be a name with letters",
+            ),
+            (
+                format!("[[pin]]\nserial = \"*\"\nuser_pin = \"{PIN}\"\n"),
+                "line 3, [[pin]] user_pin: unknown key user_pin",
+            ),
+            (
+                format!("[[pin]]\nserial = \"*\"\n{PIN}\n"),
+                "line 3, in [[pin]]:",
+            ),
+            (
+                format!("[[pin]]\nserial = \"*\"\n{PIN} = 1\n"),
+                "unknown key (not shown",
+            ),
+            (
+                format!(
+                    "[[pin]]\nserial = \"{PIN}\"\nuser_pin_env = \"A\"\nuser_pin_file = \"/p\"\n"
+                ),
+                "in [[pin]]: give user_pin_file or user_pin_env, not both",
+            ),
+        ] {
+            let err = parse(&text)
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default();
+            // Positive control: the value is in the text that was refused.
+            assert!(text.contains(PIN));
+            assert!(err.contains(want), "{text:?}: {err}");
+            assert!(err.contains("/etc/custody/custody.toml"), "{err}");
+            assert!(!err.contains(PIN), "{text:?}: {err}");
+            assert!(!err.contains("4815"), "{text:?}: {err}");
+        }
     }
 
     #[test]
     fn durations() {
-        assert_eq!(
-            parse_duration("2s").ok(),
-            Some(std::time::Duration::from_secs(2))
-        );
+        assert_eq!(parse_duration("2s").ok(), Some(Duration::from_secs(2)));
         assert_eq!(
             parse_duration("250ms").ok(),
-            Some(std::time::Duration::from_millis(250))
+            Some(Duration::from_millis(250))
         );
-        assert_eq!(
-            parse_duration("1m").ok(),
-            Some(std::time::Duration::from_secs(60))
-        );
+        assert_eq!(parse_duration("1m").ok(), Some(Duration::from_secs(60)));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("fast").is_err());
     }

@@ -860,7 +860,9 @@ fn bad_inputs_are_refused_with_exit_2_and_a_reason() -> TestResult {
     )?;
     let out = w.custody().args(["watch"]).output()?;
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("sometimes"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 3, [[module]] reinit"), "{err}");
+    assert!(!err.contains("sometimes"), "{err}");
     // A state record that is not one.
     std::fs::write(&w.config, "")?;
     std::fs::remove_file(&w.journal)?;

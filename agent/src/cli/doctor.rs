@@ -252,18 +252,20 @@ fn check_modules_and_pins(report: &mut Report, ctx: &Context, args: &DoctorArgs)
             }
         }
     }
-    for rule in &ctx.config.pins {
-        check_pin_rule(report, rule, &carriers, args.no_modules);
+    for (n, rule) in ctx.config.pins.iter().enumerate() {
+        check_pin_rule(report, n + 1, rule, &carriers, args.no_modules);
     }
 }
 
 fn check_pin_rule(
     report: &mut Report,
+    n: usize,
     rule: &PinRule,
     carriers: &[custody_core::inventory::CarrierSnapshot],
     no_modules: bool,
 ) {
-    let subject = format!("[[pin]] {}", escape_controls(&rule.describe()));
+    // Named by position: the rule's values are never echoed (a PIN may have been typed in).
+    let subject = format!("[[pin]] rule {n}");
     let mut problems = Vec::new();
     for file in [&rule.user_pin_file, &rule.so_pin_file]
         .into_iter()
