@@ -84,11 +84,24 @@ fn a_wildcard_pin_rule_is_refused_with_how_to_write_one() -> TestResult {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("[[pin]] rule 1")
+        err.contains("line 1, in [[pin]]: the rule has no manufacturer")
             && err.contains("manufacturer = ")
             && err.contains("model = "),
         "{err}"
     );
+    assert!(spy.logins.is_empty());
+    // A full identity with a wildcard serial: refused by line and key.
+    std::fs::write(
+        &config,
+        format!(
+            "[[pin]]\nmanufacturer = \"SoftHSM project\"\nmodel = \"SoftHSM v2\"\nserial = \"*\"\nuser_pin_file = \"{}\"\n",
+            env.path("user.pin").display()
+        ),
+    )?;
+    let (out, spy) = spied_with(&env, &config, &["scan"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 4, [[pin]] serial: a wildcard"), "{err}");
     assert!(spy.logins.is_empty());
     Ok(())
 }
