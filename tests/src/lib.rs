@@ -62,7 +62,7 @@ pub mod spec;
 pub mod token;
 
 pub use custody::{custody_bin, Custody, Run};
-pub use fault::{fault_library, FaultModule, FaultPlan};
+pub use fault::{fault_library, pair_spec, FaultModule, FaultPlan, PAIR_SO_PIN, PAIR_USER_PIN};
 pub use manifest::{Manifest, ObjectClass, ObjectManifest, TokenManifest};
 pub use profile::{Person, Profile, Seal};
 pub use set::{build_set, copy_set, BuildOptions, BuildReport, TokenSet};
