@@ -89,8 +89,10 @@ pub struct RawModule {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Reinit {
-    /// Re-initialise modules known to need it (SoftHSM2); never the others, whose slot list
-    /// is live (smart-card readers).
+    /// Re-initialise a module once it has shown that it has no slot events
+    /// (C_WaitForSlotEvent answers CKR_FUNCTION_NOT_SUPPORTED: SoftHSM2, kryoptic,
+    /// tpm2-pkcs11, p11-kit's client), whose slot list is frozen between C_Initialize and
+    /// C_Finalize; never a module with slot events, whose slot list is live (OpenSC).
     #[default]
     Auto,
     /// Always re-initialise (within the service's re-initialisation cost budget).
