@@ -17,6 +17,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod local_time;
 pub mod logging;
 pub mod output;
 pub mod pin;
