@@ -8,6 +8,8 @@
 //! - [`cli`]: one module per subcommand.
 //! - [`config`]: the TOML configuration, validated; PIN sources.
 //! - [`deadline`]: when destruction orders are due.
+//! - [`config`]: the TOML configuration, validated.
+//! - [`pin`]: PINs from the `[[pin]]` rules, with the memory of rejected PINs.
 //! - [`output`]: tables for people, JSON for scripts.
 //! - [`logging`]: tracing subscriber (human or JSON).
 //! - [`spool`]: the order spool directory, one pass at a time.
@@ -21,6 +23,7 @@ pub mod deadline;
 pub mod local_time;
 pub mod logging;
 pub mod output;
+pub mod pin;
 pub mod poll;
 pub mod service;
 pub mod shutdown;

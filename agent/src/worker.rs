@@ -23,7 +23,6 @@
 //! device errors, is unavailable: one `module_unavailable`, its carriers keep their state,
 //! and it is re-initialised with backoff (1 s doubling to 60 s) until it answers.
 
-mod pins;
 mod report;
 mod slots;
 mod task;
@@ -42,11 +41,11 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use crate::config::{Config, Reinit};
+use crate::pin::Pins as ServicePins;
 use crate::poll::{ModulePoll, PollReport};
 use crate::shutdown::Completion;
 use crate::state::{PresentCarrier, ServiceState, StateFile};
 use crate::watch::{PollPlan, Watch};
-use pins::ServicePins;
 use report::{log_report, update_record};
 use slots::{poll_module, SlotState, Watched};
 
@@ -308,7 +307,7 @@ impl WorkerState {
         Ok(Self {
             journal,
             modules,
-            pins: ServicePins::new(cfg.config),
+            pins: ServicePins::new(&cfg.config, &cfg.journal),
             actor: cfg.actor,
             force_check: false,
         })

@@ -15,9 +15,9 @@ use custody_core::inventory::{
 };
 use custody_core::token::{Module, NoPins, SlotRead};
 
-use super::pins::ServicePins;
 use super::Request;
 use crate::config::Reinit;
+use crate::pin::Pins as ServicePins;
 use crate::poll::ModulePoll;
 
 /// First wait before re-initialising a module that became unavailable.
