@@ -43,10 +43,12 @@
 //! - [`manifest`]: the typed `manifest.json`.
 //! - [`softhsm`]: module path, configuration and env files, test directories.
 //! - [`custody`]: runs the real `custody` binary against a set and a journal.
+//! - [`bench`]: what the benchmark programs share (CPU time, percentiles, log reading).
 //! - [`smartcard`]: a virtual ISO 7816-4 card for vsmartcard's vpcd reader driver.
 //! - [`pkcs15`]: the PKCS#15 application on it (a key pair and its certificate).
 //! - [`pcsc`]: pcscd with a vpcd reader and OpenSC's configuration, private to one test.
 
+pub mod bench;
 mod ca;
 pub mod custody;
 pub mod manifest;

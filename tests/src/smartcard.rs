@@ -427,6 +427,14 @@ impl VirtualCard {
         }
     }
 
+    /// Forgets the commands counted so far (to time one read of a card left in).
+    pub fn restart_timeline(&self) {
+        let mut s = self.shared();
+        s.timeline.commands = 0;
+        s.timeline.first_command = None;
+        s.timeline.last_command = None;
+    }
+
     /// Pulls the card out now.
     pub fn remove(mut self) -> Timeline {
         self.close();
@@ -514,7 +522,7 @@ fn serve(mut stream: TcpStream, image: &CardImage, shared: &Mutex<Shared>) {
         } else {
             let mut s = lock();
             let n = s.timeline.commands + 1;
-            if image.pull_after == Some(n) || s.pull_at_poll {
+            if image.pull_after == Some(n) {
                 s.timeline.pulled = Some(now);
                 drop(s);
                 let _ = stream.shutdown(Shutdown::Both);
