@@ -20,7 +20,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use custody_core::journal::Journal;
+use custody_core::journal::{EventKind, Journal};
 use custody_core::order::{self, AllowedSigners, OrderInput, RejectCode, Rejection};
 use custody_core::token::{Module, Resolution};
 use custody_core::wipe::{self, Env, Outcome, Secrets};
@@ -275,7 +275,7 @@ fn settle(
             serial: None,
         };
         journal.write(env.actor, (env.clock)(), |w| {
-            w.append("order_rejected", None, &data)
+            w.append(EventKind::OrderRejected, None, &data)
         })?;
     }
     move_out(

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use custody_core::journal::{Actor, Journal};
+use custody_core::journal::{Actor, EventKind, Journal};
 use rusqlite::{params, Connection};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -65,7 +65,7 @@ fn main() {
             while done < total {
                 j.write(&actor, OffsetDateTime::now_utc(), |w| {
                     for _ in 0..batch {
-                        w.append("key_added", Some(carrier), &data)?;
+                        w.append(EventKind::KeyAdded, Some(carrier), &data)?;
                     }
                     Ok(())
                 })
@@ -96,7 +96,7 @@ fn main() {
         let n = (events - done).min(100_000);
         j.write(&actor, OffsetDateTime::now_utc(), |w| {
             for _ in 0..n {
-                w.append("key_added", Some(carrier), &data)?;
+                w.append(EventKind::KeyAdded, Some(carrier), &data)?;
             }
             Ok(())
         })
@@ -153,7 +153,7 @@ fn raw_inserts(path: &Path, batch: u64, total: u64, data: &str, carrier: &str) -
                 stmt.execute(params![
                     seq,
                     "2026-11-23T05:00:00.000Z",
-                    "key_added",
+                    EventKind::KeyAdded,
                     carrier,
                     "bench",
                     "Бенчмарк",

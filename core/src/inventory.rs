@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::cert::CertInfo;
+use crate::event::EventKind;
 use crate::id::{CarrierId, RawBytes};
 
 /// Token flags from CK_TOKEN_INFO that matter for custody.
@@ -321,17 +322,17 @@ pub enum Change {
 
 impl Change {
     /// The journal event kind of this change.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> EventKind {
         match self {
-            Self::CarrierEnrolled { .. } => "carrier_enrolled",
-            Self::CarrierSeen { .. } => "carrier_seen",
-            Self::CarrierReinitialised { .. } => "carrier_reinitialised",
-            Self::CarrierChanged { .. } => "carrier_changed",
-            Self::CarrierRemoved { .. } => "carrier_removed",
-            Self::CertAdded { .. } => "cert_added",
-            Self::CertRemoved { .. } => "cert_removed",
-            Self::KeyAdded { .. } => "key_added",
-            Self::KeyRemoved { .. } => "key_removed",
+            Self::CarrierEnrolled { .. } => EventKind::CarrierEnrolled,
+            Self::CarrierSeen { .. } => EventKind::CarrierSeen,
+            Self::CarrierReinitialised { .. } => EventKind::CarrierReinitialised,
+            Self::CarrierChanged { .. } => EventKind::CarrierChanged,
+            Self::CarrierRemoved { .. } => EventKind::CarrierRemoved,
+            Self::CertAdded { .. } => EventKind::CertAdded,
+            Self::CertRemoved { .. } => EventKind::CertRemoved,
+            Self::KeyAdded { .. } => EventKind::KeyAdded,
+            Self::KeyRemoved { .. } => EventKind::KeyRemoved,
         }
     }
 }
@@ -549,7 +550,7 @@ mod tests {
     }
 
     fn kinds(changes: &[Change]) -> Vec<&'static str> {
-        changes.iter().map(Change::kind).collect()
+        changes.iter().map(|c| c.kind().as_str()).collect()
     }
 
     #[test]

@@ -10,11 +10,14 @@
 mod chain;
 mod checkpoint;
 mod form;
+mod import;
 mod issue;
+mod keyset;
 mod migrations;
 mod orders;
 mod presence;
 mod query;
+mod revocation;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -27,21 +30,21 @@ use crate::error::{Error, Result};
 use crate::inventory::{diff, CarrierSnapshot, Change, KnownCarrier};
 use crate::token::ModuleScan;
 
+pub use crate::event::EventKind;
+pub use crate::utc::timestamp;
 pub use chain::{VerifyProblem, VerifyReport};
 pub use checkpoint::{
     Checkpoint, CheckpointProblem, CheckpointReport, JournalKey, TrustedKey, CHECKPOINT_FORMAT,
 };
-pub use form::{
-    AckSummary, Destruction, FormFilter, FormRow, Generated, GeneratedSource, ImportedText,
-    RevocationNote,
-};
+pub use form::{AckSummary, Destruction, FormFilter, FormRow, ImportedText, RevocationNote};
+pub use import::{ImportRecord, ImportRow};
 pub use issue::{
-    CertEntry, ExistingIssue, Holder, ImportRecord, ImportRow, IssuePlan, IssueRecord,
-    IssueRequest, IssuedCarrier, IssuedData, KeyEntry, KeySet, RevocationData, RevocationRecord,
-    RevocationRequest, RevocationStep, StoredCertificate,
+    ExistingIssue, Holder, IssuePlan, IssueRecord, IssueRequest, IssuedCarrier, IssuedData,
 };
+pub use keyset::{CertEntry, Generated, GeneratedSource, KeyEntry, KeySet};
 pub use orders::{OrderRow, OrderState};
-pub use query::{CarrierRow, EventRow};
+pub use query::{CarrierRow, EventRow, StoredCertificate};
+pub use revocation::{RevocationData, RevocationRecord, RevocationRequest, RevocationStep};
 
 /// `PRAGMA application_id` of a custody journal ("CUST").
 pub const APPLICATION_ID: i32 = 0x4355_5354;
@@ -89,21 +92,6 @@ fn uid_from_proc() -> Option<String> {
     Some(name.unwrap_or_else(|| format!("uid {uid}")))
 }
 
-/// UTC time in the journal's format: RFC 3339 with milliseconds.
-pub fn timestamp(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
-}
-
 /// An open custody journal.
 pub struct Journal {
     conn: Connection,
@@ -137,13 +125,28 @@ pub struct RecordedEvent {
     /// Sequence number.
     pub seq: u64,
     /// Event kind.
-    pub kind: String,
+    pub kind: EventKind,
     /// Carrier key.
     pub carrier: String,
 }
 
 pub(crate) fn db_err(e: rusqlite::Error) -> Error {
     Error::Journal(Box::new(e))
+}
+
+impl rusqlite::types::FromSql for EventKind {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        value
+            .as_str()?
+            .parse()
+            .map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
+    }
+}
+
+impl rusqlite::types::ToSql for EventKind {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
 }
 
 impl Journal {
@@ -364,7 +367,7 @@ fn record_scan_in(
         let seq = w.append(change.kind(), Some(key), change)?;
         record.events.push(RecordedEvent {
             seq,
-            kind: change.kind().into(),
+            kind: change.kind(),
             carrier: key.to_owned(),
         });
         Ok::<u64, Error>(seq)
@@ -512,7 +515,7 @@ impl Writer<'_> {
     /// Appends one event; `data` is stored as JSON and hashed. Returns its seq.
     pub fn append(
         &mut self,
-        kind: &str,
+        kind: EventKind,
         carrier: Option<&str>,
         data: &impl Serialize,
     ) -> Result<u64> {
@@ -520,7 +523,7 @@ impl Writer<'_> {
         let event = chain::NewEvent {
             journal_id: self.journal_id,
             at: &self.at,
-            kind,
+            kind: kind.as_str(),
             carrier,
             os_user: &self.actor.os_user,
             operator: self.actor.operator.as_deref(),

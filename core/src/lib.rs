@@ -14,16 +14,22 @@
 //! - [`order`]: signed destruction orders: parse, verify -> [`order::VerifiedOrder`].
 //! - [`wipe`]: plan, execute and verify a wipe; accepts only a verified order; reconcile.
 //! - [`id`]: carrier identity and raw PKCS#11 byte strings.
+//! - [`event`]: the kinds of journal events ([`event::EventKind`]).
+//! - [`rejection`]: why an order was refused ([`rejection::Rejection`]).
+//! - [`utc`]: the one text form of a time in the journal.
 //! - [`error`]: the one error type.
 
 pub mod ack;
 pub mod cert;
 pub mod error;
+pub mod event;
 pub mod id;
 pub mod inventory;
 pub mod journal;
 pub mod order;
+pub mod rejection;
 pub mod token;
+pub mod utc;
 pub mod wipe;
 
 pub use error::{Error, Result};

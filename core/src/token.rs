@@ -18,6 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 mod reload;
+pub use reload::SlotEvents;
 
 use crate::cert::{self, CertInfo};
 use crate::error::{Error, Result};
@@ -219,6 +220,21 @@ impl Module {
         self.read_slot(ctx, slot, pins)
     }
 
+    /// The token in `slot` as C_GetTokenInfo alone shows it: label, identity without its
+    /// discriminator, flags, versions, no objects. `None` when it is not initialised. One call:
+    /// what a watcher compares after re-initialising a module whose slot ids stayed the same
+    /// (kryoptic initialises a new token in a slot that already existed).
+    pub fn token_info(&self, slot: u64) -> Result<Option<CarrierSnapshot>> {
+        let ctx = self.ctx()?;
+        let slot = Slot::try_from(slot).map_err(|e| map_err("C_GetSlotList", e))?;
+        let info = ctx
+            .get_token_info(slot)
+            .map_err(|e| map_err("C_GetTokenInfo", e))?;
+        Ok(info
+            .token_initialized()
+            .then(|| token_snapshot(&info, slot, &self.path)))
+    }
+
     fn read_slot(
         &self,
         ctx: &Pkcs11,
@@ -287,38 +303,6 @@ impl Module {
     }
 }
 
-/// Waits for slot events (C_WaitForSlotEvent) of one module, on a thread of the caller's
-/// choosing: a token inserted or removed ends the wait at once instead of at the next poll.
-pub struct SlotEvents {
-    ctx: Pkcs11,
-}
-
-impl std::fmt::Debug for SlotEvents {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SlotEvents").finish_non_exhaustive()
-    }
-}
-
-impl SlotEvents {
-    /// Blocks until a slot changes and returns its id. An error means waiting is over for
-    /// this module: it does not support C_WaitForSlotEvent (SoftHSM2 answers
-    /// CKR_FUNCTION_NOT_SUPPORTED), or it was finalised (CKR_CRYPTOKI_NOT_INITIALIZED).
-    pub fn wait(&self) -> Result<u64> {
-        self.ctx
-            .wait_for_slot_event()
-            .map(|slot| slot.id())
-            .map_err(|e| map_err("C_WaitForSlotEvent", e))
-    }
-}
-
-impl Module {
-    /// A handle to wait for this module's slot events on another thread. Finalising the
-    /// module (drop, [`Module::reinitialize`]) ends a wait in progress with an error.
-    pub fn slot_events(&self) -> Option<SlotEvents> {
-        self.ctx.as_ref().map(|ctx| SlotEvents { ctx: ctx.clone() })
-    }
-}
-
 impl Drop for Module {
     fn drop(&mut self) {
         if let Some(ctx) = self.ctx.take() {
@@ -349,6 +333,7 @@ pub(crate) fn map_err(op: &'static str, e: CkError) -> Error {
     match e {
         CkError::Pkcs11(RvError::PinIncorrect, _) => Error::WrongPin { retries_low: false },
         CkError::Pkcs11(RvError::PinLocked, _) => Error::PinLocked,
+        CkError::Pkcs11(RvError::FunctionNotSupported, _) => Error::NotSupported { op },
         CkError::Pkcs11(rv, _) => Error::Pkcs11 {
             op,
             rv: format!("{rv:?}"),

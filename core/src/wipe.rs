@@ -26,7 +26,7 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 use crate::inventory::CarrierSnapshot;
-use crate::journal::{Actor, Journal, OrderState};
+use crate::journal::{Actor, EventKind, Journal, OrderState};
 use crate::order::{DestructionOrder, Method, RejectCode, Rejection, Verification, VerifiedOrder};
 use crate::token::{
     DestroyedObject, GoneReport, GoneSpec, Module, ModuleInfo, PinSource, Resolution, ResolvedToken,
@@ -447,7 +447,7 @@ pub fn reject_unverified(journal: &mut Journal, env: &Env<'_>, v: &Verification)
     };
     tracing::warn!(code = %rejection.code, source = env.source, "order rejected");
     journal.write(env.actor, (env.clock)(), |w| {
-        w.append("order_rejected", None, &data)
+        w.append(EventKind::OrderRejected, None, &data)
     })
 }
 
@@ -471,7 +471,7 @@ fn reject_verified(
     };
     tracing::warn!(code = %rejection.code, order = %order.order().id, "order refused");
     journal.write(env.actor, (env.clock)(), |w| {
-        let seq = w.append("order_rejected", carrier, &data)?;
+        let seq = w.append(EventKind::OrderRejected, carrier, &data)?;
         if let Some(state) = state {
             if w.order(&order.order().id)?
                 .is_some_and(|o| o.sha256 == order.sha256())
@@ -496,7 +496,7 @@ pub fn admit(
     let verdict = journal.write(env.actor, (env.clock)(), |w| {
         let Some(known) = w.order(&o.id)? else {
             let seq = w.append(
-                "order_received",
+                EventKind::OrderReceived,
                 None,
                 &OrderReceived {
                     order_id: &o.id,
@@ -686,7 +686,7 @@ pub fn execute(
             if let Some(scan) = &before {
                 w.record_scan(std::slice::from_ref(scan))?;
             }
-            let seq = w.append("wipe_started", Some(&plan.carrier), &started)?;
+            let seq = w.append(EventKind::WipeStarted, Some(&plan.carrier), &started)?;
             w.set_order_state(&o.id, OrderState::Started, seq, Some(&plan.carrier))?;
             Ok(seq)
         })
@@ -794,9 +794,9 @@ fn record_outcome(
     scan: Option<&crate::token::ModuleScan>,
 ) -> Result<u64> {
     let (kind, state) = if report.verified {
-        ("wipe_completed", OrderState::Completed)
+        (EventKind::WipeCompleted, OrderState::Completed)
     } else {
-        ("wipe_failed", OrderState::Failed)
+        (EventKind::WipeFailed, OrderState::Failed)
     };
     // A destruction is followed by a signed checkpoint in the same transaction. Without a
     // usable journal key the outcome is still recorded: losing it would be worse.
@@ -843,7 +843,7 @@ pub struct Reconciled {
     /// The order.
     pub order_id: String,
     /// `wipe_completed` or `wipe_failed`.
-    pub kind: String,
+    pub kind: EventKind,
     /// The outcome event.
     pub seq: u64,
     /// The report recorded.
@@ -951,14 +951,14 @@ fn reconcile_locked(
         };
         let outcome = record_outcome(journal, env, &row.order_id, &report, None)?;
         let kind = if verified {
-            "wipe_completed"
+            EventKind::WipeCompleted
         } else {
-            "wipe_failed"
+            EventKind::WipeFailed
         };
-        tracing::warn!(order = %row.order_id, kind, seq = outcome, "interrupted wipe reconciled");
+        tracing::warn!(order = %row.order_id, kind = kind.as_str(), seq = outcome, "interrupted wipe reconciled");
         out.push(Reconciled {
             order_id: row.order_id,
-            kind: kind.into(),
+            kind,
             seq: outcome,
             report,
         });

@@ -5,6 +5,7 @@ use std::process::{Command, Output};
 
 use anyhow::{ensure, Context as _};
 
+use crate::fault::FaultModule;
 use crate::set::TokenSet;
 
 /// The `custody` binary of this workspace (`target/<profile>/custody`, next to the test's
@@ -114,6 +115,18 @@ impl Custody {
         self
     }
 
+    /// Runs custody's PKCS#11 calls through the fault module (in front of the set's SoftHSM2).
+    pub fn through(mut self, fault: &FaultModule) -> Self {
+        self.module = fault.module().to_path_buf();
+        self.env.extend(fault.env());
+        self
+    }
+
+    /// The PKCS#11 module custody is given.
+    pub fn module(&self) -> &Path {
+        &self.module
+    }
+
     /// The journal file.
     pub fn journal(&self) -> &Path {
         &self.journal
@@ -124,6 +137,7 @@ impl Custody {
         let mut c = Command::new(custody_bin());
         c.envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("CUSTODY_LOG")
+            .env_remove("CUSTODY_FAULT_PLAN")
             .env(
                 "CUSTODY_CONFIG",
                 self.config.as_deref().unwrap_or(Path::new("/dev/null")),

@@ -1,7 +1,7 @@
 //! `custody journal list | show | verify`.
 
 use clap::Subcommand;
-use custody_core::journal::EventRow;
+use custody_core::journal::{EventKind, EventRow};
 use serde::Serialize;
 
 use super::Context;
@@ -143,7 +143,7 @@ pub fn run(ctx: &Context, cmd: &JournalCommand) -> anyhow::Result<Exit> {
                     t.row(vec![
                         e.seq.to_string(),
                         e.at.clone(),
-                        e.kind.clone(),
+                        e.kind.to_string(),
                         match &e.operator {
                             Some(op) => format!("{} ({op})", e.os_user),
                             None => e.os_user.clone(),
@@ -173,19 +173,19 @@ pub fn describe(e: &EventRow) -> String {
             .map(|b| b.escaped())
             .unwrap_or_default()
     };
-    match e.kind.as_str() {
-        "carrier_enrolled" => format!(
+    match e.kind {
+        EventKind::CarrierEnrolled => format!(
             "label \"{}\", {} {}",
             s(&d["carrier"]["label"]),
             s(&d["carrier"]["hardware_version"]),
             s(&d["carrier"]["module"])
         ),
-        "carrier_seen" => format!("present again, label \"{}\"", s(&d["label"])),
-        "carrier_removed" => format!("gone, label \"{}\"", s(&d["label"])),
-        "carrier_reinitialised" => {
+        EventKind::CarrierSeen => format!("present again, label \"{}\"", s(&d["label"])),
+        EventKind::CarrierRemoved => format!("gone, label \"{}\"", s(&d["label"])),
+        EventKind::CarrierReinitialised => {
             format!("\"{}\" -> \"{}\"", s(&d["old_label"]), s(&d["new_label"]))
         }
-        "cert_added" => {
+        EventKind::CertAdded => {
             let c = &d["cert"];
             match c["info"]["subject"].as_str() {
                 Some(subject) => format!(
@@ -203,8 +203,10 @@ pub fn describe(e: &EventRow) -> String {
                 ),
             }
         }
-        "cert_removed" => format!("id {} {}", s(&d["id"]), d["subject"].as_str().unwrap_or("")),
-        "key_added" => {
+        EventKind::CertRemoved => {
+            format!("id {} {}", s(&d["id"]), d["subject"].as_str().unwrap_or(""))
+        }
+        EventKind::KeyAdded => {
             let k = &d["key"];
             format!(
                 "{} {} id {}{}",
@@ -218,8 +220,8 @@ pub fn describe(e: &EventRow) -> String {
                 }
             )
         }
-        "key_removed" => format!("{} id {}", s(&d["class"]), s(&d["id"])),
-        "issued" => format!(
+        EventKind::KeyRemoved => format!("{} id {}", s(&d["class"]), s(&d["id"])),
+        EventKind::Issued => format!(
             "row {} to {}, {}{}",
             d["row_no"],
             s(&d["holder"]["name"]),
@@ -229,48 +231,48 @@ pub fn describe(e: &EventRow) -> String {
                 None => String::new(),
             }
         ),
-        "issue_acknowledged" => format!(
+        EventKind::IssueAcknowledged => format!(
             "row {}, acknowledgement {}",
             d["row_no"],
             s(&d["acknowledgement"]["status"])
         ),
-        "revocation_requested" | "revocation_confirmed" => format!(
+        EventKind::RevocationRequested | EventKind::RevocationConfirmed => format!(
             "ref {}, {}, {} certificate(s)",
             s(&d["reference"]),
             s(&d["date"]),
             d["certificates"].as_array().map_or(0, Vec::len)
         ),
-        "imported" => format!(
+        EventKind::Imported => format!(
             "row {} from {} line {}",
             d["row_no"],
             s(&d["source"]),
             d["line"]
         ),
-        "checkpoint" => format!(
+        EventKind::Checkpoint => format!(
             "{} events, head {}",
             d["count"],
             clip(&s(&d["head_hash"]), 17)
         ),
-        "order_received" => format!(
+        EventKind::OrderReceived => format!(
             "order {} for {} ({}), holder {}",
             s(&d["order_id"]),
             s(&d["order"]["target"]["serial"]),
             s(&d["order"]["method"]),
             s(&d["order"]["holder"])
         ),
-        "order_rejected" => format!(
+        EventKind::OrderRejected => format!(
             "order {} refused: {}",
             d["order_id"].as_str().unwrap_or("?"),
             s(&d["code"])
         ),
-        "wipe_started" => format!(
+        EventKind::WipeStarted => format!(
             "order {} ({}), {} object(s) to go, responsible {}",
             s(&d["order_id"]),
             s(&d["method"]),
             d["plan"]["objects"].as_array().map(Vec::len).unwrap_or(0),
             s(&d["responsible"])
         ),
-        "wipe_completed" => format!(
+        EventKind::WipeCompleted => format!(
             "order {}: {} object(s) destroyed, verified in a fresh context{}; responsible {}",
             s(&d["order_id"]),
             d["destroyed"].as_array().map(Vec::len).unwrap_or(0),
@@ -281,7 +283,7 @@ pub fn describe(e: &EventRow) -> String {
             },
             s(&d["responsible"])
         ),
-        "wipe_failed" => format!("order {}: {}", s(&d["order_id"]), s(&d["error"])),
+        EventKind::WipeFailed => format!("order {}: {}", s(&d["order_id"]), s(&d["error"])),
         _ => d.to_string(),
     }
 }

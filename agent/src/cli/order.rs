@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
-use custody_core::journal::{Journal, OrderState};
+use custody_core::journal::{EventKind, Journal, OrderState};
 use custody_core::order::{
     self, signature, AllowedSigners, DestructionOrder, Method, OrderInput, Target, Verification,
     Zone,
@@ -519,7 +519,7 @@ fn reconcile(ctx: &Context) -> anyhow::Result<Exit> {
         pins: &pins,
     };
     let done = wipe::reconcile(&mut journal, &mut modules, &env)?;
-    let failed = done.iter().any(|r| r.kind != "wipe_completed");
+    let failed = done.iter().any(|r| r.kind != EventKind::WipeCompleted);
     if ctx.global.json {
         json(&serde_json::json!({ "reconciled": done }))?;
     } else if done.is_empty() {
@@ -533,8 +533,8 @@ fn reconcile(ctx: &Context) -> anyhow::Result<Exit> {
 /// Prints what reconciliation recorded.
 pub fn print_reconciled(done: &[wipe::Reconciled]) {
     for r in done {
-        match r.kind.as_str() {
-            "wipe_completed" => eprintln!(
+        match r.kind {
+            EventKind::WipeCompleted => eprintln!(
                 "reconciled: interrupted wipe of order {} on {} is confirmed complete (event #{})",
                 r.order_id, r.report.carrier, r.seq
             ),

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use clap::Args;
 use custody_core::inventory::{CarrierSnapshot, Login};
+use custody_core::journal::EventKind;
 use custody_core::token::{Module, ModuleInfo, ModuleScan, SlotProblem};
 use serde::Serialize;
 
@@ -190,7 +191,10 @@ fn print_human(
 ) {
     let mut per_carrier: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for e in &record.events {
-        per_carrier.entry(&e.carrier).or_default().push(&e.kind);
+        per_carrier
+            .entry(&e.carrier)
+            .or_default()
+            .push(e.kind.as_str());
     }
     let mut table = Table::new(&[
         "SERIAL", "MODEL", "LABEL", "CERTS", "KEYS", "PRIVATE", "HOLDER", "CHANGES",
@@ -227,7 +231,7 @@ fn print_human(
     let removed: Vec<&custody_core::journal::RecordedEvent> = record
         .events
         .iter()
-        .filter(|e| e.kind == "carrier_removed")
+        .filter(|e| e.kind == EventKind::CarrierRemoved)
         .collect();
     let ok = reports.iter().filter(|r| r.ok).count();
     println!(

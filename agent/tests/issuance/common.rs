@@ -306,7 +306,7 @@ pub(crate) fn count_kind(j: &Journal, kind: &str) -> usize {
     j.events()
         .unwrap_or_else(|e| panic!("{e}"))
         .iter()
-        .filter(|e| e.kind == kind)
+        .filter(|e| e.kind.as_str() == kind)
         .count()
 }
 
@@ -474,7 +474,7 @@ pub(crate) fn golden_journal(path: &Path) -> Journal {
     // A destruction (recorded by the wipe code as `wipe_completed`) and a revocation.
     j.write(&a, datetime!(2026-03-10 09:15 UTC), |w| {
         w.append(
-            "wipe_completed",
+            custody_core::journal::EventKind::WipeCompleted,
             Some("IIT/Almaz-1K/a1b2c3d4e5f60001"),
             &serde_json::json!({ "responsible": "Шевчук Олег Петрович", "method": "reinit" }),
         )

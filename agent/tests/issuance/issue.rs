@@ -206,7 +206,7 @@ fn refusals_unknown_other_person_tax_mismatch_absent_and_destroyed() {
     let key = j.carriers().unwrap_or_default()[0].carrier.clone();
     j.write(&actor(), time::OffsetDateTime::now_utc(), |wr| {
         wr.append(
-            "wipe_completed",
+            custody_core::journal::EventKind::WipeCompleted,
             Some(&key),
             &serde_json::json!({"responsible": "Шевчук О. П."}),
         )

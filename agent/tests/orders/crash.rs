@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use custody_core::journal::EventKind;
 use serde_json::json;
 
 use super::support::*;
@@ -116,9 +117,9 @@ fn kill_9_at_random_moments_never_leaves_a_false_wipe_claim() {
         let (had_start, had_outcome) = if env.journal.exists() {
             let ev = env.events();
             (
-                ev.iter().any(|e| e.kind == "wipe_started"),
+                ev.iter().any(|e| e.kind == EventKind::WipeStarted),
                 ev.iter()
-                    .any(|e| e.kind == "wipe_completed" || e.kind == "wipe_failed"),
+                    .any(|e| e.kind == EventKind::WipeCompleted || e.kind == EventKind::WipeFailed),
             )
         } else {
             (false, false)
@@ -146,7 +147,7 @@ fn kill_9_at_random_moments_never_leaves_a_false_wipe_claim() {
         let events = journal.events().unwrap_or_default();
         let completed: Vec<_> = events
             .iter()
-            .filter(|e| e.kind == "wipe_completed")
+            .filter(|e| e.kind == EventKind::WipeCompleted)
             .collect();
         let listing = env.try_listing_of(&env.t.alice);
         let damaged = listing.is_err();
@@ -190,7 +191,10 @@ fn kill_9_at_random_moments_never_leaves_a_false_wipe_claim() {
         }
         if completed.is_empty() && had_start {
             // Not claimed: the journal must say it failed.
-            assert!(events.iter().any(|e| e.kind == "wipe_failed"), "run {run}");
+            assert!(
+                events.iter().any(|e| e.kind == EventKind::WipeFailed),
+                "run {run}"
+            );
         }
 
         let n = reconciled["reconciled"]

@@ -82,10 +82,7 @@ fn the_service_executes_a_spooled_order_and_journals_the_wiped_carrier() -> Test
             .events_of("carrier_reinitialised")
             .is_empty()),
         "events: {:?}",
-        env.events()
-            .iter()
-            .map(|e| e.kind.clone())
-            .collect::<Vec<_>>()
+        env.events().iter().map(|e| e.kind).collect::<Vec<_>>()
     );
 
     std::process::Command::new("kill")

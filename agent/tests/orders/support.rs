@@ -485,7 +485,7 @@ impl Env {
     pub(crate) fn events_of(&self, kind: &str) -> Vec<EventRow> {
         self.events()
             .into_iter()
-            .filter(|e| e.kind == kind)
+            .filter(|e| e.kind.as_str() == kind)
             .collect()
     }
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use super::{db_err, Actor, Journal, Writer};
+use super::{db_err, Actor, EventKind, Journal, Writer};
 use crate::error::{Error, Result};
 
 /// `format` of an exported checkpoint.
@@ -210,7 +210,7 @@ impl Writer<'_> {
             public_key: cp.public_key.clone(),
             signature: cp.signature.clone(),
         };
-        cp.seq = self.append("checkpoint", None, &data)?;
+        cp.seq = self.append(EventKind::Checkpoint, None, &data)?;
         self.tx
             .execute(
                 "INSERT INTO checkpoints (seq, count, head_hash, at, public_key, signature)
@@ -552,5 +552,41 @@ impl Journal {
             latest,
             problems,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_file_is_mode_0600_and_reused() {
+        let dir = std::env::temp_dir().join(format!("custody-key-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let path = JournalKey::path_for(&dir.join("journal.db"));
+        assert!(path.ends_with("journal.db.key"));
+        let a = JournalKey::load_or_create(&path).unwrap_or_else(|e| panic!("{e}"));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0);
+        assert_eq!(mode, 0o600);
+        let b = JournalKey::load_or_create(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.public_key_hex(), b.public_key_hex());
+        assert!(!format!("{a:?}").contains(
+            &std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        ));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = JournalKey::load(&path)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("chmod 600"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -5,33 +5,14 @@
 //! issuance (and before the carrier's next issuance): its time and its data field
 //! `responsible` (a string).
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use super::{db_err, issue, Journal};
+use super::keyset::{Generated, GeneratedSource, KeySet};
+use super::query::responsible_of;
+use super::{db_err, Journal};
 use crate::ack::AckStatus;
 use crate::error::{Error, Result};
-
-/// Where column 2 (date and time the keys were generated) came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GeneratedSource {
-    /// CKA_START_DATE of a key on the carrier (a date, no time).
-    KeyAttribute,
-    /// notBefore of the key's certificate.
-    Certificate,
-    /// When custody first saw the carrier.
-    FirstSeen,
-}
-
-/// Column 2.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Generated {
-    /// `YYYY-MM-DD` (key attribute) or RFC 3339 UTC.
-    pub at: String,
-    /// Where it came from.
-    pub source: GeneratedSource,
-}
 
 /// Column 5, from a `wipe_completed` event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,7 +225,7 @@ fn form(conn: &Connection, filter: &FormFilter) -> Result<Vec<FormRow>> {
                     )
                     .map_err(db_err)?;
                 let next = next.unwrap_or(i64::MAX);
-                let key_set: issue::KeySet = serde_json::from_str(&key_set)
+                let key_set: KeySet = serde_json::from_str(&key_set)
                     .map_err(|e| corrupt(&format!("key set: {e}")))?;
                 (
                     destruction_of(conn, c, seq, next)?,
@@ -324,7 +305,7 @@ fn destruction_of(
         .map_err(db_err)?;
     Ok(row.map(|(seq, at, data)| Destruction {
         at,
-        responsible: issue::responsible_of(&data),
+        responsible: responsible_of(&data),
         seq: seq as u64,
     }))
 }
@@ -334,7 +315,7 @@ fn revocations_of(
     carrier: &str,
     after: i64,
     before: i64,
-    key_set: &issue::KeySet,
+    key_set: &KeySet,
 ) -> Result<Vec<RevocationNote>> {
     let mut stmt = conn
         .prepare(
@@ -369,4 +350,35 @@ fn revocations_of(
                     .any(|c| c.sha256 == n.cert_sha256)
         })
         .collect())
+}
+
+/// The next row number: one more than any number ever given out or imported.
+pub(crate) fn next_row_no(conn: &Connection) -> Result<u64> {
+    let last: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'last_row_no'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db_err)?;
+    let last: u64 = last.and_then(|l| l.parse().ok()).unwrap_or(0);
+    let max: i64 = conn
+        .query_row("SELECT coalesce(max(row_no), 0) FROM form_rows", [], |r| {
+            r.get(0)
+        })
+        .map_err(db_err)?;
+    Ok(last.max(max.max(0) as u64) + 1)
+}
+
+/// Remembers `row_no` as given out, when it is the highest so far.
+pub(crate) fn set_last_row_no(conn: &Connection, row_no: u64) -> Result<()> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('last_row_no', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value
+         WHERE CAST(meta.value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+        [row_no.to_string()],
+    )
+    .map_err(db_err)?;
+    Ok(())
 }

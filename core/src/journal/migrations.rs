@@ -98,4 +98,41 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(migrate(&mut conn), Err(Error::NotAJournal(_))));
     }
+
+    #[test]
+    fn a_schema_1_journal_is_upgraded_and_keeps_its_events() {
+        let dir = std::env::temp_dir().join(format!("custody-v1-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.join("v1.db");
+        {
+            let conn = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+            conn.execute_batch(MIGRATIONS[0])
+                .unwrap_or_else(|e| panic!("{e}"));
+            conn.execute_batch(&format!(
+                "INSERT INTO meta VALUES ('journal_id', 'v1-journal');
+                 PRAGMA application_id = {};
+                 PRAGMA user_version = 1;",
+                APPLICATION_ID
+            ))
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mut j = super::super::Journal::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(j.journal_id(), "v1-journal");
+        let version: u32 = j
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap_or_default();
+        assert_eq!(version, LATEST);
+        let cp = j
+            .checkpoint(
+                &super::super::Actor::current(None),
+                time::OffsetDateTime::UNIX_EPOCH,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((cp.count, cp.seq), (0, 1));
+        assert!(j.verify_checkpoints(None).map(|r| r.ok()).unwrap_or(false));
+        assert!(j.form(&Default::default()).unwrap_or_default().is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -1,10 +1,11 @@
-//! Read-only queries behind `journal list` and `journal show`.
+//! Read-only queries: carriers and events (`journal list`, `journal show`), a carrier by
+//! serial, its last wipe, and the certificates kept for export.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
-use super::db_err;
-use crate::error::Result;
+use super::{db_err, EventKind, Journal};
+use crate::error::{Error, Result};
 
 /// One carrier as the journal knows it.
 #[derive(Debug, Clone, Serialize)]
@@ -45,7 +46,7 @@ pub struct EventRow {
     /// UTC time.
     pub at: String,
     /// Event kind.
-    pub kind: String,
+    pub kind: EventKind,
     /// Carrier key, if any.
     pub carrier: Option<String>,
     /// OS user.
@@ -124,4 +125,105 @@ pub(crate) fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
         data: serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data)),
         hash: hex::encode(r.get::<_, Vec<u8>>(8)?),
     })
+}
+
+/// Finds exactly one carrier by serial or key, or refuses.
+pub(crate) fn resolve_carrier(conn: &Connection, carrier: &str) -> Result<CarrierRow> {
+    if carrier.is_empty() {
+        return Err(Error::Refused(
+            "no carrier given; name it by its serial (`custody journal list` shows them)".into(),
+        ));
+    }
+    let mut found = carriers(conn, Some(carrier))?;
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(Error::Refused(format!(
+            "unknown carrier {carrier:?}: the journal has no carrier with that serial; plug it in and run `custody scan`, or check the serial with `custody journal list`"
+        ))),
+        n => Err(Error::Refused(format!(
+            "{n} carriers in the journal have the serial {carrier:?}; name one by its full key ({})",
+            found.iter().map(|c| c.carrier.as_str()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+/// The latest `wipe_completed` event of a carrier: (seq, at, responsible).
+pub(crate) fn last_wipe(
+    conn: &Connection,
+    carrier: &str,
+) -> Result<Option<(u64, String, Option<String>)>> {
+    conn.query_row(
+        "SELECT seq, at, data FROM events WHERE carrier = ?1 AND kind = 'wipe_completed'
+         ORDER BY seq DESC LIMIT 1",
+        [carrier],
+        |r| {
+            let data: String = r.get(2)?;
+            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, responsible_of(&data)))
+        },
+    )
+    .optional()
+    .map_err(db_err)
+}
+
+/// The `responsible` field of a wipe event's data.
+pub(crate) fn responsible_of(data: &str) -> Option<String> {
+    serde_json::from_str::<serde_json::Value>(data)
+        .ok()?
+        .get("responsible")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// A certificate kept in the journal (read off a carrier when it was issued).
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredCertificate {
+    /// SHA-256 of the DER.
+    pub sha256: String,
+    /// The DER.
+    #[serde(skip)]
+    pub der: Vec<u8>,
+    /// The carrier it was on.
+    pub carrier: Option<String>,
+    /// The holder it was issued to.
+    pub issued_to: Option<String>,
+    /// The holder named in the certificate, when parsed.
+    pub holder_name: Option<String>,
+}
+
+impl Journal {
+    /// Every certificate the journal keeps (DER), oldest first.
+    pub fn stored_certificates(&self) -> Result<Vec<StoredCertificate>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT f.sha256, f.der, f.carrier, f.holder_name,
+                        (SELECT c.holder_name FROM certificates c WHERE c.sha256 = f.sha256 LIMIT 1)
+                 FROM certificate_files f ORDER BY f.seq",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(StoredCertificate {
+                    sha256: r.get(0)?,
+                    der: r.get(1)?,
+                    carrier: r.get(2)?,
+                    issued_to: r.get(3)?,
+                    holder_name: r.get(4)?,
+                })
+            })
+            .map_err(db_err)?;
+        rows.collect::<std::result::Result<_, _>>().map_err(db_err)
+    }
+
+    /// The holder named in a certificate the journal has seen on a carrier, when parsed.
+    pub fn holder_of_certificate(&self, sha256: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row(
+                "SELECT holder_name FROM certificates WHERE sha256 = ?1 AND holder_name IS NOT NULL LIMIT 1",
+                [sha256],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)
+    }
 }

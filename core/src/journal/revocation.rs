@@ -1,0 +1,221 @@
+//! Revocation of a carrier's certificates with the qualified trust service provider.
+//!
+//! Events written here: `revocation_requested`, `revocation_confirmed` ([`RevocationData`]).
+
+use rusqlite::{params, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::keyset::KeySet;
+use super::query::resolve_carrier;
+use super::{db_err, Actor, EventKind, Journal};
+use crate::error::{Error, Result};
+
+/// The step with the qualified trust service provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationStep {
+    /// Revocation was requested from the provider.
+    Requested,
+    /// The provider confirmed the revocation.
+    Confirmed,
+}
+
+impl RevocationStep {
+    /// The event kind.
+    pub fn kind(self) -> EventKind {
+        match self {
+            Self::Requested => EventKind::RevocationRequested,
+            Self::Confirmed => EventKind::RevocationConfirmed,
+        }
+    }
+}
+
+/// What `custody revocation requested|confirmed` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct RevocationRequest {
+    /// Carrier serial or key.
+    pub carrier: String,
+    /// A certificate fingerprint (SHA-256 hex, at least 8 characters; colons allowed);
+    /// default: every certificate of the carrier.
+    pub cert: Option<String>,
+    /// The reference: the request's or the provider's letter number, ticket, etc.
+    pub reference: String,
+    /// Date of the step; default: today (UTC).
+    pub date: Option<time::Date>,
+}
+
+/// The data of a `revocation_requested` / `revocation_confirmed` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationData {
+    /// SHA-256 of the certificates concerned (empty: the carrier holds no known certificate).
+    pub certificates: Vec<String>,
+    /// The reference.
+    pub reference: String,
+    /// Date, YYYY-MM-DD.
+    pub date: String,
+}
+
+/// What recording a revocation step did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RevocationRecord {
+    /// The event.
+    pub seq: u64,
+    /// The step.
+    pub step: RevocationStep,
+    /// The carrier key.
+    pub carrier: String,
+    /// What was recorded.
+    pub data: RevocationData,
+}
+
+fn date_text(d: time::Date) -> String {
+    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+}
+
+impl Journal {
+    /// Records a revocation step for a carrier's certificates. Refused: unknown carrier, a
+    /// fingerprint that matches none (or several) of its certificates, a step already
+    /// recorded for every certificate concerned.
+    pub fn record_revocation(
+        &mut self,
+        step: RevocationStep,
+        req: &RevocationRequest,
+        actor: &Actor,
+        now: OffsetDateTime,
+    ) -> Result<RevocationRecord> {
+        if req.reference.trim().is_empty() {
+            return Err(Error::Refused(
+                "the reference is empty; give the letter or ticket number with --ref".into(),
+            ));
+        }
+        self.write(actor, now, |w| {
+            let carrier = resolve_carrier(w.tx(), req.carrier.trim())?;
+            let mut known: Vec<String> = {
+                let mut stmt = w
+                    .tx()
+                    .prepare("SELECT sha256 FROM certificates WHERE carrier = ?1")
+                    .map_err(db_err)?;
+                let rows = stmt
+                    .query_map([&carrier.carrier], |r| r.get::<_, String>(0))
+                    .map_err(db_err)?;
+                rows.collect::<std::result::Result<_, _>>().map_err(db_err)?
+            };
+            let sets: Vec<String> = {
+                let mut stmt = w
+                    .tx()
+                    .prepare("SELECT key_set FROM form_rows WHERE carrier = ?1")
+                    .map_err(db_err)?;
+                let rows = stmt
+                    .query_map([&carrier.carrier], |r| r.get::<_, String>(0))
+                    .map_err(db_err)?;
+                rows.collect::<std::result::Result<_, _>>().map_err(db_err)?
+            };
+            for s in sets {
+                if let Ok(ks) = serde_json::from_str::<KeySet>(&s) {
+                    known.extend(ks.certificates.into_iter().map(|c| c.sha256));
+                }
+            }
+            known.sort();
+            known.dedup();
+            let certificates = match &req.cert {
+                Some(fpr) => {
+                    let want: String = fpr
+                        .chars()
+                        .filter(|c| !matches!(c, ':' | ' '))
+                        .flat_map(char::to_lowercase)
+                        .collect();
+                    if want.len() < 8 || !want.chars().all(|c| c.is_ascii_hexdigit()) {
+                        return Err(Error::Refused(format!(
+                            "{fpr:?} is not a certificate fingerprint: give at least 8 hex characters of its SHA-256"
+                        )));
+                    }
+                    let hits: Vec<String> =
+                        known.iter().filter(|k| k.starts_with(&want)).cloned().collect();
+                    match hits.len() {
+                        1 => hits,
+                        0 => return Err(Error::Refused(format!(
+                            "no certificate of carrier {} has the fingerprint {fpr}; `custody journal show {}` lists them",
+                            carrier.serial, carrier.serial
+                        ))),
+                        _ => return Err(Error::Refused(format!(
+                            "the fingerprint {fpr} matches several certificates; give more characters"
+                        ))),
+                    }
+                }
+                None => known.clone(),
+            };
+            let rows: Vec<String> = if certificates.is_empty() {
+                vec![String::new()]
+            } else {
+                certificates.clone()
+            };
+            let date = date_text(req.date.unwrap_or_else(|| now.date()));
+            let reference = req.reference.trim().to_owned();
+            let mut fresh = 0;
+            for sha in &rows {
+                let state: Option<(Option<i64>, Option<i64>)> = w
+                    .tx()
+                    .query_row(
+                        "SELECT requested_seq, confirmed_seq FROM revocations WHERE carrier = ?1 AND cert_sha256 = ?2",
+                        params![carrier.carrier, sha],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()
+                    .map_err(db_err)?;
+                let done = matches!(
+                    (step, state),
+                    (RevocationStep::Requested, Some((Some(_), _)))
+                        | (RevocationStep::Confirmed, Some((_, Some(_))))
+                );
+                if !done {
+                    fresh += 1;
+                }
+            }
+            if fresh == 0 {
+                return Err(Error::Refused(format!(
+                    "revocation {} is already recorded for {} of carrier {}; nothing recorded",
+                    match step {
+                        RevocationStep::Requested => "request",
+                        RevocationStep::Confirmed => "confirmation",
+                    },
+                    if certificates.is_empty() { "the carrier".to_owned() } else { format!("{} certificate(s)", certificates.len()) },
+                    carrier.serial
+                )));
+            }
+            let data = RevocationData {
+                certificates,
+                reference,
+                date,
+            };
+            let seq = w.append(step.kind(), Some(&carrier.carrier), &data)?;
+            for sha in &rows {
+                let sql = match step {
+                    RevocationStep::Requested => {
+                        "INSERT INTO revocations (carrier, cert_sha256, requested_on, requested_ref, requested_seq)
+                         VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (carrier, cert_sha256) DO UPDATE SET requested_on = excluded.requested_on,
+                           requested_ref = excluded.requested_ref, requested_seq = excluded.requested_seq
+                         WHERE requested_seq IS NULL"
+                    }
+                    RevocationStep::Confirmed => {
+                        "INSERT INTO revocations (carrier, cert_sha256, confirmed_on, confirmed_ref, confirmed_seq)
+                         VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (carrier, cert_sha256) DO UPDATE SET confirmed_on = excluded.confirmed_on,
+                           confirmed_ref = excluded.confirmed_ref, confirmed_seq = excluded.confirmed_seq
+                         WHERE confirmed_seq IS NULL"
+                    }
+                };
+                w.tx()
+                    .execute(sql, params![carrier.carrier, sha, data.date, data.reference, seq as i64])
+                    .map_err(db_err)?;
+            }
+            Ok(RevocationRecord {
+                seq,
+                step,
+                carrier: carrier.carrier,
+                data,
+            })
+        })
+    }
+}
