@@ -60,6 +60,14 @@ pub struct RawOrganisation {
     /// Printed on the journal form.
     #[serde(default, deserialize_with = "value::organisation")]
     pub name: Option<String>,
+    /// The journal form's title, when the organisation's order names it otherwise than the
+    /// default «Журнал обліку зберігання та знищення особистих ключів».
+    #[serde(default, deserialize_with = "value::organisation")]
+    pub title: Option<String>,
+    /// IANA time zone for times on the form and in human output (e.g. "Europe/Kyiv");
+    /// default: the system's ($TZ, /etc/localtime).
+    #[serde(default, deserialize_with = "value::timezone")]
+    pub timezone: Option<jiff::tz::TimeZone>,
 }
 
 /// `[journal]`
@@ -155,6 +163,10 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// Organisation name for the journal form.
     pub organisation: Option<String>,
+    /// The form's title from `[organisation] title` (`None`: the default).
+    pub form_title: Option<String>,
+    /// Time zone of times for people (`[organisation] timezone`, else the system's).
+    pub zone: jiff::tz::TimeZone,
     /// Journal file.
     pub journal: PathBuf,
     /// Modules from the file (empty: use the defaults).
@@ -237,6 +249,11 @@ impl Config {
         Ok(Self {
             source,
             organisation: raw.organisation.name,
+            form_title: raw.organisation.title,
+            zone: raw
+                .organisation
+                .timezone
+                .unwrap_or_else(jiff::tz::TimeZone::system),
             journal: raw.journal.path.unwrap_or_else(default_journal),
             modules: raw.module.iter().map(|m| m.path.clone()).collect(),
             module_reinit: raw.module.into_iter().map(|m| (m.path, m.reinit)).collect(),

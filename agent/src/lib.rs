@@ -16,6 +16,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod local_time;
 pub mod logging;
 pub mod output;
 pub mod service;
