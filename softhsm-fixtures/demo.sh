@@ -25,8 +25,11 @@ field() { # field TOKEN-LABEL KEY: a value of one token in manifest.json
 cat > "$demo/custody.toml" <<TOML
 [organisation]
 name = "Прилуцька міська рада"
+timezone = "Europe/Kyiv"
 
 [[pin]]
+manufacturer = "$(field "Іваненко І.І." manufacturer)"
+model = "$(field "Іваненко І.І." model)"
 serial = "$(field "Іваненко І.І." serial)"
 user_pin_file = "$(field "Іваненко І.І." user_pin_file)"
 so_pin_file = "$(field "Іваненко І.І." so_pin_file)"

@@ -67,7 +67,9 @@ impl World {
         for token in &set.manifest().tokens {
             std::fs::set_permissions(&token.user_pin_file, std::fs::Permissions::from_mode(0o600))?;
             text.push_str(&format!(
-                "[[pin]]\nserial = \"{}\"\nuser_pin_file = \"{}\"\n",
+                "[[pin]]\nmanufacturer = \"{}\"\nmodel = \"{}\"\nserial = \"{}\"\nuser_pin_file = \"{}\"\n",
+                token.manufacturer,
+                token.model,
                 token.serial,
                 token.user_pin_file.display()
             ));
