@@ -193,7 +193,7 @@ fn create(ctx: &Context, a: &CreateArgs) -> anyhow::Result<Exit> {
         );
     }
     let now = now().replace_nanosecond(0).unwrap_or_else(|_| now());
-    let (manufacturer, model, certificates) = target_identity(ctx, a)?;
+    let (manufacturer, model, serial, certificates) = target_identity(ctx, a)?;
     let id = a.id.clone().unwrap_or_else(|| {
         let rand = uuid::Uuid::new_v4().simple().to_string();
         format!(
@@ -211,7 +211,7 @@ fn create(ctx: &Context, a: &CreateArgs) -> anyhow::Result<Exit> {
         dismissed,
         holder: a.holder.clone(),
         target: Target {
-            serial: a.carrier.clone(),
+            serial,
             manufacturer: Some(manufacturer),
             model: Some(model),
         },
@@ -234,7 +234,12 @@ fn create(ctx: &Context, a: &CreateArgs) -> anyhow::Result<Exit> {
 /// The target's manufacturer and model (from the options, else the journal) and the
 /// certificate fingerprints of the order: those given and those the journal knows on the
 /// carrier. An order always names the carrier fully, so that it can match no other.
-fn target_identity(ctx: &Context, a: &CreateArgs) -> anyhow::Result<(String, String, Vec<String>)> {
+/// The target's manufacturer, model and serial (from the journal's row when `--carrier` names
+/// one by serial or by the key `journal list` prints), and the certificates to name.
+fn target_identity(
+    ctx: &Context,
+    a: &CreateArgs,
+) -> anyhow::Result<(String, String, String, Vec<String>)> {
     let path = ctx.journal_path();
     let known = if path.exists() {
         let journal = Journal::open(&path)?;
@@ -257,9 +262,14 @@ fn target_identity(ctx: &Context, a: &CreateArgs) -> anyhow::Result<(String, Str
         Vec::new()
     };
     let mut given: Vec<String> = a.certs.iter().map(|c| c.to_ascii_lowercase()).collect();
-    let (manufacturer, model, known_certs) = match (known.as_slice(), &a.manufacturer, &a.model) {
-        ([(one, certs)], _, _) => (one.manufacturer.clone(), one.model.clone(), certs.clone()),
-        ([], Some(m), Some(model)) => (m.clone(), model.clone(), Vec::new()),
+    let (manufacturer, model, serial, known_certs) = match (known.as_slice(), &a.manufacturer, &a.model) {
+        ([(one, certs)], _, _) => (
+            one.manufacturer.clone(),
+            one.model.clone(),
+            one.serial.clone(),
+            certs.clone(),
+        ),
+        ([], Some(m), Some(model)) => (m.clone(), model.clone(), a.carrier.clone(), Vec::new()),
         ([], _, _) => bail!(
             "the journal knows no carrier with serial {:?}{}; an order names its carrier fully. Run `custody scan` with the carrier plugged in, or give --manufacturer and --model",
             a.carrier,
@@ -287,7 +297,12 @@ fn target_identity(ctx: &Context, a: &CreateArgs) -> anyhow::Result<(String, Str
                     names.join(", ")
                 );
             }
-            (many[0].0.manufacturer.clone(), many[0].0.model.clone(), Vec::new())
+            (
+                many[0].0.manufacturer.clone(),
+                many[0].0.model.clone(),
+                many[0].0.serial.clone(),
+                Vec::new(),
+            )
         }
     };
     for c in known_certs {
@@ -295,7 +310,7 @@ fn target_identity(ctx: &Context, a: &CreateArgs) -> anyhow::Result<(String, Str
             given.push(c);
         }
     }
-    Ok((manufacturer, model, given))
+    Ok((manufacturer, model, serial, given))
 }
 
 #[derive(Debug, Serialize)]
