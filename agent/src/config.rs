@@ -328,10 +328,17 @@ pub fn read_pin_file(path: &Path) -> anyhow::Result<SecretString> {
             path.display()
         );
     }
-    let text = zeroize::Zeroizing::new(
-        std::fs::read_to_string(path)
-            .with_context(|| format!("PIN file {}: cannot read it", path.display()))?,
-    );
+    // A FIFO or device in place of the PIN file must not make custody wait.
+    let mut text = zeroize::Zeroizing::new(String::new());
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(
+            custody_core::file::open_regular_following(path)
+                .map_err(|e| anyhow::anyhow!("PIN file {}: {e}", path.display()))?,
+            4096,
+        ),
+        &mut text,
+    )
+    .with_context(|| format!("PIN file {}: cannot read it", path.display()))?;
     let pin = text.strip_suffix('\n').unwrap_or(&text);
     let pin = pin.strip_suffix('\r').unwrap_or(pin);
     if pin.is_empty() {

@@ -5,6 +5,7 @@
 //! from the paper journal) and what happened with its certificates (revocation).
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
@@ -85,7 +86,14 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> anyhow::Result<Exit> {
     };
     match &args.out {
         Some(path) => {
-            std::fs::write(path, &bytes)
+            // The form holds holders' names and tax numbers: a new file is private (0600).
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)
+                .and_then(|mut f| f.write_all(&bytes))
                 .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
             if !ctx.global.json {
                 eprintln!(
