@@ -239,7 +239,7 @@ impl OpenDir {
 mod tests {
     use super::*;
 
-    fn dir(name: &str) -> std::path::PathBuf {
+    fn dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("custody-file-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{e}"));
