@@ -5,9 +5,11 @@ mod orders {
     mod canary;
     mod cli;
     mod crash;
+    mod hostile;
     mod security;
     mod service;
     mod spool;
+    mod stop;
     mod support;
     mod wipe;
 }
