@@ -87,7 +87,10 @@ fn fifos_and_links_in_the_spool_are_rejected_without_waiting() {
             .unwrap_or_else(|| panic!("no entry for {file}: {report}"));
         assert_eq!(entry["action"], "rejected", "{entry}");
         assert!(
-            entry["reason"].as_str().unwrap_or_default().contains(needle),
+            entry["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(needle),
             "{entry}"
         );
         let reason = std::fs::read_to_string(spool.join(format!("rejected/{file}.reason")))
@@ -130,14 +133,23 @@ fn fifos_and_links_in_the_spool_are_rejected_without_waiting() {
     let seen = wait_until(Duration::from_secs(30), || rejected.exists());
     let polled = wait_until(Duration::from_secs(10), || {
         log.lock()
-            .map(|l| l.iter().filter(|x| x.contains("journal transaction committed")).count() >= 1)
+            .map(|l| {
+                l.iter()
+                    .filter(|x| x.contains("journal transaction committed"))
+                    .count()
+                    >= 1
+            })
             .unwrap_or(false)
     });
     let _ = Command::new("kill")
         .args(["-TERM", &service.id().to_string()])
         .status();
     let start = Instant::now();
-    let code = wait_or_kill(&mut service, Duration::from_secs(5), "the service after SIGTERM");
+    let code = wait_or_kill(
+        &mut service,
+        Duration::from_secs(5),
+        "the service after SIGTERM",
+    );
     let log = log.lock().map(|l| l.join("\n")).unwrap_or_default();
     assert!(seen, "the service did not reject the order: {log}");
     assert!(polled, "{log}");
@@ -171,9 +183,14 @@ fn linked_rejected_and_done_directories_are_refused() {
         "{entry}"
     );
     assert_eq!(
-        std::fs::read_dir(&elsewhere).map(|d| d.count()).unwrap_or(1),
+        std::fs::read_dir(&elsewhere)
+            .map(|d| d.count())
+            .unwrap_or(1),
         0,
         "nothing was written through the link"
     );
-    assert!(spool.join("bad.json").exists(), "the order stays where it was");
+    assert!(
+        spool.join("bad.json").exists(),
+        "the order stays where it was"
+    );
 }
