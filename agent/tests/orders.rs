@@ -6,6 +6,7 @@ mod orders {
     mod cli;
     mod crash;
     mod hostile;
+    mod pins;
     mod security;
     mod service;
     mod spool;
