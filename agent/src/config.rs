@@ -4,7 +4,7 @@
 //! only where to read them from.
 //!
 //! No value of the file is ever echoed: a refused value is named by file, line and key
-//! ([`report`]), because the one value that must never be shown — a PIN typed into the file
+//! (`config::report`), because the one value that must never be shown — a PIN typed into the file
 //! by mistake — looks like any other. Values that would be shown later (paths in messages,
 //! the organisation on the form) are checked when the file is read: paths must be absolute,
 //! the organisation's name must contain letters, variable names must be variable names, so a
