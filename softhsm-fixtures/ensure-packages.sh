@@ -24,6 +24,8 @@ command -v pkg-config    >/dev/null 2>&1 || need+=(pkg-config)
 dpkg -s libpcsclite1 >/dev/null 2>&1 || need+=(libpcsclite1)
 [ -e /usr/lib/pcsc/drivers/serial/libifdvpcd.so ] || need+=(vsmartcard-vpcd)
 command -v systemd-socket-activate >/dev/null 2>&1 || need+=(systemd)
+command -v p11-kit       >/dev/null 2>&1 || need+=(p11-kit)
+ls /usr/lib/*/pkcs11/p11-kit-client.so >/dev/null 2>&1 || need+=(p11-kit-modules)
 for extra in "$@"; do
   case "$extra" in
     chromium) command -v chromium >/dev/null 2>&1 || need+=(chromium) ;;

@@ -152,8 +152,8 @@ pub struct Config {
     pub organisation: Option<String>,
     /// The form's title from `[organisation] title` (`None`: the default).
     pub form_title: Option<String>,
-    /// Time zone of times for people (`[organisation] timezone`, else the system's).
-    pub zone: jiff::tz::TimeZone,
+    /// `[organisation] timezone`; see [`Config::zone`].
+    pub timezone: Option<jiff::tz::TimeZone>,
     /// Journal file.
     pub journal: PathBuf,
     /// Modules from the file (empty: use the defaults).
@@ -177,6 +177,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// Time zone of times for people: `[organisation] timezone`, else the system's. Looked
+    /// up only by the commands that print local times: finding the system's zone reads the
+    /// whole zoneinfo tree, which a scan must not pay for.
+    pub fn zone(&self) -> jiff::tz::TimeZone {
+        self.timezone
+            .clone()
+            .unwrap_or_else(jiff::tz::TimeZone::system)
+    }
+
     /// Loads `explicit`, else `$CUSTODY_CONFIG`, else the system file when it exists, else
     /// defaults.
     pub fn load(explicit: Option<&Path>) -> anyhow::Result<Self> {
@@ -242,10 +251,7 @@ impl Config {
             source,
             organisation: raw.organisation.name,
             form_title: raw.organisation.title,
-            zone: raw
-                .organisation
-                .timezone
-                .unwrap_or_else(jiff::tz::TimeZone::system),
+            timezone: raw.organisation.timezone,
             journal: raw.journal.path.unwrap_or_else(default_journal),
             modules: raw.module.iter().map(|m| m.path.clone()).collect(),
             module_reinit: raw.module.into_iter().map(|m| (m.path, m.reinit)).collect(),

@@ -6,6 +6,8 @@
 //! # Layout
 //!
 //! - [`cli`]: one module per subcommand.
+//! - [`config`]: the TOML configuration, validated; PIN sources.
+//! - [`deadline`]: when destruction orders are due.
 //! - [`config`]: the TOML configuration, validated.
 //! - [`pin`]: PINs from the `[[pin]]` rules, with the memory of rejected PINs.
 //! - [`output`]: tables for people, JSON for scripts.
@@ -13,14 +15,16 @@
 //! - [`spool`]: the order spool directory, one pass at a time.
 //! - [`service`]: the background service ([`service::run`]), built from [`worker`] (the
 //!   thread that owns PKCS#11 and the journal), [`watch`] (timing), [`shutdown`] and
-//!   [`state`] (the state record `custody status` reads).
+//!   [`state`] (the state record `custody status` reads); [`poll`] is what one poll found.
 
 pub mod cli;
 pub mod config;
+pub mod deadline;
 pub mod local_time;
 pub mod logging;
 pub mod output;
 pub mod pin;
+pub mod poll;
 pub mod service;
 pub mod shutdown;
 pub mod spool;

@@ -7,6 +7,7 @@
 //! and its journal transaction are finished, the worker records `last_seen` of the carriers
 //! present and finalises the modules, then `run` returns.
 
+pub mod fleet;
 pub mod orders;
 
 use std::future::Future;
@@ -18,7 +19,7 @@ use custody_core::journal::Actor;
 use crate::config::{Config, Reinit};
 use crate::shutdown::Coordinator;
 use crate::state::StateFile;
-use crate::worker::{self, PollReport, PresentCarrier, WorkerConfig, WorkerState};
+use crate::worker::{self, Task, WorkerConfig};
 
 /// What the service runs with.
 #[derive(Debug, Clone)]
@@ -35,30 +36,6 @@ pub struct ServiceConfig {
     pub check_interval: Option<Duration>,
     /// Who the service's events are recorded as.
     pub actor: Actor,
-}
-
-/// Work the service does once every interval, right after the carriers were polled: this
-/// is where the order spool and deadline tracking plug in ([`tasks`]). Tasks run one after
-/// another on the worker thread, with the modules and the journal at hand
-/// ([`TaskContext::state`]), so they cost no extra thread wake-up. A task must not block for
-/// long: the next poll waits for it. An error is logged and the service carries on.
-pub trait Task: Send {
-    /// A short name for logs.
-    fn name(&self) -> &str;
-    /// One round of work.
-    fn run(&mut self, cx: &mut TaskContext<'_>) -> anyhow::Result<()>;
-}
-
-/// What a [`Task`] gets each round.
-#[derive(Debug)]
-pub struct TaskContext<'a> {
-    /// The worker's modules, PIN sources and journal. Call
-    /// [`WorkerState::carriers_changed`] after changing a carrier (a wipe).
-    pub state: &'a mut WorkerState,
-    /// The poll that just finished.
-    pub poll: &'a PollReport,
-    /// The carriers present after it.
-    pub present: &'a [PresentCarrier],
 }
 
 /// The tasks the service runs every interval, in order: the order spool, when
@@ -107,6 +84,10 @@ pub async fn run(cfg: ServiceConfig, shutdown: impl Future) -> anyhow::Result<()
         stopper.stop();
         drop(forwarded);
     });
+    let syncer = match &cfg.config.fleet {
+        Some(settings) => Some(fleet::Syncer::start(settings.clone(), cfg.journal.clone())?),
+        None => None,
+    };
     tracing::info!(
         journal = %cfg.journal.display(),
         modules = cfg.modules.len(),
@@ -123,6 +104,9 @@ pub async fn run(cfg: ServiceConfig, shutdown: impl Future) -> anyhow::Result<()
         }
     };
     coordinator.trigger();
+    if let Some(s) = syncer {
+        s.stop(Duration::from_secs(2));
+    }
     drop(worker);
     coordinator.finished().await;
     result.map_err(|_| anyhow::anyhow!("the worker thread ended abnormally (it panicked)"))??;

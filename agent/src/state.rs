@@ -17,8 +17,6 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::worker::PresentCarrier;
-
 /// How often the content is rewritten when nothing changed (to refresh the timing figures).
 const REFRESH: Duration = Duration::from_secs(60);
 
@@ -43,6 +41,19 @@ pub struct ServiceState {
     pub present: Vec<PresentCarrier>,
 }
 
+/// A carrier present now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresentCarrier {
+    /// Carrier key.
+    pub carrier: String,
+    /// Token label.
+    pub label: String,
+    /// Module path.
+    pub module: String,
+    /// Slot id.
+    pub slot: u64,
+}
+
 /// One module in the state record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModuleState {
@@ -52,6 +63,10 @@ pub struct ModuleState {
     pub loaded: bool,
     /// The last problem, if the last poll of it failed.
     pub error: Option<String>,
+    /// The module is unavailable (failed, or an empty slot list after device errors): its
+    /// carriers keep their state while it is re-initialised with backoff.
+    #[serde(default)]
+    pub unavailable: bool,
     /// Time between re-initialisations in milliseconds; `None` when not re-initialised.
     pub reinit_period_ms: Option<u64>,
     /// Average cost of one poll of this module (re-initialisation + slot list), µs.
@@ -179,6 +194,7 @@ mod tests {
                 path: "/m.so".into(),
                 loaded: true,
                 error: None,
+                unavailable: false,
                 reinit_period_ms: Some(2000),
                 poll_cost_us: 150,
             }],

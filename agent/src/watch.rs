@@ -21,12 +21,11 @@
 //! `CKR_FUNCTION_NOT_SUPPORTED` and the non-blocking one always with `CKR_NO_EVENT`, and a
 //! blocking wait would hold the worker thread that also writes the journal.
 
-use std::fmt;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::worker::PollReport;
+use crate::poll::PollReport;
 
 /// Re-initialisation may take at most this share of wall time per module.
 pub const REINIT_BUDGET: f64 = 0.05;
@@ -36,49 +35,6 @@ pub const CHECK_SHARE: f64 = 0.03;
 pub const MAX_CHECK_PERIOD: Duration = Duration::from_secs(30);
 /// A module that failed to load is tried again after this long.
 pub const LOAD_RETRY: Duration = Duration::from_secs(30);
-
-/// A carrier inserted, removed or changed, as one poll saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenEvent {
-    /// A carrier appeared.
-    Inserted {
-        /// Carrier key.
-        carrier: String,
-        /// Module path.
-        module: String,
-        /// Slot id.
-        slot: u64,
-    },
-    /// A carrier is gone.
-    Removed {
-        /// Carrier key.
-        carrier: String,
-        /// Module path.
-        module: String,
-        /// Slot id it was in.
-        slot: u64,
-    },
-    /// A present carrier's contents or token information changed.
-    Changed {
-        /// Carrier key.
-        carrier: String,
-        /// Module path.
-        module: String,
-        /// Slot id.
-        slot: u64,
-    },
-}
-
-impl fmt::Display for TokenEvent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (what, carrier, slot) = match self {
-            Self::Inserted { carrier, slot, .. } => ("inserted", carrier, slot),
-            Self::Removed { carrier, slot, .. } => ("removed", carrier, slot),
-            Self::Changed { carrier, slot, .. } => ("changed", carrier, slot),
-        };
-        write!(f, "{what} {carrier} (slot {slot})")
-    }
-}
 
 /// What one poll does, per module in configuration order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -305,7 +261,7 @@ impl Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::ModulePoll;
+    use crate::poll::ModulePoll;
 
     /// A stand-in for the worker with fixed costs; records every plan and its time.
     struct FakePoller {
@@ -352,6 +308,7 @@ mod tests {
                     reinitialised: reinit,
                     reinit_cost,
                     presence_cost: Duration::from_micros(1) + reinit_cost,
+                    unavailable: false,
                     error: None,
                 }],
                 checked_contents: plan.check_contents,

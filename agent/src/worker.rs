@@ -13,33 +13,44 @@
 //! transaction) is finished.
 //!
 //! A poll is cheap when nothing changed: per module an optional
-//! re-initialisation and `C_GetSlotList`, compared with the slots seen last time. New slots
-//! are read in full; when the plan asks for a content check, every present carrier is read
-//! without PIN and compared with what was read before. Only when something changed is the
-//! journal written: one [`Journal::record_scan`] transaction for everything found in the poll.
-//! The in-memory view is replaced only after that transaction commits, so a failed write is
-//! detected again and retried at the next poll.
+//! re-initialisation and `C_GetSlotList`, compared with the slots seen last time (`slots`).
+//! New slots are read in full; when the plan asks for a content check, every present carrier
+//! is read without PIN and compared with what was read before. Only when something may have
+//! changed is the journal written: one [`Journal::record_scan`] transaction for everything
+//! found in the poll, in which `inventory::compare` decides what changed. The in-memory view
+//! is replaced only after that transaction commits, so a failed write is detected again and
+//! retried at the next poll. A module that fails, or answers an empty slot list right after
+//! device errors, is unavailable: one `module_unavailable`, its carriers keep their state,
+//! and it is re-initialised with backoff (1 s doubling to 60 s) until it answers.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod report;
+mod slots;
+mod task;
+
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use custody_core::inventory::{CarrierSnapshot, Login};
+use custody_core::inventory::ModuleScan;
 use custody_core::journal::timestamp;
-use custody_core::journal::{Actor, Journal, RecordedEvent};
-use custody_core::token::{Module, ModuleScan, NoPins, PinSource, SlotProblem};
-use serde::{Deserialize, Serialize};
+use custody_core::journal::{Actor, Journal};
+use custody_core::token::{Module, PinSource};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use crate::config::{Config, Reinit};
 use crate::pin::Pins as ServicePins;
-use crate::service::{Task, TaskContext};
+use crate::poll::{ModulePoll, PollReport};
 use crate::shutdown::Completion;
-use crate::state::{ModuleState, ServiceState, StateFile};
-use crate::watch::{PollPlan, Schedule, TokenEvent, Watch};
+use crate::state::{PresentCarrier, ServiceState, StateFile};
+use crate::watch::{PollPlan, Watch};
+use report::{log_report, update_record};
+use slots::{poll_module, SlotState, Watched};
+
+pub use slots::{BACKOFF_FIRST, BACKOFF_MAX};
+pub use task::{Task, TaskContext};
 
 /// What the worker needs to start.
 #[derive(Debug, Clone)]
@@ -114,58 +125,6 @@ impl WorkerHandle {
     }
 }
 
-/// What one poll found, did and cost.
-#[derive(Debug, Clone, Default)]
-pub struct PollReport {
-    /// One entry per module, in configuration order.
-    pub modules: Vec<ModulePoll>,
-    /// Carriers inserted, removed or changed.
-    pub events: Vec<TokenEvent>,
-    /// Journal events appended by this poll.
-    pub recorded: Vec<RecordedEvent>,
-    /// Why recording failed (it is retried at the next poll).
-    pub record_error: Option<String>,
-    /// True when this poll checked the contents of every present carrier.
-    pub checked_contents: bool,
-    /// Time spent checking contents (zero when not checked).
-    pub check_cost: Duration,
-    /// The carriers present now, when that changed in this poll (or on the first poll).
-    pub present: Option<Vec<PresentCarrier>>,
-}
-
-/// One module in one poll.
-#[derive(Debug, Clone, Default)]
-pub struct ModulePoll {
-    /// Module path as configured.
-    pub path: String,
-    /// Loaded and initialised.
-    pub loaded: bool,
-    /// The module must be re-initialised to see new tokens (policy `always`, or `auto` for a
-    /// module known to need it).
-    pub needs_reinit: bool,
-    /// It was re-initialised in this poll.
-    pub reinitialised: bool,
-    /// Time the re-initialisation took (zero when not done).
-    pub reinit_cost: Duration,
-    /// Time of re-initialisation plus slot list: the module's own polling cost.
-    pub presence_cost: Duration,
-    /// What went wrong in this poll, if anything.
-    pub error: Option<String>,
-}
-
-/// A carrier present now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PresentCarrier {
-    /// Carrier key.
-    pub carrier: String,
-    /// Token label.
-    pub label: String,
-    /// Module path.
-    pub module: String,
-    /// Slot id.
-    pub slot: u64,
-}
-
 /// What a [`Request::Call`] function gets: the worker's modules and journal.
 pub struct WorkerState {
     journal: Journal,
@@ -228,160 +187,6 @@ impl WorkerState {
         }
         result
     }
-}
-
-/// One module the worker watches.
-struct Watched {
-    path: PathBuf,
-    /// `path` as text, for reports (formatted once).
-    path_text: String,
-    policy: Reinit,
-    module: Option<Module>,
-    /// Slot id -> what is in it, as recorded in the journal.
-    slots: BTreeMap<u64, SlotState>,
-    /// The slots must be read and recorded in full (first poll after loading, or a failed
-    /// journal write).
-    fresh: bool,
-    /// The last poll of this module failed: re-initialise it at the next one.
-    failed: bool,
-    /// Why the module is not loaded.
-    load_error: Option<String>,
-    /// Where a slot-event thread sends [`Request::Wake`].
-    waker: mpsc::Sender<Request>,
-    /// What the module's C_WaitForSlotEvent has shown (kept across re-initialisations).
-    slot_events: SharedSupport,
-}
-
-impl Watched {
-    /// Starts a thread that blocks in C_WaitForSlotEvent and wakes the worker on every slot
-    /// event, so an insertion is seen at once rather than at the next poll; the poll stays as
-    /// the fallback. Not under policy `always` (its C_Finalize would end every wait). The
-    /// thread ends when the module answers with an error: `not supported` tells that the
-    /// module has no slot events (and, on every module measured, a frozen slot list), so under
-    /// policy `auto` it is re-initialised from then on to see new tokens; any other error (the
-    /// module was finalised) just ends the thread.
-    fn wait_for_slot_events(&self) {
-        if self.policy == Reinit::Always || self.slot_events.get() == SlotEventSupport::Refused {
-            return;
-        }
-        let Some(events) = self.module.as_ref().and_then(Module::slot_events) else {
-            return;
-        };
-        let waker = self.waker.clone();
-        let module = self.path_text.clone();
-        let support = self.slot_events.clone();
-        let policy = self.policy;
-        let spawned = std::thread::Builder::new()
-            .name("custody-slot-events".into())
-            .spawn(move || loop {
-                match events.wait() {
-                    Ok(slot) => {
-                        support.set(SlotEventSupport::Live);
-                        tracing::debug!(%module, slot, "slot event");
-                        if waker.send(Request::Wake).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e @ custody_core::Error::NotSupported { .. }) => {
-                        support.set(SlotEventSupport::Refused);
-                        let reinit = policy == Reinit::Auto;
-                        tracing::info!(%module, cause = %e, reinit, "no slot events from this module");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::debug!(%module, cause = %e, "slot-event wait ended");
-                        return;
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(cause = %e, "no slot-event thread; polling only");
-        }
-    }
-
-    /// Whether polls re-initialise the module: policy `always`; or policy `auto` and the
-    /// module has shown that it has no slot events.
-    fn needs_reinit(&self) -> bool {
-        match self.policy {
-            Reinit::Always => true,
-            Reinit::Never => false,
-            Reinit::Auto => {
-                self.module.is_some() && self.slot_events.get() == SlotEventSupport::Refused
-            }
-        }
-    }
-}
-
-/// What a module's C_WaitForSlotEvent has shown, shared with its slot-event thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SlotEventSupport {
-    /// No answer yet (the wait blocks, or has not started).
-    Unknown = 0,
-    /// It reported a slot event.
-    Live = 1,
-    /// It answered CKR_FUNCTION_NOT_SUPPORTED.
-    Refused = 2,
-}
-
-/// [`SlotEventSupport`] behind an atomic, cheap to clone.
-#[derive(Debug, Clone, Default)]
-struct SharedSupport(std::sync::Arc<std::sync::atomic::AtomicU8>);
-
-impl SharedSupport {
-    fn get(&self) -> SlotEventSupport {
-        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
-            1 => SlotEventSupport::Live,
-            2 => SlotEventSupport::Refused,
-            _ => SlotEventSupport::Unknown,
-        }
-    }
-
-    fn set(&self, support: SlotEventSupport) {
-        self.0
-            .store(support as u8, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// What a slot holds.
-#[derive(Debug, Clone)]
-enum SlotState {
-    /// A token that is not initialised (SoftHSM's spare slot).
-    Uninitialised,
-    /// A token that could not be read and was never read before.
-    Unreadable(String),
-    /// A carrier.
-    Carrier(Box<Known>),
-}
-
-/// A carrier as last read.
-#[derive(Debug, Clone)]
-struct Known {
-    /// The full read (with private keys when a PIN was accepted): what is recorded.
-    full: CarrierSnapshot,
-    /// What a read without PIN shows ([`public_view`]): what content checks compare.
-    public: CarrierSnapshot,
-    /// Set when the last read failed; the carrier is kept, not reported removed.
-    unreadable: Option<String>,
-}
-
-/// The part of a snapshot a read without PIN sees, made comparable: no private keys, no
-/// login outcome, no slot, pairing recomputed from public keys only.
-fn public_view(s: &CarrierSnapshot) -> CarrierSnapshot {
-    let mut p = s.clone();
-    p.private_keys = None;
-    p.login = Login::NotAttempted;
-    p.slot = 0;
-    p.pair_keys();
-    p
-}
-
-/// A snapshot without its slot and login outcome, for comparing reads (the login outcome
-/// is not journaled; what it let the read see is).
-fn comparable(s: &CarrierSnapshot) -> CarrierSnapshot {
-    let mut s = s.clone();
-    s.slot = 0;
-    s.login = Login::NotAttempted;
-    s
 }
 
 /// Starts the worker thread: opens the journal and loads the modules there, then polls
@@ -486,78 +291,6 @@ fn serve(
     finished
 }
 
-fn log_report(report: &PollReport) {
-    for event in &report.events {
-        match event {
-            TokenEvent::Inserted {
-                carrier,
-                module,
-                slot,
-            } => {
-                tracing::info!(%carrier, %module, slot, "carrier inserted");
-            }
-            TokenEvent::Removed {
-                carrier,
-                module,
-                slot,
-            } => {
-                tracing::info!(%carrier, %module, slot, "carrier removed");
-            }
-            TokenEvent::Changed {
-                carrier,
-                module,
-                slot,
-            } => {
-                tracing::info!(%carrier, %module, slot, "carrier changed");
-            }
-        }
-    }
-    // Carrier-level events at info, object-level ones (one per certificate or key) at debug.
-    for e in &report.recorded {
-        if e.kind.is_carrier() {
-            tracing::info!(seq = e.seq, kind = %e.kind, carrier = %e.carrier, "recorded");
-        } else {
-            tracing::debug!(seq = e.seq, kind = %e.kind, carrier = %e.carrier, "recorded");
-        }
-    }
-    if let (Some(first), Some(last)) = (report.recorded.first(), report.recorded.last()) {
-        tracing::info!(
-            events = report.recorded.len(),
-            first_seq = first.seq,
-            last_seq = last.seq,
-            "journal transaction committed"
-        );
-    }
-}
-
-/// Brings the state record up to date; cheap when nothing changed (no allocation).
-fn update_record(record: &mut ServiceState, report: &PollReport, schedule: &Schedule) {
-    if let Some(present) = &report.present {
-        record.present.clone_from(present);
-    }
-    record.check_period_ms = schedule.check_period().as_millis() as u64;
-    record
-        .modules
-        .resize_with(report.modules.len(), || ModuleState {
-            path: String::new(),
-            loaded: false,
-            error: None,
-            reinit_period_ms: None,
-            poll_cost_us: 0,
-        });
-    for (i, (m, r)) in record.modules.iter_mut().zip(&report.modules).enumerate() {
-        if m.path != r.path {
-            m.path.clone_from(&r.path);
-        }
-        m.loaded = r.loaded;
-        if m.error != r.error {
-            m.error.clone_from(&r.error);
-        }
-        m.reinit_period_ms = schedule.reinit_period(i).map(|d| d.as_millis() as u64);
-        m.poll_cost_us = schedule.poll_cost(i).as_micros() as u64;
-    }
-}
-
 impl WorkerState {
     fn open(cfg: WorkerConfig, waker: mpsc::Sender<Request>) -> anyhow::Result<Self> {
         let journal = Journal::open(&cfg.journal)
@@ -566,18 +299,7 @@ impl WorkerState {
             .modules
             .into_iter()
             .map(|(path, policy)| {
-                let mut m = Watched {
-                    path_text: path.display().to_string(),
-                    path,
-                    policy,
-                    module: None,
-                    slots: BTreeMap::new(),
-                    fresh: true,
-                    failed: false,
-                    load_error: None,
-                    waker: waker.clone(),
-                    slot_events: SharedSupport::default(),
-                };
+                let mut m = Watched::new(path, policy, waker.clone());
                 m.load();
                 m
             })
@@ -616,8 +338,10 @@ impl WorkerState {
         let mut report = PollReport::default();
         let force = std::mem::take(&mut self.force_check);
         let mut pending: Vec<(usize, BTreeMap<u64, SlotState>)> = Vec::new();
+        let mut outages: Vec<usize> = Vec::new();
         let mut scans: Vec<ModuleScan> = Vec::new();
         let mut check_cost = Duration::ZERO;
+        let now = Instant::now();
         for (i, watched) in self.modules.iter_mut().enumerate() {
             if watched.module.is_none() && plan.load.get(i).copied().unwrap_or(false) {
                 watched.load();
@@ -628,22 +352,40 @@ impl WorkerState {
                 error: watched.load_error.clone(),
                 ..ModulePoll::default()
             };
-            let reinit = plan.reinit.get(i).copied().unwrap_or(false) || watched.failed;
+            if watched.module.is_none() {
+                report.modules.push(mp);
+                continue;
+            }
+            if let Some(o) = &watched.outage {
+                mp.unavailable = true;
+                mp.error = Some(o.reason.to_string());
+                if now < o.next_try {
+                    report.modules.push(mp);
+                    continue;
+                }
+            }
+            let reinit = plan.reinit.get(i).copied().unwrap_or(false) || watched.outage.is_some();
             let check = plan.check_contents || force || watched.fresh;
             match poll_module(watched, reinit, check, &self.pins, &mut mp) {
-                Ok(Some(found)) => {
-                    check_cost += found.check_cost;
-                    report.events.extend(found.events);
-                    if let Some(scan) = found.scan {
-                        scans.push(scan);
+                Ok(found) => {
+                    watched.answered();
+                    mp.unavailable = false;
+                    mp.error = None;
+                    if let Some(found) = found {
+                        check_cost += found.check_cost;
+                        if let Some(scan) = found.scan {
+                            scans.push(scan);
+                        }
+                        pending.push((i, found.slots));
                     }
-                    pending.push((i, found.slots));
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(module = %watched.path.display(), cause = %e, "poll failed; re-initialising the module at the next poll");
-                    watched.failed = true;
-                    mp.error = Some(e.to_string());
+                Err(reason) => {
+                    mp.unavailable = true;
+                    mp.error = Some(reason.to_string());
+                    if watched.unavailable(reason.clone(), Instant::now()) {
+                        scans.push(ModuleScan::failed(watched.info(), reason));
+                        outages.push(i);
+                    }
                 }
             }
             // Read after the poll: the slot-event thread may have answered meanwhile.
@@ -652,18 +394,14 @@ impl WorkerState {
         }
         report.checked_contents = plan.check_contents || force;
         report.check_cost = check_cost;
-        if pending.is_empty() {
+        if pending.is_empty() && outages.is_empty() {
             return report;
         }
         let recorded = if scans.is_empty() {
             Ok(Vec::new())
         } else {
             let carriers: usize = scans.iter().map(|s| s.carriers.len()).sum();
-            tracing::info!(
-                carriers,
-                detected = report.events.len(),
-                "recording changes"
-            );
+            tracing::info!(carriers, "recording changes");
             self.journal
                 .record_scan(&scans, &self.actor, OffsetDateTime::now_utc())
                 .map(|r| r.events)
@@ -676,6 +414,11 @@ impl WorkerState {
                     let m = &mut self.modules[i];
                     m.slots = slots;
                     m.fresh = false;
+                }
+                for i in outages {
+                    if let Some(o) = self.modules[i].outage.as_mut() {
+                        o.recorded = true;
+                    }
                 }
                 let after = self.present();
                 if after != before {
@@ -710,349 +453,9 @@ impl WorkerState {
     }
 }
 
-impl Watched {
-    fn load(&mut self) {
-        match Module::load(&self.path) {
-            Ok(m) => {
-                tracing::info!(
-                    module = %self.path.display(),
-                    library = %m.info().description,
-                    manufacturer = %m.info().manufacturer,
-                    reinit = ?self.policy,
-                    "module loaded"
-                );
-                self.module = Some(m);
-                self.fresh = true;
-                self.failed = false;
-                self.load_error = None;
-                self.wait_for_slot_events();
-            }
-            Err(e) => {
-                self.load_error = Some(e.to_string());
-                tracing::error!(module = %self.path.display(), cause = %e, "module not loaded; retrying later");
-            }
-        }
-    }
-}
-
-/// What polling one module found when something may have changed.
-struct Found {
-    /// The module's slots after this poll (not yet committed).
-    slots: BTreeMap<u64, SlotState>,
-    /// Detected changes.
-    events: Vec<TokenEvent>,
-    /// The scan to record, when the journal must be told.
-    scan: Option<ModuleScan>,
-    /// Time spent on content checks.
-    check_cost: Duration,
-}
-
-/// Polls one module. `Ok(None)`: nothing changed (the common, allocation-free path).
-fn poll_module(
-    watched: &mut Watched,
-    reinit: bool,
-    check: bool,
-    pins: &ServicePins,
-    mp: &mut ModulePoll,
-) -> custody_core::Result<Option<Found>> {
-    let start = Instant::now();
-    if reinit {
-        let Some(module) = watched.module.as_mut() else {
-            return Ok(None);
-        };
-        module.reinitialize()?;
-        mp.reinitialised = true;
-        mp.reinit_cost = start.elapsed();
-        if !watched.needs_reinit() {
-            // C_Finalize ended the wait of a module with slot events: wait again.
-            watched.wait_for_slot_events();
-        }
-    }
-    let Some(module) = watched.module.as_mut() else {
-        return Ok(None);
-    };
-    let mut ids = module.slots()?;
-    mp.presence_cost = start.elapsed();
-    tracing::trace!(module = %watched.path_text, reinit, slots = ids.len(), "polled");
-    watched.failed = false;
-    ids.sort_unstable();
-    let same_slots = ids.len() == watched.slots.len()
-        && ids.iter().zip(watched.slots.keys()).all(|(a, b)| a == b);
-    // After a re-initialisation the same slot ids may hold other tokens (kryoptic initialises
-    // new tokens in existing slots, and gives a re-initialised one a new serial): one
-    // C_GetTokenInfo per slot tells which slots to read again.
-    let changed: BTreeSet<u64> = if mp.reinitialised && !check {
-        let module: &Module = module;
-        ids.iter()
-            .copied()
-            .filter(|id| {
-                watched
-                    .slots
-                    .get(id)
-                    .is_some_and(|old| token_changed(module, *id, old))
-            })
-            .collect()
-    } else {
-        BTreeSet::new()
-    };
-    if same_slots && !check && changed.is_empty() {
-        return Ok(None);
-    }
-    let module: &Module = module;
-    let check_start = Instant::now();
-    let mut next = BTreeMap::new();
-    for id in ids {
-        let state = match watched.slots.get(&id) {
-            None => read_new(module, id, pins),
-            Some(old) if check || changed.contains(&id) => recheck(module, id, old, pins),
-            Some(old) => old.clone(),
-        };
-        next.insert(id, state);
-    }
-    let check_cost = if check {
-        check_start.elapsed()
-    } else {
-        Duration::ZERO
-    };
-    let events = compare(&module.info().path, &watched.slots, &next);
-    let scan = (watched.fresh || !events.is_empty()).then(|| ModuleScan {
-        module: module.info().clone(),
-        carriers: next
-            .iter()
-            .filter_map(|(slot, s)| match s {
-                SlotState::Carrier(k) if k.unreadable.is_none() => {
-                    let mut full = k.full.clone();
-                    full.slot = *slot;
-                    Some(full)
-                }
-                _ => None,
-            })
-            .collect(),
-        slot_problems: next
-            .iter()
-            .filter_map(|(slot, s)| match s {
-                SlotState::Unreadable(message) => Some(SlotProblem {
-                    slot: *slot,
-                    message: message.clone(),
-                }),
-                SlotState::Carrier(k) => k.unreadable.as_ref().map(|message| SlotProblem {
-                    slot: *slot,
-                    message: message.clone(),
-                }),
-                SlotState::Uninitialised => None,
-            })
-            .collect(),
-    });
-    Ok(Some(Found {
-        slots: next,
-        events,
-        scan,
-        check_cost,
-    }))
-}
-
-/// True when the token in `slot` is not the one last read there, as far as C_GetTokenInfo
-/// tells: initialised or not, identity, label, flags. A slot that could not be read counts as
-/// changed (read it again).
-fn token_changed(module: &Module, slot: u64, old: &SlotState) -> bool {
-    let now = match module.token_info(slot) {
-        Ok(now) => now,
-        Err(e) => {
-            tracing::debug!(slot, cause = %e, "token information could not be read");
-            return true;
-        }
-    };
-    match (old, now) {
-        (SlotState::Uninitialised, None) => false,
-        (SlotState::Carrier(known), Some(now)) => {
-            let was = &known.full;
-            was.label != now.label
-                || was.id.manufacturer != now.id.manufacturer
-                || was.id.model != now.id.model
-                || was.id.serial != now.id.serial
-                || was.flags != now.flags
-        }
-        _ => true,
-    }
-}
-
-/// Reads a slot seen for the first time (or again after a change), with PINs.
-fn read_new(module: &Module, slot: u64, pins: &ServicePins) -> SlotState {
-    match module.read_slot_id(slot, pins) {
-        Ok(Some(full)) => SlotState::Carrier(Box::new(Known {
-            public: public_view(&full),
-            full,
-            unreadable: None,
-        })),
-        Ok(None) => SlotState::Uninitialised,
-        Err(e) => {
-            tracing::warn!(slot, cause = %e, "token could not be read");
-            SlotState::Unreadable(e.to_string())
-        }
-    }
-}
-
-/// Content check of a known slot: a read without PIN, compared with the last one; a full
-/// read only when it differs (or a PIN source changed since it was rejected).
-fn recheck(module: &Module, slot: u64, old: &SlotState, pins: &ServicePins) -> SlotState {
-    match old {
-        SlotState::Uninitialised => match module.read_slot_id(slot, &NoPins) {
-            Ok(None) => SlotState::Uninitialised,
-            Ok(Some(_)) => read_new(module, slot, pins),
-            Err(e) => SlotState::Unreadable(e.to_string()),
-        },
-        SlotState::Unreadable(_) => read_new(module, slot, pins),
-        SlotState::Carrier(known) => match module.read_slot_id(slot, &NoPins) {
-            Ok(Some(public)) => {
-                if known.unreadable.is_none()
-                    && public_view(&public) == known.public
-                    && !pins.retry_due(&known.full.id)
-                {
-                    old.clone()
-                } else {
-                    match read_new(module, slot, pins) {
-                        SlotState::Unreadable(e) => keep_unreadable(known, e),
-                        other => other,
-                    }
-                }
-            }
-            Ok(None) => SlotState::Uninitialised,
-            Err(e) => {
-                tracing::debug!(slot, cause = %e, "carrier could not be read; kept as present");
-                keep_unreadable(known, e.to_string())
-            }
-        },
-    }
-}
-
-fn keep_unreadable(known: &Known, error: String) -> SlotState {
-    let mut k = known.clone();
-    k.unreadable = Some(error);
-    SlotState::Carrier(Box::new(k))
-}
-
-/// The changes between two views of a module's slots, by carrier (slot ids are not
-/// identity).
-fn compare(
-    module: &str,
-    old: &BTreeMap<u64, SlotState>,
-    new: &BTreeMap<u64, SlotState>,
-) -> Vec<TokenEvent> {
-    let carriers =
-        |m: &BTreeMap<u64, SlotState>| -> BTreeMap<String, (u64, CarrierSnapshot, bool)> {
-            m.iter()
-                .filter_map(|(slot, s)| match s {
-                    SlotState::Carrier(k) => Some((
-                        k.full.id.key(),
-                        (*slot, comparable(&k.full), k.unreadable.is_some()),
-                    )),
-                    _ => None,
-                })
-                .collect()
-        };
-    let (before, after) = (carriers(old), carriers(new));
-    let keys: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
-    let mut events = Vec::new();
-    for key in keys {
-        let event = match (before.get(key), after.get(key)) {
-            (None, Some((slot, _, _))) => TokenEvent::Inserted {
-                carrier: key.clone(),
-                module: module.to_owned(),
-                slot: *slot,
-            },
-            (Some((slot, _, _)), None) => TokenEvent::Removed {
-                carrier: key.clone(),
-                module: module.to_owned(),
-                slot: *slot,
-            },
-            (Some((_, a, _)), Some((slot, b, unreadable))) if a != b && !unreadable => {
-                TokenEvent::Changed {
-                    carrier: key.clone(),
-                    module: module.to_owned(),
-                    slot: *slot,
-                }
-            }
-            _ => continue,
-        };
-        events.push(event);
-    }
-    events
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use custody_core::id::CarrierId;
-    use custody_core::inventory::TokenFlags;
-
-    fn snap(serial: &str, label: &str) -> CarrierSnapshot {
-        CarrierSnapshot {
-            id: CarrierId {
-                manufacturer: "M".into(),
-                model: "X".into(),
-                serial: serial.into(),
-                discriminator: None,
-            },
-            label: label.into(),
-            strings_lossy: false,
-            serial_weak: false,
-            flags: TokenFlags::default(),
-            hardware_version: "1.0".into(),
-            firmware_version: "1.0".into(),
-            module: "/m.so".into(),
-            slot: 0,
-            certificates: Vec::new(),
-            public_keys: Vec::new(),
-            private_keys: Some(Vec::new()),
-            login: Login::LoggedIn,
-        }
-    }
-
-    fn carrier(s: CarrierSnapshot) -> SlotState {
-        SlotState::Carrier(Box::new(Known {
-            public: public_view(&s),
-            full: s,
-            unreadable: None,
-        }))
-    }
-
-    fn kinds(events: &[TokenEvent]) -> Vec<String> {
-        events.iter().map(|e| format!("{e}")).collect()
-    }
-
-    #[test]
-    fn compare_reports_by_carrier_not_by_slot() {
-        let old = BTreeMap::from([(1, carrier(snap("a", "A"))), (2, carrier(snap("b", "B")))]);
-        // a moved to slot 7 unchanged, b is gone, c is new, and slot 3 is the spare slot
-        let new = BTreeMap::from([
-            (7, carrier(snap("a", "A"))),
-            (3, SlotState::Uninitialised),
-            (4, carrier(snap("c", "C"))),
-        ]);
-        assert_eq!(
-            kinds(&compare("/m.so", &old, &new)),
-            ["removed M/X/b (slot 2)", "inserted M/X/c (slot 4)"]
-        );
-    }
-
-    #[test]
-    fn compare_reports_changes_but_not_unreadable_carriers() {
-        let old = BTreeMap::from([(1, carrier(snap("a", "A"))), (2, carrier(snap("b", "B")))]);
-        let mut b = Known {
-            public: public_view(&snap("b", "B")),
-            full: snap("b", "B"),
-            unreadable: Some("CKR_GENERAL_ERROR".into()),
-        };
-        b.full.label = "whatever".into();
-        let new = BTreeMap::from([
-            (1, carrier(snap("a", "A2"))),
-            (2, SlotState::Carrier(Box::new(b))),
-        ]);
-        assert_eq!(
-            kinds(&compare("/m.so", &old, &new)),
-            ["changed M/X/a (slot 1)"]
-        );
-    }
 
     #[tokio::test]
     async fn calls_run_on_the_worker_thread_and_stop_ends_it() {
@@ -1104,17 +507,5 @@ mod tests {
             "a stopped worker refuses calls"
         );
         let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn public_view_ignores_private_keys_login_and_slot() {
-        let mut full = snap("a", "A");
-        full.slot = 9;
-        let mut public = snap("a", "A");
-        public.private_keys = None;
-        public.login = Login::NotAttempted;
-        assert_eq!(public_view(&full), public_view(&public));
-        public.label = "B".into();
-        assert_ne!(public_view(&full), public_view(&public));
     }
 }

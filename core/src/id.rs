@@ -76,6 +76,60 @@ fn push_escaped(out: &mut String, text: &str) {
     }
 }
 
+/// Makes a token string (CK_TOKEN_INFO label, manufacturer, model, serial) printable the one
+/// way custody prints and accepts identifiers: the percent-encoding of PKCS#11 URIs (RFC 7512).
+/// Control characters (C0, DEL, C1: NUL bytes in tpm2-pkcs11's model string, escape
+/// sequences) become `%XX` per UTF-8 byte, and so does a `%` that would otherwise read as an
+/// escape (followed by two hex digits). Everything else stays as it is, so the strings of
+/// ordinary tokens, and the journal keys made of them, are unchanged. [`percent_decode`]
+/// gives back the original.
+pub fn percent_encode(text: &str) -> String {
+    if !text.chars().any(|c| c.is_control() || c == '%') {
+        return text.to_owned();
+    }
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len() + 8);
+    for (i, c) in text.char_indices() {
+        let escape = c.is_control()
+            || (c == '%'
+                && bytes.len() > i + 2
+                && bytes[i + 1].is_ascii_hexdigit()
+                && bytes[i + 2].is_ascii_hexdigit());
+        if escape {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Reverses [`percent_encode`]: every `%XX` becomes the byte it names; a `%` not followed by
+/// two hex digits stays. Bytes that do not form UTF-8 are replaced with U+FFFD.
+pub fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex_pair = bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && bytes[i + 1].is_ascii_hexdigit()
+            && bytes[i + 2].is_ascii_hexdigit();
+        if hex_pair {
+            let digit = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+            out.push(digit(bytes[i + 1]) * 16 + digit(bytes[i + 2]));
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 impl fmt::Debug for RawBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "RawBytes({})", self.hex())
@@ -111,8 +165,9 @@ pub struct CarrierId {
     pub model: String,
     /// CK_TOKEN_INFO.serialNumber.
     pub serial: String,
-    /// For weak serials only: a digest of the label and public keys that tells apart
-    /// carriers sharing a weak serial.
+    /// For weak serials only: tells apart carriers sharing a weak serial. Made from the
+    /// label when the carrier is first seen ([`weak_discriminator`]) and kept from then on:
+    /// content never changes it (see `inventory::identity`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discriminator: Option<String>,
 }
@@ -127,6 +182,16 @@ impl CarrierId {
         }
         key
     }
+}
+
+/// The discriminator a weak-serial carrier gets when first seen: a digest of its label (the
+/// one token string that tells such tokens apart, as on tpm2-pkcs11 where every serial reads
+/// `0000000000000000`). Never of its objects: adding or removing a certificate or key does
+/// not make another carrier.
+pub fn weak_discriminator(label: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("label\n{label}").as_bytes());
+    hex::encode(&digest[..8])
 }
 
 /// True for serials that cannot tell carriers apart: empty, all one digit (`0000…`), or
@@ -162,6 +227,42 @@ mod tests {
         assert_eq!(json, "\"0001fe\"");
         let back: RawBytes = serde_json::from_str(&json).unwrap_or_default();
         assert_eq!(back, raw);
+    }
+
+    #[test]
+    fn percent_encoding_makes_token_strings_printable_and_round_trips() {
+        let model = "tpm2\0\0\0\0";
+        let enc = percent_encode(model);
+        assert_eq!(enc, "tpm2%00%00%00%00");
+        assert!(!enc.chars().any(char::is_control));
+        assert_eq!(percent_decode(&enc), model);
+        // ordinary strings are unchanged, so existing journal keys stay what they were
+        for plain in [
+            "SoftHSM v2",
+            "PKCS#15 emulated",
+            "50%",
+            "a%zz",
+            "Токен",
+            "%",
+        ] {
+            assert_eq!(percent_encode(plain), plain);
+            assert_eq!(percent_decode(&percent_encode(plain)), plain);
+        }
+        // a literal escape-like sequence is escaped so that it decodes to itself
+        assert_eq!(percent_encode("%41"), "%2541");
+        assert_eq!(percent_decode("%2541"), "%41");
+        for nasty in ["\x1b[31mred", "a\nb", "\u{85}x", "\u{7f}"] {
+            let e = percent_encode(nasty);
+            assert!(!e.chars().any(char::is_control), "{e:?}");
+            assert_eq!(percent_decode(&e), nasty);
+        }
+    }
+
+    #[test]
+    fn weak_discriminator_depends_on_the_label_only() {
+        assert_eq!(weak_discriminator("a"), weak_discriminator("a"));
+        assert_ne!(weak_discriminator("a"), weak_discriminator("b"));
+        assert_eq!(weak_discriminator("a").len(), 16);
     }
 
     #[test]

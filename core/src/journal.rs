@@ -21,7 +21,6 @@ mod query;
 mod replica;
 mod revocation;
 
-use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
@@ -29,8 +28,10 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
-use crate::inventory::{diff, CarrierSnapshot, Change, KnownCarrier};
-use crate::token::ModuleScan;
+use crate::inventory::{
+    compare, CarrierSnapshot, Change, Comparison, Known, KnownCarrier, ModuleChange, ModuleScan,
+    Observed, Step,
+};
 
 pub use crate::event::EventKind;
 pub use crate::utc::timestamp;
@@ -129,8 +130,11 @@ pub struct RecordedEvent {
     pub seq: u64,
     /// Event kind.
     pub kind: EventKind,
-    /// Carrier key.
+    /// Carrier key (empty for a module event).
     pub carrier: String,
+    /// Module path, for a module event (`module_unavailable`, `module_recovered`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
 }
 
 /// SQLite's wait for another writer: up to 10 s in 10 ms steps, and not at all once the
@@ -189,10 +193,7 @@ impl Journal {
             Ok(m) => m.len() > 0,
             Err(_) => false,
         };
-        if existing {
-            probe(path)?;
-            tighten(path);
-        } else {
+        if !existing {
             let dir = path
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())
@@ -216,6 +217,13 @@ impl Journal {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(db_err)?;
+        if existing {
+            // Checked on this connection before anything is written (the pragmas below are
+            // the first writes): one open instead of two, and SQLite rolls back a hot
+            // journal left by a killed process here, as its own recovery.
+            check_ours(&conn, path)?;
+            tighten(path);
+        }
         let mut conn = conn;
         conn.busy_handler(Some(wait_for_writer)).map_err(db_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -262,17 +270,21 @@ impl Journal {
         &self.path
     }
 
-    /// Records one scan in one transaction: the changes of every carrier seen, removals of
-    /// carriers no longer shown by a module that was scanned, and `last_seen` bookkeeping.
-    /// A re-scan of an unchanged state appends no event.
+    /// Records one scan in one transaction: what `inventory::compare` decides changed
+    /// (carriers seen, changed, enrolled; removals only where a complete read of a healthy
+    /// module confirms them; module events), and `last_seen` bookkeeping. A re-scan of an
+    /// unchanged state appends no event.
     pub fn record_scan(
         &mut self,
         scans: &[ModuleScan],
         actor: &Actor,
         now: OffsetDateTime,
     ) -> Result<ScanRecord> {
-        let digests = scan_digests(scans)?;
-        if self.bookkeeping_only(scans, &digests)? {
+        let known = load_known(&self.conn)?;
+        let observed = Observed::new(scans, &known)?;
+        let conn = &self.conn;
+        let comparison = compare(&observed, &known, &mut |k| load_snapshot(conn, k))?;
+        if comparison.is_bookkeeping_only() {
             // Nothing but last_seen will change: such a commit need not wait for the disk
             // (WAL keeps the file consistent; at worst a power cut loses a last_seen). Should
             // the state change in between, the transaction is abandoned and redone durably.
@@ -280,12 +292,11 @@ impl Journal {
                 .pragma_update(None, "synchronous", "NORMAL")
                 .map_err(db_err)?;
             let light = self.write(actor, now, |w| {
-                let record = record_scan_in(w, scans, &digests)?;
-                if w.appended() > 0 {
+                if load_known(w.tx())? != known {
                     w.abandon();
                     return Ok(None);
                 }
-                Ok(Some(record))
+                apply(w, &comparison).map(Some)
             });
             self.conn
                 .pragma_update(None, "synchronous", "FULL")
@@ -294,41 +305,13 @@ impl Journal {
                 return Ok(record);
             }
         }
-        self.write(actor, now, |w| record_scan_in(w, scans, &digests))
-    }
-
-    /// True when recording `scans` would change nothing but bookkeeping: every carrier is
-    /// present with the same snapshot and no carrier of a scanned module is missing.
-    fn bookkeeping_only(&self, scans: &[ModuleScan], digests: &[Vec<String>]) -> Result<bool> {
-        let known = load_digests(&self.conn)?;
-        let mut seen = HashSet::new();
-        let all = scans
-            .iter()
-            .zip(digests)
-            .flat_map(|(s, d)| s.carriers.iter().zip(d));
-        for (snap, new) in all {
-            let key = snap.id.key();
-            match known.get(&key) {
-                Some((true, digest)) if digest == new => {}
-                _ => return Ok(false),
+        self.write(actor, now, |w| {
+            if load_known(w.tx())? == known {
+                apply(w, &comparison)
+            } else {
+                record_scan_in(w, scans)
             }
-            seen.insert(key);
-        }
-        let modules: HashSet<&str> = scans.iter().map(|s| s.module.path.as_str()).collect();
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT carrier, module FROM carriers WHERE present = 1")
-            .map_err(db_err)?;
-        let present = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .map_err(db_err)?;
-        for row in present {
-            let (carrier, module) = row.map_err(db_err)?;
-            if modules.contains(module.as_str()) && !seen.contains(&carrier) {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        })
     }
 
     /// Runs `f` in one immediate transaction with a [`Writer`] that appends events and
@@ -404,125 +387,104 @@ impl Journal {
     }
 }
 
-fn record_scan_in(
-    w: &mut Writer<'_>,
-    scans: &[ModuleScan],
-    digests: &[Vec<String>],
-) -> Result<ScanRecord> {
+/// Compares and records `scans` inside the writer's transaction.
+fn record_scan_in(w: &mut Writer<'_>, scans: &[ModuleScan]) -> Result<ScanRecord> {
+    let known = load_known(w.tx())?;
+    let observed = Observed::new(scans, &known)?;
+    let tx = w.tx();
+    let comparison = compare(&observed, &known, &mut |k| load_snapshot(tx, k))?;
+    apply(w, &comparison)
+}
+
+/// Prefix of the `meta` keys that hold the modules recorded as unavailable (value: the seq of
+/// their `module_unavailable`).
+const UNAVAILABLE: &str = "module_unavailable:";
+
+/// Stores the steps of a comparison: events in order, and the state tables beside them.
+fn apply(w: &mut Writer<'_>, comparison: &Comparison) -> Result<ScanRecord> {
     let at = w.at().to_owned();
-    let mut record = ScanRecord::default();
-    let known = load_digests(w.tx())?;
+    let mut record = ScanRecord {
+        carriers_seen: comparison.carriers_seen,
+        carriers_unchanged: comparison.carriers_unchanged,
+        ..ScanRecord::default()
+    };
     let append = |w: &mut Writer<'_>, key: &str, change: &Change, record: &mut ScanRecord| {
         let seq = w.append(change.kind(), Some(key), change)?;
         record.events.push(RecordedEvent {
             seq,
             kind: change.kind(),
             carrier: key.to_owned(),
+            module: None,
         });
         Ok::<u64, Error>(seq)
     };
-    for (scan, digests) in scans.iter().zip(digests) {
-        let mut seen = HashSet::new();
-        for (snap, digest) in scan.carriers.iter().zip(digests) {
-            let key = snap.id.key();
-            record.carriers_seen += 1;
-            let (changes, stored, enrolled) = match known.get(&key) {
-                Some((true, stored)) if stored == digest => {
-                    w.tx()
-                        .prepare_cached(
-                            "UPDATE carriers SET last_seen = ?1, last_slot = ?2 WHERE carrier = ?3",
+    for step in &comparison.steps {
+        match step {
+            Step::Module(m) => {
+                let seq = w.append(m.kind(), None, m)?;
+                record.events.push(RecordedEvent {
+                    seq,
+                    kind: m.kind(),
+                    carrier: String::new(),
+                    module: Some(m.module().to_owned()),
+                });
+                let key = format!("{UNAVAILABLE}{}", m.module());
+                match m {
+                    ModuleChange::ModuleUnavailable { .. } => w
+                        .tx()
+                        .execute(
+                            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                            params![key, seq.to_string()],
                         )
-                        .and_then(|mut st| st.execute(params![at, snap.slot as i64, key]))
-                        .map_err(db_err)?;
-                    record.carriers_unchanged += 1;
-                    seen.insert(key);
-                    continue;
-                }
-                Some((present, _)) => {
-                    let known = KnownCarrier {
-                        snapshot: load_snapshot(w.tx(), &key)?,
-                        present: *present,
-                    };
-                    let (changes, stored) = diff(Some(&known), snap);
-                    (changes, stored, false)
-                }
-                None => {
-                    let (changes, stored) = diff(None, snap);
-                    (changes, stored, true)
-                }
-            };
-            let mut first = 0;
-            for change in &changes {
-                let seq = append(w, &key, change, &mut record)?;
-                if first == 0 {
-                    first = seq;
-                }
+                        .map_err(db_err)?,
+                    ModuleChange::ModuleRecovered { .. } => w
+                        .tx()
+                        .execute("DELETE FROM meta WHERE key = ?1", [key])
+                        .map_err(db_err)?,
+                };
             }
-            if changes.is_empty() {
-                record.carriers_unchanged += 1;
+            Step::Unchanged { key, slot } => {
+                w.tx()
+                    .prepare_cached(
+                        "UPDATE carriers SET last_seen = ?1, last_slot = ?2 WHERE carrier = ?3",
+                    )
+                    .and_then(|mut st| st.execute(params![at, *slot as i64, key]))
+                    .map_err(db_err)?;
             }
-            let enrolled_seq = enrolled.then_some(first);
-            store_carrier(w.tx(), &key, &stored, &at, enrolled_seq, &changes, first)?;
-            seen.insert(key);
-        }
-        // Carriers of this module that it no longer shows are gone, unless their slot could
-        // not be read this time (unreadable is not removed).
-        let troubled: HashSet<i64> = scan.slot_problems.iter().map(|p| p.slot as i64).collect();
-        let gone: Vec<(String, String)> = {
-            let mut stmt = w
-                .tx()
-                .prepare(
-                    "SELECT carrier, label, last_slot FROM carriers WHERE module = ?1 AND present = 1",
-                )
-                .map_err(db_err)?;
-            let rows = stmt
-                .query_map([&scan.module.path], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Option<i64>>(2)?,
-                    ))
-                })
-                .map_err(db_err)?
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(db_err)?;
-            rows.into_iter()
-                .filter(|(k, _, slot)| {
-                    !seen.contains(k) && !slot.is_some_and(|s| troubled.contains(&s))
-                })
-                .map(|(k, l, _)| (k, l))
-                .collect()
-        };
-        for (key, label) in gone {
-            append(w, &key, &Change::CarrierRemoved { label }, &mut record)?;
-            w.tx()
-                .execute(
-                    "UPDATE carriers SET present = 0 WHERE carrier = ?1",
-                    params![key],
-                )
-                .map_err(db_err)?;
+            Step::Updated {
+                key,
+                changes,
+                stored,
+                enrolled,
+            } => {
+                let mut first = 0;
+                for change in changes {
+                    let seq = append(w, key, change, &mut record)?;
+                    if first == 0 {
+                        first = seq;
+                    }
+                }
+                let enrolled_seq = enrolled.then_some(first);
+                store_carrier(w.tx(), key, stored, &at, enrolled_seq, changes, first)?;
+            }
+            Step::Removed { key, change } => {
+                append(w, key, change, &mut record)?;
+                w.tx()
+                    .execute(
+                        "UPDATE carriers SET present = 0 WHERE carrier = ?1",
+                        params![key],
+                    )
+                    .map_err(db_err)?;
+            }
         }
     }
     Ok(record)
 }
 
 /// Refuses files that are not custody journals or are too new, without writing to them.
-fn probe(path: &Path) -> Result<()> {
-    let first = probe_with(path, OpenFlags::SQLITE_OPEN_READ_ONLY);
-    let mut hot = path.as_os_str().to_owned();
-    hot.push("-journal");
-    if first.is_err() && Path::new(&hot).exists() {
-        // A process killed mid-transaction left a hot rollback journal, which a read-only
-        // connection cannot roll back. Rolling it back is SQLite's own recovery.
-        return probe_with(path, OpenFlags::SQLITE_OPEN_READ_WRITE);
-    }
-    first
-}
-
-fn probe_with(path: &Path, mode: OpenFlags) -> Result<()> {
+fn check_ours(conn: &Connection, path: &Path) -> Result<()> {
     let not_ours = || Error::NotAJournal(path.into());
-    let conn = Connection::open_with_flags(path, mode | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .map_err(|_| not_ours())?;
     let app_id: i32 = conn
         .pragma_query_value(None, "application_id", |r| r.get(0))
         .map_err(|_| not_ours())?;
@@ -603,42 +565,52 @@ impl Writer<'_> {
     }
 }
 
-/// The snapshot digests of every carrier of `scans`, computed once per scan.
-fn scan_digests(scans: &[ModuleScan]) -> Result<Vec<Vec<String>>> {
-    scans
-        .iter()
-        .map(|s| s.carriers.iter().map(snapshot_digest).collect())
-        .collect()
-}
-
-fn snapshot_digest(snap: &CarrierSnapshot) -> Result<String> {
-    // The slot is not identity and changes between runs: leave it out of the digest.
-    let mut s = snap.clone();
-    s.slot = 0;
-    let json = serde_json::to_vec(&s).map_err(|e| Error::JournalCorrupt(e.to_string()))?;
-    Ok(crate::cert::sha256_hex(&json))
-}
-
-fn load_digests(tx: &Connection) -> Result<HashMap<String, (bool, String)>> {
-    let mut stmt = tx
-        .prepare(
-            "SELECT c.carrier, c.present, s.sha256 FROM carriers c
-             JOIN carrier_snapshots s ON s.carrier = c.carrier",
+/// What the journal knows before a read: its carriers and the modules it holds unavailable.
+fn load_known(conn: &Connection) -> Result<Known> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT c.carrier, c.manufacturer, c.model, c.serial, c.label, c.module, c.present,
+                    c.last_slot, s.sha256
+             FROM carriers c JOIN carrier_snapshots s ON s.carrier = c.carrier",
         )
         .map_err(db_err)?;
     let rows = stmt
         .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                (r.get::<_, i64>(1)? != 0, r.get::<_, String>(2)?),
-            ))
+            Ok(KnownCarrier {
+                key: r.get(0)?,
+                manufacturer: r.get(1)?,
+                model: r.get(2)?,
+                serial: r.get(3)?,
+                label: r.get(4)?,
+                module: r.get(5)?,
+                present: r.get::<_, i64>(6)? != 0,
+                last_slot: r.get::<_, Option<i64>>(7)?.map(|s| s as u64),
+                digest: r.get(8)?,
+            })
         })
         .map_err(db_err)?;
-    rows.collect::<std::result::Result<_, _>>().map_err(db_err)
+    let mut known = Known::default();
+    for row in rows {
+        let c = row.map_err(db_err)?;
+        known.carriers.insert(c.key.clone(), c);
+    }
+    let mut stmt = conn
+        .prepare_cached("SELECT substr(key, ?1) FROM meta WHERE key LIKE ?2")
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map(
+            params![UNAVAILABLE.len() as i64 + 1, format!("{UNAVAILABLE}%")],
+            |r| r.get::<_, String>(0),
+        )
+        .map_err(db_err)?;
+    for row in rows {
+        known.unavailable.insert(row.map_err(db_err)?);
+    }
+    Ok(known)
 }
 
-fn load_snapshot(tx: &Transaction<'_>, key: &str) -> Result<CarrierSnapshot> {
-    let text: String = tx
+fn load_snapshot(conn: &Connection, key: &str) -> Result<CarrierSnapshot> {
+    let text: String = conn
         .query_row(
             "SELECT snapshot FROM carrier_snapshots WHERE carrier = ?1",
             [key],
@@ -658,7 +630,7 @@ fn store_carrier(
     head_seq: u64,
 ) -> Result<()> {
     let json = serde_json::to_string(snap).map_err(|e| Error::JournalCorrupt(e.to_string()))?;
-    let digest = snapshot_digest(snap)?;
+    let digest = snap.digest()?;
     match enrolled_seq {
         Some(seq) => {
             tx.execute(

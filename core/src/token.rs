@@ -15,69 +15,43 @@ use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki::slot::{Slot, TokenInfo};
-use serde::{Deserialize, Serialize};
 
 mod reload;
 pub use reload::SlotEvents;
 
 use crate::cert::{self, CertInfo};
 use crate::error::{Error, Result};
-use crate::id::{is_weak_serial, CarrierId, RawBytes};
+use crate::id::{is_weak_serial, percent_encode, weak_discriminator, CarrierId, RawBytes};
 use crate::inventory::{
-    key_type_name, CarrierSnapshot, CertObject, KeyClass, KeyObject, KeyPairing, Login,
+    key_type_name, CallError, CarrierSnapshot, CertObject, KeyClass, KeyObject, KeyPairing, Login,
+    ModuleInfo, ModuleScan, SlotProblem,
 };
 
 pub use pin::{login_refusal, NoPins, PinSource, PinTarget, TokenIdentity};
 pub use sign::{CarrierCertificate, SignOptions};
 pub use wipe::{DestroyedObject, GoneReport, GoneSpec, RemainingObject, Resolution, ResolvedToken};
 
-/// What the module says about itself (C_GetInfo).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModuleInfo {
-    /// Path the module was loaded from.
-    pub path: String,
-    /// Library manufacturer.
-    pub manufacturer: String,
-    /// Library description.
-    pub description: String,
-    /// Library version `major.minor`.
-    pub version: String,
-}
-
-/// A slot whose token could not be read, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlotProblem {
-    /// The slot id.
-    pub slot: u64,
-    /// What went wrong.
-    pub message: String,
-}
-
-/// A problem with one object that did not stop the scan of its carrier.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ObjectProblem {
-    /// The carrier's identity key.
-    pub carrier: String,
-    /// What went wrong.
-    pub message: String,
-}
-
-/// Everything one module showed in one scan.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ModuleScan {
-    /// The module.
-    pub module: ModuleInfo,
-    /// Every initialised token that could be read.
-    pub carriers: Vec<CarrierSnapshot>,
-    /// Slots with a token that could not be read.
-    pub slot_problems: Vec<SlotProblem>,
-}
-
 /// A loaded, initialised PKCS#11 module. Finalised on drop.
 pub struct Module {
     path: PathBuf,
     ctx: Option<Pkcs11>,
     info: ModuleInfo,
+    /// The last device or general error a call returned, until a slot list shows tokens
+    /// again: an empty list after it is not believed (see
+    /// [`crate::inventory::unavailable_if_empty`]). Kept across [`Module::reinitialize`].
+    trouble: std::sync::Mutex<Option<CallError>>,
+}
+
+/// How reading one slot ended.
+#[derive(Debug, Clone)]
+pub enum SlotRead {
+    /// The token was read completely.
+    Carrier(Box<CarrierSnapshot>),
+    /// The slot holds a token that is not initialised.
+    Uninitialised,
+    /// The read did not finish; the problem names the carrier when its token information
+    /// was read.
+    Partial(SlotProblem),
 }
 
 impl std::fmt::Debug for Module {
@@ -124,6 +98,7 @@ impl Module {
             path: path.into(),
             ctx: Some(ctx),
             info,
+            trouble: std::sync::Mutex::new(None),
         })
     }
 
@@ -139,7 +114,39 @@ impl Module {
         if let Err(e) = ctx.clone().finalize() {
             tracing::debug!(cause = %e, "C_Finalize failed");
         }
-        initialize(&ctx).map_err(|e| map_err("C_Initialize", e))
+        initialize(&ctx)
+            .map_err(|e| map_err("C_Initialize", e))
+            .map_err(|e| self.note(e))
+    }
+
+    /// Remembers a device or general error (see `trouble`) and passes the error on.
+    fn note(&self, e: Error) -> Error {
+        let call = CallError::of(&e);
+        if call.is_device_trouble() {
+            if let Ok(mut t) = self.trouble.lock() {
+                *t = Some(call);
+            }
+        }
+        e
+    }
+
+    /// Why an empty slot list from this module would not be believed: the device or
+    /// general error it returned last (unless a slot list with tokens came after it), or
+    /// its own word that it lost its connection ([`Module::disconnected`]).
+    pub fn trouble(&self) -> Option<CallError> {
+        self.trouble
+            .lock()
+            .ok()
+            .and_then(|t| t.clone())
+            .or_else(|| self.disconnected())
+    }
+
+    fn listed(&self, count: usize) {
+        if count > 0 {
+            if let Ok(mut t) = self.trouble.lock() {
+                *t = None;
+            }
+        }
     }
 
     fn ctx(&self) -> Result<&Pkcs11> {
@@ -154,45 +161,89 @@ impl Module {
         let slots = self
             .ctx()?
             .get_slots_with_token()
-            .map_err(|e| map_err("C_GetSlotList", e))?;
+            .map_err(|e| self.note(map_err("C_GetSlotList", e)))?;
+        self.listed(slots.len());
         Ok(slots.iter().map(Slot::id).collect())
     }
 
-    /// Reads every initialised token. One token failing is recorded as a [`SlotProblem`] and
-    /// does not stop the others.
-    pub fn scan(&self, pins: &dyn PinSource) -> Result<ModuleScan> {
-        let ctx = self.ctx()?;
-        let slots = ctx
-            .get_slots_with_token()
-            .map_err(|e| map_err("C_GetSlotList", e))?;
+    /// Reads every initialised token. A module that cannot list its slots gives a failed
+    /// scan ([`ModuleScan::failed`]); one token that cannot be read completely is a
+    /// [`SlotProblem`] and does not stop the others.
+    pub fn scan(&self, pins: &dyn PinSource) -> ModuleScan {
+        let slots = match self.ctx().and_then(|ctx| {
+            ctx.get_slots_with_token()
+                .map_err(|e| self.note(map_err("C_GetSlotList", e)))
+        }) {
+            Ok(slots) => slots,
+            Err(e) => return ModuleScan::failed(self.info.clone(), CallError::of(&e)),
+        };
+        let trouble = if slots.is_empty() {
+            self.trouble()
+        } else {
+            self.listed(slots.len());
+            None
+        };
         let mut carriers = Vec::with_capacity(slots.len());
         let mut slot_problems = Vec::new();
-        let present = pins.any().then(|| self.identities()).transpose()?;
-        for slot in slots {
-            match self.read_slot(ctx, slot, pins, present.as_deref()) {
-                Ok(Some(c)) => carriers.push(c),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(slot = slot.id(), cause = %e, "token could not be read");
-                    slot_problems.push(SlotProblem {
-                        slot: slot.id(),
-                        message: e.to_string(),
-                    });
-                }
+        let present = match pins.any().then(|| self.identities()).transpose() {
+            Ok(present) => present,
+            Err(e) => return ModuleScan::failed(self.info.clone(), CallError::of(&self.note(e))),
+        };
+        for slot in &slots {
+            match self.read_slot_listed(slot.id(), pins, present.as_deref()) {
+                SlotRead::Carrier(c) => carriers.push(*c),
+                SlotRead::Uninitialised => {}
+                SlotRead::Partial(p) => slot_problems.push(p),
             }
         }
-        Ok(ModuleScan {
-            module: self.info.clone(),
+        ModuleScan::read(
+            self.info.clone(),
             carriers,
             slot_problems,
-        })
+            slots.len(),
+            trouble,
+        )
     }
 
-    /// Reads the token in `slot`; `None` when the token is not initialised.
-    pub fn read_slot_id(&self, slot: u64, pins: &dyn PinSource) -> Result<Option<CarrierSnapshot>> {
+    /// Reads the token in `slot`: complete, not initialised, or partial (with the call that
+    /// failed).
+    pub fn read_slot_id(&self, slot: u64, pins: &dyn PinSource) -> SlotRead {
+        self.read_slot_listed(slot, pins, None)
+    }
+
+    /// [`Self::read_slot_id`] with the module's tokens already listed (see `read_slot`).
+    fn read_slot_listed(
+        &self,
+        slot: u64,
+        pins: &dyn PinSource,
+        present: Option<&[TokenIdentity]>,
+    ) -> SlotRead {
+        let mut carrier = None;
+        match self.read_slot_by_id(slot, pins, present, &mut carrier) {
+            Ok(Some(snapshot)) => SlotRead::Carrier(Box::new(snapshot)),
+            Ok(None) => SlotRead::Uninitialised,
+            Err(e) => {
+                let e = self.note(e);
+                tracing::warn!(slot, carrier = carrier.as_deref().unwrap_or("?"), cause = %e, "token could not be read completely");
+                SlotRead::Partial(SlotProblem {
+                    slot,
+                    carrier,
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
+    fn read_slot_by_id(
+        &self,
+        slot: u64,
+        pins: &dyn PinSource,
+        present: Option<&[TokenIdentity]>,
+        carrier: &mut Option<String>,
+    ) -> Result<Option<CarrierSnapshot>> {
         let ctx = self.ctx()?;
         let slot = Slot::try_from(slot).map_err(|e| map_err("C_GetSlotList", e))?;
-        self.read_slot(ctx, slot, pins, None)
+        self.read_slot(ctx, slot, pins, present, carrier)
     }
 
     /// The token in `slot` as C_GetTokenInfo alone shows it: label, identity without its
@@ -218,6 +269,7 @@ impl Module {
         slot: Slot,
         pins: &dyn PinSource,
         present: Option<&[TokenIdentity]>,
+        carrier: &mut Option<String>,
     ) -> Result<Option<CarrierSnapshot>> {
         let info = ctx
             .get_token_info(slot)
@@ -226,23 +278,22 @@ impl Module {
             return Ok(None);
         }
         let mut snapshot = token_snapshot(&info, slot, &self.path);
+        if snapshot.serial_weak {
+            // From the label, never from content: see inventory::identity.
+            snapshot.id.discriminator = Some(weak_discriminator(&snapshot.label));
+        }
+        *carrier = Some(snapshot.id.key());
         let session = ctx
             .open_ro_session(slot)
             .map_err(|e| map_err("C_OpenSession", e))?;
         snapshot.certificates = read_certificates(&session)?;
         snapshot.public_keys = read_keys(&session, KeyClass::Public)?;
         snapshot.login = pin::scan_login(self, ctx, slot, &session, &mut snapshot, pins, present)?;
-        if snapshot.serial_weak {
-            let digest = cert::sha256_hex(
-                format!(
-                    "{}\n{}",
-                    snapshot.label,
-                    snapshot.public_key_fingerprints().join(",")
-                )
-                .as_bytes(),
-            );
-            snapshot.id.discriminator = Some(digest[..16].to_owned());
-        }
+        // A token pulled mid-read can answer the object calls with CKR_OK and nothing: the
+        // read counts only if the session is still there after it.
+        session
+            .get_session_info()
+            .map_err(|e| map_err("C_GetSessionInfo", e))?;
         snapshot.sort_objects();
         snapshot.pair_keys();
         Ok(Some(snapshot))
@@ -282,7 +333,7 @@ pub(crate) fn map_err(op: &'static str, e: CkError) -> Error {
         CkError::Pkcs11(RvError::FunctionNotSupported, _) => Error::NotSupported { op },
         CkError::Pkcs11(rv, _) => Error::Pkcs11 {
             op,
-            rv: format!("{rv:?}"),
+            rv: rv_name(rv),
         },
         other => Error::Pkcs11 {
             op,
@@ -291,11 +342,47 @@ pub(crate) fn map_err(op: &'static str, e: CkError) -> Error {
     }
 }
 
+/// The PKCS#11 name of a return value: `DeviceError` → `CKR_DEVICE_ERROR`.
+fn rv_name(rv: RvError) -> String {
+    let debug = format!("{rv:?}");
+    let mut out = String::from("CKR_");
+    for (i, c) in debug.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+/// The strings of CK_TOKEN_INFO as custody prints and stores them: trailing padding removed,
+/// control characters percent-encoded ([`percent_encode`]), one way everywhere.
+pub(crate) struct TokenStrings {
+    pub(crate) label: String,
+    pub(crate) manufacturer: String,
+    pub(crate) model: String,
+    pub(crate) serial: String,
+}
+
+impl TokenStrings {
+    pub(crate) fn of(info: &TokenInfo) -> Self {
+        let clean = |s: &str| percent_encode(s.trim_end());
+        Self {
+            label: clean(info.label()),
+            manufacturer: clean(info.manufacturer_id()),
+            model: clean(info.model()),
+            serial: clean(info.serial_number()),
+        }
+    }
+}
+
 fn token_snapshot(info: &TokenInfo, slot: Slot, module: &Path) -> CarrierSnapshot {
-    let label = info.label().trim_end().to_owned();
-    let manufacturer = info.manufacturer_id().trim_end().to_owned();
-    let model = info.model().trim_end().to_owned();
-    let serial = info.serial_number().trim_end().to_owned();
+    let TokenStrings {
+        label,
+        manufacturer,
+        model,
+        serial,
+    } = TokenStrings::of(info);
     let strings_lossy = [&label, &manufacturer, &model, &serial]
         .iter()
         .any(|s| s.contains('\u{fffd}'));

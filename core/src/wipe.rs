@@ -25,11 +25,11 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
-use crate::inventory::CarrierSnapshot;
+use crate::inventory::{CarrierSnapshot, ModuleInfo, ModuleScan};
 use crate::journal::{Actor, EventKind, Journal, OrderState};
 use crate::order::{DestructionOrder, Method, RejectCode, Rejection, Verification, VerifiedOrder};
 use crate::token::{
-    DestroyedObject, GoneReport, GoneSpec, Module, ModuleInfo, PinSource, PinTarget, ResolvedToken,
+    DestroyedObject, GoneReport, GoneSpec, Module, PinSource, PinTarget, ResolvedToken,
 };
 
 mod target;
@@ -786,14 +786,13 @@ fn report_for(
     }
 }
 
-fn scan_for_journal(module: &Module, pins: &dyn PinSource) -> Option<crate::token::ModuleScan> {
-    match module.scan(pins) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(cause = %e, "scan for the journal failed; the wipe goes on");
-            None
-        }
+fn scan_for_journal(module: &Module, pins: &dyn PinSource) -> Option<ModuleScan> {
+    let scan = module.scan(pins);
+    if let Some(why) = scan.unavailability() {
+        tracing::warn!(cause = %why, "scan for the journal failed; the wipe goes on");
+        return None;
     }
+    Some(scan)
 }
 
 fn record_outcome(
@@ -801,7 +800,7 @@ fn record_outcome(
     env: &Env<'_>,
     order_id: &str,
     report: &WipeReport,
-    scan: Option<&crate::token::ModuleScan>,
+    scan: Option<&ModuleScan>,
 ) -> Result<u64> {
     let (kind, state) = if report.verified {
         (EventKind::WipeCompleted, OrderState::Completed)

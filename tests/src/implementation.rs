@@ -11,8 +11,10 @@
 //! - `softhsm`: SoftHSM2 with a private token directory.
 //! - `kryoptic`: kryoptic built from the crates registry, sqlite slots.
 //! - `p11kit`: p11-kit's client module talking to `p11-kit server` exporting a private SoftHSM2.
+//! - `opensc`: OpenSC over a private pcscd with virtual cards in vsmartcard's reader.
 
 mod kryoptic;
+mod opensc;
 mod p11kit;
 mod softhsm;
 
@@ -138,6 +140,7 @@ pub static IMPLEMENTATIONS: &[&dyn Implementation] = &[
     &softhsm::SoftHsm,
     &kryoptic::Kryoptic,
     &p11kit::P11KitRemote,
+    &opensc::OpenSc,
 ];
 
 /// The implementation named `name`.

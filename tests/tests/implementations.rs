@@ -227,4 +227,5 @@ behaviours! {
     softhsm2 => "softhsm2",
     kryoptic => "kryoptic",
     p11kit_remote => "p11-kit-remote",
+    opensc => "opensc",
 }

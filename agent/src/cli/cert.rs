@@ -85,9 +85,7 @@ pub fn run(ctx: &Context, cmd: &CertCommand) -> anyhow::Result<Exit> {
         let Ok(module) = custody_core::token::Module::load(&path) else {
             continue;
         };
-        let Ok(scan) = module.scan(&NoPins) else {
-            continue;
-        };
+        let scan = module.scan(&NoPins);
         for carrier in &scan.carriers {
             let Ok(certs) = module.carrier_certificates(&carrier.id) else {
                 continue;

@@ -216,8 +216,9 @@ fn check_modules_and_pins(report: &mut Report, ctx: &Context, args: &DoctorArgs)
                 }
             };
             let info = module.info().clone();
-            match module.scan(&NoPins) {
-                Ok(scan) => {
+            let scan = module.scan(&NoPins);
+            match scan.unavailability() {
+                None => {
                     let message = format!(
                         "{} {} ({}): C_Initialize ok, {} token(s) read, re-initialisation {:?}",
                         escape_controls(&info.description),
@@ -243,7 +244,7 @@ fn check_modules_and_pins(report: &mut Report, ctx: &Context, args: &DoctorArgs)
                     }
                     carriers.extend(scan.carriers);
                 }
-                Err(err) => report.fail(
+                Some(err) => report.fail(
                     "module",
                     subject,
                     format!("loads, but its slots cannot be read: {err}"),

@@ -121,9 +121,9 @@ fn document(
         rows,
         sources,
         title: title(args.lang, ctx.config.form_title.as_deref()),
-        clock: Clock::new(args.lang, ctx.config.zone.clone()),
+        clock: Clock::new(args.lang, ctx.config.zone()),
         printed: local_time::now(
-            &ctx.config.zone,
+            &ctx.config.zone(),
             match args.lang {
                 Lang::Uk => Style::DayFirst,
                 Lang::En => Style::Iso,

@@ -6,8 +6,9 @@ use std::io::BufRead;
 use anyhow::{bail, Context as _};
 use clap::Args;
 use custody_core::id::RawBytes;
+use custody_core::inventory::ModuleScan;
 use custody_core::journal::{IssueRecord, IssueRequest};
-use custody_core::token::{Module, ModuleScan, SignOptions};
+use custody_core::token::{Module, SignOptions};
 use secrecy::SecretString;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -253,8 +254,12 @@ pub(crate) fn load_and_scan(ctx: &Context) -> (Vec<Module>, Vec<ModuleScan>, Fai
     let mut scans = Vec::new();
     let mut failed = Vec::new();
     for path in ctx.modules() {
-        match Module::load(&path).and_then(|m| m.scan(&pins).map(|s| (m, s))) {
-            Ok((m, s)) => {
+        match Module::load(&path) {
+            Ok(m) => {
+                let s = m.scan(&pins);
+                if let Some(why) = s.unavailability() {
+                    eprintln!("warning: module {}: {why}", path.display());
+                }
                 modules.push(m);
                 scans.push(s);
             }

@@ -127,9 +127,8 @@ pub fn run(ctx: &Context, cmd: &JournalCommand) -> anyhow::Result<Exit> {
                 json(&serde_json::json!({ "carriers": shown }))?;
                 return Ok(Exit::Ok);
             }
-            let show = |t: &str| {
-                crate::local_time::show(t, &ctx.config.zone, crate::local_time::Style::Iso)
-            };
+            let zone = ctx.config.zone();
+            let show = |t: &str| crate::local_time::show(t, &zone, crate::local_time::Style::Iso);
             for (c, events) in &histories {
                 println!("Carrier   {}", c.carrier);
                 println!("Label     {}", custody_core::id::escape_text(&c.label));

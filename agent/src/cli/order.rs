@@ -51,7 +51,7 @@ pub enum OrderCommand {
 /// `custody order create`
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// Serial of the carrier to wipe.
+    /// The carrier to wipe: its serial, or its key as `custody journal list` prints it.
     #[arg(long, value_name = "SERIAL")]
     pub carrier: String,
     /// Full name of the dismissed holder.
@@ -481,7 +481,7 @@ fn verify(ctx: &Context, a: &VerifyArgs) -> anyhow::Result<Exit> {
         due: v
             .order
             .as_ref()
-            .map(|o| crate::cli::status::show_time(&zone, o.due(&zone))),
+            .map(|o| crate::deadline::show_time(&zone, o.due(&zone))),
         journal_state,
         target,
         notes,

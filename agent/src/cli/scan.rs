@@ -1,11 +1,16 @@
 //! `custody scan`: read every carrier the modules show and record what changed.
+//!
+//! A module that cannot be read, or a token that cannot be read completely, makes the scan
+//! partial: nothing of that module (or that carrier) is recorded as removed, the output says
+//! so, and the exit code is 2.
 
 use std::collections::BTreeMap;
 
 use clap::Args;
+use custody_core::inventory::{CallError, ModuleInfo, ModuleScan, SlotProblem};
 use custody_core::inventory::{CarrierSnapshot, Login};
 use custody_core::journal::EventKind;
-use custody_core::token::{Module, ModuleInfo, ModuleScan, SlotProblem};
+use custody_core::token::Module;
 use serde::Serialize;
 
 use super::Context;
@@ -42,8 +47,11 @@ pub struct ScanReport<'a> {
 pub struct ModuleReport {
     /// Path as given.
     pub path: String,
-    /// Loaded and scanned.
+    /// Loaded and its slot list read.
     pub ok: bool,
+    /// Every slot was read completely from a healthy module: only then can the scan record
+    /// a carrier of this module as removed.
+    pub complete: bool,
     /// Why not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -75,50 +83,51 @@ pub fn run(ctx: &Context, _args: &ScanArgs) -> anyhow::Result<Exit> {
     let mut reports = Vec::new();
     let mut problems = Vec::new();
     for path in ctx.modules() {
-        let result = Module::load(&path).and_then(|m| m.scan(&pins));
-        match result {
-            Ok(scan) => {
-                for p in &scan.slot_problems {
-                    problems.push(Problem {
-                        scope: "slot",
-                        subject: format!("{} slot {}", scan.module.path, p.slot),
-                        message: p.message.clone(),
-                    });
-                }
-                for c in &scan.carriers {
-                    collect_carrier_problems(c, &mut problems);
-                }
-                reports.push(ModuleReport {
-                    path: path.display().to_string(),
-                    ok: true,
-                    error: None,
-                    info: Some(scan.module.clone()),
-                    carriers: scan.carriers.clone(),
-                    slot_problems: scan.slot_problems.clone(),
-                });
-                scans.push(scan);
-            }
+        let scan = match Module::load(&path) {
+            Ok(m) => m.scan(&pins),
             Err(e) => {
-                // Reported once, with the other problems, at the end.
-                tracing::debug!(module = %path.display(), cause = %e, "module not scanned");
-                problems.push(Problem {
-                    scope: "module",
-                    subject: path.display().to_string(),
-                    message: e.to_string(),
-                });
-                reports.push(ModuleReport {
-                    path: path.display().to_string(),
-                    ok: false,
-                    error: Some(e.to_string()),
-                    info: None,
-                    carriers: Vec::new(),
-                    slot_problems: Vec::new(),
-                });
+                let canonical = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+                ModuleScan::failed(
+                    ModuleInfo::unknown(&canonical.display().to_string()),
+                    CallError::of(&e),
+                )
             }
+        };
+        let unavailable = scan.unavailability();
+        if let Some(why) = &unavailable {
+            tracing::error!(module = %path.display(), cause = %why, "module not scanned");
+            problems.push(Problem {
+                scope: "module",
+                subject: path.display().to_string(),
+                message: format!("{why}; its carriers keep their state"),
+            });
         }
+        for p in &scan.slot_problems {
+            problems.push(Problem {
+                scope: "slot",
+                subject: format!("{} slot {}", scan.module.path, p.slot),
+                message: match &p.carrier {
+                    Some(c) => format!("carrier {c} not read completely: {}", p.message),
+                    None => p.message.clone(),
+                },
+            });
+        }
+        for c in &scan.carriers {
+            collect_carrier_problems(c, &mut problems);
+        }
+        reports.push(ModuleReport {
+            path: path.display().to_string(),
+            ok: scan.failure.is_none(),
+            complete: scan.is_complete(),
+            error: unavailable.map(|e| e.to_string()),
+            info: scan.failure.is_none().then(|| scan.module.clone()),
+            carriers: scan.carriers.clone(),
+            slot_problems: scan.slot_problems.clone(),
+        });
+        scans.push(scan);
     }
     let record = journal.record_scan(&scans, &ctx.actor(), time::OffsetDateTime::now_utc())?;
-    let exit = if reports.iter().any(|r| !r.ok) {
+    let exit = if reports.iter().any(|r| !r.complete) {
         Exit::Error
     } else if problems.iter().any(|p| p.scope == "login") {
         Exit::Failed
@@ -266,6 +275,15 @@ fn print_human(
     for e in removed {
         println!("removed: {}", e.carrier);
     }
+    for e in record.events.iter().filter(|e| e.module.is_some()) {
+        println!("{}: {}", e.kind, e.module.as_deref().unwrap_or_default());
+    }
+    for r in reports.iter().filter(|r| !r.complete) {
+        println!(
+            "partial: {} was not read completely; no carrier, certificate or key of it was recorded as removed",
+            r.path
+        );
+    }
     if !problems.is_empty() {
         eprintln!();
         for p in problems {
@@ -308,7 +326,7 @@ fn valid_until(ctx: &Context, c: &CarrierSnapshot, now: time::OffsetDateTime) ->
     };
     let shown = crate::local_time::show(
         &custody_core::journal::timestamp(not_after),
-        &ctx.config.zone,
+        &ctx.config.zone(),
         crate::local_time::Style::Iso,
     );
     if not_after < now {

@@ -10,12 +10,13 @@
 use std::time::{Duration, SystemTime};
 
 use clap::Args;
-use custody_core::journal::{timestamp, CarrierRow, OrderRow, OrderState};
+use custody_core::journal::{timestamp, CarrierRow};
 use custody_core::order::Zone;
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::Context;
+use crate::deadline::{order_statuses, OrderStatus};
 use crate::output::{clip, json, Table};
 use crate::state::{ModuleState, ServiceState, StateFile};
 use crate::Exit;
@@ -33,35 +34,6 @@ pub struct StatusArgs {
     /// on every carrier the journal knows; exit 1 when there are any (for monitoring).
     #[arg(long, value_name = "WINDOW")]
     pub expiring: Option<String>,
-}
-
-/// One order in `custody status --json`.
-#[derive(Debug, Serialize)]
-pub struct OrderStatus {
-    /// Order id.
-    pub order_id: String,
-    /// Holder.
-    pub holder: String,
-    /// Target serial.
-    pub serial: String,
-    /// Carrier key, once matched.
-    pub carrier: Option<String>,
-    /// Method.
-    pub method: String,
-    /// Responsible person.
-    pub responsible: String,
-    /// Dismissal date.
-    pub dismissed: String,
-    /// Due (local time, RFC 3339 with offset).
-    pub due: String,
-    /// Due (UTC).
-    pub due_utc: String,
-    /// True when past due and not completed.
-    pub overdue: bool,
-    /// State in the journal.
-    pub state: OrderState,
-    /// Received (UTC).
-    pub received_at: String,
 }
 
 /// The JSON document `custody status --json` prints.
@@ -89,41 +61,48 @@ pub struct StatusJson {
     /// With --expiring: certificates expiring within the window or expired.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expiring: Option<Vec<super::expiry::Expiring>>,
+    /// The service's sync to the organisation's journal, when `[fleet]` is configured.
+    pub fleet_sync: Option<FleetSyncStatus>,
 }
 
-/// `t` in `zone` as RFC 3339 with its offset.
-pub fn show_time(zone: &Zone, t: OffsetDateTime) -> String {
-    let local = zone.local(t);
-    local
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| timestamp(t))
+/// The service's sync to the organisation's journal.
+#[derive(Debug, Serialize)]
+pub struct FleetSyncStatus {
+    /// What the service recorded of its last attempts.
+    #[serde(flatten)]
+    pub state: crate::service::fleet::SyncState,
+    /// Local events the organisation did not hold at the last success (all of them when
+    /// it never succeeded).
+    pub lag_events: u64,
 }
 
-/// The status of every order at `now`.
-pub fn order_statuses(rows: &[OrderRow], zone: &Zone, now: OffsetDateTime) -> Vec<OrderStatus> {
-    let fmt = time::macros::format_description!("[year]-[month]-[day]");
-    rows.iter()
-        .filter(|r| r.state != OrderState::Completed)
-        .map(|r| {
-            let due = time::Date::parse(&r.dismissed, fmt)
-                .ok()
-                .map(|d| custody_core::order::due(d, zone));
-            OrderStatus {
-                order_id: r.order_id.clone(),
-                holder: r.holder.clone(),
-                serial: r.serial.clone(),
-                carrier: r.carrier.clone(),
-                method: r.method.clone(),
-                responsible: r.responsible.clone(),
-                dismissed: r.dismissed.clone(),
-                due: due.map(|d| show_time(zone, d)).unwrap_or_default(),
-                due_utc: due.map(timestamp).unwrap_or_default(),
-                overdue: due.is_none_or(|d| now >= d),
-                state: r.state,
-                received_at: r.received_at.clone(),
-            }
-        })
-        .collect()
+/// The sync state record of `journal`, with the lag computed from its head now.
+fn fleet_sync(journal: &custody_core::journal::Journal) -> anyhow::Result<Option<FleetSyncStatus>> {
+    use crate::service::fleet::SyncState;
+    let Some(state) = SyncState::read(&SyncState::path_for(journal.path()))? else {
+        return Ok(None);
+    };
+    let (head, _) = journal.head()?;
+    Ok(Some(FleetSyncStatus {
+        lag_events: head.saturating_sub(state.server_seq.unwrap_or(0)),
+        state,
+    }))
+}
+
+fn print_fleet_sync(f: &FleetSyncStatus) {
+    println!(
+        "Sync to {}: last success {}; {} event(s) not synced yet{}",
+        f.state.database,
+        f.state.last_success.as_deref().unwrap_or("never"),
+        f.lag_events,
+        match &f.state.last_error {
+            Some(e) => format!(
+                "; the last attempt ({}) failed: {e}",
+                f.state.last_attempt.as_deref().unwrap_or("?")
+            ),
+            None => String::new(),
+        }
+    );
 }
 
 /// The service as its state record shows it.
@@ -209,7 +188,7 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<Exit> {
             .map(|r| present_row(Some(r), &r.carrier, &r.label, &r.module, None, None))
             .collect(),
     };
-    let zone = Zone::from_tz(ctx.config.zone.clone());
+    let zone = Zone::from_tz(ctx.config.zone());
     let now = OffsetDateTime::now_utc();
     let window = args
         .expiring
@@ -247,6 +226,7 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<Exit> {
     let failed = (args.overdue && overdue > 0)
         || !not_running.is_empty()
         || expiring.as_ref().is_some_and(|e| !e.is_empty());
+    let fleet_sync = fleet_sync(&journal)?;
     if ctx.global.json {
         json(&StatusJson {
             now: timestamp(now),
@@ -259,9 +239,13 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<Exit> {
             overdue,
             not_running: not_running.clone(),
             expiring,
+            fleet_sync,
         })?;
     } else {
         print_service(&service, &carriers, journal.path());
+        if let Some(f) = &fleet_sync {
+            print_fleet_sync(f);
+        }
         println!();
         if orders.is_empty() {
             println!(
@@ -302,7 +286,7 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<Exit> {
         }
         if let (Some(list), Some(days)) = (&expiring, window) {
             println!();
-            print_expiring(list, days, &ctx.config.zone);
+            print_expiring(list, days, &ctx.config.zone());
         }
         if overdue > 0 {
             eprintln!(
@@ -506,6 +490,7 @@ fn print_service(service: &ServiceStatus, carriers: &[PresentRow], journal: &std
 #[cfg(test)]
 mod tests {
     use super::*;
+    use custody_core::journal::{OrderRow, OrderState};
     use std::time::Duration;
     use time::macros::datetime;
 

@@ -19,10 +19,10 @@ use custody_core::order::{AllowedSigners, Zone};
 use custody_core::wipe::Env;
 use time::OffsetDateTime;
 
-use super::{Task, TaskContext};
-use crate::cli::status::order_statuses;
+use crate::deadline::order_statuses;
 use crate::spool::{process_spool, Spool, SpoolAction};
-use crate::worker::PresentCarrier;
+use crate::state::PresentCarrier;
+use crate::worker::{Task, TaskContext};
 
 /// The longest time between two passes.
 pub const REFRESH: Duration = Duration::from_secs(60);

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use custody_core::inventory::{CarrierSnapshot, KeyClass, KeyObject, Login, TokenFlags};
+use custody_core::inventory::{ModuleInfo, ModuleScan};
 use custody_core::journal::{
     Actor, ImportRow, IssueRequest, Journal, RevocationRequest, RevocationStep,
 };
-use custody_core::token::{ModuleInfo, ModuleScan};
 use time::macros::datetime;
 
 pub(crate) const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -440,16 +440,18 @@ pub(crate) fn golden_journal(path: &Path) -> Journal {
     }];
     let mut c_snap = snapshot("a1b2c3d4e5f60003", "Token C");
     c_snap.public_keys = vec![key(KeyClass::Public, 3, "33cc", None)];
-    let scan = ModuleScan {
-        module: ModuleInfo {
+    let scan = ModuleScan::read(
+        ModuleInfo {
             path: "/usr/lib/fixed/libalmaz.so".into(),
             manufacturer: "IIT".into(),
             description: "fixed".into(),
             version: "1.0".into(),
         },
-        carriers: vec![a_snap, b_snap, c_snap],
-        slot_problems: Vec::new(),
-    };
+        vec![a_snap, b_snap, c_snap],
+        Vec::new(),
+        3,
+        None,
+    );
     j.record_scan(&[scan], &a, datetime!(2026-03-01 09:00 UTC))
         .unwrap_or_else(|e| panic!("{e}"));
     let issue = |j: &mut Journal, req: IssueRequest, now| {

@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use super::{db_err, query::EventRow, Journal, ScanRecord, Writer};
 use crate::error::{Error, Result};
+use crate::inventory::ModuleScan;
 use crate::order::VerifiedOrder;
-use crate::token::ModuleScan;
 
 /// Where an order stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -242,8 +242,7 @@ impl Writer<'_> {
 
     /// Records a scan inside this transaction (see [`Journal::record_scan`]).
     pub fn record_scan(&mut self, scans: &[ModuleScan]) -> Result<ScanRecord> {
-        let digests = super::scan_digests(scans)?;
-        super::record_scan_in(self, scans, &digests)
+        super::record_scan_in(self, scans)
     }
 
     /// One event by its seq, read inside this transaction.

@@ -34,9 +34,8 @@ impl Journal {
 mod tests {
     use super::*;
     use crate::id::CarrierId;
-    use crate::inventory::{CarrierSnapshot, Login, TokenFlags};
+    use crate::inventory::{CarrierSnapshot, Login, ModuleInfo, ModuleScan, TokenFlags};
     use crate::journal::Actor;
-    use crate::token::{ModuleInfo, ModuleScan};
 
     fn scan(serials: &[&str]) -> ModuleScan {
         let carriers = serials
@@ -65,16 +64,18 @@ mod tests {
                 login: Login::NotAttempted,
             })
             .collect();
-        ModuleScan {
-            module: ModuleInfo {
+        ModuleScan::read(
+            ModuleInfo {
                 path: "/m.so".into(),
                 manufacturer: "M".into(),
                 description: "d".into(),
                 version: "1.0".into(),
             },
             carriers,
-            slot_problems: Vec::new(),
-        }
+            Vec::new(),
+            serials.len(),
+            None,
+        )
     }
 
     #[test]

@@ -17,6 +17,8 @@
 
 use cryptoki::context::Pkcs11;
 
+use crate::inventory::CallError;
+
 use super::{map_err, Module};
 use crate::error::Result;
 
@@ -45,7 +47,27 @@ impl SlotEvents {
     }
 }
 
+/// What a module's library description (`CK_INFO.libraryDescription`) says when it has lost
+/// what it fronts: p11-kit's remote client answers "p11-kit (no connection)" and an empty slot
+/// list, all with CKR_OK, once its server is gone (measured with p11-kit 0.24).
+const DISCONNECTED: &[&str] = &["(no connection)"];
+
 impl Module {
+    /// When the module says it has lost its connection (asked afresh with C_GetInfo), why;
+    /// an empty slot list from such a module shows nothing about the carriers.
+    pub fn disconnected(&self) -> Option<CallError> {
+        let ctx = self.ctx().ok()?;
+        let info = ctx.get_library_info().ok()?;
+        let description = info.library_description().trim_end().to_owned();
+        DISCONNECTED
+            .iter()
+            .any(|d| description.contains(d))
+            .then(|| CallError {
+                call: "C_GetInfo".into(),
+                rv: format!("CKR_OK, library \"{description}\""),
+            })
+    }
+
     /// A handle to wait for this module's slot events on another thread. Finalising the
     /// module (drop, [`Module::reinitialize`]) ends a wait in progress with an error.
     pub fn slot_events(&self) -> Option<SlotEvents> {

@@ -53,10 +53,11 @@ impl Module {
             let Ok(info) = ctx.get_token_info(slot) else {
                 continue;
             };
+            let t = super::TokenStrings::of(&info);
             if info.token_initialized()
-                && info.manufacturer_id().trim_end() == id.manufacturer
-                && info.model().trim_end() == id.model
-                && info.serial_number().trim_end() == id.serial
+                && t.manufacturer == id.manufacturer
+                && t.model == id.model
+                && t.serial == id.serial
             {
                 found.push(slot);
             }

@@ -164,13 +164,14 @@ impl Module {
                     continue;
                 }
             };
-            if !info.token_initialized() || info.serial_number().trim_end() != serial {
+            let t = super::TokenStrings::of(&info);
+            if !info.token_initialized() || t.serial != serial {
                 continue;
             }
             let id = CarrierId {
-                manufacturer: info.manufacturer_id().trim_end().to_owned(),
-                model: info.model().trim_end().to_owned(),
-                serial: serial.to_owned(),
+                manufacturer: t.manufacturer,
+                model: t.model,
+                serial: t.serial,
                 discriminator: None,
             };
             let ok = manufacturer.is_none_or(|m| m == id.manufacturer)
@@ -179,7 +180,7 @@ impl Module {
                 found.push(ResolvedToken {
                     slot: slot.id(),
                     id,
-                    label: info.label().trim_end().to_owned(),
+                    label: t.label,
                 });
             } else {
                 mismatched.push(id);
@@ -200,10 +201,11 @@ impl Module {
         let info = ctx
             .get_token_info(slot)
             .map_err(|e| map_err("C_GetTokenInfo", e))?;
+        let now = super::TokenStrings::of(&info);
         let same = info.token_initialized()
-            && info.serial_number().trim_end() == t.id.serial
-            && info.manufacturer_id().trim_end() == t.id.manufacturer
-            && info.model().trim_end() == t.id.model;
+            && now.serial == t.id.serial
+            && now.manufacturer == t.id.manufacturer
+            && now.model == t.id.model;
         if !same {
             return Err(Error::Refused(format!(
                 "slot {} no longer holds carrier {}; nothing was done. Run the order again",
@@ -217,7 +219,7 @@ impl Module {
     /// token accepts.
     pub fn read_token(&self, t: &ResolvedToken, pins: &dyn PinSource) -> Result<CarrierSnapshot> {
         self.still_there(t)?;
-        self.read_slot_id(t.slot, pins)?
+        self.read_slot_by_id(t.slot, pins, None, &mut None)?
             .ok_or_else(|| Error::TokenAbsent(t.id.serial.clone()))
     }
 

@@ -82,6 +82,8 @@ fn main() -> anyhow::Result<()> {
             std::hint::black_box(attrs);
             objects += 1;
         }
+        // custody confirms the read was complete: the session still exists after it.
+        std::hint::black_box(session.get_session_info()?);
     }
     ctx.finalize()?;
     println!("tokens {tokens} objects {objects}");

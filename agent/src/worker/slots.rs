@@ -1,0 +1,574 @@
+//! One watched module: its slots as last read, the cheap presence poll, content checks, and
+//! the backoff of a module that is unavailable.
+//!
+//! The poll only finds out whether anything may have changed (slot ids, a content check that
+//! reads differently); what changed is decided by `custody_core::inventory::compare` when the
+//! journal records the module's [`ModuleScan`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use custody_core::inventory::{
+    unavailable_if_empty, CallError, CarrierSnapshot, Login, ModuleInfo, ModuleScan, SlotProblem,
+};
+use custody_core::token::{Module, NoPins, SlotRead};
+
+use super::Request;
+use crate::config::Reinit;
+use crate::pin::Pins as ServicePins;
+use crate::poll::ModulePoll;
+
+/// First wait before re-initialising a module that became unavailable.
+pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// The wait doubles after each failed attempt, up to this.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// One module the worker watches.
+pub(super) struct Watched {
+    pub(super) path: PathBuf,
+    /// `path` as text, for reports (formatted once).
+    pub(super) path_text: String,
+    pub(super) policy: Reinit,
+    pub(super) module: Option<Module>,
+    /// Slot id -> what is in it, as recorded in the journal.
+    pub(super) slots: BTreeMap<u64, SlotState>,
+    /// The slots must be read and recorded in full (first poll after loading, a failed
+    /// journal write, or a module that answers again).
+    pub(super) fresh: bool,
+    /// Why the module is not loaded.
+    pub(super) load_error: Option<String>,
+    /// Set while the module is unavailable.
+    pub(super) outage: Option<Outage>,
+    /// Where a slot-event thread sends [`Request::Wake`].
+    pub(super) waker: mpsc::Sender<Request>,
+    /// What the module's C_WaitForSlotEvent has shown (kept across re-initialisations).
+    slot_events: SharedSupport,
+}
+
+/// A module that failed, or answered an empty slot list right after device errors.
+#[derive(Debug, Clone)]
+pub(super) struct Outage {
+    /// The last reason.
+    pub(super) reason: CallError,
+    /// The wait before the next attempt.
+    backoff: Duration,
+    /// When the next attempt (re-initialisation + slot list) is due.
+    pub(super) next_try: Instant,
+    /// `module_unavailable` was handed to the journal.
+    pub(super) recorded: bool,
+}
+
+impl Outage {
+    fn start(reason: CallError, now: Instant) -> Self {
+        Self {
+            reason,
+            backoff: BACKOFF_FIRST,
+            next_try: now + BACKOFF_FIRST,
+            recorded: false,
+        }
+    }
+
+    fn again(&mut self, reason: CallError, now: Instant) {
+        self.reason = reason;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        self.next_try = now + self.backoff;
+    }
+}
+
+impl Watched {
+    pub(super) fn new(path: PathBuf, policy: Reinit, waker: mpsc::Sender<Request>) -> Self {
+        Self {
+            path_text: path.display().to_string(),
+            path,
+            policy,
+            module: None,
+            slots: BTreeMap::new(),
+            fresh: true,
+            load_error: None,
+            outage: None,
+            waker,
+            slot_events: SharedSupport::default(),
+        }
+    }
+
+    pub(super) fn load(&mut self) {
+        match Module::load(&self.path) {
+            Ok(m) => {
+                self.module = Some(m);
+                self.fresh = true;
+                self.load_error = None;
+                tracing::info!(
+                    module = %self.path_text,
+                    library = %self.info().description,
+                    manufacturer = %self.info().manufacturer,
+                    reinit = %self.reinit_setting(),
+                    "module loaded"
+                );
+                self.wait_for_slot_events();
+            }
+            Err(e) => {
+                self.load_error = Some(e.to_string());
+                tracing::error!(module = %self.path_text, cause = %e, "module not loaded; retrying later");
+            }
+        }
+    }
+
+    /// What the module says about itself, or only its path when it is not loaded.
+    pub(super) fn info(&self) -> ModuleInfo {
+        match &self.module {
+            Some(m) => m.info().clone(),
+            None => ModuleInfo::unknown(
+                &std::fs::canonicalize(&self.path)
+                    .unwrap_or_else(|_| self.path.clone())
+                    .display()
+                    .to_string(),
+            ),
+        }
+    }
+
+    /// Starts a thread that blocks in C_WaitForSlotEvent and wakes the worker on every slot
+    /// event, so an insertion is seen at once rather than at the next poll; the poll stays as
+    /// the fallback. Not under policy `always` (its C_Finalize would end every wait). The
+    /// thread ends when the module answers with an error: `not supported` tells that the
+    /// module has no slot events (and, on every module measured, a frozen slot list), so under
+    /// policy `auto` it is re-initialised from then on to see new tokens; any other error (the
+    /// module was finalised) just ends the thread.
+    pub(super) fn wait_for_slot_events(&self) {
+        if self.policy == Reinit::Always || self.slot_events.get() == SlotEventSupport::Refused {
+            return;
+        }
+        let Some(events) = self.module.as_ref().and_then(Module::slot_events) else {
+            return;
+        };
+        let waker = self.waker.clone();
+        let module = self.path_text.clone();
+        let support = self.slot_events.clone();
+        let policy = self.policy;
+        let spawned = std::thread::Builder::new()
+            .name("custody-slot-events".into())
+            .spawn(move || loop {
+                match events.wait() {
+                    Ok(slot) => {
+                        support.set(SlotEventSupport::Live);
+                        tracing::debug!(%module, slot, "slot event");
+                        if waker.send(Request::Wake).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e @ custody_core::Error::NotSupported { .. }) => {
+                        support.set(SlotEventSupport::Refused);
+                        let reinit = policy == Reinit::Auto;
+                        tracing::info!(%module, cause = %e, reinit, "no slot events from this module");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%module, cause = %e, "slot-event wait ended");
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(cause = %e, "no slot-event thread; polling only");
+        }
+    }
+
+    /// The effective re-initialisation setting, for the "module loaded" line.
+    fn reinit_setting(&self) -> &'static str {
+        match self.policy {
+            Reinit::Always => "every poll (policy always)",
+            Reinit::Never => "never (policy never)",
+            Reinit::Auto => {
+                "every poll once the module shows it has no slot events, else never (policy auto)"
+            }
+        }
+    }
+
+    /// Whether polls re-initialise the module: policy `always`; or policy `auto` and the
+    /// module has shown that it has no slot events.
+    pub(super) fn needs_reinit(&self) -> bool {
+        match self.policy {
+            Reinit::Always => true,
+            Reinit::Never => false,
+            Reinit::Auto => {
+                self.module.is_some() && self.slot_events.get() == SlotEventSupport::Refused
+            }
+        }
+    }
+
+    /// Records that an attempt failed: starts the outage, or doubles its backoff. Returns
+    /// true when the journal must still be told.
+    pub(super) fn unavailable(&mut self, reason: CallError, now: Instant) -> bool {
+        match &mut self.outage {
+            Some(o) => {
+                tracing::debug!(module = %self.path_text, cause = %reason, "module still unavailable");
+                o.again(reason, now);
+            }
+            None => {
+                tracing::warn!(module = %self.path_text, cause = %reason, "module unavailable; its carriers keep their state; re-initialising it with backoff");
+                self.outage = Some(Outage::start(reason, now));
+                self.fresh = true;
+            }
+        }
+        self.outage.as_ref().is_some_and(|o| !o.recorded)
+    }
+
+    /// The module answered: ends an outage (the next recording says `module_recovered`).
+    pub(super) fn answered(&mut self) {
+        if self.outage.take().is_some() {
+            tracing::info!(module = %self.path_text, "module answers again");
+            self.wait_for_slot_events();
+        }
+    }
+}
+
+/// What a module's C_WaitForSlotEvent has shown, shared with its slot-event thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotEventSupport {
+    /// No answer yet (the wait blocks, or has not started).
+    Unknown = 0,
+    /// It reported a slot event.
+    Live = 1,
+    /// It answered CKR_FUNCTION_NOT_SUPPORTED.
+    Refused = 2,
+}
+
+/// [`SlotEventSupport`] behind an atomic, cheap to clone.
+#[derive(Debug, Clone, Default)]
+struct SharedSupport(std::sync::Arc<std::sync::atomic::AtomicU8>);
+
+impl SharedSupport {
+    fn get(&self) -> SlotEventSupport {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => SlotEventSupport::Live,
+            2 => SlotEventSupport::Refused,
+            _ => SlotEventSupport::Unknown,
+        }
+    }
+
+    fn set(&self, support: SlotEventSupport) {
+        self.0
+            .store(support as u8, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// What a slot holds.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum SlotState {
+    /// A token that is not initialised (SoftHSM's spare slot).
+    Uninitialised,
+    /// A token that could not be read completely and was never read before.
+    Unreadable(SlotProblem),
+    /// A carrier.
+    Carrier(Box<Known>),
+}
+
+/// A carrier as last read.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Known {
+    /// The full read (with private keys when a PIN was accepted): what is recorded.
+    pub(super) full: CarrierSnapshot,
+    /// What a read without PIN shows ([`public_view`]): what content checks compare.
+    public: CarrierSnapshot,
+    /// Set when the last read did not finish; the carrier is kept, not removed.
+    unreadable: Option<String>,
+}
+
+/// The part of a snapshot a read without PIN sees, made comparable: no private keys, no
+/// login outcome, no slot, pairing recomputed from public keys only.
+fn public_view(s: &CarrierSnapshot) -> CarrierSnapshot {
+    let mut p = s.clone();
+    p.private_keys = None;
+    p.login = Login::NotAttempted;
+    p.slot = 0;
+    p.pair_keys();
+    p
+}
+
+/// What polling one module found when something may have changed.
+pub(super) struct Found {
+    /// The module's slots after this poll (not yet committed).
+    pub(super) slots: BTreeMap<u64, SlotState>,
+    /// The read to record, when the journal must be told.
+    pub(super) scan: Option<ModuleScan>,
+    /// Time spent on content checks.
+    pub(super) check_cost: Duration,
+}
+
+/// Polls one module. `Ok(None)`: nothing changed (the common, allocation-free path).
+/// `Err`: the module is unavailable, for that reason.
+pub(super) fn poll_module(
+    watched: &mut Watched,
+    reinit: bool,
+    check: bool,
+    pins: &ServicePins,
+    mp: &mut ModulePoll,
+) -> Result<Option<Found>, CallError> {
+    let start = Instant::now();
+    if reinit {
+        let Some(module) = watched.module.as_mut() else {
+            return Ok(None);
+        };
+        module.reinitialize().map_err(|e| CallError::of(&e))?;
+        mp.reinitialised = true;
+        mp.reinit_cost = start.elapsed();
+        if !watched.needs_reinit() {
+            // C_Finalize ended the wait of a module with slot events: wait again.
+            watched.wait_for_slot_events();
+        }
+    }
+    let Some(module) = watched.module.as_mut() else {
+        return Ok(None);
+    };
+    let mut ids = module.slots().map_err(|e| CallError::of(&e))?;
+    if ids.is_empty() {
+        if let Some(reason) = unavailable_if_empty(0, module.trouble()) {
+            return Err(reason);
+        }
+    }
+    mp.presence_cost = start.elapsed();
+    tracing::trace!(module = %watched.path_text, reinit, slots = ids.len(), "polled");
+    ids.sort_unstable();
+    let same_slots = ids.len() == watched.slots.len()
+        && ids.iter().zip(watched.slots.keys()).all(|(a, b)| a == b);
+    // After a re-initialisation the same slot ids may hold other tokens (kryoptic initialises
+    // new tokens in existing slots, and gives a re-initialised one a new serial): one
+    // C_GetTokenInfo per slot tells which slots to read again.
+    let retoken: BTreeSet<u64> = if mp.reinitialised && !check {
+        let module: &Module = module;
+        ids.iter()
+            .copied()
+            .filter(|id| {
+                watched
+                    .slots
+                    .get(id)
+                    .is_some_and(|old| token_changed(module, *id, old))
+            })
+            .collect()
+    } else {
+        BTreeSet::new()
+    };
+    if same_slots && !check && retoken.is_empty() {
+        return Ok(None);
+    }
+    let module: &Module = module;
+    let check_start = Instant::now();
+    let mut next = BTreeMap::new();
+    let mut changed = !same_slots;
+    for id in ids {
+        let state = match watched.slots.get(&id) {
+            None => read_new(module, id, pins),
+            Some(old) if check || retoken.contains(&id) => {
+                let new = recheck(module, id, old, pins);
+                changed |= new != *old;
+                new
+            }
+            Some(old) => old.clone(),
+        };
+        next.insert(id, state);
+    }
+    let check_cost = if check {
+        check_start.elapsed()
+    } else {
+        Duration::ZERO
+    };
+    let scan = (watched.fresh || changed).then(|| to_scan(module.info().clone(), &next));
+    Ok(Some(Found {
+        slots: next,
+        scan,
+        check_cost,
+    }))
+}
+
+/// True when the token in `slot` is not the one last read there, as far as C_GetTokenInfo
+/// tells: initialised or not, identity, label, flags. A slot that could not be read counts as
+/// changed (read it again).
+fn token_changed(module: &Module, slot: u64, old: &SlotState) -> bool {
+    let now = match module.token_info(slot) {
+        Ok(now) => now,
+        Err(e) => {
+            tracing::debug!(slot, cause = %e, "token information could not be read");
+            return true;
+        }
+    };
+    match (old, now) {
+        (SlotState::Uninitialised, None) => false,
+        (SlotState::Carrier(known), Some(now)) => {
+            let was = &known.full;
+            was.label != now.label
+                || was.id.manufacturer != now.id.manufacturer
+                || was.id.model != now.id.model
+                || was.id.serial != now.id.serial
+                || was.flags != now.flags
+        }
+        _ => true,
+    }
+}
+
+/// The read of a module's slots as the journal takes it.
+fn to_scan(module: ModuleInfo, slots: &BTreeMap<u64, SlotState>) -> ModuleScan {
+    let mut carriers = Vec::new();
+    let mut problems = Vec::new();
+    for (slot, s) in slots {
+        match s {
+            SlotState::Carrier(k) => match &k.unreadable {
+                None => {
+                    let mut full = k.full.clone();
+                    full.slot = *slot;
+                    carriers.push(full);
+                }
+                Some(message) => problems.push(SlotProblem {
+                    slot: *slot,
+                    carrier: Some(k.full.id.key()),
+                    message: message.clone(),
+                }),
+            },
+            SlotState::Unreadable(p) => problems.push(SlotProblem {
+                slot: *slot,
+                ..p.clone()
+            }),
+            SlotState::Uninitialised => {}
+        }
+    }
+    ModuleScan::read(module, carriers, problems, slots.len(), None)
+}
+
+/// Reads a slot seen for the first time (or again after a change), with PINs.
+fn read_new(module: &Module, slot: u64, pins: &ServicePins) -> SlotState {
+    match module.read_slot_id(slot, pins) {
+        SlotRead::Carrier(full) => SlotState::Carrier(Box::new(Known {
+            public: public_view(&full),
+            full: *full,
+            unreadable: None,
+        })),
+        SlotRead::Uninitialised => SlotState::Uninitialised,
+        SlotRead::Partial(p) => SlotState::Unreadable(p),
+    }
+}
+
+/// Content check of a known slot: a read without PIN, compared with the last one; a full
+/// read only when it differs (or a PIN source changed since it was rejected).
+fn recheck(module: &Module, slot: u64, old: &SlotState, pins: &ServicePins) -> SlotState {
+    match old {
+        SlotState::Uninitialised => match module.read_slot_id(slot, &NoPins) {
+            SlotRead::Uninitialised => SlotState::Uninitialised,
+            SlotRead::Carrier(_) => read_new(module, slot, pins),
+            SlotRead::Partial(p) => SlotState::Unreadable(p),
+        },
+        SlotState::Unreadable(_) => read_new(module, slot, pins),
+        SlotState::Carrier(known) => match module.read_slot_id(slot, &NoPins) {
+            SlotRead::Carrier(public) => {
+                if known.unreadable.is_none()
+                    && public_view(&public) == known.public
+                    && !pins.retry_due(&known.full.id)
+                {
+                    old.clone()
+                } else {
+                    match read_new(module, slot, pins) {
+                        SlotState::Unreadable(p) => keep_unreadable(known, p.message),
+                        other => other,
+                    }
+                }
+            }
+            SlotRead::Uninitialised => SlotState::Uninitialised,
+            SlotRead::Partial(p) => {
+                tracing::debug!(slot, cause = %p.message, "carrier could not be read; kept as present");
+                keep_unreadable(known, p.message)
+            }
+        },
+    }
+}
+
+fn keep_unreadable(known: &Known, error: String) -> SlotState {
+    let mut k = known.clone();
+    k.unreadable = Some(error);
+    SlotState::Carrier(Box::new(k))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custody_core::id::CarrierId;
+    use custody_core::inventory::TokenFlags;
+
+    fn snap(serial: &str, label: &str) -> CarrierSnapshot {
+        CarrierSnapshot {
+            id: CarrierId {
+                manufacturer: "M".into(),
+                model: "X".into(),
+                serial: serial.into(),
+                discriminator: None,
+            },
+            label: label.into(),
+            strings_lossy: false,
+            serial_weak: false,
+            flags: TokenFlags::default(),
+            hardware_version: "1.0".into(),
+            firmware_version: "1.0".into(),
+            module: "/m.so".into(),
+            slot: 0,
+            certificates: Vec::new(),
+            public_keys: Vec::new(),
+            private_keys: Some(Vec::new()),
+            login: Login::LoggedIn,
+        }
+    }
+
+    fn carrier(s: CarrierSnapshot) -> SlotState {
+        SlotState::Carrier(Box::new(Known {
+            public: public_view(&s),
+            full: s,
+            unreadable: None,
+        }))
+    }
+
+    #[test]
+    fn a_carrier_that_could_not_be_read_is_a_problem_naming_it_not_an_absence() {
+        let mut b = Known {
+            public: public_view(&snap("b", "B")),
+            full: snap("b", "B"),
+            unreadable: None,
+        };
+        b.unreadable = Some("C_FindObjects returned CKR_DEVICE_REMOVED".into());
+        let slots = BTreeMap::from([
+            (1, carrier(snap("a", "A"))),
+            (2, SlotState::Carrier(Box::new(b))),
+            (3, SlotState::Uninitialised),
+        ]);
+        let scan = to_scan(ModuleInfo::unknown("/m.so"), &slots);
+        assert_eq!(scan.carriers.len(), 1);
+        assert_eq!(scan.slot_problems.len(), 1);
+        assert_eq!(scan.slot_problems[0].carrier.as_deref(), Some("M/X/b"));
+        assert!(!scan.is_complete());
+    }
+
+    #[test]
+    fn public_view_ignores_private_keys_login_and_slot() {
+        let mut full = snap("a", "A");
+        full.slot = 9;
+        let mut public = snap("a", "A");
+        public.private_keys = None;
+        public.login = Login::NotAttempted;
+        assert_eq!(public_view(&full), public_view(&public));
+        public.label = "B".into();
+        assert_ne!(public_view(&full), public_view(&public));
+    }
+
+    #[test]
+    fn backoff_doubles_from_one_second_to_sixty() {
+        let now = Instant::now();
+        let reason = CallError {
+            call: "C_GetSlotList".into(),
+            rv: "CKR_DEVICE_ERROR".into(),
+        };
+        let mut o = Outage::start(reason.clone(), now);
+        let mut waits = vec![o.backoff.as_secs()];
+        for _ in 0..8 {
+            o.again(reason.clone(), now);
+            waits.push(o.backoff.as_secs());
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(o.next_try, now + BACKOFF_MAX);
+    }
+}
