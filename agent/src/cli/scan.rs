@@ -95,7 +95,7 @@ pub fn run(ctx: &Context, _args: &ScanArgs) -> anyhow::Result<Exit> {
         };
         let unavailable = scan.unavailability();
         if let Some(why) = &unavailable {
-            tracing::error!(module = %path.display(), cause = %why, "module not scanned");
+            tracing::debug!(module = %path.display(), cause = %why, "module not scanned");
             problems.push(Problem {
                 scope: "module",
                 subject: path.display().to_string(),
