@@ -202,10 +202,26 @@ impl Context {
             .unwrap_or_else(|| self.config.journal.clone())
     }
 
-    /// Opens (or creates) the journal.
+    /// Opens (or creates) the journal. A journal is created only in a directory that exists,
+    /// except at the default path, whose directory custody creates (0700).
     pub fn open_journal(&self) -> anyhow::Result<Journal> {
+        self.create_default_dir()?;
         let path = self.journal_path();
         Ok(Journal::open(&path)?)
+    }
+
+    /// Creates the default state directory (`/var/lib/custody` for root, else
+    /// `$XDG_DATA_HOME/custody`), mode 0700, when the journal in effect is the default one.
+    /// A journal path given with --journal or in the configuration must be in an existing
+    /// directory: a mistyped path must not start a new, empty journal.
+    pub fn create_default_dir(&self) -> anyhow::Result<()> {
+        let path = self.journal_path();
+        if path == crate::config::default_journal() {
+            if let Some(dir) = path.parent() {
+                custody_core::file::create_private_dir_all(dir)?;
+            }
+        }
+        Ok(())
     }
 
     /// Opens an existing journal; a missing file is an error rather than a new journal.

@@ -4,7 +4,7 @@
 //! only where to read them from.
 //!
 //! No value of the file is ever echoed: a refused value is named by file, line and key
-//! ([`report`]), because the one value that must never be shown — a PIN typed into the file
+//! (`config::report`), because the one value that must never be shown — a PIN typed into the file
 //! by mistake — looks like any other. Values that would be shown later (paths in messages,
 //! the organisation on the form) are checked when the file is read: paths must be absolute,
 //! the organisation's name must contain letters, variable names must be variable names, so a
@@ -342,10 +342,17 @@ pub fn read_pin_file(path: &Path) -> anyhow::Result<SecretString> {
             path.display()
         );
     }
-    let text = zeroize::Zeroizing::new(
-        std::fs::read_to_string(path)
-            .with_context(|| format!("PIN file {}: cannot read it", path.display()))?,
-    );
+    // A FIFO or device in place of the PIN file must not make custody wait.
+    let mut text = zeroize::Zeroizing::new(String::new());
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(
+            custody_core::file::open_regular_following(path)
+                .map_err(|e| anyhow::anyhow!("PIN file {}: {e}", path.display()))?,
+            4096,
+        ),
+        &mut text,
+    )
+    .with_context(|| format!("PIN file {}: cannot read it", path.display()))?;
     let pin = text.strip_suffix('\n').unwrap_or(&text);
     let pin = pin.strip_suffix('\r').unwrap_or(pin);
     if pin.is_empty() {

@@ -116,6 +116,10 @@ pub fn process_spool(
     };
     files.sort();
     for path in files {
+        if custody_core::stop::requested() {
+            // The service is stopping: the other files wait for the next start.
+            break;
+        }
         let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
             continue;
         };
@@ -163,11 +167,27 @@ fn process_one(
     if !meta.file_type().is_file() {
         let r = Rejection::new(
             RejectCode::Malformed,
-            "only regular files are accepted in the spool (no symlinks or directories)",
+            format!(
+                "the order is a {}, not a regular file; only regular files are accepted in the spool",
+                custody_core::file::kind(meta.file_type())
+            ),
         );
         return settle(spool, journal, &env, path, entry, r, None);
     }
-    if !sig.exists() {
+    // The signature file must be a regular file too: a FIFO named NAME.json.sig would
+    // otherwise make the read wait for a writer, and the service with it.
+    let sig_meta = std::fs::symlink_metadata(&sig).ok();
+    if let Some(m) = sig_meta.as_ref().filter(|m| !m.file_type().is_file()) {
+        let r = Rejection::new(
+            RejectCode::SignatureMalformed,
+            format!(
+                "the signature file is a {}, not a regular file; only regular files are accepted in the spool",
+                custody_core::file::kind(m.file_type())
+            ),
+        );
+        return settle(spool, journal, &env, path, entry, r, None);
+    }
+    if sig_meta.is_none() {
         let modified = meta
             .modified()
             .map(time::OffsetDateTime::from)
@@ -289,25 +309,29 @@ fn move_out(path: &Path, to: &Path, reason: &str) -> anyhow::Result<()> {
     move_out_with(path, to, "reason", reason)
 }
 
-/// Moves `path` and its `.sig` into `to`, and writes `NAME.<suffix>` beside them.
+/// Moves `path` and its `.sig` into `to`, and writes `NAME.<suffix>` (mode 0600) beside
+/// them. `to` (`rejected/`, `done/`, `failed/`) must be a real directory: a symlink there is
+/// refused, and once opened the directory is written through its descriptor, so a link
+/// swapped in meanwhile redirects nothing.
 fn move_out_with(path: &Path, to: &Path, suffix: &str, text: &str) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to)?;
+    let dir = custody_core::file::OpenDir::open_or_create(to)?;
     let name = path
         .file_name()
         .ok_or_else(|| anyhow::anyhow!("no file name"))?;
-    let mut dest = to.join(name);
-    if dest.exists() {
+    let mut dest_name = name.to_owned();
+    if std::fs::symlink_metadata(dir.entry(&dest_name)).is_ok() {
         // Never overwrite an earlier file of the same name.
         let stamp = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
-        dest = to.join(format!("{}.{stamp}", name.to_string_lossy()));
+        dest_name = format!("{}.{stamp}", name.to_string_lossy()).into();
     }
+    let dest = dir.entry(&dest_name);
     let sig = order::signature_path(path);
     std::fs::rename(path, &dest)?;
-    if sig.exists() {
+    if std::fs::symlink_metadata(&sig).is_ok() {
         std::fs::rename(&sig, order::signature_path(&dest))?;
     }
-    let mut note = dest.clone().into_os_string();
+    let mut note = dest_name;
     note.push(format!(".{suffix}"));
-    std::fs::write(PathBuf::from(note), text)?;
+    custody_core::file::write_private(&dir.entry(&note), text.as_bytes())?;
     Ok(())
 }

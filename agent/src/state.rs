@@ -10,6 +10,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -136,7 +137,13 @@ impl StateFile {
     /// Writes the content atomically and keeps the file open for the next polls.
     pub fn write(&mut self, state: &ServiceState) -> anyhow::Result<()> {
         let tmp = self.path.with_extension("json.tmp");
-        let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
         let mut text = serde_json::to_vec_pretty(state)?;
         text.push(b'\n');
         f.write_all(&text)

@@ -461,6 +461,7 @@ mod tests {
     async fn calls_run_on_the_worker_thread_and_stop_ends_it() {
         let dir = std::env::temp_dir().join(format!("custody-worker-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
         let config = Config::validate(crate::config::RawConfig::default(), None)
             .unwrap_or_else(|e| panic!("{e}"));
         let coordinator = crate::shutdown::Coordinator::new();

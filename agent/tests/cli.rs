@@ -5,6 +5,7 @@ use std::process::{Command, Output};
 
 mod cli {
     mod config_canary;
+    mod files;
 }
 
 fn custody() -> Command {

@@ -5,10 +5,12 @@ mod orders {
     mod canary;
     mod cli;
     mod crash;
+    mod hostile;
     mod pins;
     mod security;
     mod service;
     mod spool;
+    mod stop;
     mod support;
     mod wipe;
 }

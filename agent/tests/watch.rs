@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod watch {
+    mod stop;
+}
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const CUSTODY: &str = env!("CARGO_BIN_EXE_custody");

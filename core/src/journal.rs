@@ -137,6 +137,32 @@ pub struct RecordedEvent {
     pub module: Option<String>,
 }
 
+/// SQLite's wait for another writer: up to 10 s in 10 ms steps, and not at all once the
+/// service was asked to stop ([`crate::stop`]).
+fn wait_for_writer(attempts: i32) -> bool {
+    if crate::stop::requested() || attempts >= 1000 {
+        return false;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    true
+}
+
+/// [`crate::file::tighten`], logged: a journal file left readable by others (by an older
+/// custody, or a umask) is made private.
+fn tighten(path: &Path) {
+    match crate::file::tighten(path) {
+        Ok(Some(old)) => tracing::warn!(
+            path = %path.display(),
+            old_mode = format!("{old:o}"),
+            "journal file was readable by others; mode set to 0600"
+        ),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), cause = %e, "cannot make the journal file private")
+        }
+    }
+}
+
 pub(crate) fn db_err(e: rusqlite::Error) -> Error {
     Error::Journal(Box::new(e))
 }
@@ -157,9 +183,10 @@ impl rusqlite::types::ToSql for EventKind {
 }
 
 impl Journal {
-    /// Opens the journal at `path`, creating it (and its directory) when missing. A file
-    /// that is not a custody journal, or one written by a newer custody, is refused and left
-    /// untouched.
+    /// Opens the journal at `path`, creating it (mode 0600) when missing; its directory must
+    /// exist. A file that is not a custody journal, or one written by a newer custody, is
+    /// refused and left untouched. Group and other permissions on the journal, its WAL and
+    /// shared-memory file are taken away (they hold holders' names and tax numbers).
     pub fn open(path: &Path) -> Result<Self> {
         let existing = match std::fs::metadata(path) {
             Ok(m) if m.is_dir() => return Err(Error::NotAJournal(path.into())),
@@ -167,9 +194,21 @@ impl Journal {
             Err(_) => false,
         };
         if !existing {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !dir.is_dir() {
+                return Err(Error::Refused(format!(
+                    "the directory {} of journal {} does not exist, and custody does not create it: a mistyped path must not start a new, empty journal. Check the path; for a new journal create the directory first (`install -d -m 0700 {}`)",
+                    dir.display(),
+                    path.display(),
+                    dir.display()
+                )));
             }
+            // 0600 before SQLite opens it: its WAL and shared-memory files take the mode of
+            // the database file.
+            crate::file::create_private_file(path)?;
         }
         let conn = Connection::open_with_flags(
             path,
@@ -183,15 +222,21 @@ impl Journal {
             // the first writes): one open instead of two, and SQLite rolls back a hot
             // journal left by a killed process here, as its own recovery.
             check_ours(&conn, path)?;
+            tighten(path);
         }
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(db_err)?;
+        let mut conn = conn;
+        conn.busy_handler(Some(wait_for_writer)).map_err(db_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db_err)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db_err)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(db_err)?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            tighten(Path::new(&side));
+        }
         // The last connection would checkpoint the WAL into the database and delete it on
         // close, with two more fsyncs on every run; SQLite's automatic checkpoints (every
         // 1000 pages) keep the WAL small instead.
@@ -200,7 +245,6 @@ impl Journal {
             true,
         )
         .map_err(db_err)?;
-        let mut conn = conn;
         migrations::migrate(&mut conn)?;
         let journal_id: String = conn
             .query_row("SELECT value FROM meta WHERE key = 'journal_id'", [], |r| {

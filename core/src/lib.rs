@@ -14,9 +14,11 @@
 //! - [`inventory`]: snapshots of carriers and the diff that turns a scan into events.
 //! - [`order`]: signed destruction orders: parse, verify -> [`order::VerifiedOrder`].
 //! - [`wipe`]: plan, execute and verify a wipe; accepts only a verified order; reconcile.
+//! - [`file`]: modes of what custody creates (0700/0600); opening untrusted names safely.
 //! - [`id`]: carrier identity and raw PKCS#11 byte strings.
 //! - [`event`]: the kinds of journal events ([`event::EventKind`]).
 //! - [`rejection`]: why an order was refused ([`rejection::Rejection`]).
+//! - [`stop`]: the service's stop request, which ends waits between PKCS#11 calls.
 //! - [`utc`]: the one text form of a time in the journal.
 //! - [`error`]: the one error type.
 
@@ -24,12 +26,14 @@ pub mod ack;
 pub mod cert;
 pub mod error;
 pub mod event;
+pub mod file;
 pub mod fleet;
 pub mod id;
 pub mod inventory;
 pub mod journal;
 pub mod order;
 pub mod rejection;
+pub mod stop;
 pub mod token;
 pub mod utc;
 pub mod wipe;

@@ -22,7 +22,6 @@ mod allowed_signers;
 pub mod signature;
 
 use std::fmt;
-use std::io::Read;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -445,14 +444,19 @@ pub fn signature_path(order: &Path) -> std::path::PathBuf {
 }
 
 /// Reads at most `cap` bytes of a file; returns them and the file's size.
+/// Only regular files are read: a symlink is not followed, and a FIFO or device is refused
+/// without waiting ([`crate::file::open_regular`]), so a file dropped into the spool can
+/// neither redirect nor block custody.
 pub fn read_capped(path: &Path, cap: usize) -> Result<(Vec<u8>, u64)> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut bytes = Vec::with_capacity(cap.min(size as usize + 1));
-    file.take(cap as u64)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, e))?;
-    Ok((bytes, size))
+    use crate::file::Untrusted;
+    crate::file::read_regular_capped(path, cap).map_err(|e| match e {
+        Untrusted::Missing => Error::io(path, std::io::ErrorKind::NotFound.into()),
+        Untrusted::NotRegular(_) => Error::Refused(format!(
+            "{} {e}; orders and signatures are read from regular files only",
+            path.display()
+        )),
+        Untrusted::Io(e) => Error::io(path, e),
+    })
 }
 
 /// Verifies an order: the only way to a [`VerifiedOrder`]. See [`check`] for the details of

@@ -55,17 +55,14 @@ impl WipeLock {
         let mut path = journal.as_os_str().to_owned();
         path.push(".wipe-lock");
         let path = std::path::PathBuf::from(path);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let file = open_lock_file(&path)?;
         let deadline = std::time::Instant::now() + wait;
         loop {
             match file.try_lock() {
                 Ok(()) => return Ok(Self { _file: file }),
-                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                Err(std::fs::TryLockError::WouldBlock)
+                    if std::time::Instant::now() < deadline && !crate::stop::requested() =>
+                {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
                 Err(std::fs::TryLockError::WouldBlock) => {
@@ -78,6 +75,35 @@ impl WipeLock {
             }
         }
     }
+}
+
+/// Opens (creating it 0600) the wipe lock file. Only its owner can open it, so no other user
+/// can take the lock and hold up every wipe; a lock file someone else created (or a link) is
+/// refused rather than used.
+fn open_lock_file(path: &std::path::Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(crate::file::FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() || Some(meta.uid()) != crate::file::effective_uid() {
+        return Err(Error::Refused(format!(
+            "the wipe lock {} is not a file of this user (owner uid {}): someone else created it and could hold up every wipe. Remove it (`rm {}`); custody creates it again, mode 0600",
+            path.display(),
+            meta.uid(),
+            path.display()
+        )));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(crate::file::FILE_MODE))
+            .map_err(|e| Error::io(path, e))?;
+    }
+    Ok(file)
 }
 
 /// PINs given for one wipe (from a file or stdin); `None`: use the configured source.

@@ -76,6 +76,6 @@ pub use profile::{Person, Profile, Seal};
 pub use set::{build_set, copy_set, BuildOptions, BuildReport, TokenSet};
 pub use softhsm::{softhsm_module, temp_dir};
 pub use spec::{
-    default_ua_certs_dir, Bytes, Day, ObjectKind, ObjectSpec, Spec, Text, TokenSpec, Validity,
-    BUILDER_VERSION,
+    default_ua_certs_dir, ua_certs_dir_for_test, Bytes, Day, ObjectKind, ObjectSpec, Spec, Text,
+    TokenSpec, Validity, BUILDER_VERSION,
 };

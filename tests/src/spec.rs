@@ -764,6 +764,21 @@ pub fn default_ua_certs_dir() -> Option<PathBuf> {
     dir.is_dir().then_some(dir)
 }
 
+/// [`default_ua_certs_dir`] for a test that needs it: `None` (the test says it did not run)
+/// when ../shared/testdata is absent on a developer's machine; under CI (`CI` set) its
+/// absence fails the test instead, so a CI run never passes without the real certificates.
+pub fn ua_certs_dir_for_test(test: &str) -> Option<PathBuf> {
+    let dir = default_ua_certs_dir();
+    if dir.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: ../shared/testdata/ua-certs is absent beside the repository; the tests read it from there (CI=true: failing instead of skipping)"
+        );
+        eprintln!("NOT RUN: {test}: ../shared/testdata/ua-certs is absent");
+    }
+    dir
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -141,7 +141,7 @@ fn demo_labels_and_serials_match_pkcs11_tool() -> TestResult {
     ] {
         assert!(manifest.token(label).is_some(), "no token {label}");
     }
-    if custody_tests::default_ua_certs_dir().is_some() {
+    if custody_tests::ua_certs_dir_for_test("demo set: UA real certs token").is_some() {
         let real = manifest
             .token("UA real certs")
             .context("UA real certs token")?;

@@ -156,8 +156,9 @@ fn scan_records_every_demo_carrier_with_parsed_certificates() -> TestResult {
 
 #[test]
 fn real_ukrainian_certificates_on_a_token_parse() -> TestResult {
-    let Some(dir) = custody_tests::default_ua_certs_dir() else {
-        eprintln!("../shared/testdata/ua-certs is absent: skipped");
+    let Some(dir) =
+        custody_tests::ua_certs_dir_for_test("real_ukrainian_certificates_on_a_token_parse")
+    else {
         return Ok(());
     };
     let spec = Spec::demo_with(Some(&dir))?;

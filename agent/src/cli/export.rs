@@ -7,6 +7,7 @@
 //! are shown in the organisation's time zone, with the zone named.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
@@ -139,7 +140,14 @@ fn write(ctx: &Context, args: &ExportArgs, doc: &Document) -> anyhow::Result<Exi
     };
     match &args.out {
         Some(path) => {
-            std::fs::write(path, &bytes)
+            // The form holds holders' names and tax numbers: a new file is private (0600).
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)
+                .and_then(|mut f| f.write_all(&bytes))
                 .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
             if !ctx.global.json {
                 eprintln!(

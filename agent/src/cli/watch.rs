@@ -25,9 +25,15 @@ pub struct WatchArgs {
     pub check_interval: Option<Duration>,
 }
 
-/// Runs the service. The first SIGTERM or SIGINT finishes the journal transaction in hand
-/// and exits 0; a second one exits at once with 2.
+/// Signals this close to the first are the same request (GNU `timeout` sends SIGTERM to the
+/// child and then to its process group).
+const SAME_REQUEST: Duration = Duration::from_millis(250);
+
+/// Runs the service. The first SIGTERM or SIGINT finishes the PKCS#11 call and journal
+/// transaction in hand, ends every wait between PKCS#11 calls, and exits 0; a second one
+/// (later than [`SAME_REQUEST`]) exits at once with 2.
 pub fn run(ctx: &Context, args: &WatchArgs) -> anyhow::Result<Exit> {
+    ctx.create_default_dir()?;
     let cfg = ServiceConfig {
         config: ctx.config.clone(),
         journal: ctx.journal_path(),
@@ -50,27 +56,42 @@ pub fn run(ctx: &Context, args: &WatchArgs) -> anyhow::Result<Exit> {
     runtime.block_on(async move {
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-        let shutdown = async move {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        // Listens from the start (also while the service is still opening the journal).
+        tokio::spawn(async move {
             let name = tokio::select! {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
             };
+            let first = std::time::Instant::now();
+            // Waits between PKCS#11 calls (another journal writer, the wipe lock, the
+            // spool's files) give up now; the PKCS#11 call in hand finishes.
+            custody_core::stop::request();
             tracing::info!(
                 signal = name,
                 "shutdown requested; a second signal exits at once"
             );
-            tokio::spawn(async move {
+            let _ = stop_tx.send(());
+            loop {
                 let name = tokio::select! {
                     _ = term.recv() => "SIGTERM",
                     _ = int.recv() => "SIGINT",
                 };
+                if first.elapsed() < SAME_REQUEST {
+                    // GNU timeout signals the child and then its process group: one request.
+                    tracing::debug!(signal = name, "signal repeated at once: the same request");
+                    continue;
+                }
                 tracing::warn!(signal = name, "second signal: exiting at once");
                 // _exit, not exit: no atexit handler runs, in particular no C++ static
                 // destructor of a loaded PKCS#11 module, which could crash while the worker
                 // thread is still inside that module. SQLite rolls back an unfinished
                 // transaction at the next open.
                 signal_hook::low_level::exit(2);
-            });
+            }
+        });
+        let shutdown = async move {
+            let _ = stop_rx.await;
         };
         service::run(cfg, shutdown).await
     })?;

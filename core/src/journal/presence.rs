@@ -82,6 +82,7 @@ mod tests {
     fn touch_seen_updates_present_carriers_only_and_appends_nothing() {
         let dir = std::env::temp_dir().join(format!("custody-touch-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
         let mut j = Journal::open(&dir.join("j.db")).unwrap_or_else(|e| panic!("{e}"));
         let actor = Actor::current(None);
         let t0 = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20000);

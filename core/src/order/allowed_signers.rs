@@ -9,6 +9,7 @@
 //! are ignored. Any other option, or a line that does not parse, makes the whole file
 //! unusable: a trust file with a typo must be fixed, not half-read.
 
+use std::io::Read;
 use std::path::Path;
 
 use ssh_key::public::KeyData;
@@ -17,6 +18,10 @@ use time::{Date, Month, OffsetDateTime};
 
 use super::Zone;
 use crate::error::{Error, Result};
+
+/// The most of an allowed_signers file that is read (a larger file is cut there and will
+/// not parse).
+const MAX_FILE_BYTES: u64 = 4 << 20;
 
 /// The trusted signers.
 #[derive(Debug, Clone)]
@@ -83,7 +88,18 @@ impl AllowedSigner {
 impl AllowedSigners {
     /// Reads and parses a file.
     pub fn load(path: &Path, zone: &Zone) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut text = String::new();
+        crate::file::open_regular_following(path)
+            .map_err(|e| match e {
+                crate::file::Untrusted::Io(e) => Error::io(path, e),
+                crate::file::Untrusted::Missing => {
+                    Error::io(path, std::io::ErrorKind::NotFound.into())
+                }
+                e => Error::Refused(format!("allowed_signers {} {e}", path.display())),
+            })?
+            .take(MAX_FILE_BYTES)
+            .read_to_string(&mut text)
+            .map_err(|e| Error::io(path, e))?;
         Self::parse(&text, &path.display().to_string(), zone)
     }
 
