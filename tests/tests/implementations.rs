@@ -226,5 +226,6 @@ macro_rules! behaviours {
 behaviours! {
     softhsm2 => "softhsm2",
     kryoptic => "kryoptic",
+    tpm2_pkcs11 => "tpm2-pkcs11",
     p11kit_remote => "p11-kit-remote",
 }

@@ -49,7 +49,13 @@ impl Implementation for Tpm2 {
     }
 
     fn start(&self, dir: &Path) -> anyhow::Result<Box<dyn Instance>> {
-        for program in ["swtpm", "dbus-daemon", "tpm2-abrmd", "tpm2_getcap", "tpm2_ptool"] {
+        for program in [
+            "swtpm",
+            "dbus-daemon",
+            "tpm2-abrmd",
+            "tpm2_getcap",
+            "tpm2_ptool",
+        ] {
             crate::softhsm::find_program(program).with_context(|| {
                 format!(
                     "{program} is missing (Debian packages swtpm, dbus-daemon, tpm2-abrmd, \
@@ -75,15 +81,19 @@ impl Implementation for Tpm2 {
                 .arg(format!("--address=unix:path={}", bus.display())),
             &dir.join("dbus.log"),
         )?;
-        wait_until("the private D-Bus session bus", Duration::from_secs(10), || {
-            dbus.check_running()?;
-            Ok(bus.exists())
-        })?;
+        wait_until(
+            "the private D-Bus session bus",
+            Duration::from_secs(10),
+            || {
+                dbus.check_running()?;
+                Ok(bus.exists())
+            },
+        )?;
         let mut instance = Tpm2Instance {
             module: PathBuf::from(MODULE),
             store,
             bus,
-            provisioner: Provisioner::new(dir)?,
+            provisioner: Provisioner::new(dir)?.with_module_usage(),
             abrmd: None,
             dbus: Some(dbus),
             swtpm: Some(swtpm),
