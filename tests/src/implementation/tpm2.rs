@@ -173,7 +173,7 @@ impl Tpm2Instance {
     }
 
     /// TPM2_PT_LOCKOUT_COUNTER: failed authorisations counted towards the lockout.
-    pub(crate) fn lockout_counter(&self) -> anyhow::Result<u64> {
+    fn read_lockout_counter(&self) -> anyhow::Result<u64> {
         let caps = tpm2_getcap(&self.env())?;
         let line = caps
             .lines()
@@ -241,6 +241,6 @@ impl Instance for Tpm2Instance {
     }
 
     fn lockout_counter(&self) -> anyhow::Result<Option<u64>> {
-        Tpm2Instance::lockout_counter(self).map(Some)
+        self.read_lockout_counter().map(Some)
     }
 }
