@@ -28,7 +28,9 @@ use crate::inventory::{
 };
 
 pub use sign::{CarrierCertificate, SignOptions};
-pub use wipe::{DestroyedObject, GoneReport, GoneSpec, RemainingObject, Resolution, ResolvedToken};
+pub use wipe::{
+    DestroyedObject, GoneReport, GoneSpec, ReinitTrace, RemainingObject, Resolution, ResolvedToken,
+};
 
 /// Where PINs for carriers come from. Implemented by the agent from its configuration; PINs
 /// are handed over as [`SecretString`] and exposed only at the C call.
