@@ -3,6 +3,7 @@
 pub mod cert;
 pub mod checkpoint;
 pub mod doctor;
+pub mod expiry;
 pub mod export;
 pub mod import;
 pub mod issue;
@@ -125,7 +126,7 @@ pub enum Command {
     /// deadlines (--overdue: exit 1 when any is past due; --running: exit 1 unless the
     /// service runs).
     #[command(
-        after_help = "Examples:\n  # What the service sees and the open orders\n  custody status\n  # For monitoring: exit 1 when a destruction is overdue\n  custody status --overdue\n  # For monitoring: exit 1 unless the service runs\n  custody status --running --json"
+        after_help = "Examples:\n  # What the service sees and the open orders\n  custody status\n  # For monitoring: exit 1 when a destruction is overdue\n  custody status --overdue\n  # For monitoring: exit 1 unless the service runs\n  custody status --running --json\n  # For monitoring: certificates that expire within 30 days, or have\n  custody status --expiring 30d"
     )]
     Status(status::StatusArgs),
     /// Check everything a deployment depends on (configuration, modules, PIN sources,
@@ -201,6 +202,12 @@ impl Context {
             );
         }
         Ok(Journal::open(&path)?)
+    }
+
+    /// The PIN sources of the configuration, with the rejection memory of the journal in
+    /// effect.
+    pub fn pins(&self) -> crate::pin::Pins {
+        crate::pin::Pins::new(&self.config, &self.journal_path())
     }
 
     /// The actor recorded with events.

@@ -10,6 +10,7 @@
 //! the organisation's name must contain letters, variable names must be variable names, so a
 //! PIN in any of those keys is refused before anything runs.
 
+mod pin_rule;
 mod report;
 mod value;
 
@@ -19,11 +20,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use custody_core::id::CarrierId;
-use custody_core::token::PinSource;
 use secrecy::SecretString;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use pin_rule::{PinRule, RawPinRule};
 pub use report::Problem;
 
 /// The system-wide configuration file.
@@ -44,7 +45,7 @@ pub struct RawConfig {
     pub module: Vec<RawModule>,
     /// `[[pin]]`
     #[serde(default)]
-    pub pin: Vec<Spanned<PinRule>>,
+    pub pin: Vec<Spanned<RawPinRule>>,
     /// `[service]`
     #[serde(default)]
     pub service: RawService,
@@ -60,6 +61,14 @@ pub struct RawOrganisation {
     /// Printed on the journal form.
     #[serde(default, deserialize_with = "value::organisation")]
     pub name: Option<String>,
+    /// The journal form's title, when the organisation's order names it otherwise than the
+    /// default «Журнал обліку зберігання та знищення особистих ключів».
+    #[serde(default, deserialize_with = "value::organisation")]
+    pub title: Option<String>,
+    /// IANA time zone for times on the form and in human output (e.g. "Europe/Kyiv");
+    /// default: the system's ($TZ, /etc/localtime).
+    #[serde(default, deserialize_with = "value::timezone")]
+    pub timezone: Option<jiff::tz::TimeZone>,
 }
 
 /// `[journal]`
@@ -128,26 +137,6 @@ pub struct RawOrders {
     pub required_signers: Option<u32>,
 }
 
-/// `[[pin]]`: where the PINs of matching carriers come from. Never a PIN itself.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PinRule {
-    /// A carrier serial, or `*` for any.
-    pub serial: String,
-    /// File holding the user PIN (mode 0600 or stricter).
-    #[serde(default, deserialize_with = "value::absolute")]
-    pub user_pin_file: Option<PathBuf>,
-    /// Environment variable holding the user PIN.
-    #[serde(default, deserialize_with = "value::env_name")]
-    pub user_pin_env: Option<String>,
-    /// File holding the SO PIN.
-    #[serde(default, deserialize_with = "value::absolute")]
-    pub so_pin_file: Option<PathBuf>,
-    /// Environment variable holding the SO PIN.
-    #[serde(default, deserialize_with = "value::env_name")]
-    pub so_pin_env: Option<String>,
-}
-
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -155,6 +144,10 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// Organisation name for the journal form.
     pub organisation: Option<String>,
+    /// The form's title from `[organisation] title` (`None`: the default).
+    pub form_title: Option<String>,
+    /// Time zone of times for people (`[organisation] timezone`, else the system's).
+    pub zone: jiff::tz::TimeZone,
     /// Journal file.
     pub journal: PathBuf,
     /// Modules from the file (empty: use the defaults).
@@ -234,13 +227,19 @@ impl Config {
                 return Err(both("so_pin"));
             }
         }
+        let pins = pin_rule::validate(raw.pin, text, &file)?;
         Ok(Self {
             source,
             organisation: raw.organisation.name,
+            form_title: raw.organisation.title,
+            zone: raw
+                .organisation
+                .timezone
+                .unwrap_or_else(jiff::tz::TimeZone::system),
             journal: raw.journal.path.unwrap_or_else(default_journal),
             modules: raw.module.iter().map(|m| m.path.clone()).collect(),
             module_reinit: raw.module.into_iter().map(|m| (m.path, m.reinit)).collect(),
-            pins: raw.pin.into_iter().map(Spanned::into_inner).collect(),
+            pins,
             interval: raw.service.interval.unwrap_or(Duration::from_secs(2)),
             check_interval: raw.service.check_interval,
             spool: raw
@@ -261,12 +260,9 @@ impl Config {
             .unwrap_or_default()
     }
 
-    /// The PIN rule for a carrier serial: an exact serial match first, then `*`.
-    pub fn pin_rule(&self, serial: &str) -> Option<&PinRule> {
-        self.pins
-            .iter()
-            .find(|r| r.serial == serial)
-            .or_else(|| self.pins.iter().find(|r| r.serial == "*"))
+    /// The `[[pin]]` rule naming this carrier, if any.
+    pub fn pin_rule(&self, carrier: &CarrierId, label: Option<&str>) -> Option<&PinRule> {
+        self.pins.iter().find(|r| r.matches(carrier, label))
     }
 }
 
@@ -350,44 +346,6 @@ pub fn read_pin_env(name: &str) -> anyhow::Result<SecretString> {
     }
 }
 
-/// The user-PIN source of a configuration, for scans.
-#[derive(Debug)]
-pub struct ConfigPins<'a>(pub &'a Config);
-
-impl PinSource for ConfigPins<'_> {
-    fn user_pin(&self, carrier: &CarrierId) -> custody_core::Result<Option<SecretString>> {
-        let Some(rule) = self.0.pin_rule(&carrier.serial) else {
-            return Ok(None);
-        };
-        let read = match (&rule.user_pin_file, &rule.user_pin_env) {
-            (Some(f), _) => read_pin_file(f).map_err(|e| (f.display().to_string(), e)),
-            (None, Some(v)) => read_pin_env(v).map_err(|e| (v.clone(), e)),
-            (None, None) => return Ok(None),
-        };
-        read.map(Some)
-            .map_err(|(source_name, e)| custody_core::Error::PinSource {
-                source_name,
-                reason: format!("{e:#}"),
-            })
-    }
-
-    fn so_pin(&self, carrier: &CarrierId) -> custody_core::Result<Option<SecretString>> {
-        let Some(rule) = self.0.pin_rule(&carrier.serial) else {
-            return Ok(None);
-        };
-        let read = match (&rule.so_pin_file, &rule.so_pin_env) {
-            (Some(f), _) => read_pin_file(f).map_err(|e| (f.display().to_string(), e)),
-            (None, Some(v)) => read_pin_env(v).map_err(|e| (v.clone(), e)),
-            (None, None) => return Ok(None),
-        };
-        read.map(Some)
-            .map_err(|(source_name, e)| custody_core::Error::PinSource {
-                source_name,
-                reason: format!("{e:#}"),
-            })
-    }
-}
-
 /// Creates a file with mode 0600 (for PINs and keys written by custody or its tests).
 pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
@@ -433,7 +391,9 @@ path = "/var/lib/custody/journal.db"
 path = "/usr/lib/softhsm/libsofthsm2.so"
 reinit = "always"
 [[pin]]
-serial = "*"
+manufacturer = "SoftHSM project"
+model = "SoftHSM v2"
+serial = "3c5e0a1b2d4f6789"
 user_pin_file = "/etc/custody/pins/user"
 so_pin_file = "/etc/custody/pins/so"
 [service]
@@ -455,7 +415,84 @@ required_signers = 2
             Reinit::Always
         );
         assert_eq!(c.reinit(Path::new("/other.so")), Reinit::Auto);
-        assert!(c.pin_rule("anything").is_some());
+        let id = |serial: &str| CarrierId {
+            manufacturer: "SoftHSM project".into(),
+            model: "SoftHSM v2".into(),
+            serial: serial.into(),
+            discriminator: None,
+        };
+        assert!(c.pin_rule(&id("3c5e0a1b2d4f6789"), None).is_some());
+        assert!(c.pin_rule(&id("3c5e0a1b2d4f6780"), None).is_none());
+    }
+
+    #[test]
+    fn pin_rules_with_wildcards_or_without_full_identity_are_refused_unechoed() {
+        for (rule, says) in [
+            (
+                "serial = \"*\"",
+                "line 1, in [[pin]]: the rule has no manufacturer",
+            ),
+            (
+                "manufacturer = \"M\"\nmodel = \"X\"\nserial = \"*\"",
+                "line 4, [[pin]] serial: a wildcard",
+            ),
+            (
+                "manufacturer = \"*\"\nmodel = \"X\"\nserial = \"42\"",
+                "line 2, [[pin]] manufacturer: a wildcard",
+            ),
+            (
+                "manufacturer = \"M\"\nserial = \"42\"",
+                "the rule has no model",
+            ),
+            (
+                "manufacturer = \"M\"\nmodel = \"X\"\nserial = \"\"",
+                "line 4, [[pin]] serial: a wildcard or empty value",
+            ),
+        ] {
+            let text = format!("[[pin]]\n{rule}\nuser_pin_file = \"/p\"\n");
+            let err = parse(&text)
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default();
+            assert!(err.contains(says), "{rule}: {err}");
+            // The message shows how to write a rule, and none of the file's values.
+            assert!(
+                err.contains("manufacturer = ") && err.contains("model = "),
+                "{err}"
+            );
+            assert!(!err.contains("\"M\"") && !err.contains("\"X\""), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_rule_with_a_label_matches_only_that_label() {
+        let c = parse(
+            "[[pin]]\nmanufacturer = \"M\"\nmodel = \"X\"\nserial = \"0000\"\nlabel = \"a\"\nuser_pin_file = \"/a\"\n\
+             [[pin]]\nmanufacturer = \"M\"\nmodel = \"X\"\nserial = \"0000\"\nlabel = \"b\"\nuser_pin_file = \"/b\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        let id = CarrierId {
+            manufacturer: "M".into(),
+            model: "X".into(),
+            serial: "0000".into(),
+            discriminator: None,
+        };
+        let file = |label| c.pin_rule(&id, label).and_then(|r| r.user_pin_file.clone());
+        assert_eq!(file(Some("a")), Some(PathBuf::from("/a")));
+        assert_eq!(file(Some("b")), Some(PathBuf::from("/b")));
+        assert_eq!(file(Some("c")), None);
+        assert_eq!(file(None), None);
+        // Two rules for one carrier are refused, by line.
+        let err = parse(
+            "[[pin]]\nmanufacturer = \"M\"\nmodel = \"X\"\nserial = \"1\"\n[[pin]]\nmanufacturer = \"M\"\nmodel = \"X\"\nserial = \"1\"\n",
+        )
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+        assert!(
+            err.contains("the rule at line 1 name the same carrier"),
+            "{err}"
+        );
     }
 
     #[test]

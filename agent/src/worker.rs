@@ -20,8 +20,6 @@
 //! The in-memory view is replaced only after that transaction commits, so a failed write is
 //! detected again and retried at the next poll.
 
-mod pins;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -37,11 +35,11 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use crate::config::{Config, Reinit};
+use crate::pin::Pins as ServicePins;
 use crate::service::{Task, TaskContext};
 use crate::shutdown::Completion;
 use crate::state::{ModuleState, ServiceState, StateFile};
 use crate::watch::{PollPlan, Schedule, TokenEvent, Watch};
-use pins::ServicePins;
 
 /// What the worker needs to start.
 #[derive(Debug, Clone)]
@@ -587,7 +585,7 @@ impl WorkerState {
         Ok(Self {
             journal,
             modules,
-            pins: ServicePins::new(cfg.config),
+            pins: ServicePins::new(&cfg.config, &cfg.journal),
             actor: cfg.actor,
             force_check: false,
         })

@@ -695,7 +695,7 @@ fn a_rejected_pin_is_not_retried_until_its_source_changes() -> TestResult {
     std::fs::write(
         &w.config,
         format!(
-            "[[pin]]\nserial = \"*\"\nuser_pin_file = \"{}\"\n",
+            "[[pin]]\nmanufacturer = \"SoftHSM project\"\nmodel = \"SoftHSM v2\"\nserial = \"{serial}\"\nuser_pin_file = \"{}\"\n",
             pin_file.display()
         ),
     )?;

@@ -4,6 +4,7 @@
 //! initialised token into a [`CarrierSnapshot`] without ever failing the whole scan because of
 //! one token or one object. Errors from the binding are translated once, in `map_err`.
 
+mod pin;
 mod sign;
 mod wipe;
 
@@ -12,9 +13,8 @@ use std::path::{Path, PathBuf};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::Session;
 use cryptoki::slot::{Slot, TokenInfo};
-use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 mod reload;
@@ -24,40 +24,14 @@ use crate::cert::{self, CertInfo};
 use crate::error::{Error, Result};
 use crate::id::{is_weak_serial, CarrierId, RawBytes};
 use crate::inventory::{
-    key_type_name, CarrierSnapshot, CertObject, KeyClass, KeyObject, KeyPairing, Login, TokenFlags,
+    key_type_name, CarrierSnapshot, CertObject, KeyClass, KeyObject, KeyPairing, Login,
 };
 
+pub use pin::{login_refusal, NoPins, PinSource, PinTarget, TokenIdentity};
 pub use sign::{CarrierCertificate, SignOptions};
 pub use wipe::{
     DestroyedObject, GoneReport, GoneSpec, ReinitTrace, RemainingObject, Resolution, ResolvedToken,
 };
-
-/// Where PINs for carriers come from. Implemented by the agent from its configuration; PINs
-/// are handed over as [`SecretString`] and exposed only at the C call.
-pub trait PinSource {
-    /// The user PIN for this carrier, if one is configured.
-    fn user_pin(&self, carrier: &CarrierId) -> Result<Option<SecretString>>;
-
-    /// The SO PIN for this carrier, if one is configured (used only to wipe).
-    fn so_pin(&self, _carrier: &CarrierId) -> Result<Option<SecretString>> {
-        Ok(None)
-    }
-
-    /// Called when the token rejected the PIN from this source ([`Error::WrongPin`] or
-    /// [`Error::PinLocked`]), so that a long-running caller can stop offering it until the
-    /// source changes. The default does nothing.
-    fn login_failed(&self, _carrier: &CarrierId, _error: &Error) {}
-}
-
-/// A [`PinSource`] with no PINs: scans read only what is visible without login.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoPins;
-
-impl PinSource for NoPins {
-    fn user_pin(&self, _: &CarrierId) -> Result<Option<SecretString>> {
-        Ok(None)
-    }
-}
 
 /// What the module says about itself (C_GetInfo).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,8 +169,9 @@ impl Module {
             .map_err(|e| map_err("C_GetSlotList", e))?;
         let mut carriers = Vec::with_capacity(slots.len());
         let mut slot_problems = Vec::new();
+        let present = pins.any().then(|| self.identities()).transpose()?;
         for slot in slots {
-            match self.read_slot(ctx, slot, pins) {
+            match self.read_slot(ctx, slot, pins, present.as_deref()) {
                 Ok(Some(c)) => carriers.push(c),
                 Ok(None) => {}
                 Err(e) => {
@@ -219,7 +194,7 @@ impl Module {
     pub fn read_slot_id(&self, slot: u64, pins: &dyn PinSource) -> Result<Option<CarrierSnapshot>> {
         let ctx = self.ctx()?;
         let slot = Slot::try_from(slot).map_err(|e| map_err("C_GetSlotList", e))?;
-        self.read_slot(ctx, slot, pins)
+        self.read_slot(ctx, slot, pins, None)
     }
 
     /// The token in `slot` as C_GetTokenInfo alone shows it: label, identity without its
@@ -237,11 +212,14 @@ impl Module {
             .then(|| token_snapshot(&info, slot, &self.path)))
     }
 
+    /// Reads the token in `slot`. `present`: the module's tokens, when already listed (a PIN
+    /// source is told about the others before any login; `None`: listed here when needed).
     fn read_slot(
         &self,
         ctx: &Pkcs11,
         slot: Slot,
         pins: &dyn PinSource,
+        present: Option<&[TokenIdentity]>,
     ) -> Result<Option<CarrierSnapshot>> {
         let info = ctx
             .get_token_info(slot)
@@ -255,39 +233,7 @@ impl Module {
             .map_err(|e| map_err("C_OpenSession", e))?;
         snapshot.certificates = read_certificates(&session)?;
         snapshot.public_keys = read_keys(&session, KeyClass::Public)?;
-        snapshot.login = match pins.user_pin(&snapshot.id) {
-            Ok(None) => Login::NotAttempted,
-            Ok(Some(pin)) => match login(&session, &pin) {
-                Ok(()) => {
-                    let keys = read_keys(&session, KeyClass::Private);
-                    let _ = session.logout();
-                    snapshot.private_keys = Some(keys?);
-                    Login::LoggedIn
-                }
-                Err(Error::WrongPin { .. }) => {
-                    // Re-read the counters so the message says how close the token is to locking.
-                    let low = ctx.get_token_info(slot).map(|i| {
-                        i.user_pin_count_low() || i.user_pin_final_try() || i.user_pin_locked()
-                    });
-                    let e = Error::WrongPin {
-                        retries_low: low.unwrap_or(false),
-                    };
-                    tracing::warn!(carrier = %snapshot.id.key(), cause = %e, "login failed");
-                    pins.login_failed(&snapshot.id, &e);
-                    Login::Failed(e.to_string())
-                }
-                Err(e @ Error::PinLocked) => {
-                    tracing::warn!(carrier = %snapshot.id.key(), cause = %e, "login failed");
-                    pins.login_failed(&snapshot.id, &e);
-                    Login::Failed(e.to_string())
-                }
-                Err(e) => {
-                    tracing::warn!(carrier = %snapshot.id.key(), cause = %e, "login failed");
-                    Login::Failed(e.to_string())
-                }
-            },
-            Err(e) => Login::Failed(e.to_string()),
-        };
+        snapshot.login = pin::scan_login(self, ctx, slot, &session, &mut snapshot, pins, present)?;
         if snapshot.serial_weak {
             let digest = cert::sha256_hex(
                 format!(
@@ -347,14 +293,6 @@ pub(crate) fn map_err(op: &'static str, e: CkError) -> Error {
     }
 }
 
-fn login(session: &Session, pin: &SecretString) -> Result<()> {
-    let pin = cryptoki::types::AuthPin::from(pin.expose_secret());
-    match session.login(UserType::User, Some(&pin)) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
-        Err(e) => Err(map_err("C_Login", e)),
-    }
-}
-
 fn token_snapshot(info: &TokenInfo, slot: Slot, module: &Path) -> CarrierSnapshot {
     let label = info.label().trim_end().to_owned();
     let manufacturer = info.manufacturer_id().trim_end().to_owned();
@@ -374,18 +312,7 @@ fn token_snapshot(info: &TokenInfo, slot: Slot, module: &Path) -> CarrierSnapsho
         },
         label,
         strings_lossy,
-        flags: TokenFlags {
-            token_initialized: info.token_initialized(),
-            login_required: info.login_required(),
-            user_pin_initialized: info.user_pin_initialized(),
-            user_pin_count_low: info.user_pin_count_low(),
-            user_pin_final_try: info.user_pin_final_try(),
-            user_pin_locked: info.user_pin_locked(),
-            so_pin_count_low: info.so_pin_count_low(),
-            so_pin_final_try: info.so_pin_final_try(),
-            so_pin_locked: info.so_pin_locked(),
-            write_protected: info.write_protected(),
-        },
+        flags: pin::token_flags(info),
         hardware_version: version(info.hardware_version()),
         firmware_version: version(info.firmware_version()),
         module: module.display().to_string(),

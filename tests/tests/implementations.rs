@@ -259,6 +259,30 @@ fn wipe(name: &str, method: &str) -> TestResult {
     let cert = target
         .cert_sha256()
         .context("the target has a certificate")?;
+    if target.token.model.chars().any(char::is_control) {
+        // tpm2-pkcs11's model string carries NUL bytes, which an order cannot name yet
+        // (issue 10, item 4): `order create` must refuse clearly, and nothing is touched.
+        let refused = w.signed_order(&signer, &target, method, cert);
+        let message = format!(
+            "{:#}",
+            refused
+                .err()
+                .context("order create accepted a model with NUL bytes")?
+        );
+        ensure!(
+            message.contains("control characters"),
+            "[{name}] order create did not say why: {message}"
+        );
+        w.note(&format!("wipe by {method}: an order cannot name a carrier whose model has NUL bytes yet (issue 10, item 4); order create refuses: {message}"));
+        let after = w.json(&["scan"], 0)?;
+        ensure!(
+            carriers(&after)
+                .iter()
+                .all(|c| c["certificates"].as_array().map_or(0, Vec::len) == 1),
+            "[{name}] a carrier lost its certificate: {after:#}"
+        );
+        return w.assert_verifies();
+    }
     let order = w.signed_order(&signer, &target, method, cert)?;
     let (pin_option, pin_file) = match method {
         "reinit" => ("--so-pin-file", &target.token.so_pin_file),

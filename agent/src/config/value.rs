@@ -65,6 +65,15 @@ pub(super) fn env_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>
 }
 
 /// The organisation's name, printed on the journal form: it must contain letters.
+pub(super) fn timezone<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<jiff::tz::TimeZone>, D::Error> {
+    let name = String::deserialize(d)?;
+    jiff::tz::TimeZone::get(&name).map(Some).map_err(|_| {
+        D::Error::custom("is not a time zone of the system's tz database (e.g. \"Europe/Kyiv\")")
+    })
+}
+
 pub(super) fn organisation<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let name = String::deserialize(d)?;
     if !name.chars().any(char::is_alphabetic) {

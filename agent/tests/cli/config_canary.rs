@@ -163,7 +163,10 @@ path = "@DIR@/journal.db"
 path = "/usr/lib/softhsm/libsofthsm2.so"
 reinit = "auto"
 [[pin]]
-serial = "*"
+manufacturer = "SoftHSM project"
+model = "SoftHSM v2"
+serial = "3c5e0a1b2d4f6789"
+label = "Іваненко І.І."
 user_pin_file = "@DIR@/pins/user"
 so_pin_file = "@DIR@/pins/so"
 [service]
@@ -247,7 +250,10 @@ fn a_pin_typed_into_any_configuration_key_is_never_echoed() {
         "name",
         "path",
         "reinit",
+        "manufacturer",
+        "model",
         "serial",
+        "label",
         "user_pin_file",
         "so_pin_file",
         "interval",
@@ -311,7 +317,10 @@ fn a_pin_typed_into_any_configuration_key_is_never_echoed() {
         "the canary appears:\n{}",
         leaks.join("\n")
     );
-    // Only the carrier serial of a PIN rule may be digits (as a string); every other key
-    // refuses such a value.
-    assert_eq!(accepted, 1, "only serial = \"{CANARY}\" is accepted");
+    // Only the carrier identity of a PIN rule (manufacturer, model, serial, label) may be
+    // digits (as a string); every other key refuses such a value.
+    assert_eq!(
+        accepted, 4,
+        "only the identity fields of [[pin]] accept \"{CANARY}\""
+    );
 }

@@ -8,8 +8,6 @@ use super::support::*;
 #[test]
 fn device_removal_at_every_call_of_issue() -> TestResult {
     let w = World::new("issue")?;
-    let journal = w.dir.join("run.db");
-    let custody = w.custody(&w.set, &journal);
     let serial = w.set.manifest().tokens[0].serial.clone();
     let args = [
         "issue",
@@ -21,21 +19,24 @@ fn device_removal_at_every_call_of_issue() -> TestResult {
         "--pin-stdin",
     ];
     let pin = format!("{PAIR_USER_PIN}\n");
+    let journal = w.dir.join("clean.db");
     let clean = w.clean_calls(|| {
         w.journal_copy(&journal)?;
-        run_with_input(&custody, &args, &pin)?.expect(0)?;
+        run_with_input(&w.custody(&w.set, &journal), &args, &pin)?.expect(0)?;
         Ok(())
     })?;
     let mut matrix = Matrix::new("issue", clean);
-    for index in matrix.indexes() {
-        w.journal_copy(&journal)?;
-        w.inject_at(index)?;
+    let indexes = matrix.indexes();
+    matrix.run(&w, &indexes, |lane, index| {
+        let custody = lane.custody(&w, &lane.set);
+        w.journal_copy(&lane.journal)?;
+        lane.inject(Persistence::OneCall, index)?;
         run_with_input(&custody, &args, &pin)?;
-        let injected = w.injected()?;
-        let new = events(&journal)?;
+        let injected = lane.injected()?;
+        let new = events(&lane.journal)?;
         let mut problems = removals(new.get(w.baseline_events..).unwrap_or_default());
         problems.extend(verify_problem(&custody)?);
-        matrix.record(index, injected, problems);
-    }
+        Ok((injected, problems))
+    })?;
     matrix.finish()
 }

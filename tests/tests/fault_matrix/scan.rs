@@ -19,35 +19,33 @@ fn device_removal_from_every_call_of_scan_on() -> TestResult {
 
 fn scan_matrix(name: &'static str, persistence: Persistence) -> TestResult {
     let w = World::new(name)?;
-    let journal = w.dir.join("run.db");
-    let custody = w.custody(&w.set, &journal);
+    let journal = w.dir.join("clean.db");
     let clean = w.clean_calls(|| {
         w.journal_copy(&journal)?;
-        custody.run(&["scan"])?.expect(0)?;
+        w.custody(&w.set, &journal).run(&["scan"])?.expect(0)?;
         Ok(())
     })?;
     let mut matrix = Matrix::new(name, clean);
-    for index in matrix.indexes() {
-        w.journal_copy(&journal)?;
-        match persistence {
-            Persistence::OneCall => w.inject_at(index)?,
-            Persistence::FromThere => w.inject_from(index)?,
-        }
+    let indexes = matrix.indexes();
+    matrix.run(&w, &indexes, |lane, index| {
+        let custody = lane.custody(&w, &lane.set);
+        w.journal_copy(&lane.journal)?;
+        lane.inject(persistence, index)?;
         custody.run(&["scan"])?;
-        let injected = w.injected()?;
-        let after_fault = events(&journal)?;
+        let injected = lane.injected()?;
+        let after_fault = events(&lane.journal)?;
         let mut problems = removals(after_fault.get(w.baseline_events..).unwrap_or_default());
         // Both carriers are still there: a clean scan afterwards removes nothing either.
-        w.fault.set_plan(&FaultPlan::new())?;
+        lane.fault.set_plan(&FaultPlan::new())?;
         custody.run(&["scan"])?;
-        let after_clean = events(&journal)?;
+        let after_clean = events(&lane.journal)?;
         problems.extend(
             removals(after_clean.get(after_fault.len()..).unwrap_or_default())
                 .into_iter()
                 .map(|p| format!("in the clean scan after: {p}")),
         );
         problems.extend(verify_problem(&custody)?);
-        matrix.record(index, injected, problems);
-    }
+        Ok((injected, problems))
+    })?;
     matrix.finish()
 }

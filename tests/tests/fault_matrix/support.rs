@@ -6,6 +6,8 @@ use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use anyhow::{ensure, Context as _};
@@ -27,6 +29,9 @@ pub(crate) enum Persistence {
     OneCall,
     /// The call at the index and every later one fail.
     FromThere,
+    /// From the index on the module's device is gone as p11-kit's remote module shows a dead
+    /// server: C_GetSlotList answers CKR_OK with no slots, every other call fails.
+    Gone,
 }
 
 /// The return value injected everywhere.
@@ -62,7 +67,9 @@ impl World {
         for token in &set.manifest().tokens {
             std::fs::set_permissions(&token.user_pin_file, std::fs::Permissions::from_mode(0o600))?;
             text.push_str(&format!(
-                "[[pin]]\nserial = \"{}\"\nuser_pin_file = \"{}\"\n",
+                "[[pin]]\nmanufacturer = \"{}\"\nmodel = \"{}\"\nserial = \"{}\"\nuser_pin_file = \"{}\"\n",
+                token.manufacturer,
+                token.model,
                 token.serial,
                 token.user_pin_file.display()
             ));
@@ -142,19 +149,64 @@ impl World {
         Ok(calls)
     }
 
-    /// Sets the plan to a device removal at `index` and clears the log.
-    pub(crate) fn inject_at(&self, index: u64) -> anyhow::Result<()> {
-        self.fault.clear_log()?;
-        self.fault
-            .set_plan(&FaultPlan::new().fail_at(index, REMOVED))
+    /// Lanes to run a matrix's indexes in parallel, each with its own fault module files
+    /// and journal: `CUSTODY_FAULT_LANES`, default 3 (runs mostly wait for processes and
+    /// poll intervals, not for a CPU).
+    pub(crate) fn lanes(&self) -> anyhow::Result<Vec<Lane>> {
+        let n = std::env::var("CUSTODY_FAULT_LANES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(3);
+        (0..n)
+            .map(|k| {
+                let dir = self.dir.join(format!("lane-{k}"));
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir)?;
+                }
+                Ok(Lane {
+                    // Its own tokens: SoftHSM2 processes sharing a token directory disturb
+                    // each other's reads, which would blur what the fault did.
+                    set: self.set.copy_to(&dir.join("set"))?,
+                    fault: FaultModule::new(&dir.join("fault"), &FaultPlan::new())?,
+                    journal: dir.join("journal.db"),
+                    dir,
+                })
+            })
+            .collect()
+    }
+}
+
+/// One lane of a matrix: its own fault module files, journal and scratch directory.
+pub(crate) struct Lane {
+    pub(crate) dir: PathBuf,
+    /// The lane's own copy of the tokens.
+    pub(crate) set: TokenSet,
+    pub(crate) fault: FaultModule,
+    pub(crate) journal: PathBuf,
+}
+
+impl Lane {
+    /// custody on `set` and this lane's journal, through this lane's fault module.
+    pub(crate) fn custody(&self, w: &World, set: &TokenSet) -> Custody {
+        Custody::new(set, &self.journal)
+            .through(&self.fault)
+            .with_config(&w.config)
     }
 
-    /// Sets the plan to a device removal at `index` and every call after it (the device stays
-    /// gone until the plan changes), and clears the log.
-    pub(crate) fn inject_from(&self, index: u64) -> anyhow::Result<()> {
+    /// Sets the plan for `persistence` from `index`, and clears the log.
+    pub(crate) fn inject(&self, persistence: Persistence, index: u64) -> anyhow::Result<()> {
         self.fault.clear_log()?;
-        self.fault
-            .set_plan(&FaultPlan::new().fail_from(index, REMOVED))
+        let plan = match persistence {
+            Persistence::OneCall => FaultPlan::new().fail_at(index, REMOVED),
+            Persistence::FromThere => FaultPlan::new().fail_from(index, REMOVED),
+            Persistence::Gone => FaultPlan::new()
+                .fault(serde_json::json!({
+                    "function": "C_GetSlotList", "from": index, "empty": true
+                }))
+                .fail_from(index, REMOVED),
+        };
+        self.fault.set_plan(&plan)
     }
 
     /// Whether the fault was actually injected in the last run (the call existed).
@@ -209,6 +261,7 @@ pub(crate) struct Matrix {
     clean: Vec<Call>,
     started: Instant,
     runs: usize,
+    lanes: usize,
     not_injected: usize,
     violations: Vec<String>,
 }
@@ -220,9 +273,15 @@ impl Matrix {
             clean,
             started: Instant::now(),
             runs: 0,
+            lanes: 1,
             not_injected: 0,
             violations: Vec::new(),
         }
+    }
+
+    /// The clean run's calls.
+    pub(crate) fn clean(&self) -> &[Call] {
+        &self.clean
     }
 
     /// The process-wide indexes of the clean run's calls (of its first process).
@@ -240,6 +299,44 @@ impl Matrix {
             .iter()
             .find(|c| c.index == Some(index))
             .map_or("?", |c| c.function.as_str())
+    }
+
+    /// Runs `run` for every index of `indexes` over the world's lanes (each index once, on
+    /// whichever lane is free) and records what each run found. `run` returns whether the
+    /// fault was injected and the problems.
+    pub(crate) fn run(
+        &mut self,
+        w: &World,
+        indexes: &[u64],
+        run: impl Fn(&Lane, u64) -> anyhow::Result<(bool, Vec<String>)> + Sync,
+    ) -> TestResult {
+        let lanes = w.lanes()?;
+        self.lanes = lanes.len();
+        let next = AtomicUsize::new(0);
+        let results = Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for lane in &lanes {
+                let (next, results, run) = (&next, &results, &run);
+                scope.spawn(move || loop {
+                    let Some(&index) = indexes.get(next.fetch_add(1, Ordering::SeqCst)) else {
+                        return;
+                    };
+                    let outcome = run(lane, index);
+                    results
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push((index, outcome));
+                });
+            }
+        });
+        let mut results = results.into_inner().unwrap_or_else(PoisonError::into_inner);
+        results.sort_by_key(|(index, _)| *index);
+        for (index, outcome) in results {
+            let (injected, problems) =
+                outcome.with_context(|| format!("{} matrix, index {index}", self.name))?;
+            self.record(index, injected, problems);
+        }
+        Ok(())
     }
 
     /// Records one run: whether the fault was injected, and its problems.
@@ -263,9 +360,10 @@ impl Matrix {
             .filter_map(|v| v.split(':').next())
             .collect();
         println!(
-            "fault matrix {}: {} runs ({} clean calls; {} runs never reached their index) in {:.1} s; {} index(es) with violations",
+            "fault matrix {}: {} runs on {} lanes ({} clean calls; {} runs never reached their index) in {:.1} s; {} index(es) with violations",
             self.name,
             self.runs,
+            self.lanes,
             self.indexes().len(),
             self.not_injected,
             self.started.elapsed().as_secs_f64(),

@@ -4,6 +4,7 @@
 //! run a clean re-run of the same order must leave the carrier wiped and verified, recorded
 //! once (a wipe is safe to re-run after a failure).
 
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{ensure, Context as _};
@@ -87,16 +88,15 @@ fn device_removal_at_every_call_of_a_wipe() -> TestResult {
         so_pin.as_str(),
     ];
 
-    let journal = w.dir.join("run.db");
-    let fresh = |name: &str| -> anyhow::Result<TokenSet> {
-        let dir = w.dir.join(name);
+    let fresh = |dir: &Path, journal: &Path| -> anyhow::Result<TokenSet> {
         if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
+            std::fs::remove_dir_all(dir)?;
         }
-        w.journal_copy(&journal)?;
-        w.set.copy_to(&dir)
+        w.journal_copy(journal)?;
+        w.set.copy_to(dir)
     };
-    let set = fresh("run-set")?;
+    let journal = w.dir.join("clean.db");
+    let set = fresh(&w.dir.join("clean-set"), &journal)?;
     let clean = w.clean_calls(|| {
         w.custody(&set, &journal).run(&args)?.expect(0)?;
         ensure!(
@@ -107,22 +107,23 @@ fn device_removal_at_every_call_of_a_wipe() -> TestResult {
     })?;
 
     let mut matrix = Matrix::new("wipe", clean);
-    for index in matrix.indexes() {
-        let set = fresh("run-set")?;
-        let custody = w.custody(&set, &journal);
-        w.inject_at(index)?;
+    let indexes = matrix.indexes();
+    matrix.run(&w, &indexes, |lane, index| {
+        let set = fresh(&lane.dir.join("wiped-set"), &lane.journal)?;
+        let custody = lane.custody(&w, &set);
+        lane.inject(Persistence::OneCall, index)?;
         custody.run(&args)?;
-        let injected = w.injected()?;
-        let new = events(&journal)?;
+        let injected = lane.injected()?;
+        let new = events(&lane.journal)?;
         let new = new.get(w.baseline_events..).unwrap_or_default();
         let gone = !objects_remain(&set, &target.serial)?;
         let mut problems = check(new, &target.serial, &bystander.serial, gone);
         problems.extend(verify_problem(&custody)?);
 
         // A clean re-run of the same order finishes the job, once.
-        w.fault.set_plan(&FaultPlan::new())?;
+        lane.fault.set_plan(&FaultPlan::new())?;
         let rerun = custody.run(&args)?;
-        let all = events(&journal)?;
+        let all = events(&lane.journal)?;
         let after = all.get(w.baseline_events..).unwrap_or_default();
         let gone = !objects_remain(&set, &target.serial)?;
         let completed = of_kind(after, "wipe_completed").len();
@@ -137,8 +138,8 @@ fn device_removal_at_every_call_of_a_wipe() -> TestResult {
                 .into_iter()
                 .map(|p| format!("after a clean re-run: {p}")),
         );
-        matrix.record(index, injected, problems);
-    }
+        Ok((injected, problems))
+    })?;
     matrix.finish()
 }
 
