@@ -9,6 +9,7 @@
 
 mod chain;
 mod checkpoint;
+mod feed;
 mod form;
 mod import;
 mod issue;
@@ -17,6 +18,7 @@ mod migrations;
 mod orders;
 mod presence;
 mod query;
+mod replica;
 mod revocation;
 
 use std::collections::{HashMap, HashSet};
@@ -36,6 +38,7 @@ pub use chain::{VerifyProblem, VerifyReport};
 pub use checkpoint::{
     Checkpoint, CheckpointProblem, CheckpointReport, JournalKey, TrustedKey, CHECKPOINT_FORMAT,
 };
+pub use feed::ChainEvent;
 pub use form::{AckSummary, Destruction, FormFilter, FormRow, ImportedText, RevocationNote};
 pub use import::{ImportRecord, ImportRow};
 pub use issue::{

@@ -34,6 +34,10 @@ pub struct VerifyArgs {
     /// must still hold the events it signed, unchanged.
     #[arg(long, value_name = "FILE")]
     pub checkpoint: Option<PathBuf>,
+    /// Also compare with the organisation's journal (`[fleet]`): exit 1 when the local
+    /// journal is behind it or differs from it.
+    #[arg(long)]
+    pub against_fleet: bool,
 }
 
 /// Runs `custody journal checkpoint`.
@@ -125,7 +129,16 @@ pub fn verify(ctx: &Context, journal: &Journal, args: &VerifyArgs) -> anyhow::Re
     };
     let report = journal.verify()?;
     let cps = journal.verify_checkpoints(exported.as_ref())?;
-    let ok = report.ok() && cps.ok();
+    let fleet = if args.against_fleet {
+        if !ctx.global.json {
+            // The fleet's findings follow the local ones.
+            print_local(journal, &report, &cps);
+        }
+        Some(super::sync::against_fleet(ctx, journal)?)
+    } else {
+        None
+    };
+    let ok = report.ok() && cps.ok() && fleet.as_ref().is_none_or(|f| f.ok);
     if ctx.global.json {
         json(&serde_json::json!({
             "journal": journal.path(),
@@ -135,9 +148,21 @@ pub fn verify(ctx: &Context, journal: &Journal, args: &VerifyArgs) -> anyhow::Re
             "head_hash": report.head_hash,
             "first_bad": report.first_bad,
             "checkpoints": cps,
+            "fleet": fleet.map(|f| f.json),
         }))?;
         return Ok(if ok { Exit::Ok } else { Exit::Failed });
     }
+    if fleet.is_none() {
+        print_local(journal, &report, &cps);
+    }
+    Ok(if ok { Exit::Ok } else { Exit::Failed })
+}
+
+fn print_local(
+    journal: &Journal,
+    report: &custody_core::journal::VerifyReport,
+    cps: &CheckpointReport,
+) {
     if let Some(bad) = &report.first_bad {
         println!(
             "journal {} is BROKEN at event #{}: {}",
@@ -157,8 +182,7 @@ pub fn verify(ctx: &Context, journal: &Journal, args: &VerifyArgs) -> anyhow::Re
             report.head_hash
         );
     }
-    print_checkpoints(&cps, report.events);
-    Ok(if ok { Exit::Ok } else { Exit::Failed })
+    print_checkpoints(cps, report.events);
 }
 
 fn print_checkpoints(cps: &CheckpointReport, events: u64) {

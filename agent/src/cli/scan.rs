@@ -99,7 +99,8 @@ pub fn run(ctx: &Context, _args: &ScanArgs) -> anyhow::Result<Exit> {
                 scans.push(scan);
             }
             Err(e) => {
-                tracing::error!(module = %path.display(), cause = %e, "module not scanned");
+                // Reported once, with the other problems, at the end.
+                tracing::debug!(module = %path.display(), cause = %e, "module not scanned");
                 problems.push(Problem {
                     scope: "module",
                     subject: path.display().to_string(),

@@ -83,6 +83,9 @@ pub struct StatusJson {
     pub orders: Vec<OrderStatus>,
     /// How many are overdue.
     pub overdue: usize,
+    /// With --running: why the service does not run as it should (empty: it does).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_running: Vec<String>,
     /// With --expiring: certificates expiring within the window or expired.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expiring: Option<Vec<super::expiry::Expiring>>,
@@ -221,8 +224,28 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<Exit> {
     if args.overdue {
         orders.retain(|o| o.overdue);
     }
+    // --running: the service runs, and runs whole: every module loaded, the spool there.
+    let mut not_running = Vec::new();
+    if args.running {
+        if !running {
+            not_running.push(format!("the service is {}", service.state));
+        }
+        for m in service.modules.iter().filter(|m| !m.loaded) {
+            not_running.push(format!(
+                "module {} is not loaded: {}",
+                m.path,
+                m.error.as_deref().unwrap_or("no reason recorded")
+            ));
+        }
+        if !ctx.config.spool.is_dir() {
+            not_running.push(format!(
+                "the order spool {} does not exist: orders dropped there would never run",
+                ctx.config.spool.display()
+            ));
+        }
+    }
     let failed = (args.overdue && overdue > 0)
-        || (args.running && !running)
+        || !not_running.is_empty()
         || expiring.as_ref().is_some_and(|e| !e.is_empty());
     if ctx.global.json {
         json(&StatusJson {
@@ -234,6 +257,7 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<Exit> {
             time_zone: zone.name(),
             orders,
             overdue,
+            not_running: not_running.clone(),
             expiring,
         })?;
     } else {
@@ -272,6 +296,9 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<Exit> {
                 ]);
             }
             t.print();
+        }
+        for why in &not_running {
+            eprintln!("not running as it should: {why}");
         }
         if let (Some(list), Some(days)) = (&expiring, window) {
             println!();
