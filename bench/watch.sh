@@ -10,12 +10,29 @@
 #     interval (C_Finalize + C_Initialize, C_GetSlotList).
 # Options are passed on to `watch-bench run`: --interval MS --idle SECS --insertions N
 # --dir DIR --keep 1 (keep the directory with the journals and logs).
+#
+# Then the same service on a module with slot events, OpenSC over a private pcscd with a
+# virtual card in vsmartcard's reader (`slot-event-bench`, options from SLOT_BENCH_OPTS,
+# e.g. "--cycles 30 --idle 60"): removal and insertion -> committed journal row, measured
+# from the instant pcscd sees the card change, and the idle CPU of the service blocked in
+# C_WaitForSlotEvent next to the polling floor and pcscd.
+# WATCH_BENCH=softhsm or WATCH_BENCH=opensc runs only one of the two.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/softhsm-fixtures/ensure-packages.sh"
 cd "$root"
 # custody as installed (the `dist` profile, see Cargo.toml); the tools in release.
 cargo build -q --profile dist -p custody-agent --bin custody
-cargo build -q --release -p custody-tests --bin watch-bench --bin custody-floor
-exec "$root/target/release/watch-bench" run --custody "$root/target/dist/custody" \
-  --module "$("$root/softhsm-fixtures/module-path.sh")" "$@"
+cargo build -q --release -p custody-tests --bin watch-bench --bin custody-floor \
+  --bin slot-event-bench
+which=${WATCH_BENCH:-all}
+if [ "$which" != opensc ]; then
+  "$root/target/release/watch-bench" run --custody "$root/target/dist/custody" \
+    --module "$("$root/softhsm-fixtures/module-path.sh")" "$@"
+  echo
+fi
+if [ "$which" != softhsm ]; then
+  # shellcheck disable=SC2086 # options are words
+  "$root/target/release/slot-event-bench" --custody "$root/target/dist/custody" \
+    ${SLOT_BENCH_OPTS:-}
+fi

@@ -15,7 +15,8 @@ cd "$root"
 cargo build -p custody-fault-pkcs11
 # kryoptic is built from the crates registry once and kept under target/kryoptic.
 "$root/softhsm-fixtures/kryoptic.sh" >/dev/null
-cargo test --workspace --all-targets "$@"
+# Every test binary runs even when one fails, so one run shows every failure.
+cargo test --workspace --all-targets --no-fail-fast "$@"
 # The Debian package: built, installed, used and purged (as root on a machine without custody).
 "$root/tests/package.sh"
 echo "custody: the test suite took $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s" >&2

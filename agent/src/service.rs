@@ -7,6 +7,7 @@
 //! and its journal transaction are finished, the worker records `last_seen` of the carriers
 //! present and finalises the modules, then `run` returns.
 
+pub mod fleet;
 pub mod orders;
 
 use std::future::Future;
@@ -107,6 +108,10 @@ pub async fn run(cfg: ServiceConfig, shutdown: impl Future) -> anyhow::Result<()
         stopper.stop();
         drop(forwarded);
     });
+    let syncer = match &cfg.config.fleet {
+        Some(settings) => Some(fleet::Syncer::start(settings.clone(), cfg.journal.clone())?),
+        None => None,
+    };
     tracing::info!(
         journal = %cfg.journal.display(),
         modules = cfg.modules.len(),
@@ -123,6 +128,9 @@ pub async fn run(cfg: ServiceConfig, shutdown: impl Future) -> anyhow::Result<()
         }
     };
     coordinator.trigger();
+    if let Some(s) = syncer {
+        s.stop(Duration::from_secs(2));
+    }
     drop(worker);
     coordinator.finished().await;
     result.map_err(|_| anyhow::anyhow!("the worker thread ended abnormally (it panicked)"))??;

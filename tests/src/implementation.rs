@@ -12,8 +12,10 @@
 //! - `kryoptic`: kryoptic built from the crates registry, sqlite slots.
 //! - `tpm2`: tpm2-pkcs11 over swtpm, tpm2-abrmd on a private D-Bus session bus.
 //! - `p11kit`: p11-kit's client module talking to `p11-kit server` exporting a private SoftHSM2.
+//! - `opensc`: OpenSC over a private pcscd with virtual cards in vsmartcard's reader.
 
 mod kryoptic;
+mod opensc;
 mod p11kit;
 mod softhsm;
 mod tpm2;
@@ -146,6 +148,7 @@ pub static IMPLEMENTATIONS: &[&dyn Implementation] = &[
     &kryoptic::Kryoptic,
     &tpm2::Tpm2,
     &p11kit::P11KitRemote,
+    &opensc::OpenSc,
 ];
 
 /// The implementation named `name`.

@@ -360,6 +360,8 @@ fn extended(hi: u8, lo: u8) -> usize {
 pub struct Timeline {
     /// The reader first asked for the ATR: pcscd has noticed the card.
     pub detected: Option<SystemTime>,
+    /// The reader first powered the card up (after noticing it; then clients can use it).
+    pub powered: Option<SystemTime>,
     /// Command APDUs answered so far.
     pub commands: u64,
     /// The first command APDU.
@@ -412,12 +414,14 @@ impl VirtualCard {
         self.shared().timeline.clone()
     }
 
-    /// Waits until the reader has noticed the card (asked for its ATR).
+    /// Waits until the reader has noticed the card (asked for its ATR) and powered it up,
+    /// so that PC/SC clients can use it; returns when it was noticed.
     pub fn wait_detected(&self, within: Duration) -> anyhow::Result<SystemTime> {
         let until = std::time::Instant::now() + within;
         loop {
-            if let Some(t) = self.timeline().detected {
-                return Ok(t);
+            let t = self.timeline();
+            if let (Some(detected), Some(_)) = (t.detected, t.powered) {
+                return Ok(detected);
             }
             anyhow::ensure!(
                 std::time::Instant::now() < until,
@@ -425,6 +429,14 @@ impl VirtualCard {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Forgets the commands counted so far (to time one read of a card left in).
+    pub fn restart_timeline(&self) {
+        let mut s = self.shared();
+        s.timeline.commands = 0;
+        s.timeline.first_command = None;
+        s.timeline.last_command = None;
     }
 
     /// Pulls the card out now.
@@ -495,6 +507,9 @@ fn serve(mut stream: TcpStream, image: &CardImage, shared: &Mutex<Shared>) {
             match control {
                 // power off, power on, reset: no answer
                 0..=2 => {
+                    if control == 1 {
+                        lock().timeline.powered.get_or_insert(now);
+                    }
                     card.reset();
                     continue;
                 }
@@ -514,7 +529,7 @@ fn serve(mut stream: TcpStream, image: &CardImage, shared: &Mutex<Shared>) {
         } else {
             let mut s = lock();
             let n = s.timeline.commands + 1;
-            if image.pull_after == Some(n) || s.pull_at_poll {
+            if image.pull_after == Some(n) {
                 s.timeline.pulled = Some(now);
                 drop(s);
                 let _ = stream.shutdown(Shutdown::Both);

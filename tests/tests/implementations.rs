@@ -501,4 +501,5 @@ behaviours! {
     kryoptic => "kryoptic",
     tpm2_pkcs11 => "tpm2-pkcs11",
     p11kit_remote => "p11-kit-remote",
+    opensc => "opensc",
 }

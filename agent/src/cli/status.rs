@@ -89,6 +89,48 @@ pub struct StatusJson {
     /// With --expiring: certificates expiring within the window or expired.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expiring: Option<Vec<super::expiry::Expiring>>,
+    /// The service's sync to the organisation's journal, when `[fleet]` is configured.
+    pub fleet_sync: Option<FleetSyncStatus>,
+}
+
+/// The service's sync to the organisation's journal.
+#[derive(Debug, Serialize)]
+pub struct FleetSyncStatus {
+    /// What the service recorded of its last attempts.
+    #[serde(flatten)]
+    pub state: crate::service::fleet::SyncState,
+    /// Local events the organisation did not hold at the last success (all of them when
+    /// it never succeeded).
+    pub lag_events: u64,
+}
+
+/// The sync state record of `journal`, with the lag computed from its head now.
+fn fleet_sync(journal: &custody_core::journal::Journal) -> anyhow::Result<Option<FleetSyncStatus>> {
+    use crate::service::fleet::SyncState;
+    let Some(state) = SyncState::read(&SyncState::path_for(journal.path()))? else {
+        return Ok(None);
+    };
+    let (head, _) = journal.head()?;
+    Ok(Some(FleetSyncStatus {
+        lag_events: head.saturating_sub(state.server_seq.unwrap_or(0)),
+        state,
+    }))
+}
+
+fn print_fleet_sync(f: &FleetSyncStatus) {
+    println!(
+        "Sync to {}: last success {}; {} event(s) not synced yet{}",
+        f.state.database,
+        f.state.last_success.as_deref().unwrap_or("never"),
+        f.lag_events,
+        match &f.state.last_error {
+            Some(e) => format!(
+                "; the last attempt ({}) failed: {e}",
+                f.state.last_attempt.as_deref().unwrap_or("?")
+            ),
+            None => String::new(),
+        }
+    );
 }
 
 /// `t` in `zone` as RFC 3339 with its offset.
@@ -247,6 +289,7 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<Exit> {
     let failed = (args.overdue && overdue > 0)
         || !not_running.is_empty()
         || expiring.as_ref().is_some_and(|e| !e.is_empty());
+    let fleet_sync = fleet_sync(&journal)?;
     if ctx.global.json {
         json(&StatusJson {
             now: timestamp(now),
@@ -259,9 +302,13 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<Exit> {
             overdue,
             not_running: not_running.clone(),
             expiring,
+            fleet_sync,
         })?;
     } else {
         print_service(&service, &carriers, journal.path());
+        if let Some(f) = &fleet_sync {
+            print_fleet_sync(f);
+        }
         println!();
         if orders.is_empty() {
             println!(

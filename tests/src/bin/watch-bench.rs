@@ -16,7 +16,6 @@
 //! The PINs above belong to throw-away test tokens; they are not secrets.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -26,6 +25,7 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::object::{Attribute, CertificateType, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
+use custody_tests::bench::{cpu_time, ms, peak_rss_kib, percentile, LogTail};
 
 const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const SO_PIN: &str = "12345678";
@@ -175,34 +175,6 @@ fn tokens(args: &Args) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// CPU time of a process so far: the sum over its threads of /proc/…/schedstat's first
-/// field (nanoseconds on a CPU; exact, unlike the tick-based utime/stime).
-fn cpu_time(pid: u32) -> Result<Duration> {
-    let mut total = 0u64;
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let path = entry?.path().join("schedstat");
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue; // the thread ended meanwhile
-        };
-        total += text
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    Ok(Duration::from_nanos(total))
-}
-
-/// Peak resident set (VmHWM) in KiB.
-fn peak_rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmHWM in /proc/PID/status")
 }
 
 /// Child processes killed on drop.
@@ -362,51 +334,6 @@ impl Setup<'_> {
     }
 }
 
-/// Reads a JSON log as it grows and finds `recorded` lines.
-struct LogTail {
-    reader: BufReader<std::fs::File>,
-    line: String,
-}
-
-impl LogTail {
-    fn open(path: &Path) -> Result<Self> {
-        Ok(Self {
-            reader: BufReader::new(std::fs::File::open(path)?),
-            line: String::new(),
-        })
-    }
-
-    /// Waits until a `recorded` line of `kind` for a carrier ending in `serial` appears;
-    /// returns its timestamp.
-    fn wait_recorded(&mut self, kind: &str, serial: &str, timeout: Duration) -> Result<SystemTime> {
-        let until = Instant::now() + timeout;
-        loop {
-            self.line.clear();
-            if self.reader.read_line(&mut self.line)? == 0 {
-                if Instant::now() > until {
-                    bail!("no `{kind}` of {serial} within {timeout:?}");
-                }
-                std::thread::sleep(Duration::from_millis(1));
-                continue;
-            }
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&self.line) else {
-                continue;
-            };
-            let f = &v["fields"];
-            if f["message"] == "recorded"
-                && f["kind"] == kind
-                && f["carrier"].as_str().is_some_and(|c| c.ends_with(serial))
-            {
-                let ts = v["timestamp"].as_str().unwrap_or_default();
-                let t =
-                    time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
-                        .with_context(|| format!("log timestamp {ts}"))?;
-                return Ok(SystemTime::from(t));
-            }
-        }
-    }
-}
-
 struct Idle {
     tokens: usize,
     custody_cpu: Duration,
@@ -455,16 +382,6 @@ fn idle(setup: &Setup<'_>, hsm: &Softhsm, tokens: usize, secs: u64, name: &str) 
         exit: custody.stop()?,
         ..result
     })
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    // nearest rank
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
 fn run(args: &Args) -> Result<()> {

@@ -288,3 +288,130 @@ fn the_fleet_form_is_each_workstations_form_by_agent() -> TestResult {
     );
     Ok(())
 }
+
+/// Polls `check` every 200 ms until it returns `Some`, for at most `secs`.
+fn wait_for<T>(
+    secs: u64,
+    what: &str,
+    mut check: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check()? {
+            return Ok(v);
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_service_keeps_journaling_while_the_database_is_down_and_catches_up() -> TestResult {
+    let mut pg = Postgres::start(&Default::default())?;
+    let db = pg.database("watch")?;
+    let url = pg.url("postgres", &db);
+    custody(&["fleet", "init", "--database", &url])?.expect(0)?;
+    let dir = dir("fleet_watch")?;
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fleet-form");
+    let spec = Spec::new().token(TokenSpec::new("Іваненко І.І.").ec_key_cert(
+        "01",
+        "signing key",
+        Profile::ua_person(),
+    ));
+    let set = TokenSet::cached(
+        Path::new(FIXTURES),
+        &spec,
+        &base.join("cache"),
+        &dir.join("set"),
+    )?;
+    let config = dir.join("agent.toml");
+    custody(&[
+        "fleet",
+        "enroll-agent",
+        "ws1",
+        "--database",
+        &url,
+        "--output",
+        s(&config),
+    ])?
+    .expect(0)?;
+    let mut text = std::fs::read_to_string(&config)?;
+    text.push_str("interval = \"1s\"\n");
+    text.push_str("[service]\ninterval = \"500ms\"\n");
+    std::fs::write(&config, text)?;
+    let journal = dir.join("journal.db");
+    let c = Custody::new(&set, &journal).with_config(&config);
+    let mut watch = c
+        .command()
+        .arg("watch")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("watch.log"))?)
+        .spawn()?;
+    let result = (|| -> TestResult {
+        let status = || -> anyhow::Result<serde_json::Value> {
+            // Null until the service has created the journal.
+            let run = c.run(&["--json", "status"])?;
+            Ok(if run.code == 0 {
+                run.json()?["fleet_sync"].clone()
+            } else {
+                serde_json::Value::Null
+            })
+        };
+        wait_for(30, "the first sync", || {
+            let f = status()?;
+            Ok((f["last_success"].is_string()
+                && f["lag_events"] == 0
+                && f["server_seq"].as_u64() > Some(0))
+            .then_some(()))
+        })?;
+        pg.stop()?;
+        {
+            let mut j = Journal::open(&journal)?;
+            add_notes(&mut j, 25, "while the database is down")?;
+        }
+        let down = wait_for(30, "a failed sync", || {
+            let f = status()?;
+            Ok(f["last_error"].is_string().then_some(f))
+        })?;
+        ensure!(down["lag_events"].as_u64() >= Some(25), "{down}");
+        ensure!(
+            down["last_error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("cannot be reached"),
+            "{down}"
+        );
+        let text = c.run(&["status"])?.expect(0)?;
+        ensure!(
+            text.stdout.contains("not synced yet") && text.stdout.contains("failed"),
+            "{text:?}"
+        );
+        pg.restart()?;
+        let up = wait_for(30, "the catch-up", || {
+            let f = status()?;
+            Ok((f["last_error"].is_null() && f["lag_events"] == 0).then_some(f))
+        })?;
+        let local = Journal::open(&journal)?.head()?.0;
+        let verify = custody(&["--json", "fleet", "verify", "--database", &url])?
+            .expect(0)?
+            .json()?;
+        ensure!(
+            verify["verify"]["events"].as_u64() == Some(local),
+            "{verify} local {local} {up}"
+        );
+        Ok(())
+    })();
+    let _ = Command::new("kill")
+        .args(["-TERM", &watch.id().to_string()])
+        .status();
+    let exit = watch.wait()?;
+    if let Err(e) = result {
+        let log = std::fs::read_to_string(dir.join("watch.log")).unwrap_or_default();
+        anyhow::bail!("{e:#}\nthe service's log:\n{log}");
+    }
+    ensure!(exit.success(), "watch exited {exit:?}");
+    Ok(())
+}

@@ -1,0 +1,365 @@
+//! `slot-event-bench`: `custody watch` on a module with slot events, OpenSC's PKCS#11 module
+//! over a private pcscd with a virtual card in vsmartcard's reader (run by `bench/watch.sh`).
+//!
+//! ```text
+//! slot-event-bench --custody PATH [--cycles N] [--idle SECS] [--interval MS] [--dir DIR]
+//!                  [--keep 1]
+//! ```
+//!
+//! Measured, in one run:
+//!
+//! - **removal -> committed journal row**: the card is pulled at pcscd's presence poll (the
+//!   virtual card closes its connection when pcscd asks for its ATR, so the instant pcscd
+//!   sees it gone is known exactly); the time of the service's `recorded carrier_removed`
+//!   log line (written after the commit) minus that instant. pcscd itself polls a vpcd
+//!   reader every 400 ms: that delay comes before the event and is reported apart.
+//! - **insertion -> committed journal row**: from pcscd's first ATR request (the card seen)
+//!   to the `recorded carrier_seen` line; next to it the card's own read time (first to last
+//!   command the card answered for this insertion) and what remains after the read.
+//! - **the card's read floor**: `custody-floor` reading the card once (OpenSC's driver probe
+//!   and PKCS#15 bind, then the objects) — the least any PKCS#11 reader needs.
+//! - **idle** over SECS with the card present: CPU time of the service (blocked in
+//!   C_WaitForSlotEvent on a thread of its own, and polling every interval as the fallback),
+//!   of `custody-floor --poll` (the module's own C_GetSlotList every interval) and of pcscd.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context as _, Result};
+use custody_tests::bench::{cpu_time, ms, peak_rss_kib, percentile, LogTail};
+use custody_tests::pcsc::Reader;
+use custody_tests::pkcs15::{CardSpec, Pkcs15Card};
+
+/// Child processes killed on drop (by their pid).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Running {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGTERM, then waits; returns the exit code.
+    fn stop(mut self) -> Result<Option<i32>> {
+        Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()?;
+        Ok(self.0.wait()?.code())
+    }
+}
+
+struct Options {
+    custody: PathBuf,
+    cycles: u64,
+    idle: u64,
+    interval: Duration,
+    dir: PathBuf,
+    keep: bool,
+}
+
+impl Options {
+    fn parse() -> Result<Self> {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let get = |name: &str| {
+            args.iter()
+                .position(|a| a == &format!("--{name}"))
+                .and_then(|i| args.get(i + 1))
+        };
+        let num = |name: &str, default: u64| -> Result<u64> {
+            get(name).map_or(Ok(default), |v| {
+                v.parse().with_context(|| format!("--{name} {v}"))
+            })
+        };
+        Ok(Self {
+            custody: PathBuf::from(
+                get("custody").context("usage: slot-event-bench --custody PATH [options]")?,
+            ),
+            cycles: num("cycles", 30)?,
+            idle: num("idle", 60)?,
+            interval: Duration::from_millis(num("interval", 2000)?),
+            dir: get("dir").map_or_else(
+                || std::env::temp_dir().join(format!("custody-slot-bench-{}", std::process::id())),
+                PathBuf::from,
+            ),
+            keep: get("keep").is_some(),
+        })
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    match Options::parse().and_then(|o| run(&o)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("slot-event-bench: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// A small xorshift: random phases without a dependency.
+struct Phase(u64);
+
+impl Phase {
+    fn next(&mut self, max: Duration) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        max.mul_f64((self.0 % 1000) as f64 / 1000.0)
+    }
+}
+
+fn after(later: SystemTime, earlier: SystemTime) -> Duration {
+    later.duration_since(earlier).unwrap_or_default()
+}
+
+struct Cycle {
+    /// pulled at the poll -> row
+    removal: Duration,
+    /// pcscd saw the card -> row
+    insertion: Duration,
+    /// pcscd saw the card -> last command answered before the row
+    read: Duration,
+    /// commands answered for this insertion
+    commands: u64,
+}
+
+fn run(o: &Options) -> Result<()> {
+    let _ = std::fs::remove_dir_all(&o.dir);
+    std::fs::create_dir_all(&o.dir)?;
+    let reader = Reader::start(&o.dir).context("starting pcscd with a vpcd reader")?;
+    let card = Pkcs15Card::generate(&CardSpec::new("bench card", "slot-event-bench"))?;
+    let serial = card.spec.serial_hex();
+
+    // The card's read floor: one minimal PKCS#11 read of the card, in a fresh process.
+    let inserted = reader.insert(&card.image)?;
+    inserted.wait_detected(Duration::from_secs(10))?;
+    let floor_bin = std::env::current_exe()?.with_file_name("custody-floor");
+    inserted.restart_timeline();
+    let started = Instant::now();
+    let out = Command::new(&floor_bin)
+        .arg(reader.module())
+        .envs(reader.env())
+        .output()
+        .with_context(|| format!("running {}", floor_bin.display()))?;
+    let floor_wall = started.elapsed();
+    if !out.status.success() {
+        bail!("custody-floor: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let t = inserted.timeline();
+    let floor_commands = t.commands;
+    let floor_read = match (t.first_command, t.last_command) {
+        (Some(first), Some(last)) => after(last, first),
+        _ => Duration::ZERO,
+    };
+    inserted.remove();
+    std::thread::sleep(Duration::from_secs(1));
+
+    let journal = o.dir.join("journal.db");
+    let log = o.dir.join("watch.log");
+    let service = Running(
+        Command::new(&o.custody)
+            .arg("--journal")
+            .arg(&journal)
+            .arg("--module")
+            .arg(reader.module())
+            .args(["--log-format", "json", "watch", "--interval"])
+            .arg(format!("{}ms", o.interval.as_millis()))
+            .envs(reader.env())
+            .env("CUSTODY_CONFIG", "/dev/null")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting custody watch")?,
+    );
+    let mut tail = LogTail::open(&log)?;
+    // Enrollment first (not measured: the first read of a new carrier).
+    let mut present = reader.insert(&card.image)?;
+    tail.wait_recorded("carrier_enrolled", &serial, Duration::from_secs(30))?;
+
+    eprintln!("slot events: {} removals and insertions …", o.cycles);
+    let mut phase = Phase(u64::from(std::process::id()) | 1);
+    let mut cycles = Vec::new();
+    let mut gaps = Vec::new();
+    for _ in 0..o.cycles {
+        std::thread::sleep(phase.next(o.interval));
+        let asked = SystemTime::now();
+        let removed = present.remove_at_next_poll(Duration::from_secs(5))?;
+        let pulled = removed.pulled.context("pulled")?;
+        let row = tail.wait_recorded("carrier_removed", &serial, Duration::from_secs(30))?;
+        let removal = after(row, pulled);
+        gaps.push(after(pulled, asked));
+        // Out for a while (longer than pcscd's 400 ms poll), then back in.
+        std::thread::sleep(Duration::from_millis(500) + phase.next(o.interval));
+        present = reader.insert(&card.image)?;
+        let row = tail.wait_recorded("carrier_seen", &serial, Duration::from_secs(30))?;
+        let t = present.timeline();
+        let detected = t.detected.context("detected")?;
+        cycles.push(Cycle {
+            removal,
+            insertion: after(row, detected),
+            read: t
+                .last_command
+                .map_or(Duration::ZERO, |l| after(l, detected)),
+            commands: t.commands,
+        });
+    }
+
+    eprintln!("idle with the card present: {} s …", o.idle);
+    std::thread::sleep(o.interval * 2);
+    let floor = Running(
+        Command::new(&floor_bin)
+            .arg(reader.module())
+            .args(["--poll", &o.interval.as_millis().to_string()])
+            .args(["--for", &(o.idle + 30).to_string()])
+            .envs(reader.env())
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    std::thread::sleep(o.interval);
+    let pids = [service.pid(), floor.pid(), reader.pid()];
+    let start: Vec<Duration> = pids.iter().map(|p| cpu_time(*p)).collect::<Result<_>>()?;
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(o.idle));
+    let end: Vec<Duration> = pids.iter().map(|p| cpu_time(*p)).collect::<Result<_>>()?;
+    let idle_wall = t0.elapsed();
+    let rss = [peak_rss_kib(service.pid())?, peak_rss_kib(floor.pid())?];
+    drop(floor);
+    let polls = idle_wall.as_secs_f64() / o.interval.as_secs_f64();
+    let exit = service.stop()?;
+    drop(present);
+    let verify = Command::new(&o.custody)
+        .arg("--journal")
+        .arg(&journal)
+        .args(["journal", "verify"])
+        .env("CUSTODY_CONFIG", "/dev/null")
+        .stdout(Stdio::null())
+        .status()?;
+
+    report(o, &cycles, &gaps, (floor_read, floor_commands, floor_wall));
+    println!(
+        "  journal verifies: {}; service exit code on SIGTERM: {exit:?}",
+        verify.success()
+    );
+    println!();
+    println!(
+        "idle over {} s, card present, interval {} (CPU time from schedstat; RSS: VmHWM):",
+        o.idle,
+        ms(o.interval)
+    );
+    let names = [
+        "custody watch (slot-event thread + polling)",
+        "custody-floor --poll (C_GetSlotList only)",
+        "pcscd (polls the vpcd reader every 400 ms)",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let cpu = end[i].saturating_sub(start[i]);
+        let rss = rss
+            .get(i)
+            .map(|k| format!("   RSS {:.1} MiB", *k as f64 / 1024.0))
+            .unwrap_or_default();
+        println!(
+            "  {name:<46} {:>10} ({:.0} µs per interval){rss}",
+            ms(cpu),
+            cpu.as_secs_f64() * 1e6 / polls
+        );
+    }
+    if !o.keep {
+        drop(reader);
+        let _ = std::fs::remove_dir_all(&o.dir);
+    }
+    Ok(())
+}
+
+fn report(o: &Options, cycles: &[Cycle], gaps: &[Duration], floor: (Duration, u64, Duration)) {
+    let sorted = |f: &dyn Fn(&Cycle) -> Duration| {
+        let mut v: Vec<Duration> = cycles.iter().map(f).collect();
+        v.sort();
+        v
+    };
+    let line = |name: &str, v: &[Duration], target: Option<Duration>| {
+        let p99 = percentile(v, 99.0);
+        let verdict = target.map_or(String::new(), |t| {
+            format!(
+                "   target p99 <= {}: {}",
+                ms(t),
+                if p99 <= t { "met" } else { "MISSED" }
+            )
+        });
+        println!(
+            "  {name:<44} p50 {:>9}   p99 {:>9}   max {:>9}{verdict}",
+            ms(percentile(v, 50.0)),
+            ms(p99),
+            ms(v.last().copied().unwrap_or_default())
+        );
+    };
+    let first_line = |program: &str, arg: &str| {
+        Command::new(program)
+            .arg(arg)
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            })
+            .unwrap_or_default()
+    };
+    let version = format!(
+        "{}, {}",
+        first_line("opensc-tool", "--info"),
+        first_line("/usr/sbin/pcscd", "--version")
+    );
+    println!(
+        "custody watch on OpenSC over pcscd with a virtual card ({version}), interval {}, {} CPU(s)",
+        ms(o.interval),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    println!();
+    println!(
+        "slot events ({} removals and insertions at random phases):",
+        cycles.len()
+    );
+    let mut g = gaps.to_vec();
+    g.sort();
+    line("pull asked -> pcscd's poll sees it (vpcd)", &g, None);
+    line(
+        "removal seen by pcscd -> row",
+        &sorted(&|c| c.removal),
+        Some(Duration::from_millis(20)),
+    );
+    line(
+        "insertion seen by pcscd -> row",
+        &sorted(&|c| c.insertion),
+        None,
+    );
+    line(
+        "  of which the card's read (first..last command)",
+        &sorted(&|c| c.read),
+        None,
+    );
+    line(
+        "  after the read -> row",
+        &sorted(&|c| c.insertion.saturating_sub(c.read)),
+        Some(Duration::from_millis(20)),
+    );
+    let commands: Vec<u64> = cycles.iter().map(|c| c.commands).collect();
+    println!(
+        "  commands per insertion: {:?}..{:?}; the read floor (custody-floor, one read): {} commands, {} of card traffic, {} in all",
+        commands.iter().min().unwrap_or(&0),
+        commands.iter().max().unwrap_or(&0),
+        floor.1,
+        ms(floor.0),
+        ms(floor.2)
+    );
+}
