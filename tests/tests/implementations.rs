@@ -288,13 +288,10 @@ fn wipe(name: &str, method: &str) -> TestResult {
         "reinit" => ("--so-pin-file", &target.token.so_pin_file),
         _ => ("--user-pin-file", &target.token.user_pin_file),
     };
-    let args = [
-        "wipe",
-        "--order",
-        order.to_str().context("path")?,
-        pin_option,
-        pin_file.to_str().context("path")?,
-    ];
+    let mut args = vec!["wipe", "--order", order.to_str().context("path")?];
+    if !pin_file.as_os_str().is_empty() {
+        args.extend([pin_option, pin_file.to_str().context("path")?]);
+    }
     let (mut code, mut v, mut err) = w.json_with_stdin(&args, "")?;
     let mut bystander = Some(bystander);
     if target.serial() == bystander.as_ref().map_or("", |b| b.serial()) {
