@@ -29,7 +29,9 @@ use crate::inventory::{
 
 pub use pin::{login_refusal, NoPins, PinSource, PinTarget, TokenIdentity};
 pub use sign::{CarrierCertificate, SignOptions};
-pub use wipe::{DestroyedObject, GoneReport, GoneSpec, RemainingObject, Resolution, ResolvedToken};
+pub use wipe::{
+    DestroyedObject, GoneReport, GoneSpec, ReinitTrace, RemainingObject, Resolution, ResolvedToken,
+};
 
 /// A loaded, initialised PKCS#11 module. Finalised on drop.
 pub struct Module {

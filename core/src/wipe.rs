@@ -29,7 +29,8 @@ use crate::inventory::{CarrierSnapshot, ModuleInfo, ModuleScan};
 use crate::journal::{Actor, EventKind, Journal, OrderState};
 use crate::order::{DestructionOrder, Method, RejectCode, Rejection, Verification, VerifiedOrder};
 use crate::token::{
-    DestroyedObject, GoneReport, GoneSpec, Module, PinSource, PinTarget, ResolvedToken,
+    DestroyedObject, GoneReport, GoneSpec, Module, PinSource, PinTarget, ReinitTrace,
+    ResolvedToken,
 };
 
 mod target;
@@ -338,6 +339,10 @@ pub fn plan_resumed(
     }
     let mut new_label = format!("wiped {}", o.id);
     new_label.truncate(32);
+    let reinit_in = (o.method == Method::Reinit).then(|| ReinitTrace {
+        slot: snapshot.slot,
+        label: new_label.clone(),
+    });
     Ok(WipePlan {
         order_id: o.id.clone(),
         order_sha256: order.sha256().to_owned(),
@@ -356,6 +361,7 @@ pub fn plan_resumed(
             public_keys,
             certificates,
             no_private_keys: o.method == Method::DestroyKeys,
+            reinit_in,
         },
     })
 }
@@ -446,6 +452,10 @@ pub struct WipeReport {
     /// The outcome event (set after it was written).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome_seq: Option<u64>,
+    /// The carrier's key after a `reinit` that gave it a new serial (kryoptic): the link
+    /// from the carrier wiped to the carrier it became.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carrier_after: Option<String>,
 }
 
 /// What [`execute`] did.
@@ -736,6 +746,7 @@ pub fn execute(
         (Ok(()), Ok(v)) => (v.problem.clone().filter(|_| !v.passed), Some(v)),
     };
     report.verified = verification.as_ref().is_some_and(|v| v.passed);
+    report.carrier_after = carrier_after(target.carrier(), verification.as_ref());
     if report.verified {
         report.destroyed = plan.objects.clone();
         report.error = None;
@@ -753,6 +764,19 @@ pub fn execute(
         tracing::error!(order = %o.id, carrier = %report.carrier, outcome_seq, "wipe failed");
         Outcome::Failed(Box::new(report))
     })
+}
+
+/// The carrier's key after a `reinit` that changed its serial, from the check's evidence.
+fn carrier_after(before: &crate::id::CarrierId, check: Option<&GoneReport>) -> Option<String> {
+    let serial = check?.serial_after.clone()?;
+    Some(
+        crate::id::CarrierId {
+            serial,
+            discriminator: None,
+            ..before.clone()
+        }
+        .key(),
+    )
 }
 
 fn report_for(
@@ -783,6 +807,7 @@ fn report_for(
         reconciled,
         error: None,
         outcome_seq: None,
+        carrier_after: None,
     }
 }
 
@@ -958,6 +983,11 @@ fn reconcile_locked(
                 )
             }),
             outcome_seq: None,
+            carrier_after: None,
+        };
+        let report = WipeReport {
+            carrier_after: carrier_after(&report.token, report.verification.as_ref()),
+            ..report
         };
         let outcome = record_outcome(journal, env, &row.order_id, &report, None)?;
         let kind = if verified {

@@ -10,6 +10,7 @@
 //!
 //! - `softhsm`: SoftHSM2 with a private token directory.
 //! - `kryoptic`: kryoptic built from the crates registry, sqlite slots.
+//! - `tpm2`: tpm2-pkcs11 over swtpm, tpm2-abrmd on a private D-Bus session bus.
 //! - `p11kit`: p11-kit's client module talking to `p11-kit server` exporting a private SoftHSM2.
 //! - `opensc`: OpenSC over a private pcscd with virtual cards in vsmartcard's reader.
 
@@ -17,6 +18,7 @@ mod kryoptic;
 mod opensc;
 mod p11kit;
 mod softhsm;
+mod tpm2;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -104,6 +106,11 @@ pub trait Instance: Send {
     fn kill_server(&mut self) -> anyhow::Result<()> {
         bail!("this implementation has no server")
     }
+    /// Failed authorisations the device counts towards its dictionary-attack lockout
+    /// (TPM2_PT_LOCKOUT_COUNTER), where it has such a counter.
+    fn lockout_counter(&self) -> anyhow::Result<Option<u64>> {
+        Ok(None)
+    }
     /// Starts the server again after [`Instance::kill_server`].
     fn restart_server(&mut self) -> anyhow::Result<()> {
         bail!("this implementation has no server")
@@ -139,6 +146,7 @@ impl Carrier {
 pub static IMPLEMENTATIONS: &[&dyn Implementation] = &[
     &softhsm::SoftHsm,
     &kryoptic::Kryoptic,
+    &tpm2::Tpm2,
     &p11kit::P11KitRemote,
     &opensc::OpenSc,
 ];
@@ -196,6 +204,7 @@ pub(crate) struct Provisioner {
     spec_hash: String,
     ca_key: Vec<u8>,
     count: AtomicUsize,
+    module_usage: bool,
 }
 
 impl Provisioner {
@@ -212,7 +221,14 @@ impl Provisioner {
             spec_hash,
             ca_key: ca.pkcs8(),
             count: AtomicUsize::new(0),
+            module_usage: false,
         })
+    }
+
+    /// Leaves key usage attributes to the module (tpm2-pkcs11).
+    pub(crate) fn with_module_usage(mut self) -> Self {
+        self.module_usage = true;
+        self
     }
 
     /// Initialises a token with `label`, a user PIN and one EC key with certificate: the
@@ -241,6 +257,7 @@ impl Provisioner {
             spec_hash: self.spec_hash.clone(),
             ca_key_pkcs8: Bytes(self.ca_key.clone()),
             certs_dir: self.dir.join("certs"),
+            module_usage: self.module_usage,
             reinit: reinit.map(|c| Existing {
                 serial: c.token.serial.clone(),
                 label: c.token.label.clone(),

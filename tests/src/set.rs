@@ -386,6 +386,7 @@ fn build_fresh(
             conf: work.join(format!("{index:04}/softhsm2.conf")),
             module: options.module.clone(),
             certs_dir: dir.join("certs"),
+            module_usage: false,
         })
         .collect();
     let mut tokens = run_workers(jobs, dir, options)?;

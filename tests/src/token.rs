@@ -51,6 +51,10 @@ pub struct TokenJob {
     pub module: PathBuf,
     /// Directory for DER copies of the certificates (`<set>/certs`).
     pub certs_dir: PathBuf,
+    /// Leave the key usage attributes (sign, encrypt, …) to the module: tpm2-pkcs11 refuses
+    /// a template whose usage differs from the TPM key's.
+    #[serde(default)]
+    pub module_usage: bool,
 }
 
 impl fmt::Debug for TokenJob {
@@ -358,26 +362,27 @@ impl Maker<'_> {
         if let Some(day) = start_date {
             common.push(Attribute::StartDate(ck_date(day)?));
         }
-        // Signing keys only: SoftHSM2 would otherwise default encrypt/wrap (public) and
-        // decrypt/unwrap (private) to true.
         let mut public = common.clone();
-        public.extend([
-            Attribute::Private(false),
-            Attribute::Verify(true),
-            Attribute::Encrypt(false),
-            Attribute::Wrap(false),
-        ]);
-        public.extend_from_slice(public_template);
+        public.push(Attribute::Private(false));
         let mut private = common;
-        private.extend([
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Sign(true),
-            Attribute::Decrypt(false),
-            Attribute::Unwrap(false),
-            Attribute::Derive(false),
-        ]);
+        private.extend([Attribute::Private(true), Attribute::Sensitive(true)]);
+        if !self.job.module_usage {
+            // Signing keys only: SoftHSM2 would otherwise default encrypt/wrap (public) and
+            // decrypt/unwrap (private) to true.
+            public.extend([
+                Attribute::Verify(true),
+                Attribute::Encrypt(false),
+                Attribute::Wrap(false),
+            ]);
+            private.extend([
+                Attribute::Extractable(false),
+                Attribute::Sign(true),
+                Attribute::Decrypt(false),
+                Attribute::Unwrap(false),
+                Attribute::Derive(false),
+            ]);
+        }
+        public.extend_from_slice(public_template);
         let (public_handle, _private_handle) = self
             .session
             .generate_key_pair(mechanism, &public, &private)

@@ -14,6 +14,7 @@ mod support;
 use std::time::Duration;
 
 use anyhow::{ensure, Context as _};
+use custody_tests::implementation::Support;
 use serde_json::Value;
 use support::{TestResult, World, PATIENCE};
 
@@ -198,6 +199,255 @@ fn remote_server_killed_and_restarted(name: &str) -> TestResult {
     w.assert_verifies()
 }
 
+/// `custody issue --ack-sign` hands a carrier over with the holder's acknowledgement signed by
+/// the key on the carrier (C_Sign) and verified; the journal verifies.
+fn issue_with_signed_acknowledgement(name: &str) -> TestResult {
+    let Some(mut w) = World::start(name, "issue")? else {
+        return Ok(());
+    };
+    if !w.supports("issuance with a signed acknowledgement", w.caps.sign) {
+        return Ok(());
+    }
+    let carrier = w.instance.insert("issued")?;
+    w.json(&["scan"], 0)?;
+    let key = w.carrier_key(&carrier.token.label)?;
+    let (code, v, err) = w.json_with_stdin(
+        &[
+            "issue",
+            "--carrier",
+            carrier.serial(),
+            "--holder",
+            "Шевченко Тарас Григорович",
+            "--ack-sign",
+            "--pin-stdin",
+        ],
+        &format!("{}\n", carrier.token.user_pin),
+    )?;
+    ensure!(code == 0, "[{name}] issue exited {code}: {v:#} {err}");
+    let ack = &v["data"]["acknowledgement"];
+    ensure!(
+        ack["status"] == "verified" && ack["algorithm"] == "ECDSA P-256 SHA-256",
+        "[{name}] acknowledgement: {ack:#}"
+    );
+    ensure!(
+        w.events_of(&key, "issued")?.len() == 1,
+        "[{name}] no issued event for {key}"
+    );
+    ensure!(
+        !err.contains(&carrier.token.user_pin) && !v.to_string().contains(&carrier.token.user_pin),
+        "[{name}] the PIN was printed"
+    );
+    w.assert_verifies()
+}
+
+/// A signed order wipes one carrier by `method`, verified in a fresh context, and a
+/// bystander keeps its keys. Where the implementation lacks the PKCS#11 function the method
+/// needs, the wipe is refused or fails with a message naming it, and nothing is destroyed.
+fn wipe(name: &str, method: &str) -> TestResult {
+    let Some(mut w) = World::start(name, &format!("wipe-{method}"))? else {
+        return Ok(());
+    };
+    let support = match method {
+        "reinit" => w.caps.wipe_reinit,
+        _ => w.caps.wipe_destroy_keys,
+    };
+    let signer = w.trust_signer()?;
+    let target = w.instance.insert("target")?;
+    let bystander = w.instance.insert("bystander")?;
+    w.json(&["scan"], 0)?;
+    let key = w.carrier_key(&target.token.label)?;
+    let cert = target
+        .cert_sha256()
+        .context("the target has a certificate")?;
+    if target.token.model.chars().any(char::is_control) {
+        // tpm2-pkcs11's model string carries NUL bytes, which an order cannot name yet
+        // (issue 10, item 4): `order create` must refuse clearly, and nothing is touched.
+        let refused = w.signed_order(&signer, &target, method, cert);
+        let message = format!(
+            "{:#}",
+            refused
+                .err()
+                .context("order create accepted a model with NUL bytes")?
+        );
+        ensure!(
+            message.contains("control characters"),
+            "[{name}] order create did not say why: {message}"
+        );
+        w.note(&format!("wipe by {method}: an order cannot name a carrier whose model has NUL bytes yet (issue 10, item 4); order create refuses: {message}"));
+        let after = w.json(&["scan"], 0)?;
+        ensure!(
+            carriers(&after)
+                .iter()
+                .all(|c| c["certificates"].as_array().map_or(0, Vec::len) == 1),
+            "[{name}] a carrier lost its certificate: {after:#}"
+        );
+        return w.assert_verifies();
+    }
+    let order = w.signed_order(&signer, &target, method, cert)?;
+    let (pin_option, pin_file) = match method {
+        "reinit" => ("--so-pin-file", &target.token.so_pin_file),
+        _ => ("--user-pin-file", &target.token.user_pin_file),
+    };
+    let mut args = vec!["wipe", "--order", order.to_str().context("path")?];
+    if !pin_file.as_os_str().is_empty() {
+        args.extend([pin_option, pin_file.to_str().context("path")?]);
+    }
+    let (mut code, mut v, mut err) = w.json_with_stdin(&args, "")?;
+    let mut bystander = Some(bystander);
+    if target.serial() == bystander.as_ref().map_or("", |b| b.serial()) {
+        // Weak serials (tpm2-pkcs11: every serial is 0000000000000000): an order names a
+        // serial, so it matches both carriers and is refused with nothing touched, until the
+        // other one is unplugged.
+        ensure!(
+            code == 1 && v["refusal"]["code"] == "target_ambiguous",
+            "[{name}] an order matching two carriers was not refused as ambiguous: {v:#} {err}"
+        );
+        w.note("two carriers with the same serial: the order is refused as ambiguous; the other one is removed and the order run again");
+        if let Some(b) = bystander.take() {
+            w.instance.remove(&b)?;
+        }
+        (code, v, err) = w.json_with_stdin(&args, "")?;
+    }
+    let after = w.json(&["scan"], 0)?;
+    let certs_of = |label: &str| -> usize {
+        carriers(&after)
+            .iter()
+            .filter(|c| c["label"] == label)
+            .map(|c| c["certificates"].as_array().map_or(0, Vec::len))
+            .sum()
+    };
+    if let Some(b) = &bystander {
+        ensure!(
+            certs_of(&b.token.label) == 1,
+            "[{name}] the bystander lost its certificate: {after:#}"
+        );
+    }
+    match support {
+        Support::Yes => {
+            ensure!(
+                code == 0 && v["outcome"] == "completed",
+                "[{name}] wipe by {method} exited {code}: {v:#} {err}"
+            );
+            ensure!(
+                w.events_of(&key, "wipe_completed")?.len() == 1,
+                "[{name}] no wipe_completed for {key}"
+            );
+            ensure!(
+                certs_of(&target.token.label) == 0,
+                "[{name}] the target still has a certificate after the wipe: {after:#}"
+            );
+            let after_key = v["report"]["carrier_after"].as_str();
+            if method == "reinit" && w.caps.new_serial_on_reinit {
+                // C_InitToken gave the token a new serial: the wipe is verified on the token
+                // in the same slot with the label the wipe gave it, and the journal links the
+                // carrier's old key to its new one.
+                let new_key = after_key.with_context(|| {
+                    format!("[{name}] no carrier_after in a wipe that changed the serial: {v:#}")
+                })?;
+                let serial_after = v["report"]["verification"]["serial_after"].as_str();
+                ensure!(
+                    serial_after.is_some_and(|s| s != target.serial() && new_key.ends_with(s)),
+                    "[{name}] serial after the wipe: {v:#}"
+                );
+                let completed = w.events_of(&key, "wipe_completed")?;
+                ensure!(
+                    completed[0].data["carrier_after"] == new_key,
+                    "[{name}] wipe_completed does not link {key} to {new_key}: {:#}",
+                    completed[0].data
+                );
+                ensure!(
+                    !w.events_of(new_key, "carrier_enrolled")?.is_empty(),
+                    "[{name}] the re-initialised carrier {new_key} is not in the journal"
+                );
+                w.note(&format!("reinit changed the serial: {key} -> {new_key}"));
+            } else {
+                ensure!(
+                    after_key.is_none(),
+                    "[{name}] carrier_after without a serial change: {v:#}"
+                );
+            }
+        }
+        Support::Missing(missing) => {
+            w.note(&format!("wipe by {method}: not supported here ({missing})"));
+            let text = format!("{v} {err}");
+            ensure!(
+                code != 0 && v["outcome"] != "completed",
+                "[{name}] wipe by {method} claims success: {v:#}"
+            );
+            ensure!(
+                text.contains("C_InitToken") || text.contains("C_DestroyObject"),
+                "[{name}] the refusal does not name the PKCS#11 function: {text}"
+            );
+            ensure!(
+                w.events_of(&key, "wipe_completed")?.is_empty(),
+                "[{name}] wipe_completed recorded for a wipe that could not run"
+            );
+            ensure!(
+                certs_of(&target.token.label) == 1,
+                "[{name}] the target lost its certificate in a refused wipe: {after:#}"
+            );
+        }
+    }
+    w.assert_verifies()
+}
+
+/// Another tool re-initialises a carrier in place (C_InitToken, new label, new key and
+/// certificate) while `custody watch` runs: the journal shows the carrier as it is now (on
+/// kryoptic with a new serial, so a new carrier, and the old one no longer present), never
+/// a change of another carrier.
+fn reinitialised_by_another_tool_while_watch_runs(name: &str) -> TestResult {
+    let Some(mut w) = World::start(name, "reinit-by-tool")? else {
+        return Ok(());
+    };
+    if !w.supports("re-initialisation by another tool", w.caps.reinit_by_tool) {
+        return Ok(());
+    }
+    let carrier = w.instance.insert("before")?;
+    let other = w.instance.insert("other")?;
+    let mut watch = w.watch(&["--interval", "300ms", "--check-interval", "600ms"])?;
+    w.wait_events("enrolled", PATIENCE, |e| {
+        e.iter()
+            .filter(|e| e.kind.as_str() == "carrier_enrolled")
+            .count()
+            == 2
+    })?;
+    let old_key = w.carrier_key(&carrier.token.label)?;
+    let other_key = w.carrier_key(&other.token.label)?;
+    let now = w.instance.reinit_by_tool(&carrier, "after")?;
+    let cert = now.cert_sha256().context("a certificate")?.to_owned();
+    w.wait_events("the new certificate", PATIENCE, |e| {
+        e.iter()
+            .any(|e| e.kind.as_str() == "cert_added" && e.data.to_string().contains(&cert))
+    })?;
+    if now.serial() != carrier.serial() {
+        let new_key = w.carrier_key(&now.token.label)?;
+        ensure!(new_key != old_key, "[{name}] new serial, same key");
+        w.wait_events("the old carrier gone", PATIENCE, |_| {
+            w.present(&old_key).ok().flatten() == Some(false)
+        })?;
+        ensure!(
+            w.present(&new_key)? == Some(true),
+            "[{name}] the re-initialised carrier is not present"
+        );
+        w.note(&format!(
+            "re-initialised by another tool: {old_key} -> {new_key}"
+        ));
+    } else {
+        ensure!(
+            w.present(&old_key)? == Some(true),
+            "[{name}] the carrier re-initialised in place is not present"
+        );
+    }
+    ensure!(
+        w.events_of(&other_key, "carrier_removed")?.is_empty()
+            && w.events_of(&other_key, "cert_removed")?.is_empty(),
+        "[{name}] the other carrier was recorded as changed"
+    );
+    watch.check_running()?;
+    watch.stop()?;
+    w.assert_verifies()
+}
+
 /// One module per implementation, one test per behaviour.
 macro_rules! behaviours {
     ($($module:ident => $name:literal),* $(,)?) => {$(
@@ -210,8 +460,28 @@ macro_rules! behaviours {
             }
 
             #[test]
+            fn issue_with_signed_acknowledgement() -> TestResult {
+                super::issue_with_signed_acknowledgement($name)
+            }
+
+            #[test]
+            fn wipe_by_reinit() -> TestResult {
+                super::wipe($name, "reinit")
+            }
+
+            #[test]
+            fn wipe_by_destroy_keys() -> TestResult {
+                super::wipe($name, "destroy-keys")
+            }
+
+            #[test]
             fn watch_sees_insertion_and_removal() -> TestResult {
                 super::watch_sees_insertion_and_removal($name)
+            }
+
+            #[test]
+            fn reinitialised_by_another_tool_while_watch_runs() -> TestResult {
+                super::reinitialised_by_another_tool_while_watch_runs($name)
             }
 
             #[test]
@@ -226,6 +496,7 @@ macro_rules! behaviours {
 behaviours! {
     softhsm2 => "softhsm2",
     kryoptic => "kryoptic",
+    tpm2_pkcs11 => "tpm2-pkcs11",
     p11kit_remote => "p11-kit-remote",
     opensc => "opensc",
 }

@@ -86,6 +86,20 @@ pub struct GoneSpec {
     pub certificates: Vec<String>,
     /// True for `destroy-keys`: no private key at all may remain.
     pub no_private_keys: bool,
+    /// For `reinit`: the slot the token was re-initialised in and the label it was given.
+    /// Some implementations give a re-initialised token a new serial (kryoptic); the check
+    /// then finds the token wiped in that slot, by the label the wipe set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reinit_in: Option<ReinitTrace>,
+}
+
+/// Where a `reinit` wipe left the token: its slot and the label C_InitToken gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReinitTrace {
+    /// Slot id of the token when it was wiped.
+    pub slot: u64,
+    /// The label the wipe gave it.
+    pub label: String,
 }
 
 /// An object found where none may be.
@@ -127,6 +141,11 @@ pub struct GoneReport {
     /// Why it did not pass, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// The serial the token shows after a `reinit` wipe, when C_InitToken changed it: the
+    /// token was found in the slot it was wiped in, with the label the wipe gave it, the
+    /// same manufacturer and model and no user PIN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_after: Option<String>,
 }
 
 /// A PIN given for one resolved carrier (the check after a wipe).
@@ -318,9 +337,19 @@ impl Module {
             remaining: Vec::new(),
             passed: false,
             problem: None,
+            serial_after: None,
         };
         let t = match self.resolve(&spec.serial, Some(&spec.manufacturer), Some(&spec.model))? {
             Resolution::Found(t) => t,
+            Resolution::Absent | Resolution::Mismatch(_)
+                if self.reinitialised_in(spec)?.is_some() =>
+            {
+                let t = self.reinitialised_in(spec)?.ok_or_else(|| {
+                    Error::Refused("the re-initialised token went away during the check".into())
+                })?;
+                report.serial_after = Some(t.id.serial.clone());
+                t
+            }
             Resolution::Absent | Resolution::Mismatch(_) => {
                 report.problem = Some(format!(
                     "carrier {} is not present: the wipe cannot be confirmed",
@@ -403,6 +432,31 @@ impl Module {
             );
         }
         Ok(report)
+    }
+}
+
+impl Module {
+    /// After a `reinit` wipe whose token no longer shows its serial: the token in the slot
+    /// it was wiped in, when it carries the label the wipe gave it, the same manufacturer and
+    /// model, and no user PIN (as C_InitToken leaves it). Anything else is not taken for it.
+    fn reinitialised_in(&self, spec: &GoneSpec) -> Result<Option<ResolvedToken>> {
+        let Some(trace) = &spec.reinit_in else {
+            return Ok(None);
+        };
+        if !self.slots()?.contains(&trace.slot) {
+            return Ok(None);
+        }
+        Ok(self.token_info(trace.slot)?.and_then(|t| {
+            let wiped = t.label == trace.label
+                && t.id.manufacturer == spec.manufacturer
+                && t.id.model == spec.model
+                && !t.flags.user_pin_initialized;
+            wiped.then_some(ResolvedToken {
+                slot: trace.slot,
+                id: t.id,
+                label: t.label,
+            })
+        }))
     }
 }
 

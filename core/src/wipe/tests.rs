@@ -122,6 +122,14 @@ fn plan_lists_every_object_and_fingerprint() {
     assert!(!plan.gone.no_private_keys);
     assert_eq!(plan.new_label, "wiped o1");
     assert_eq!(plan.slot, 7);
+    // Where a re-initialised token with a new serial is looked for after the wipe.
+    assert_eq!(
+        plan.gone.reinit_in,
+        Some(ReinitTrace {
+            slot: 7,
+            label: "wiped o1".into()
+        })
+    );
 }
 
 #[test]
@@ -130,6 +138,7 @@ fn destroy_keys_plan_requires_no_private_key_left() {
     let plan = plan(&order, &snapshot("s1", &"cd".repeat(32)), &module())
         .unwrap_or_else(|r| panic!("{r}"));
     assert!(plan.gone.no_private_keys);
+    assert_eq!(plan.gone.reinit_in, None);
 }
 
 #[test]

@@ -49,7 +49,13 @@ impl Implementation for Tpm2 {
     }
 
     fn start(&self, dir: &Path) -> anyhow::Result<Box<dyn Instance>> {
-        for program in ["swtpm", "dbus-daemon", "tpm2-abrmd", "tpm2_getcap", "tpm2_ptool"] {
+        for program in [
+            "swtpm",
+            "dbus-daemon",
+            "tpm2-abrmd",
+            "tpm2_getcap",
+            "tpm2_ptool",
+        ] {
             crate::softhsm::find_program(program).with_context(|| {
                 format!(
                     "{program} is missing (Debian packages swtpm, dbus-daemon, tpm2-abrmd, \
@@ -75,15 +81,19 @@ impl Implementation for Tpm2 {
                 .arg(format!("--address=unix:path={}", bus.display())),
             &dir.join("dbus.log"),
         )?;
-        wait_until("the private D-Bus session bus", Duration::from_secs(10), || {
-            dbus.check_running()?;
-            Ok(bus.exists())
-        })?;
+        wait_until(
+            "the private D-Bus session bus",
+            Duration::from_secs(10),
+            || {
+                dbus.check_running()?;
+                Ok(bus.exists())
+            },
+        )?;
         let mut instance = Tpm2Instance {
             module: PathBuf::from(MODULE),
             store,
             bus,
-            provisioner: Provisioner::new(dir)?,
+            provisioner: Provisioner::new(dir)?.with_module_usage(),
             abrmd: None,
             dbus: Some(dbus),
             swtpm: Some(swtpm),
@@ -163,7 +173,7 @@ impl Tpm2Instance {
     }
 
     /// TPM2_PT_LOCKOUT_COUNTER: failed authorisations counted towards the lockout.
-    pub(crate) fn lockout_counter(&self) -> anyhow::Result<u64> {
+    fn read_lockout_counter(&self) -> anyhow::Result<u64> {
         let caps = tpm2_getcap(&self.env())?;
         let line = caps
             .lines()
@@ -231,6 +241,6 @@ impl Instance for Tpm2Instance {
     }
 
     fn lockout_counter(&self) -> anyhow::Result<Option<u64>> {
-        Tpm2Instance::lockout_counter(self).map(Some)
+        self.read_lockout_counter().map(Some)
     }
 }

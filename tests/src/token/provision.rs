@@ -33,6 +33,9 @@ pub struct ProvisionJob {
     pub ca_key_pkcs8: Bytes,
     /// Directory for DER copies of the certificates.
     pub certs_dir: PathBuf,
+    /// Leave the key usage attributes to the module (see [`TokenJob::module_usage`]).
+    #[serde(default)]
+    pub module_usage: bool,
     /// The token to re-initialise, by serial and label (slot ids shift between processes
     /// on some implementations); `None`: the first slot with an uninitialised token.
     pub reinit: Option<Existing>,
@@ -106,6 +109,7 @@ fn provision_on(pkcs11: &Pkcs11, job: &ProvisionJob) -> anyhow::Result<(u64, Tok
         conf: PathBuf::new(),
         module: job.module.clone(),
         certs_dir: job.certs_dir.clone(),
+        module_usage: job.module_usage,
     };
     let manifest = fill_token(pkcs11, slot, &token_job, true, &user_pin, &so_pin)?;
     Ok((slot.id(), manifest))

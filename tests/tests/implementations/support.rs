@@ -9,7 +9,7 @@ use anyhow::{bail, ensure, Context as _};
 use custody_core::journal::{EventRow, Journal};
 use custody_tests::daemon::Daemon;
 use custody_tests::implementation::{
-    implementation, start_for_test, Capabilities, Instance, Support,
+    implementation, start_for_test, Capabilities, Carrier, Instance, Support,
 };
 use custody_tests::{temp_dir, Custody};
 use serde_json::Value;
@@ -73,6 +73,137 @@ impl World {
     /// `custody ARGS --json`, expecting exit `code`.
     pub(crate) fn json(&self, args: &[&str], code: i32) -> anyhow::Result<Value> {
         self.custody().json(args, code)
+    }
+
+    /// `custody --json ARGS` with `stdin` on its standard input; the exit code, the JSON
+    /// (null when stdout is empty) and stderr.
+    pub(crate) fn json_with_stdin(
+        &self,
+        args: &[&str],
+        stdin: &str,
+    ) -> anyhow::Result<(i32, Value, String)> {
+        use std::io::Write as _;
+        let mut child = self
+            .custody()
+            .command()
+            .arg("--json")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(stdin.as_bytes())?;
+        let out = child.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let json = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).with_context(|| format!("stdout is not JSON: {text}"))?
+        };
+        Ok((
+            out.status.code().unwrap_or(-1),
+            json,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// An order signer: an ed25519 key made with ssh-keygen, trusted through
+    /// `[orders] allowed_signers` in the configuration.
+    pub(crate) fn trust_signer(&self) -> anyhow::Result<PathBuf> {
+        let key = self.dir.join("it_ed25519");
+        let out = std::process::Command::new("ssh-keygen")
+            .args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "it@example.org",
+                "-f",
+            ])
+            .arg(&key)
+            .stdin(Stdio::null())
+            .output()
+            .context("running ssh-keygen (Debian package openssh-client)")?;
+        ensure!(
+            out.status.success(),
+            "ssh-keygen: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let public = std::fs::read_to_string(key.with_extension("pub"))?;
+        let signers = self.dir.join("allowed_signers");
+        std::fs::write(&signers, format!("it@example.org {}", public.trim()))?;
+        let mut config = std::fs::read_to_string(&self.config)?;
+        config.push_str(&format!(
+            "[orders]\nallowed_signers = {}\n",
+            toml_path(&signers)?
+        ));
+        std::fs::write(&self.config, config)?;
+        Ok(key)
+    }
+
+    /// A signed destruction order for `carrier` by `method`; returns its path.
+    pub(crate) fn signed_order(
+        &self,
+        signer: &Path,
+        carrier: &Carrier,
+        method: &str,
+        cert_sha256: &str,
+    ) -> anyhow::Result<PathBuf> {
+        let today = time::OffsetDateTime::now_utc().date().to_string();
+        let mut args = vec!["order", "create", "--carrier", carrier.serial()];
+        // A model with NUL bytes (tpm2-pkcs11) cannot be an argument: the journal's is used.
+        for (option, value) in [
+            ("--manufacturer", &carrier.token.manufacturer),
+            ("--model", &carrier.token.model),
+        ] {
+            if !value.contains('\0') {
+                args.extend([option, value.as_str()]);
+            }
+        }
+        args.extend([
+            "--holder",
+            "Шевченко Тарас Григорович",
+            "--dismissed",
+            &today,
+            "--method",
+            method,
+            "--responsible",
+            "Коваленко Ольга Петрівна",
+            "--cert",
+            cert_sha256,
+            "--reason",
+            "Наказ № 17-к",
+        ]);
+        let order = self.custody().run(&args)?;
+        ensure!(
+            order.code == 0,
+            "[{}] order create: {}{}",
+            self.name,
+            order.stdout,
+            order.stderr
+        );
+        let path = self.dir.join(format!("order-{method}.json"));
+        std::fs::write(&path, &order.stdout)?;
+        let signed = self.custody().run(&[
+            "order",
+            "sign",
+            path.to_str().context("path")?,
+            "--key",
+            signer.to_str().context("path")?,
+        ])?;
+        ensure!(
+            signed.code == 0,
+            "[{}] order sign: {}",
+            self.name,
+            signed.stderr
+        );
+        Ok(path)
     }
 
     /// Every event of the journal.
@@ -154,6 +285,8 @@ impl World {
     }
 
     /// Fails unless `custody journal verify` says the chain verifies.
+    /// Also fails when the device counted a failed authorisation towards its
+    /// dictionary-attack lockout (the TPM).
     pub(crate) fn assert_verifies(&self) -> TestResult {
         let v = self.json(&["journal", "verify"], 0)?;
         ensure!(
@@ -161,7 +294,23 @@ impl World {
             "[{}] journal does not verify: {v}",
             self.name
         );
+        if let Some(count) = self.instance.lockout_counter()? {
+            ensure!(
+                count == 0,
+                "[{}] {count} failed authorisation(s) counted towards the TPM's lockout",
+                self.name
+            );
+        }
         Ok(())
+    }
+
+    /// Whether the journal's carrier `key` is present, as `custody journal list` says.
+    pub(crate) fn present(&self, key: &str) -> anyhow::Result<Option<bool>> {
+        Ok(Journal::open(&self.journal)?
+            .carriers()?
+            .into_iter()
+            .find(|c| c.carrier == key)
+            .map(|c| c.present))
     }
 
     /// Starts `custody watch` with `args` (e.g. `--interval 500ms`).
