@@ -9,5 +9,6 @@ mod orders {
     mod service;
     mod spool;
     mod support;
+    mod tamper;
     mod wipe;
 }

@@ -9,6 +9,7 @@
 
 mod chain;
 mod checkpoint;
+mod derive;
 mod form;
 mod import;
 mod issue;
@@ -36,6 +37,7 @@ pub use chain::{VerifyProblem, VerifyReport};
 pub use checkpoint::{
     Checkpoint, CheckpointProblem, CheckpointReport, JournalKey, TrustedKey, CHECKPOINT_FORMAT,
 };
+pub use derive::{rejection_ends_order, StateProblem, StateReport};
 pub use form::{AckSummary, Destruction, FormFilter, FormRow, ImportedText, RevocationNote};
 pub use import::{ImportRecord, ImportRow};
 pub use issue::{
@@ -317,6 +319,12 @@ impl Journal {
     /// Recomputes the hash chain over every event and names the first bad row.
     pub fn verify(&self) -> Result<VerifyReport> {
         chain::verify(&self.conn, &self.journal_id)
+    }
+
+    /// Replays every event and compares the state tables with what the events say; every
+    /// difference is named by table, key and column.
+    pub fn verify_state(&self) -> Result<StateReport> {
+        derive::verify(&self.conn)
     }
 
     /// All carriers in the journal, present or not.

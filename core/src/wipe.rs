@@ -26,7 +26,7 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 use crate::inventory::CarrierSnapshot;
-use crate::journal::{Actor, EventKind, Journal, OrderState};
+use crate::journal::{rejection_ends_order, Actor, EventKind, Journal, OrderState};
 use crate::order::{DestructionOrder, Method, RejectCode, Rejection, Verification, VerifiedOrder};
 use crate::token::{
     DestroyedObject, GoneReport, GoneSpec, Module, ModuleInfo, PinSource, Resolution, ResolvedToken,
@@ -457,7 +457,6 @@ fn reject_verified(
     order: &VerifiedOrder,
     rejection: &Rejection,
     carrier: Option<&str>,
-    state: Option<OrderState>,
 ) -> Result<u64> {
     let data = OrderRejected {
         order_id: Some(order.order().id.clone()),
@@ -472,12 +471,13 @@ fn reject_verified(
     tracing::warn!(code = %rejection.code, order = %order.order().id, "order refused");
     journal.write(env.actor, (env.clock)(), |w| {
         let seq = w.append(EventKind::OrderRejected, carrier, &data)?;
-        if let Some(state) = state {
-            if w.order(&order.order().id)?
+        // The events decide: a refusal that ends an order (see
+        // `journal::rejection_ends_order`) moves a known order with this content to rejected.
+        if rejection_ends_order(rejection.code)
+            && w.order(&order.order().id)?
                 .is_some_and(|o| o.sha256 == order.sha256())
-            {
-                w.set_order_state(&order.order().id, state, seq, carrier)?;
-            }
+        {
+            w.set_order_state(&order.order().id, OrderState::Rejected, seq, carrier)?;
         }
         Ok(seq)
     })
@@ -534,7 +534,7 @@ pub fn admit(
     })?;
     if let Err(r) = &verdict {
         // A replay is recorded on the carrier the order was executed on.
-        reject_verified(journal, env, order, r, executed_on.as_deref(), None)?;
+        reject_verified(journal, env, order, r, executed_on.as_deref())?;
     }
     Ok(verdict)
 }
@@ -590,7 +590,7 @@ pub fn execute(
                     module.info().path
                 ),
             );
-            reject_verified(journal, env, order, &r, None, None)?;
+            reject_verified(journal, env, order, &r, None)?;
             return Ok(Outcome::Refused(r));
         }
         Resolution::Mismatch(found) => {
@@ -605,7 +605,7 @@ pub fn execute(
                     o.target.model.as_deref().unwrap_or("*"),
                 ),
             );
-            reject_verified(journal, env, order, &r, None, Some(OrderState::Rejected))?;
+            reject_verified(journal, env, order, &r, None)?;
             return Ok(Outcome::Refused(r));
         }
         Resolution::Ambiguous(slots) => {
@@ -617,7 +617,7 @@ pub fn execute(
                     o.target.serial
                 ),
             );
-            reject_verified(journal, env, order, &r, None, None)?;
+            reject_verified(journal, env, order, &r, None)?;
             return Ok(Outcome::Refused(r));
         }
     };
@@ -641,7 +641,7 @@ pub fn execute(
             RejectCode::PinMissing,
             format!("method {} needs {what}; nothing was touched", o.method),
         );
-        reject_verified(journal, env, order, &r, None, None)?;
+        reject_verified(journal, env, order, &r, None)?;
         return Ok(Outcome::Refused(r));
     }
     let snapshot = module.read_token(&target, user_pin.as_ref())?;
@@ -654,7 +654,7 @@ pub fn execute(
             RejectCode::PinMissing,
             format!("the user PIN was not accepted ({reason}); nothing was touched"),
         );
-        reject_verified(journal, env, order, &r, Some(&snapshot.id.key()), None)?;
+        reject_verified(journal, env, order, &r, Some(&snapshot.id.key()))?;
         return Ok(Outcome::Refused(r));
     }
     let previous = match journal.order(&o.id)?.and_then(|row| row.started_seq) {
@@ -664,10 +664,7 @@ pub fn execute(
     let plan = match plan_resumed(order, &snapshot, module.info(), previous.as_ref()) {
         Ok(p) => p,
         Err(r) => {
-            let state = (r.code == RejectCode::CertificateMismatch
-                || r.code == RejectCode::TargetMismatch)
-                .then_some(OrderState::Rejected);
-            reject_verified(journal, env, order, &r, Some(&snapshot.id.key()), state)?;
+            reject_verified(journal, env, order, &r, Some(&snapshot.id.key()))?;
             return Ok(Outcome::Refused(r));
         }
     };

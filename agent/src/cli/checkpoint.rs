@@ -125,7 +125,8 @@ pub fn verify(ctx: &Context, journal: &Journal, args: &VerifyArgs) -> anyhow::Re
     };
     let report = journal.verify()?;
     let cps = journal.verify_checkpoints(exported.as_ref())?;
-    let ok = report.ok() && cps.ok();
+    let state = journal.verify_state()?;
+    let ok = report.ok() && cps.ok() && state.ok();
     if ctx.global.json {
         json(&serde_json::json!({
             "journal": journal.path(),
@@ -135,6 +136,7 @@ pub fn verify(ctx: &Context, journal: &Journal, args: &VerifyArgs) -> anyhow::Re
             "head_hash": report.head_hash,
             "first_bad": report.first_bad,
             "checkpoints": cps,
+            "state": state,
         }))?;
         return Ok(if ok { Exit::Ok } else { Exit::Failed });
     }
@@ -158,6 +160,20 @@ pub fn verify(ctx: &Context, journal: &Journal, args: &VerifyArgs) -> anyhow::Re
         );
     }
     print_checkpoints(&cps, report.events);
+    if state.ok() {
+        println!(
+            "state tables agree with the events: {} row(s) re-derived from {} event(s)",
+            state.rows, state.events
+        );
+    } else {
+        println!(
+            "state tables DIFFER from the events ({} difference(s)); custody decides from the events, but the tables were changed outside custody:",
+            state.problems.len()
+        );
+        for p in &state.problems {
+            println!("  {p}");
+        }
+    }
     Ok(if ok { Exit::Ok } else { Exit::Failed })
 }
 

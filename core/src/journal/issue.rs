@@ -278,7 +278,7 @@ impl Journal {
     }
 }
 
-fn status_text(s: AckStatus) -> &'static str {
+pub(crate) fn status_text(s: AckStatus) -> &'static str {
     match s {
         AckStatus::Verified => "verified",
         AckStatus::NotVerified => "not_verified",
