@@ -209,7 +209,7 @@ impl Context {
         let path = self.journal_path();
         if !path.exists() {
             anyhow::bail!(
-                "no journal at {}; point --journal at one (or restore it from a backup)",
+                "no journal at {}; run `custody scan` first, point --journal at one, or restore it from a backup",
                 path.display()
             );
         }

@@ -164,7 +164,9 @@ impl Journal {
     pub fn open(path: &Path) -> Result<Self> {
         let existing = match std::fs::metadata(path) {
             Ok(m) if m.is_dir() => return Err(Error::NotAJournal(path.into())),
-            Ok(m) => m.len() > 0,
+            // Until SQLite checkpoints its WAL, a journal's content may all be in the -wal
+            // file while the database file is still empty.
+            Ok(m) => m.len() > 0 || wal_of(path).metadata().is_ok_and(|w| w.len() > 0),
             Err(_) => false,
         };
         let key = JournalKey::path_for(path);
@@ -561,6 +563,13 @@ fn record_scan_in(
         }
     }
     Ok(record)
+}
+
+/// The -wal file of a journal.
+fn wal_of(path: &Path) -> PathBuf {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
 }
 
 fn journal_id_of(conn: &Connection) -> Result<String> {
