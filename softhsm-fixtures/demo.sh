@@ -27,6 +27,8 @@ cat > "$demo/custody.toml" <<TOML
 name = "Прилуцька міська рада"
 
 [[pin]]
+manufacturer = "$(field "Іваненко І.І." manufacturer)"
+model = "$(field "Іваненко І.І." model)"
 serial = "$(field "Іваненко І.І." serial)"
 user_pin_file = "$(field "Іваненко І.І." user_pin_file)"
 so_pin_file = "$(field "Іваненко І.І." so_pin_file)"

@@ -3,7 +3,9 @@
 # softhsm2 (the PKCS#11 module), opensc (pkcs11-tool, pkcs11-spy, opensc-pkcs11.so), openssh-client
 # (ssh-keygen), sqlite3, openssl; for the smart-card tests pcscd, libpcsclite1, vsmartcard-vpcd
 # (a virtual reader) and systemd (systemd-socket-activate starts a private pcscd). Extra
-# package names may be given as arguments.
+# package names may be given as arguments (tests/run.sh adds the other PKCS#11
+# implementations: swtpm, tpm2-abrmd and tpm2-pkcs11, p11-kit's remote module, and what
+# building kryoptic needs).
 set -euo pipefail
 
 need=()

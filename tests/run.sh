@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs when missing, then runs every test of the
-# workspace (unit tests, CLI tests and the end-to-end tests against SoftHSM2).
+# workspace (unit tests, CLI tests, the end-to-end tests against SoftHSM2, and the behaviour
+# tests on every PKCS#11 implementation: SoftHSM2, kryoptic, tpm2-pkcs11 over swtpm, p11-kit's
+# remote module).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 start=$SECONDS
-"$root/softhsm-fixtures/ensure-packages.sh" chromium poppler-utils man-db
+"$root/softhsm-fixtures/ensure-packages.sh" chromium poppler-utils man-db \
+  swtpm swtpm-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtpm2-pkcs11-1 tpm2-tools \
+  p11-kit p11-kit-modules dbus-daemon libssl-dev pkg-config libclang-dev
 cd "$root"
 # The fault-injecting PKCS#11 module the tests put in front of SoftHSM2 (a cdylib: tests also
 # build it on demand, this only makes that a no-op).
 cargo build -p custody-fault-pkcs11
+# kryoptic is built from the crates registry once and kept under target/kryoptic.
+"$root/softhsm-fixtures/kryoptic.sh" >/dev/null
 cargo test --workspace --all-targets "$@"
 # The Debian package: built, installed, used and purged (as root on a machine without custody).
 "$root/tests/package.sh"

@@ -216,6 +216,12 @@ impl Context {
         Ok(Journal::open_read_only(&path)?)
     }
 
+    /// The PIN sources of the configuration, with the rejection memory of the journal in
+    /// effect.
+    pub fn pins(&self) -> crate::pin::Pins {
+        crate::pin::Pins::new(&self.config, &self.journal_path())
+    }
+
     /// The actor recorded with events.
     pub fn actor(&self) -> Actor {
         Actor::current(self.global.operator.clone())

@@ -2,15 +2,30 @@
 //! exists), then command-line flags on top. [`RawConfig`] mirrors the file
 //! (`deny_unknown_fields`); [`Config`] is the validated result. PINs are never in the file:
 //! only where to read them from.
+//!
+//! No value of the file is ever echoed: a refused value is named by file, line and key
+//! ([`report`]), because the one value that must never be shown — a PIN typed into the file
+//! by mistake — looks like any other. Values that would be shown later (paths in messages,
+//! the organisation on the form) are checked when the file is read: paths must be absolute,
+//! the organisation's name must contain letters, variable names must be variable names, so a
+//! PIN in any of those keys is refused before anything runs.
+
+mod pin_rule;
+mod report;
+mod value;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use custody_core::id::CarrierId;
-use custody_core::token::PinSource;
 use secrecy::SecretString;
 use serde::Deserialize;
+use toml::Spanned;
+
+pub use pin_rule::{PinRule, RawPinRule};
+pub use report::Problem;
 
 /// The system-wide configuration file.
 pub const SYSTEM_CONFIG: &str = "/etc/custody/custody.toml";
@@ -30,7 +45,7 @@ pub struct RawConfig {
     pub module: Vec<RawModule>,
     /// `[[pin]]`
     #[serde(default)]
-    pub pin: Vec<PinRule>,
+    pub pin: Vec<Spanned<RawPinRule>>,
     /// `[service]`
     #[serde(default)]
     pub service: RawService,
@@ -44,7 +59,16 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawOrganisation {
     /// Printed on the journal form.
+    #[serde(default, deserialize_with = "value::organisation")]
     pub name: Option<String>,
+    /// The journal form's title, when the organisation's order names it otherwise than the
+    /// default «Журнал обліку зберігання та знищення особистих ключів».
+    #[serde(default, deserialize_with = "value::organisation")]
+    pub title: Option<String>,
+    /// IANA time zone for times on the form and in human output (e.g. "Europe/Kyiv");
+    /// default: the system's ($TZ, /etc/localtime).
+    #[serde(default, deserialize_with = "value::timezone")]
+    pub timezone: Option<jiff::tz::TimeZone>,
 }
 
 /// `[journal]`
@@ -52,6 +76,7 @@ pub struct RawOrganisation {
 #[serde(deny_unknown_fields)]
 pub struct RawJournal {
     /// Journal file.
+    #[serde(default, deserialize_with = "value::absolute")]
     pub path: Option<PathBuf>,
 }
 
@@ -60,6 +85,7 @@ pub struct RawJournal {
 #[serde(deny_unknown_fields)]
 pub struct RawModule {
     /// Path of a PKCS#11 library.
+    #[serde(deserialize_with = "value::absolute_required")]
     pub path: PathBuf,
     /// When `custody watch` re-initialises this module to see new tokens (default `auto`).
     #[serde(default)]
@@ -71,8 +97,10 @@ pub struct RawModule {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Reinit {
-    /// Re-initialise modules known to need it (SoftHSM2); never the others, whose slot list
-    /// is live (smart-card readers).
+    /// Re-initialise a module once it has shown that it has no slot events
+    /// (C_WaitForSlotEvent answers CKR_FUNCTION_NOT_SUPPORTED: SoftHSM2, kryoptic,
+    /// tpm2-pkcs11, p11-kit's client), whose slot list is frozen between C_Initialize and
+    /// C_Finalize; never a module with slot events, whose slot list is live (OpenSC).
     #[default]
     Auto,
     /// Always re-initialise (within the service's re-initialisation cost budget).
@@ -86,11 +114,14 @@ pub enum Reinit {
 #[serde(deny_unknown_fields)]
 pub struct RawService {
     /// Poll interval, e.g. "2s", "500ms".
-    pub interval: Option<String>,
+    #[serde(default, deserialize_with = "value::duration")]
+    pub interval: Option<Duration>,
     /// Time between content checks of present carriers, e.g. "10s"; default: measured, so
     /// that they add at most 3 % to the modules' polling cost, and at most 30 s.
-    pub check_interval: Option<String>,
+    #[serde(default, deserialize_with = "value::duration")]
+    pub check_interval: Option<Duration>,
     /// Order spool directory.
+    #[serde(default, deserialize_with = "value::absolute")]
     pub spool: Option<PathBuf>,
 }
 
@@ -99,25 +130,11 @@ pub struct RawService {
 #[serde(deny_unknown_fields)]
 pub struct RawOrders {
     /// OpenSSH allowed_signers file.
+    #[serde(default, deserialize_with = "value::absolute")]
     pub allowed_signers: Option<PathBuf>,
-    /// Distinct valid signatures an order needs.
+    /// Distinct valid signatures an order needs (1 to 10).
+    #[serde(default, deserialize_with = "value::required_signers")]
     pub required_signers: Option<u32>,
-}
-
-/// `[[pin]]`: where the PINs of matching carriers come from. Never a PIN itself.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PinRule {
-    /// A carrier serial, or `*` for any.
-    pub serial: String,
-    /// File holding the user PIN (mode 0600 or stricter).
-    pub user_pin_file: Option<PathBuf>,
-    /// Environment variable holding the user PIN.
-    pub user_pin_env: Option<String>,
-    /// File holding the SO PIN.
-    pub so_pin_file: Option<PathBuf>,
-    /// Environment variable holding the SO PIN.
-    pub so_pin_env: Option<String>,
 }
 
 /// The validated configuration.
@@ -127,6 +144,10 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// Organisation name for the journal form.
     pub organisation: Option<String>,
+    /// The form's title from `[organisation] title` (`None`: the default).
+    pub form_title: Option<String>,
+    /// Time zone of times for people (`[organisation] timezone`, else the system's).
+    pub zone: jiff::tz::TimeZone,
     /// Journal file.
     pub journal: PathBuf,
     /// Modules from the file (empty: use the defaults).
@@ -136,9 +157,9 @@ pub struct Config {
     /// PIN rules, first match wins.
     pub pins: Vec<PinRule>,
     /// Service poll interval.
-    pub interval: std::time::Duration,
+    pub interval: Duration,
     /// Fixed time between content checks (`None`: from the measured cost).
-    pub check_interval: Option<std::time::Duration>,
+    pub check_interval: Option<Duration>,
     /// Order spool.
     pub spool: PathBuf,
     /// allowed_signers file.
@@ -163,62 +184,70 @@ impl Config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("reading configuration {}", p.display()))?;
-                toml::from_str::<RawConfig>(&text)
-                    .map_err(|e| anyhow::anyhow!("configuration {}: {e}", p.display()))?
+                return Self::parse(&text, p);
             }
             None => RawConfig::default(),
         };
         Self::validate(raw, path)
     }
 
+    /// Parses and checks the text of the configuration file `file`. Messages name the file,
+    /// line and key, never a value.
+    pub fn parse(text: &str, file: &Path) -> anyhow::Result<Self> {
+        let raw = toml::from_str::<RawConfig>(text)
+            .map_err(|e| anyhow::anyhow!(report::from_toml(text, &e).message(file)))?;
+        Self::validate_in(raw, Some(file.to_owned()), text)
+    }
+
     /// Checks a parsed file and fills in defaults.
     pub fn validate(raw: RawConfig, source: Option<PathBuf>) -> anyhow::Result<Self> {
+        Self::validate_in(raw, source, "")
+    }
+
+    /// [`Self::validate`], with the file's text to name lines in messages.
+    fn validate_in(raw: RawConfig, source: Option<PathBuf>, text: &str) -> anyhow::Result<Self> {
+        let file = source
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("(configuration)"));
         for rule in &raw.pin {
-            if rule.user_pin_file.is_some() && rule.user_pin_env.is_some() {
-                bail!(
-                    "[[pin]] for serial {:?}: give user_pin_file or user_pin_env, not both",
-                    rule.serial
+            let both = |key: &str| {
+                let mut problem = Problem::at(
+                    text,
+                    rule.span().start,
+                    format!("give {key}_file or {key}_env, not both"),
                 );
+                problem.table = Some("[[pin]]".into());
+                problem.key = None;
+                anyhow::anyhow!(problem.message(&file))
+            };
+            if rule.get_ref().user_pin_file.is_some() && rule.get_ref().user_pin_env.is_some() {
+                return Err(both("user_pin"));
             }
-            if rule.so_pin_file.is_some() && rule.so_pin_env.is_some() {
-                bail!(
-                    "[[pin]] for serial {:?}: give so_pin_file or so_pin_env, not both",
-                    rule.serial
-                );
+            if rule.get_ref().so_pin_file.is_some() && rule.get_ref().so_pin_env.is_some() {
+                return Err(both("so_pin"));
             }
         }
-        let interval = match &raw.service.interval {
-            Some(text) => {
-                parse_duration(text).with_context(|| format!("[service] interval = {text:?}"))?
-            }
-            None => std::time::Duration::from_secs(2),
-        };
-        let check_interval = match &raw.service.check_interval {
-            Some(text) => Some(
-                parse_duration(text)
-                    .with_context(|| format!("[service] check_interval = {text:?}"))?,
-            ),
-            None => None,
-        };
-        let required_signers = raw.orders.required_signers.unwrap_or(1);
-        if required_signers == 0 {
-            bail!("[orders] required_signers must be at least 1");
-        }
+        let pins = pin_rule::validate(raw.pin, text, &file)?;
         Ok(Self {
             source,
             organisation: raw.organisation.name,
+            form_title: raw.organisation.title,
+            zone: raw
+                .organisation
+                .timezone
+                .unwrap_or_else(jiff::tz::TimeZone::system),
             journal: raw.journal.path.unwrap_or_else(default_journal),
             modules: raw.module.iter().map(|m| m.path.clone()).collect(),
             module_reinit: raw.module.into_iter().map(|m| (m.path, m.reinit)).collect(),
-            pins: raw.pin,
-            interval,
-            check_interval,
+            pins,
+            interval: raw.service.interval.unwrap_or(Duration::from_secs(2)),
+            check_interval: raw.service.check_interval,
             spool: raw
                 .service
                 .spool
                 .unwrap_or_else(|| state_dir().join("orders")),
             allowed_signers: raw.orders.allowed_signers,
-            required_signers,
+            required_signers: raw.orders.required_signers.unwrap_or(1),
         })
     }
 
@@ -231,17 +260,14 @@ impl Config {
             .unwrap_or_default()
     }
 
-    /// The PIN rule for a carrier serial: an exact serial match first, then `*`.
-    pub fn pin_rule(&self, serial: &str) -> Option<&PinRule> {
-        self.pins
-            .iter()
-            .find(|r| r.serial == serial)
-            .or_else(|| self.pins.iter().find(|r| r.serial == "*"))
+    /// The `[[pin]]` rule naming this carrier, if any.
+    pub fn pin_rule(&self, carrier: &CarrierId, label: Option<&str>) -> Option<&PinRule> {
+        self.pins.iter().find(|r| r.matches(carrier, label))
     }
 }
 
 /// Parses "2s", "500ms", "1m", "1h", or a bare number of seconds.
-pub fn parse_duration(text: &str) -> anyhow::Result<std::time::Duration> {
+pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     let t = text.trim();
     let split = t
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -260,7 +286,7 @@ pub fn parse_duration(text: &str) -> anyhow::Result<std::time::Duration> {
     if !(0.0..=86_400.0).contains(&secs) || secs == 0.0 {
         bail!("{t:?} is out of range (more than 0, at most 24h)");
     }
-    Ok(std::time::Duration::from_secs_f64(secs))
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn is_root() -> bool {
@@ -320,44 +346,6 @@ pub fn read_pin_env(name: &str) -> anyhow::Result<SecretString> {
     }
 }
 
-/// The user-PIN source of a configuration, for scans.
-#[derive(Debug)]
-pub struct ConfigPins<'a>(pub &'a Config);
-
-impl PinSource for ConfigPins<'_> {
-    fn user_pin(&self, carrier: &CarrierId) -> custody_core::Result<Option<SecretString>> {
-        let Some(rule) = self.0.pin_rule(&carrier.serial) else {
-            return Ok(None);
-        };
-        let read = match (&rule.user_pin_file, &rule.user_pin_env) {
-            (Some(f), _) => read_pin_file(f).map_err(|e| (f.display().to_string(), e)),
-            (None, Some(v)) => read_pin_env(v).map_err(|e| (v.clone(), e)),
-            (None, None) => return Ok(None),
-        };
-        read.map(Some)
-            .map_err(|(source_name, e)| custody_core::Error::PinSource {
-                source_name,
-                reason: format!("{e:#}"),
-            })
-    }
-
-    fn so_pin(&self, carrier: &CarrierId) -> custody_core::Result<Option<SecretString>> {
-        let Some(rule) = self.0.pin_rule(&carrier.serial) else {
-            return Ok(None);
-        };
-        let read = match (&rule.so_pin_file, &rule.so_pin_env) {
-            (Some(f), _) => read_pin_file(f).map_err(|e| (f.display().to_string(), e)),
-            (None, Some(v)) => read_pin_env(v).map_err(|e| (v.clone(), e)),
-            (None, None) => return Ok(None),
-        };
-        read.map(Some)
-            .map_err(|(source_name, e)| custody_core::Error::PinSource {
-                source_name,
-                reason: format!("{e:#}"),
-            })
-    }
-}
-
 /// Creates a file with mode 0600 (for PINs and keys written by custody or its tests).
 pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
@@ -378,14 +366,17 @@ mod tests {
     use secrecy::ExposeSecret;
 
     fn parse(text: &str) -> anyhow::Result<Config> {
-        Config::validate(toml::from_str(text)?, None)
+        Config::parse(text, Path::new("/etc/custody/custody.toml"))
     }
 
     #[test]
     fn unknown_keys_are_refused_with_the_line() {
         let err = parse("[journal]\npath = \"/tmp/j.db\"\ncolour = 1\n").err();
         let text = err.map(|e| format!("{e:#}")).unwrap_or_default();
-        assert!(text.contains("colour") && text.contains("line 3"), "{text}");
+        assert!(
+            text.contains("line 3, [journal] colour: unknown key colour; expected `path`"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -400,7 +391,9 @@ path = "/var/lib/custody/journal.db"
 path = "/usr/lib/softhsm/libsofthsm2.so"
 reinit = "always"
 [[pin]]
-serial = "*"
+manufacturer = "SoftHSM project"
+model = "SoftHSM v2"
+serial = "3c5e0a1b2d4f6789"
 user_pin_file = "/etc/custody/pins/user"
 so_pin_file = "/etc/custody/pins/so"
 [service]
@@ -413,8 +406,8 @@ required_signers = 2
 "#,
         );
         let c = c.unwrap_or_else(|e| panic!("{e:#}"));
-        assert_eq!(c.interval, std::time::Duration::from_millis(500));
-        assert_eq!(c.check_interval, Some(std::time::Duration::from_secs(10)));
+        assert_eq!(c.interval, Duration::from_millis(500));
+        assert_eq!(c.check_interval, Some(Duration::from_secs(10)));
         assert_eq!(c.required_signers, 2);
         assert_eq!(c.modules.len(), 1);
         assert_eq!(
@@ -422,33 +415,165 @@ required_signers = 2
             Reinit::Always
         );
         assert_eq!(c.reinit(Path::new("/other.so")), Reinit::Auto);
-        assert!(c.pin_rule("anything").is_some());
+        let id = |serial: &str| CarrierId {
+            manufacturer: "SoftHSM project".into(),
+            model: "SoftHSM v2".into(),
+            serial: serial.into(),
+            discriminator: None,
+        };
+        assert!(c.pin_rule(&id("3c5e0a1b2d4f6789"), None).is_some());
+        assert!(c.pin_rule(&id("3c5e0a1b2d4f6780"), None).is_none());
     }
 
     #[test]
-    fn unknown_reinit_policy_is_refused() {
+    fn pin_rules_with_wildcards_or_without_full_identity_are_refused_unechoed() {
+        for (rule, says) in [
+            (
+                "serial = \"*\"",
+                "line 1, in [[pin]]: the rule has no manufacturer",
+            ),
+            (
+                "manufacturer = \"M\"\nmodel = \"X\"\nserial = \"*\"",
+                "line 4, [[pin]] serial: a wildcard",
+            ),
+            (
+                "manufacturer = \"*\"\nmodel = \"X\"\nserial = \"42\"",
+                "line 2, [[pin]] manufacturer: a wildcard",
+            ),
+            (
+                "manufacturer = \"M\"\nserial = \"42\"",
+                "the rule has no model",
+            ),
+            (
+                "manufacturer = \"M\"\nmodel = \"X\"\nserial = \"\"",
+                "line 4, [[pin]] serial: a wildcard or empty value",
+            ),
+        ] {
+            let text = format!("[[pin]]\n{rule}\nuser_pin_file = \"/p\"\n");
+            let err = parse(&text)
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default();
+            assert!(err.contains(says), "{rule}: {err}");
+            // The message shows how to write a rule, and none of the file's values.
+            assert!(
+                err.contains("manufacturer = ") && err.contains("model = "),
+                "{err}"
+            );
+            assert!(!err.contains("\"M\"") && !err.contains("\"X\""), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_rule_with_a_label_matches_only_that_label() {
+        let c = parse(
+            "[[pin]]\nmanufacturer = \"M\"\nmodel = \"X\"\nserial = \"0000\"\nlabel = \"a\"\nuser_pin_file = \"/a\"\n\
+             [[pin]]\nmanufacturer = \"M\"\nmodel = \"X\"\nserial = \"0000\"\nlabel = \"b\"\nuser_pin_file = \"/b\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        let id = CarrierId {
+            manufacturer: "M".into(),
+            model: "X".into(),
+            serial: "0000".into(),
+            discriminator: None,
+        };
+        let file = |label| c.pin_rule(&id, label).and_then(|r| r.user_pin_file.clone());
+        assert_eq!(file(Some("a")), Some(PathBuf::from("/a")));
+        assert_eq!(file(Some("b")), Some(PathBuf::from("/b")));
+        assert_eq!(file(Some("c")), None);
+        assert_eq!(file(None), None);
+        // Two rules for one carrier are refused, by line.
+        let err = parse(
+            "[[pin]]\nmanufacturer = \"M\"\nmodel = \"X\"\nserial = \"1\"\n[[pin]]\nmanufacturer = \"M\"\nmodel = \"X\"\nserial = \"1\"\n",
+        )
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+        assert!(
+            err.contains("the rule at line 1 name the same carrier"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_reinit_policy_is_refused_without_echoing_it() {
         let err = parse("[[module]]\npath = \"/m.so\"\nreinit = \"sometimes\"\n").err();
         let text = err.map(|e| format!("{e:#}")).unwrap_or_default();
         assert!(
-            text.contains("sometimes") && text.contains("line 3"),
+            text.contains("line 3, [[module]] reinit") && text.contains("`always`"),
             "{text}"
         );
+        assert!(!text.contains("sometimes"), "{text}");
+    }
+
+    #[test]
+    fn refused_values_are_named_by_line_and_key_never_shown() {
+        const PIN: &str = "48151623";
+        for (text, want) in [
+            (
+                format!("[[pin]]\nserial = \"*\"\nuser_pin_file = \"{PIN}\"\n"),
+                "line 3, [[pin]] user_pin_file: must be an absolute path",
+            ),
+            (
+                format!("[[pin]]\nserial = \"*\"\nso_pin_env = \"{PIN}\"\n"),
+                "line 3, [[pin]] so_pin_env: must be the name of an environment variable",
+            ),
+            (
+                format!("[journal]\npath = {PIN}\n"),
+                "line 2, [journal] path: invalid type",
+            ),
+            (
+                format!("[service]\ninterval = \"{PIN}\"\n"),
+                "line 2, [service] interval: is not a duration",
+            ),
+            (
+                format!("[orders]\nrequired_signers = {PIN}\n"),
+                "line 2, [orders] required_signers: must be a number from 1 to 10",
+            ),
+            (
+                format!("[organisation]\nname = \"{PIN}\"\n"),
+                "line 2, [organisation] name: must be a name with letters",
+            ),
+            (
+                format!("[[pin]]\nserial = \"*\"\nuser_pin = \"{PIN}\"\n"),
+                "line 3, [[pin]] user_pin: unknown key user_pin",
+            ),
+            (
+                format!("[[pin]]\nserial = \"*\"\n{PIN}\n"),
+                "line 3, in [[pin]]:",
+            ),
+            (
+                format!("[[pin]]\nserial = \"*\"\n{PIN} = 1\n"),
+                "unknown key (not shown",
+            ),
+            (
+                format!(
+                    "[[pin]]\nserial = \"{PIN}\"\nuser_pin_env = \"A\"\nuser_pin_file = \"/p\"\n"
+                ),
+                "in [[pin]]: give user_pin_file or user_pin_env, not both",
+            ),
+        ] {
+            let err = parse(&text)
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default();
+            // Positive control: the value is in the text that was refused.
+            assert!(text.contains(PIN));
+            assert!(err.contains(want), "{text:?}: {err}");
+            assert!(err.contains("/etc/custody/custody.toml"), "{err}");
+            assert!(!err.contains(PIN), "{text:?}: {err}");
+            assert!(!err.contains("4815"), "{text:?}: {err}");
+        }
     }
 
     #[test]
     fn durations() {
-        assert_eq!(
-            parse_duration("2s").ok(),
-            Some(std::time::Duration::from_secs(2))
-        );
+        assert_eq!(parse_duration("2s").ok(), Some(Duration::from_secs(2)));
         assert_eq!(
             parse_duration("250ms").ok(),
-            Some(std::time::Duration::from_millis(250))
+            Some(Duration::from_millis(250))
         );
-        assert_eq!(
-            parse_duration("1m").ok(),
-            Some(std::time::Duration::from_secs(60))
-        );
+        assert_eq!(parse_duration("1m").ok(), Some(Duration::from_secs(60)));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("fast").is_err());
     }

@@ -6,7 +6,8 @@
 //! # Layout
 //!
 //! - [`cli`]: one module per subcommand.
-//! - [`config`]: the TOML configuration, validated; PIN sources.
+//! - [`config`]: the TOML configuration, validated.
+//! - [`pin`]: PINs from the `[[pin]]` rules, with the memory of rejected PINs.
 //! - [`output`]: tables for people, JSON for scripts.
 //! - [`logging`]: tracing subscriber (human or JSON).
 //! - [`spool`]: the order spool directory, one pass at a time.
@@ -16,8 +17,10 @@
 
 pub mod cli;
 pub mod config;
+pub mod local_time;
 pub mod logging;
 pub mod output;
+pub mod pin;
 pub mod service;
 pub mod shutdown;
 pub mod spool;

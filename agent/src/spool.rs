@@ -189,7 +189,9 @@ fn process_one(
         }
     };
     let o = verified.order();
-    let found = modules.iter().position(|m| {
+    // Executed once some module shows the serial (a mismatch or ambiguity is then refused
+    // by the wipe, which resolves the target against every module at once).
+    let found = modules.iter().any(|m| {
         matches!(
             m.resolve(
                 &o.target.serial,
@@ -199,7 +201,7 @@ fn process_one(
             Ok(Resolution::Found(_) | Resolution::Mismatch(_) | Resolution::Ambiguous(_))
         )
     });
-    let Some(index) = found else {
+    if !found {
         // Record it (replay checks included) and wait for the carrier.
         return match wipe::admit(journal, &env, &verified)? {
             Ok(_) => {
@@ -208,14 +210,8 @@ fn process_one(
             }
             Err(r) => settle(spool, journal, &env, path, entry, r, Some(())),
         };
-    };
-    let outcome = wipe::execute(
-        journal,
-        &mut modules[index],
-        &verified,
-        &Secrets::default(),
-        &env,
-    )?;
+    }
+    let outcome = wipe::execute(journal, modules, &verified, &Secrets::default(), &env)?;
     match outcome {
         Outcome::Refused(r) if r.code == RejectCode::TargetAbsent => {
             entry.reason = Some(r.message);

@@ -268,6 +268,14 @@ impl Watch {
         &self.schedule
     }
 
+    /// Tells whether module `i` must be re-initialised to see new tokens, as known now (a
+    /// module's slot-event thread learns it between polls).
+    pub fn set_needs_reinit(&mut self, i: usize, needs_reinit: bool) {
+        if let Some(m) = self.schedule.modules.get_mut(i) {
+            m.needs_reinit = needs_reinit;
+        }
+    }
+
     /// Makes a poll due at once (a module reported a slot event).
     pub fn wake(&mut self, now: Instant) {
         self.next = self.next.min(now);

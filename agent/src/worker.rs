@@ -20,8 +20,6 @@
 //! The in-memory view is replaced only after that transaction commits, so a failed write is
 //! detected again and retried at the next poll.
 
-mod pins;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -37,11 +35,11 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use crate::config::{Config, Reinit};
+use crate::pin::Pins as ServicePins;
 use crate::service::{Task, TaskContext};
 use crate::shutdown::Completion;
 use crate::state::{ModuleState, ServiceState, StateFile};
 use crate::watch::{PollPlan, Schedule, TokenEvent, Watch};
-use pins::ServicePins;
 
 /// What the worker needs to start.
 #[derive(Debug, Clone)]
@@ -250,16 +248,20 @@ struct Watched {
     load_error: Option<String>,
     /// Where a slot-event thread sends [`Request::Wake`].
     waker: mpsc::Sender<Request>,
+    /// What the module's C_WaitForSlotEvent has shown (kept across re-initialisations).
+    slot_events: SharedSupport,
 }
 
 impl Watched {
-    /// Where the module supports C_WaitForSlotEvent, a thread blocks in it and wakes the
-    /// worker on every slot event, so an insertion is seen at once rather than at the next
-    /// poll; the poll stays as the fallback. Not for modules re-initialised by the poll (their
-    /// C_Finalize would end every wait; SoftHSM2 does not support waiting anyway). The thread
-    /// ends when the module answers with an error (not supported, or finalised).
+    /// Starts a thread that blocks in C_WaitForSlotEvent and wakes the worker on every slot
+    /// event, so an insertion is seen at once rather than at the next poll; the poll stays as
+    /// the fallback. Not under policy `always` (its C_Finalize would end every wait). The
+    /// thread ends when the module answers with an error: `not supported` tells that the
+    /// module has no slot events (and, on every module measured, a frozen slot list), so under
+    /// policy `auto` it is re-initialised from then on to see new tokens; any other error (the
+    /// module was finalised) just ends the thread.
     fn wait_for_slot_events(&self) {
-        if self.needs_reinit() {
+        if self.policy == Reinit::Always || self.slot_events.get() == SlotEventSupport::Refused {
             return;
         }
         let Some(events) = self.module.as_ref().and_then(Module::slot_events) else {
@@ -267,18 +269,27 @@ impl Watched {
         };
         let waker = self.waker.clone();
         let module = self.path_text.clone();
+        let support = self.slot_events.clone();
+        let policy = self.policy;
         let spawned = std::thread::Builder::new()
             .name("custody-slot-events".into())
             .spawn(move || loop {
                 match events.wait() {
                     Ok(slot) => {
+                        support.set(SlotEventSupport::Live);
                         tracing::debug!(%module, slot, "slot event");
                         if waker.send(Request::Wake).is_err() {
                             return;
                         }
                     }
+                    Err(e @ custody_core::Error::NotSupported { .. }) => {
+                        support.set(SlotEventSupport::Refused);
+                        let reinit = policy == Reinit::Auto;
+                        tracing::info!(%module, cause = %e, reinit, "no slot events from this module");
+                        return;
+                    }
                     Err(e) => {
-                        tracing::info!(%module, cause = %e, "no slot events from this module; polling only");
+                        tracing::debug!(%module, cause = %e, "slot-event wait ended");
                         return;
                     }
                 }
@@ -288,15 +299,46 @@ impl Watched {
         }
     }
 
+    /// Whether polls re-initialise the module: policy `always`; or policy `auto` and the
+    /// module has shown that it has no slot events.
     fn needs_reinit(&self) -> bool {
         match self.policy {
             Reinit::Always => true,
             Reinit::Never => false,
-            Reinit::Auto => self
-                .module
-                .as_ref()
-                .is_some_and(Module::sees_new_tokens_only_at_initialize),
+            Reinit::Auto => {
+                self.module.is_some() && self.slot_events.get() == SlotEventSupport::Refused
+            }
         }
+    }
+}
+
+/// What a module's C_WaitForSlotEvent has shown, shared with its slot-event thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotEventSupport {
+    /// No answer yet (the wait blocks, or has not started).
+    Unknown = 0,
+    /// It reported a slot event.
+    Live = 1,
+    /// It answered CKR_FUNCTION_NOT_SUPPORTED.
+    Refused = 2,
+}
+
+/// [`SlotEventSupport`] behind an atomic, cheap to clone.
+#[derive(Debug, Clone, Default)]
+struct SharedSupport(std::sync::Arc<std::sync::atomic::AtomicU8>);
+
+impl SharedSupport {
+    fn get(&self) -> SlotEventSupport {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => SlotEventSupport::Live,
+            2 => SlotEventSupport::Refused,
+            _ => SlotEventSupport::Unknown,
+        }
+    }
+
+    fn set(&self, support: SlotEventSupport) {
+        self.0
+            .store(support as u8, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -406,6 +448,9 @@ fn serve(
         .with_check_interval(check_interval);
     loop {
         let now = tokio::time::Instant::now();
+        for (i, m) in state.modules.iter().enumerate() {
+            watch.set_needs_reinit(i, m.needs_reinit());
+        }
         if let Some(plan) = watch.due(now) {
             let report = state.poll(&plan);
             watch.observe(tokio::time::Instant::now(), &plan, &report);
@@ -531,6 +576,7 @@ impl WorkerState {
                     failed: false,
                     load_error: None,
                     waker: waker.clone(),
+                    slot_events: SharedSupport::default(),
                 };
                 m.load();
                 m
@@ -539,7 +585,7 @@ impl WorkerState {
         Ok(Self {
             journal,
             modules,
-            pins: ServicePins::new(cfg.config),
+            pins: ServicePins::new(&cfg.config, &cfg.journal),
             actor: cfg.actor,
             force_check: false,
         })
@@ -579,7 +625,6 @@ impl WorkerState {
             let mut mp = ModulePoll {
                 path: watched.path_text.clone(),
                 loaded: watched.module.is_some(),
-                needs_reinit: watched.needs_reinit(),
                 error: watched.load_error.clone(),
                 ..ModulePoll::default()
             };
@@ -601,6 +646,8 @@ impl WorkerState {
                     mp.error = Some(e.to_string());
                 }
             }
+            // Read after the poll: the slot-event thread may have answered meanwhile.
+            mp.needs_reinit = watched.needs_reinit();
             report.modules.push(mp);
         }
         report.checked_contents = plan.check_contents || force;
@@ -671,7 +718,7 @@ impl Watched {
                     module = %self.path.display(),
                     library = %m.info().description,
                     manufacturer = %m.info().manufacturer,
-                    reinit = m.sees_new_tokens_only_at_initialize(),
+                    reinit = ?self.policy,
                     "module loaded"
                 );
                 self.module = Some(m);
@@ -708,22 +755,47 @@ fn poll_module(
     pins: &ServicePins,
     mp: &mut ModulePoll,
 ) -> custody_core::Result<Option<Found>> {
-    let Some(module) = watched.module.as_mut() else {
-        return Ok(None);
-    };
     let start = Instant::now();
     if reinit {
+        let Some(module) = watched.module.as_mut() else {
+            return Ok(None);
+        };
         module.reinitialize()?;
         mp.reinitialised = true;
         mp.reinit_cost = start.elapsed();
+        if !watched.needs_reinit() {
+            // C_Finalize ended the wait of a module with slot events: wait again.
+            watched.wait_for_slot_events();
+        }
     }
+    let Some(module) = watched.module.as_mut() else {
+        return Ok(None);
+    };
     let mut ids = module.slots()?;
     mp.presence_cost = start.elapsed();
+    tracing::trace!(module = %watched.path_text, reinit, slots = ids.len(), "polled");
     watched.failed = false;
     ids.sort_unstable();
     let same_slots = ids.len() == watched.slots.len()
         && ids.iter().zip(watched.slots.keys()).all(|(a, b)| a == b);
-    if same_slots && !check {
+    // After a re-initialisation the same slot ids may hold other tokens (kryoptic initialises
+    // new tokens in existing slots, and gives a re-initialised one a new serial): one
+    // C_GetTokenInfo per slot tells which slots to read again.
+    let changed: BTreeSet<u64> = if mp.reinitialised && !check {
+        let module: &Module = module;
+        ids.iter()
+            .copied()
+            .filter(|id| {
+                watched
+                    .slots
+                    .get(id)
+                    .is_some_and(|old| token_changed(module, *id, old))
+            })
+            .collect()
+    } else {
+        BTreeSet::new()
+    };
+    if same_slots && !check && changed.is_empty() {
         return Ok(None);
     }
     let module: &Module = module;
@@ -732,7 +804,7 @@ fn poll_module(
     for id in ids {
         let state = match watched.slots.get(&id) {
             None => read_new(module, id, pins),
-            Some(old) if check => recheck(module, id, old, pins),
+            Some(old) if check || changed.contains(&id) => recheck(module, id, old, pins),
             Some(old) => old.clone(),
         };
         next.insert(id, state);
@@ -777,6 +849,31 @@ fn poll_module(
         scan,
         check_cost,
     }))
+}
+
+/// True when the token in `slot` is not the one last read there, as far as C_GetTokenInfo
+/// tells: initialised or not, identity, label, flags. A slot that could not be read counts as
+/// changed (read it again).
+fn token_changed(module: &Module, slot: u64, old: &SlotState) -> bool {
+    let now = match module.token_info(slot) {
+        Ok(now) => now,
+        Err(e) => {
+            tracing::debug!(slot, cause = %e, "token information could not be read");
+            return true;
+        }
+    };
+    match (old, now) {
+        (SlotState::Uninitialised, None) => false,
+        (SlotState::Carrier(known), Some(now)) => {
+            let was = &known.full;
+            was.label != now.label
+                || was.id.manufacturer != now.id.manufacturer
+                || was.id.model != now.id.model
+                || was.id.serial != now.id.serial
+                || was.flags != now.flags
+        }
+        _ => true,
+    }
 }
 
 /// Reads a slot seen for the first time (or again after a change), with PINs.

@@ -3,6 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod cli {
+    mod config_canary;
+}
+
 fn custody() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_custody"));
     // Never pick up a system configuration in tests.

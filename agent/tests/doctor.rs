@@ -96,7 +96,7 @@ impl Deployment {
 
     fn write_config(&self, extra: &str) {
         let text = format!(
-            "[[module]]\npath = \"{module}\"\n\n[[pin]]\nserial = \"{serial}\"\nuser_pin_file = \"{pin}\"\n\n\
+            "[[module]]\npath = \"{module}\"\n\n[[pin]]\nmanufacturer = \"SoftHSM project\"\nmodel = \"SoftHSM v2\"\nserial = \"{serial}\"\nuser_pin_file = \"{pin}\"\n\n\
              [service]\nspool = \"{spool}\"\n\n[orders]\nallowed_signers = \"{signers}\"\n{extra}",
             module = softhsm_module().display(),
             serial = self.serial,

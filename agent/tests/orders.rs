@@ -5,6 +5,7 @@ mod orders {
     mod canary;
     mod cli;
     mod crash;
+    mod pins;
     mod security;
     mod service;
     mod spool;

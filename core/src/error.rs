@@ -29,6 +29,12 @@ pub enum Error {
         /// The return value or binding error, as text.
         rv: String,
     },
+    /// The module does not implement a PKCS#11 function (CKR_FUNCTION_NOT_SUPPORTED).
+    #[error("{op} is not supported by this PKCS#11 module")]
+    NotSupported {
+        /// The PKCS#11 function, e.g. `C_WaitForSlotEvent`.
+        op: &'static str,
+    },
     /// The PIN was rejected by the token. The PIN is never retried automatically.
     #[error("the token rejected the PIN{}; it was not retried. Check the PIN source configured for this carrier", if *retries_low { " (few tries left before it locks)" } else { "" })]
     WrongPin {

@@ -78,6 +78,9 @@ pub enum Login {
     LoggedIn,
     /// The login failed (wrong PIN, locked PIN, unreadable PIN source); never retried.
     Failed(String),
+    /// A PIN source exists, but the token has no user PIN, or its PIN counters say it is
+    /// close to locking: no PIN was offered (the reason says which).
+    Skipped(String),
 }
 
 /// A certificate object on a carrier.

@@ -4,6 +4,7 @@
 //! initialised token into a [`CarrierSnapshot`] without ever failing the whole scan because of
 //! one token or one object. Errors from the binding are translated once, in `map_err`.
 
+mod pin;
 mod sign;
 mod wipe;
 
@@ -12,49 +13,23 @@ use std::path::{Path, PathBuf};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::Session;
 use cryptoki::slot::{Slot, TokenInfo};
-use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 mod reload;
+pub use reload::SlotEvents;
 
 use crate::cert::{self, CertInfo};
 use crate::error::{Error, Result};
 use crate::id::{is_weak_serial, CarrierId, RawBytes};
 use crate::inventory::{
-    key_type_name, CarrierSnapshot, CertObject, KeyClass, KeyObject, KeyPairing, Login, TokenFlags,
+    key_type_name, CarrierSnapshot, CertObject, KeyClass, KeyObject, KeyPairing, Login,
 };
 
+pub use pin::{login_refusal, NoPins, PinSource, PinTarget, TokenIdentity};
 pub use sign::{CarrierCertificate, SignOptions};
 pub use wipe::{DestroyedObject, GoneReport, GoneSpec, RemainingObject, Resolution, ResolvedToken};
-
-/// Where PINs for carriers come from. Implemented by the agent from its configuration; PINs
-/// are handed over as [`SecretString`] and exposed only at the C call.
-pub trait PinSource {
-    /// The user PIN for this carrier, if one is configured.
-    fn user_pin(&self, carrier: &CarrierId) -> Result<Option<SecretString>>;
-
-    /// The SO PIN for this carrier, if one is configured (used only to wipe).
-    fn so_pin(&self, _carrier: &CarrierId) -> Result<Option<SecretString>> {
-        Ok(None)
-    }
-
-    /// Called when the token rejected the PIN from this source ([`Error::WrongPin`] or
-    /// [`Error::PinLocked`]), so that a long-running caller can stop offering it until the
-    /// source changes. The default does nothing.
-    fn login_failed(&self, _carrier: &CarrierId, _error: &Error) {}
-}
-
-/// A [`PinSource`] with no PINs: scans read only what is visible without login.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoPins;
-
-impl PinSource for NoPins {
-    fn user_pin(&self, _: &CarrierId) -> Result<Option<SecretString>> {
-        Ok(None)
-    }
-}
 
 /// What the module says about itself (C_GetInfo).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,8 +167,9 @@ impl Module {
             .map_err(|e| map_err("C_GetSlotList", e))?;
         let mut carriers = Vec::with_capacity(slots.len());
         let mut slot_problems = Vec::new();
+        let present = pins.any().then(|| self.identities()).transpose()?;
         for slot in slots {
-            match self.read_slot(ctx, slot, pins) {
+            match self.read_slot(ctx, slot, pins, present.as_deref()) {
                 Ok(Some(c)) => carriers.push(c),
                 Ok(None) => {}
                 Err(e) => {
@@ -216,14 +192,32 @@ impl Module {
     pub fn read_slot_id(&self, slot: u64, pins: &dyn PinSource) -> Result<Option<CarrierSnapshot>> {
         let ctx = self.ctx()?;
         let slot = Slot::try_from(slot).map_err(|e| map_err("C_GetSlotList", e))?;
-        self.read_slot(ctx, slot, pins)
+        self.read_slot(ctx, slot, pins, None)
     }
 
+    /// The token in `slot` as C_GetTokenInfo alone shows it: label, identity without its
+    /// discriminator, flags, versions, no objects. `None` when it is not initialised. One call:
+    /// what a watcher compares after re-initialising a module whose slot ids stayed the same
+    /// (kryoptic initialises a new token in a slot that already existed).
+    pub fn token_info(&self, slot: u64) -> Result<Option<CarrierSnapshot>> {
+        let ctx = self.ctx()?;
+        let slot = Slot::try_from(slot).map_err(|e| map_err("C_GetSlotList", e))?;
+        let info = ctx
+            .get_token_info(slot)
+            .map_err(|e| map_err("C_GetTokenInfo", e))?;
+        Ok(info
+            .token_initialized()
+            .then(|| token_snapshot(&info, slot, &self.path)))
+    }
+
+    /// Reads the token in `slot`. `present`: the module's tokens, when already listed (a PIN
+    /// source is told about the others before any login; `None`: listed here when needed).
     fn read_slot(
         &self,
         ctx: &Pkcs11,
         slot: Slot,
         pins: &dyn PinSource,
+        present: Option<&[TokenIdentity]>,
     ) -> Result<Option<CarrierSnapshot>> {
         let info = ctx
             .get_token_info(slot)
@@ -237,39 +231,7 @@ impl Module {
             .map_err(|e| map_err("C_OpenSession", e))?;
         snapshot.certificates = read_certificates(&session)?;
         snapshot.public_keys = read_keys(&session, KeyClass::Public)?;
-        snapshot.login = match pins.user_pin(&snapshot.id) {
-            Ok(None) => Login::NotAttempted,
-            Ok(Some(pin)) => match login(&session, &pin) {
-                Ok(()) => {
-                    let keys = read_keys(&session, KeyClass::Private);
-                    let _ = session.logout();
-                    snapshot.private_keys = Some(keys?);
-                    Login::LoggedIn
-                }
-                Err(Error::WrongPin { .. }) => {
-                    // Re-read the counters so the message says how close the token is to locking.
-                    let low = ctx.get_token_info(slot).map(|i| {
-                        i.user_pin_count_low() || i.user_pin_final_try() || i.user_pin_locked()
-                    });
-                    let e = Error::WrongPin {
-                        retries_low: low.unwrap_or(false),
-                    };
-                    tracing::warn!(carrier = %snapshot.id.key(), cause = %e, "login failed");
-                    pins.login_failed(&snapshot.id, &e);
-                    Login::Failed(e.to_string())
-                }
-                Err(e @ Error::PinLocked) => {
-                    tracing::warn!(carrier = %snapshot.id.key(), cause = %e, "login failed");
-                    pins.login_failed(&snapshot.id, &e);
-                    Login::Failed(e.to_string())
-                }
-                Err(e) => {
-                    tracing::warn!(carrier = %snapshot.id.key(), cause = %e, "login failed");
-                    Login::Failed(e.to_string())
-                }
-            },
-            Err(e) => Login::Failed(e.to_string()),
-        };
+        snapshot.login = pin::scan_login(self, ctx, slot, &session, &mut snapshot, pins, present)?;
         if snapshot.serial_weak {
             let digest = cert::sha256_hex(
                 format!(
@@ -284,38 +246,6 @@ impl Module {
         snapshot.sort_objects();
         snapshot.pair_keys();
         Ok(Some(snapshot))
-    }
-}
-
-/// Waits for slot events (C_WaitForSlotEvent) of one module, on a thread of the caller's
-/// choosing: a token inserted or removed ends the wait at once instead of at the next poll.
-pub struct SlotEvents {
-    ctx: Pkcs11,
-}
-
-impl std::fmt::Debug for SlotEvents {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SlotEvents").finish_non_exhaustive()
-    }
-}
-
-impl SlotEvents {
-    /// Blocks until a slot changes and returns its id. An error means waiting is over for
-    /// this module: it does not support C_WaitForSlotEvent (SoftHSM2 answers
-    /// CKR_FUNCTION_NOT_SUPPORTED), or it was finalised (CKR_CRYPTOKI_NOT_INITIALIZED).
-    pub fn wait(&self) -> Result<u64> {
-        self.ctx
-            .wait_for_slot_event()
-            .map(|slot| slot.id())
-            .map_err(|e| map_err("C_WaitForSlotEvent", e))
-    }
-}
-
-impl Module {
-    /// A handle to wait for this module's slot events on another thread. Finalising the
-    /// module (drop, [`Module::reinitialize`]) ends a wait in progress with an error.
-    pub fn slot_events(&self) -> Option<SlotEvents> {
-        self.ctx.as_ref().map(|ctx| SlotEvents { ctx: ctx.clone() })
     }
 }
 
@@ -349,6 +279,7 @@ pub(crate) fn map_err(op: &'static str, e: CkError) -> Error {
     match e {
         CkError::Pkcs11(RvError::PinIncorrect, _) => Error::WrongPin { retries_low: false },
         CkError::Pkcs11(RvError::PinLocked, _) => Error::PinLocked,
+        CkError::Pkcs11(RvError::FunctionNotSupported, _) => Error::NotSupported { op },
         CkError::Pkcs11(rv, _) => Error::Pkcs11 {
             op,
             rv: format!("{rv:?}"),
@@ -357,14 +288,6 @@ pub(crate) fn map_err(op: &'static str, e: CkError) -> Error {
             op,
             rv: other.to_string(),
         },
-    }
-}
-
-fn login(session: &Session, pin: &SecretString) -> Result<()> {
-    let pin = cryptoki::types::AuthPin::from(pin.expose_secret());
-    match session.login(UserType::User, Some(&pin)) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
-        Err(e) => Err(map_err("C_Login", e)),
     }
 }
 
@@ -387,18 +310,7 @@ fn token_snapshot(info: &TokenInfo, slot: Slot, module: &Path) -> CarrierSnapsho
         },
         label,
         strings_lossy,
-        flags: TokenFlags {
-            token_initialized: info.token_initialized(),
-            login_required: info.login_required(),
-            user_pin_initialized: info.user_pin_initialized(),
-            user_pin_count_low: info.user_pin_count_low(),
-            user_pin_final_try: info.user_pin_final_try(),
-            user_pin_locked: info.user_pin_locked(),
-            so_pin_count_low: info.so_pin_count_low(),
-            so_pin_final_try: info.so_pin_final_try(),
-            so_pin_locked: info.so_pin_locked(),
-            write_protected: info.write_protected(),
-        },
+        flags: pin::token_flags(info),
         hardware_version: version(info.hardware_version()),
         firmware_version: version(info.firmware_version()),
         module: module.display().to_string(),

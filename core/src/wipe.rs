@@ -29,8 +29,13 @@ use crate::inventory::CarrierSnapshot;
 use crate::journal::{rejection_ends_order, Actor, EventKind, Journal, OrderState};
 use crate::order::{DestructionOrder, Method, RejectCode, Rejection, Verification, VerifiedOrder};
 use crate::token::{
-    DestroyedObject, GoneReport, GoneSpec, Module, ModuleInfo, PinSource, Resolution, ResolvedToken,
+    DestroyedObject, GoneReport, GoneSpec, Module, ModuleInfo, PinSource, PinTarget, ResolvedToken,
 };
+
+mod target;
+
+use target::TargetPins;
+pub use target::{locate, Located};
 
 /// An exclusive lock on `<journal>.wipe-lock`, held while a wipe is executed or reconciled, so
 /// that two custody processes on one journal never wipe at once and a reconciliation never
@@ -549,13 +554,14 @@ fn pin_or_configured(
     }
 }
 
-/// Executes a verified order against the carrier in `module`: admit, resolve, plan, journal
+/// Executes a verified order: admit, resolve the target across all `modules` ([`locate`]),
+/// plan, journal
 /// `wipe_started`, wipe, check in a fresh context, journal the outcome (see the module docs).
 /// `Err` means the outcome is unknown or nothing was done because the journal could not be
 /// written; the journal says which.
 pub fn execute(
     journal: &mut Journal,
-    module: &mut Module,
+    modules: &mut [Module],
     order: &VerifiedOrder,
     secrets: &Secrets,
     env: &Env<'_>,
@@ -567,7 +573,7 @@ pub fn execute(
         Err(r) => return Ok(Outcome::Refused(r)),
     };
     if state == OrderState::Started {
-        reconcile_locked(journal, std::slice::from_mut(module), env)?;
+        reconcile_locked(journal, modules, env)?;
         state = match admit(journal, env, order)? {
             Ok(s) => s,
             Err(r) => return Ok(Outcome::Refused(r)),
@@ -575,56 +581,28 @@ pub fn execute(
     }
     tracing::debug!(order = %o.id, state = state.as_str(), "order admitted");
 
-    let target = match module.resolve(
-        &o.target.serial,
-        o.target.manufacturer.as_deref(),
-        o.target.model.as_deref(),
-    )? {
-        Resolution::Found(t) => t,
-        Resolution::Absent => {
-            let r = Rejection::new(
-                RejectCode::TargetAbsent,
-                format!(
-                    "carrier {} is not present in {}; plug it in and run the order again",
-                    o.target.serial,
-                    module.info().path
-                ),
-            );
-            reject_verified(journal, env, order, &r, None)?;
-            return Ok(Outcome::Refused(r));
-        }
-        Resolution::Mismatch(found) => {
-            let r = Rejection::new(
-                RejectCode::TargetMismatch,
-                format!(
-                    "carrier {} is a {} {}, but the order names {} {}; nothing was touched",
-                    o.target.serial,
-                    found[0].manufacturer,
-                    found[0].model,
-                    o.target.manufacturer.as_deref().unwrap_or("*"),
-                    o.target.model.as_deref().unwrap_or("*"),
-                ),
-            );
-            reject_verified(journal, env, order, &r, None)?;
-            return Ok(Outcome::Refused(r));
-        }
-        Resolution::Ambiguous(slots) => {
-            let r = Rejection::new(
-                RejectCode::TargetAmbiguous,
-                format!(
-                    "{} carriers show serial {} (slots {slots:?}); remove all but the one to wipe and run the order again",
-                    slots.len(),
-                    o.target.serial
-                ),
-            );
+    let (index, target) = match locate(modules, &o.target) {
+        Located::Found(index, t) => (index, t),
+        Located::Refused(r) => {
             reject_verified(journal, env, order, &r, None)?;
             return Ok(Outcome::Refused(r));
         }
     };
+    let module = &mut modules[index];
     let carrier_id = target.carrier().clone();
-    let user_pin = pin_or_configured(&secrets.user_pin, || env.pins.user_pin(&carrier_id))?;
+    let pin_target = PinTarget::identity(&carrier_id, Some(target.label()), &module.info().path);
+    // A PIN source that cannot be used (rejected before, unreadable) leaves the user PIN
+    // out; `destroy-keys` is then refused below, `reinit` needs only the SO PIN.
+    let configured_user_pin = match &secrets.user_pin {
+        Some(_) => None,
+        None => env.pins.user_pin(&pin_target).unwrap_or_else(|e| {
+            tracing::warn!(carrier = %carrier_id.key(), cause = %e, "configured user PIN not used");
+            None
+        }),
+    };
+    let user_pin = secrets.user_pin.clone().or(configured_user_pin);
     let so_pin = match o.method {
-        Method::Reinit => pin_or_configured(&secrets.so_pin, || env.pins.so_pin(&carrier_id))?,
+        Method::Reinit => pin_or_configured(&secrets.so_pin, || env.pins.so_pin(&pin_target))?,
         Method::DestroyKeys => None,
     };
     let missing = match o.method {
@@ -644,15 +622,20 @@ pub fn execute(
         reject_verified(journal, env, order, &r, None)?;
         return Ok(Outcome::Refused(r));
     }
-    let snapshot = module.read_token(&target, user_pin.as_ref())?;
+    // From here on only the target is offered a PIN: the journal's scans before and after
+    // the wipe read every other carrier without login.
+    let pins = TargetPins::new(&carrier_id, user_pin.as_ref(), env.pins);
+    let snapshot = module.read_token(&target, &pins)?;
     if o.method == Method::DestroyKeys && snapshot.private_keys.is_none() {
         let reason = match &snapshot.login {
-            crate::inventory::Login::Failed(why) => why.clone(),
+            crate::inventory::Login::Failed(why) | crate::inventory::Login::Skipped(why) => {
+                why.clone()
+            }
             _ => "login failed".into(),
         };
         let r = Rejection::new(
             RejectCode::PinMissing,
-            format!("the user PIN was not accepted ({reason}); nothing was touched"),
+            format!("the user PIN could not be used ({reason}); nothing was touched"),
         );
         reject_verified(journal, env, order, &r, Some(&snapshot.id.key()))?;
         return Ok(Outcome::Refused(r));
@@ -668,7 +651,7 @@ pub fn execute(
             return Ok(Outcome::Refused(r));
         }
     };
-    let before = scan_for_journal(module, env);
+    let before = scan_for_journal(module, &pins);
     // Journal first: if this write fails, nothing is wiped.
     let started = WipeStarted {
         order_id: o.id.clone(),
@@ -714,7 +697,7 @@ pub fn execute(
         Method::Reinit => None,
     };
     let verification = module.verify_gone(&plan.gone, check_pin);
-    let after = scan_for_journal(module, env);
+    let after = scan_for_journal(module, &pins);
     let mut report = report_for(order, &plan, module.info(), &target, started_seq, false);
     report.destroy_calls = destroy_calls;
     let (error, verification) = match (wipe_result, verification) {
@@ -773,8 +756,8 @@ fn report_for(
     }
 }
 
-fn scan_for_journal(module: &Module, env: &Env<'_>) -> Option<crate::token::ModuleScan> {
-    match module.scan(env.pins) {
+fn scan_for_journal(module: &Module, pins: &dyn PinSource) -> Option<crate::token::ModuleScan> {
+    match module.scan(pins) {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(cause = %e, "scan for the journal failed; the wipe goes on");
@@ -877,7 +860,8 @@ fn reconcile_locked(
             serial: plan.gone.serial.clone(),
             discriminator: None,
         };
-        let user_pin = env.pins.user_pin(&carrier).unwrap_or_else(|e| {
+        let target = PinTarget::identity(&carrier, None, &plan.module);
+        let user_pin = env.pins.user_pin(&target).unwrap_or_else(|e| {
             tracing::warn!(cause = %e, "user PIN source unusable; checking without login");
             None
         });

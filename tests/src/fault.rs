@@ -24,6 +24,26 @@ use anyhow::{bail, ensure, Context as _};
 use serde_json::{json, Value};
 
 use crate::softhsm::write_atomic;
+use crate::{Profile, Spec, TokenSpec};
+
+/// User PIN of both tokens of [`pair_spec`].
+pub const PAIR_USER_PIN: &str = "fault-user-4711";
+/// SO PIN of both tokens of [`pair_spec`].
+pub const PAIR_SO_PIN: &str = "fault-so-4711";
+
+/// The small set fault tests run on: tokens `fault-a` and `fault-b`, each with an EC key pair
+/// (CKA_ID 01) and its certificate, PINs [`PAIR_USER_PIN`] / [`PAIR_SO_PIN`].
+pub fn pair_spec() -> Spec {
+    let token = |label: &str| {
+        TokenSpec::new(label)
+            .pins(PAIR_USER_PIN, PAIR_SO_PIN)
+            .ec_key_cert("01", label, Profile::plain(&format!("{label} (fixture)")))
+    };
+    Spec::new()
+        .named("fault-pair")
+        .token(token("fault-a"))
+        .token(token("fault-b"))
+}
 
 /// A fault plan (the JSON the module reads; see `fault-pkcs11/src/lib.rs` for every field).
 #[derive(Debug, Clone)]
@@ -190,6 +210,11 @@ impl FaultModule {
         .into_iter()
         .map(|(k, v)| (OsString::from(k), v.clone().into_os_string()))
         .collect()
+    }
+
+    /// The call log file.
+    pub fn log(&self) -> &Path {
+        &self.log
     }
 
     /// Adds [`Self::env`] to a command and removes an inline plan it might inherit.

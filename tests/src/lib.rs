@@ -43,6 +43,8 @@
 //! - [`manifest`]: the typed `manifest.json`.
 //! - [`softhsm`]: module path, configuration and env files, test directories.
 //! - [`custody`]: runs the real `custody` binary against a set and a journal.
+//! - [`implementation`]: the PKCS#11 implementations the behaviour tests run on.
+//! - [`daemon`]: daemons started by tests, ended by pid; free loopback ports.
 //! - [`fault`]: the fault-injecting PKCS#11 module in front of SoftHSM2: plans, call logs.
 //! - [`smartcard`]: a virtual ISO 7816-4 card for vsmartcard's vpcd reader driver.
 //! - [`pkcs15`]: the PKCS#15 application on it (a key pair and its certificate).
@@ -50,7 +52,9 @@
 
 mod ca;
 pub mod custody;
+pub mod daemon;
 pub mod fault;
+pub mod implementation;
 pub mod manifest;
 pub mod pcsc;
 pub mod pkcs15;
@@ -62,7 +66,7 @@ pub mod spec;
 pub mod token;
 
 pub use custody::{custody_bin, Custody, Run};
-pub use fault::{fault_library, FaultModule, FaultPlan};
+pub use fault::{fault_library, pair_spec, FaultModule, FaultPlan, PAIR_SO_PIN, PAIR_USER_PIN};
 pub use manifest::{Manifest, ObjectClass, ObjectManifest, TokenManifest};
 pub use profile::{Person, Profile, Seal};
 pub use set::{build_set, copy_set, BuildOptions, BuildReport, TokenSet};

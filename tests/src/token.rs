@@ -27,6 +27,9 @@ use crate::ca::{dstu_key_for, serial_for, Ca, TokenPublicKey};
 use crate::manifest::{ObjectClass as Class, ObjectManifest, TokenManifest};
 use crate::spec::{Bytes, Day, ObjectKind, ObjectSpec, TokenSpec};
 
+mod provision;
+pub use provision::{provision, Existing, ProvisionJob};
+
 /// DER of the prime256v1 OID: CKA_EC_PARAMS of a P-256 key.
 const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 
@@ -127,7 +130,6 @@ fn build_on(
     user_pin: &str,
     so_pin: &str,
 ) -> anyhow::Result<TokenManifest> {
-    let user = AuthPin::new(user_pin.into());
     let so = AuthPin::new(so_pin.into());
     if let Some(label) = utf8_label {
         let free = free_slot(pkcs11)?;
@@ -136,8 +138,23 @@ fn build_on(
             .context("C_InitToken on the free slot")?;
     }
     let slot = initialized_slot(pkcs11)?;
+    fill_token(pkcs11, slot, job, utf8_label.is_some(), user_pin, so_pin)
+}
+
+/// Fills the token in `slot` with the job's objects: first, when `set_user_pin`, C_InitPIN
+/// as SO (the token was just initialised), then every object as the user.
+fn fill_token(
+    pkcs11: &Pkcs11,
+    slot: Slot,
+    job: &TokenJob,
+    set_user_pin: bool,
+    user_pin: &str,
+    so_pin: &str,
+) -> anyhow::Result<TokenManifest> {
+    let user = AuthPin::new(user_pin.into());
+    let so = AuthPin::new(so_pin.into());
     let session = pkcs11.open_rw_session(slot).context("C_OpenSession")?;
-    if utf8_label.is_some() {
+    if set_user_pin {
         session
             .login(UserType::So, Some(&so))
             .context("C_Login (SO)")?;

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
 use custody_tests::{
-    temp_dir, Custody, FaultModule, FaultPlan, Profile, Spec, TokenSet, TokenSpec,
+    pair_spec, temp_dir, Custody, FaultModule, FaultPlan, Spec, TokenSet, PAIR_SO_PIN,
+    PAIR_USER_PIN,
 };
 use serde_json::{json, Value};
 
@@ -19,23 +20,10 @@ type TestResult = anyhow::Result<()>;
 
 const FIXTURES: &str = env!("CARGO_BIN_EXE_custody-fixtures");
 const PROBE: &str = env!("CARGO_BIN_EXE_fault-probe");
-const PIN: &str = "fault-user-4711";
+const PIN: &str = PAIR_USER_PIN;
 
 fn base() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fault-module")
-}
-
-/// Two tokens with an EC key and certificate each, the same PINs on both.
-fn pair_spec() -> Spec {
-    let token = |label: &str| {
-        TokenSpec::new(label)
-            .pins(PIN, "fault-so-4711")
-            .ec_key_cert("01", label, Profile::plain(&format!("{label} (fixture)")))
-    };
-    Spec::new()
-        .named("fault-pair")
-        .token(token("fault-a"))
-        .token(token("fault-b"))
 }
 
 fn setup(spec: &Spec, name: &str, plan: &FaultPlan) -> anyhow::Result<(TokenSet, FaultModule)> {
@@ -362,7 +350,7 @@ fn init_token_gives_a_new_serial_that_later_processes_see() -> TestResult {
             "--label",
             "fault-a2",
             "--so-pin",
-            "fault-so-4711",
+            PAIR_SO_PIN,
         ],
     )?;
     assert!(ok, "{text}");
@@ -393,18 +381,9 @@ fn the_call_log_never_holds_a_pin() -> TestResult {
             .any(|c| c.function == "C_Login" && c.rv == "CKR_OK"),
         "{calls:?}"
     );
-    let log = std::fs::read(fault_log(&fault))?;
+    let log = std::fs::read(fault.log())?;
     assert!(!log.windows(PIN.len()).any(|w| w == PIN.as_bytes()));
     Ok(())
-}
-
-fn fault_log(fault: &FaultModule) -> PathBuf {
-    fault
-        .env()
-        .into_iter()
-        .find(|(k, _)| k == "CUSTODY_FAULT_LOG")
-        .map(|(_, v)| PathBuf::from(v))
-        .unwrap_or_default()
 }
 
 #[test]

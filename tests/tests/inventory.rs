@@ -539,7 +539,7 @@ fn pin_config(dir: &Path, serial: &str, pin_file: &Path) -> anyhow::Result<PathB
     std::fs::write(
         &cfg,
         format!(
-            "[[pin]]\nserial = \"{serial}\"\nuser_pin_file = \"{}\"\n",
+            "[[pin]]\nmanufacturer = \"SoftHSM project\"\nmodel = \"SoftHSM v2\"\nserial = \"{serial}\"\nuser_pin_file = \"{}\"\n",
             pin_file.display()
         ),
     )?;
@@ -585,7 +585,7 @@ fn a_pin_from_an_environment_variable_named_in_the_config_works() -> TestResult 
     std::fs::write(
         &cfg,
         format!(
-            "[[pin]]\nserial = \"{}\"\nuser_pin_env = \"CUSTODY_TEST_PIN\"\n",
+            "[[pin]]\nmanufacturer = \"SoftHSM project\"\nmodel = \"SoftHSM v2\"\nserial = \"{}\"\nuser_pin_env = \"CUSTODY_TEST_PIN\"\n",
             t.serial
         ),
     )?;

@@ -252,18 +252,20 @@ fn check_modules_and_pins(report: &mut Report, ctx: &Context, args: &DoctorArgs)
             }
         }
     }
-    for rule in &ctx.config.pins {
-        check_pin_rule(report, rule, &carriers, args.no_modules);
+    for (n, rule) in ctx.config.pins.iter().enumerate() {
+        check_pin_rule(report, n + 1, rule, &carriers, args.no_modules);
     }
 }
 
 fn check_pin_rule(
     report: &mut Report,
+    n: usize,
     rule: &PinRule,
     carriers: &[custody_core::inventory::CarrierSnapshot],
     no_modules: bool,
 ) {
-    let subject = format!("[[pin]] serial {}", escape_controls(&rule.serial));
+    // Named by position: the rule's values are never echoed (a PIN may have been typed in).
+    let subject = format!("[[pin]] rule {n}");
     let mut problems = Vec::new();
     for file in [&rule.user_pin_file, &rule.so_pin_file]
         .into_iter()
@@ -307,7 +309,7 @@ fn check_pin_rule(
     }
     let matching = carriers
         .iter()
-        .filter(|c| rule.serial == "*" || c.id.serial == rule.serial)
+        .filter(|c| rule.matches(&c.id, Some(&c.label)))
         .count();
     match matching {
         1 => report.ok(
@@ -325,7 +327,7 @@ fn check_pin_rule(
             "pin",
             subject,
             format!("matches {n} present carriers: its PIN would be offered to the wrong ones"),
-            "name one carrier exactly (manufacturer, model, serial) as `custody journal list` shows it",
+            "add the label of the carrier it belongs to (label = \"...\"); custody offers its PIN to none of them until then",
         ),
     }
 }

@@ -1,8 +1,10 @@
 //! `custody journal export`: the journal in its mandated form, as CSV, JSON or one printable
 //! HTML page (A4 landscape), in Ukrainian or English.
 //!
-//! Columns 1–5 are the mandated ones; a sixth, "notes", says where a row came from (imported
-//! from the paper journal) and what happened with its certificates (revocation).
+//! Exactly the five mandated columns with the annex's headings. Remarks (where column 2's
+//! time came from, the evidence behind columns 4 and 5, revocation steps, imported rows) are
+//! footnotes on the printed page, bracketed text in CSV and a `remarks` list in JSON. Times
+//! are shown in the organisation's time zone, with the zone named.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,7 +16,10 @@ use serde::Serialize;
 
 use super::issue::parse_date;
 use super::Context;
+use crate::local_time::{self, Style};
 use crate::Exit;
+
+mod html;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -77,6 +82,15 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> anyhow::Result<Exit> {
         from: args.from.clone(),
         to: args.to.clone(),
         rows,
+        title: title(args.lang, ctx.config.form_title.as_deref()),
+        clock: Clock::new(args.lang, ctx.config.zone.clone()),
+        printed: local_time::now(
+            &ctx.config.zone,
+            match args.lang {
+                Lang::Uk => Style::DayFirst,
+                Lang::En => Style::Iso,
+            },
+        ),
     };
     let bytes = match args.format {
         Format::Csv => doc.csv()?,
@@ -115,71 +129,156 @@ pub struct Document {
     pub to: Option<String>,
     /// The rows.
     pub rows: Vec<FormRow>,
+    /// The form's title.
+    pub title: String,
+    /// How times are shown.
+    pub clock: Clock,
+    /// When it was printed (local time, for the page footer).
+    pub printed: String,
 }
 
-/// The column headers: the five mandated columns, then notes.
-pub fn headers(lang: Lang) -> [&'static str; 6] {
+/// The five mandated column headings, word for word as in the annex (Ukrainian), or their
+/// English translation.
+pub fn headers(lang: Lang) -> [&'static str; 5] {
     match lang {
         Lang::Uk => [
             "№ п/п",
             "Дата і час генерації ключів",
             "Тип носія ключової інформації та серійний номер",
-            "Дата, П.І.Б. та підпис особи, яка отримала КЕП",
-            "Дата знищення КЕП, П.І.Б. та підпис особи, відповідальної за знищення",
-            "Примітки",
+            "Дата, П.І.Б. та підпис особи, яка отримала кваліфікований електронний підпис",
+            "Дата знищення кваліфікованого електронного підпису, П.І.Б. та підпис особи відповідальної за знищення",
         ],
         Lang::En => [
             "No.",
             "Date and time the keys were generated",
             "Carrier type and serial number",
-            "Date, full name and signature of the person who received the QES",
-            "Date of destruction, full name and signature of the person responsible",
-            "Notes",
+            "Date, full name and signature of the person who received the qualified electronic signature",
+            "Date of destruction of the qualified electronic signature, full name and signature of the person responsible for the destruction",
         ],
     }
 }
 
-fn title(lang: Lang) -> &'static str {
-    match lang {
-        Lang::Uk => "Журнал обліку захищених носіїв особистих ключів",
-        Lang::En => "Journal of secure carriers of personal keys",
+/// The default title of the form (the annex's).
+pub const DEFAULT_TITLE_UK: &str = "Журнал обліку зберігання та знищення особистих ключів";
+
+/// The form's title: `[organisation] title` when set (Ukrainian), else the annex's.
+pub fn title(lang: Lang, configured: Option<&str>) -> String {
+    match (lang, configured) {
+        (Lang::Uk, Some(t)) => t.to_owned(),
+        (Lang::Uk, None) => DEFAULT_TITLE_UK.to_owned(),
+        (Lang::En, _) => "Journal of storage and destruction of personal keys".to_owned(),
     }
 }
 
-/// The texts of one row's six cells.
-pub fn cells(lang: Lang, r: &FormRow) -> [String; 6] {
-    let uk = lang == Lang::Uk;
-    if let Some(t) = &r.imported {
-        let mut note = if uk {
-            "імпортовано з паперового журналу".to_owned()
-        } else {
-            "imported from the paper journal".to_owned()
+/// A remark on one cell (where column 2's time came from, the evidence of an
+/// acknowledgement or a destruction, revocation steps, an imported row's notes): a footnote
+/// on the printed form, never a sixth column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Remark {
+    /// The column it belongs to (1–5).
+    pub column: u8,
+    /// The text.
+    pub text: String,
+}
+
+/// One row for people: the five cells and their remarks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cells {
+    /// Columns 1–5.
+    pub columns: [String; 5],
+    /// Remarks, in column order.
+    pub remarks: Vec<Remark>,
+}
+
+/// How times are shown: the language's date style in the organisation's zone.
+#[derive(Debug, Clone)]
+pub struct Clock {
+    lang: Lang,
+    zone: jiff::tz::TimeZone,
+}
+
+impl Clock {
+    /// Times in `zone`, in the style of `lang`.
+    pub fn new(lang: Lang, zone: jiff::tz::TimeZone) -> Self {
+        Self { lang, zone }
+    }
+
+    /// A journal time for people (see [`local_time::show`]).
+    pub fn when(&self, t: &str) -> String {
+        let style = match self.lang {
+            Lang::Uk => Style::DayFirst,
+            Lang::En => Style::Iso,
         };
+        local_time::show(t, &self.zone, style)
+    }
+
+    /// The zone's name (IANA, or its abbreviation when it has none).
+    pub fn zone_name(&self) -> String {
+        self.zone
+            .iana_name()
+            .map(str::to_owned)
+            .unwrap_or_else(|| local_time::now(&self.zone, Style::Iso))
+    }
+}
+
+/// The texts of one row's five cells, and its remarks.
+pub fn cells(clock: &Clock, r: &FormRow) -> Cells {
+    let lang = clock.lang;
+    let uk = lang == Lang::Uk;
+    let mut remarks = Vec::new();
+    let mut remark = |column: u8, text: String| remarks.push(Remark { column, text });
+    if let Some(t) = &r.imported {
+        remark(
+            1,
+            if uk {
+                "рядок перенесено з паперового журналу".to_owned()
+            } else {
+                "row carried over from the paper journal".to_owned()
+            },
+        );
         if !t.note.is_empty() {
-            note = format!("{note}; {}", t.note);
+            remark(1, t.note.clone());
         }
-        return [
-            r.row_no.to_string(),
-            t.generated.clone(),
-            t.carrier.clone(),
-            t.received.clone(),
-            t.destroyed.clone(),
-            note,
-        ];
+        return Cells {
+            columns: [
+                r.row_no.to_string(),
+                t.generated.clone(),
+                t.carrier.clone(),
+                t.received.clone(),
+                t.destroyed.clone(),
+            ],
+            remarks,
+        };
     }
     let generated = r
         .generated
         .as_ref()
         .map(|g| {
-            let source = match (g.source, uk) {
-                (GeneratedSource::KeyAttribute, true) => "атрибут ключа",
-                (GeneratedSource::Certificate, true) => "сертифікат",
-                (GeneratedSource::FirstSeen, true) => "перше виявлення",
-                (GeneratedSource::KeyAttribute, false) => "key attribute",
-                (GeneratedSource::Certificate, false) => "certificate",
-                (GeneratedSource::FirstSeen, false) => "first seen",
-            };
-            format!("{} ({source})", when(lang, &g.at))
+            remark(
+                2,
+                match (g.source, uk) {
+                    (GeneratedSource::KeyAttribute, true) => {
+                        "дата з атрибута ключа на носії (CKA_START_DATE)"
+                    }
+                    (GeneratedSource::Certificate, true) => {
+                        "час початку дії сертифіката ключа (notBefore)"
+                    }
+                    (GeneratedSource::FirstSeen, true) => {
+                        "носій не зберігає часу генерації: час, коли custody вперше його побачив"
+                    }
+                    (GeneratedSource::KeyAttribute, false) => {
+                        "date of the key's attribute on the carrier (CKA_START_DATE)"
+                    }
+                    (GeneratedSource::Certificate, false) => {
+                        "start of validity of the key's certificate (notBefore)"
+                    }
+                    (GeneratedSource::FirstSeen, false) => {
+                        "the carrier keeps no generation time: when custody first saw it"
+                    }
+                }
+                .to_owned(),
+            );
+            clock.when(&g.at)
         })
         .unwrap_or_default();
     let carrier = format!(
@@ -192,37 +291,42 @@ pub fn cells(lang: Lang, r: &FormRow) -> [String; 6] {
     let mut received = vec![
         r.issued_on
             .as_deref()
-            .map(|d| when(lang, d))
+            .map(|d| clock.when(d))
             .unwrap_or_default(),
         r.holder_name.clone().unwrap_or_default(),
     ];
+    received.retain(|p| !p.is_empty());
     if let Some(p) = &r.holder_position {
         received.push(p.clone());
     }
     if let Some(t) = &r.holder_tax_number {
         received.push(format!("{} {t}", if uk { "РНОКПП" } else { "tax number" }));
     }
-    let mut received = received.join(", ");
     if let Some(a) = &r.acknowledgement {
         let status = match (a.status, uk) {
-            (AckStatus::Verified, true) => "перевірено".to_owned(),
-            (AckStatus::Verified, false) => "verified".to_owned(),
-            (AckStatus::NotVerified, true) => "не перевірено: алгоритм не підтримується".to_owned(),
+            (AckStatus::Verified, true) => "підпис перевірено".to_owned(),
+            (AckStatus::Verified, false) => "signature verified".to_owned(),
+            (AckStatus::NotVerified, true) => {
+                "підпис не перевірено: алгоритм не підтримується".to_owned()
+            }
             (AckStatus::NotVerified, false) => {
                 a.reason.clone().unwrap_or_else(|| "not verified".into())
             }
         };
-        received.push_str(&if uk {
-            format!(
-                "; підписано ключем носія ({status}, {}, запис № {})",
-                a.algorithm, a.seq
-            )
-        } else {
-            format!(
-                "; signed with the carrier's key ({status}, {}, event #{})",
-                a.algorithm, a.seq
-            )
-        });
+        remark(
+            4,
+            if uk {
+                format!(
+                    "отримання підписано ключем носія ({status}, {}, запис журналу № {})",
+                    a.algorithm, a.seq
+                )
+            } else {
+                format!(
+                    "receipt signed with the carrier's key ({status}, {}, journal event #{})",
+                    a.algorithm, a.seq
+                )
+            },
+        );
     }
     let destroyed = r
         .destruction
@@ -236,56 +340,68 @@ pub fn cells(lang: Lang, r: &FormRow) -> [String; 6] {
                 }
                 .into()
             });
-            if uk {
-                format!("{}, {who} (запис журналу № {})", when(lang, &d.at), d.seq)
-            } else {
-                format!("{}, {who} (journal event #{})", when(lang, &d.at), d.seq)
-            }
+            remark(
+                5,
+                if uk {
+                    format!(
+                        "знищення перевірено повторним читанням носія: жодного знищеного об'єкта не лишилося (запис журналу № {})",
+                        d.seq
+                    )
+                } else {
+                    format!(
+                        "destruction verified by reading the carrier again: none of the destroyed objects remained (journal event #{})",
+                        d.seq
+                    )
+                },
+            );
+            format!("{}, {who}", clock.when(&d.at))
         })
         .unwrap_or_default();
-    let notes: Vec<String> = r
-        .revocations
-        .iter()
-        .map(|n| {
-            let cert = if n.cert_sha256.is_empty() {
-                String::new()
+    for n in &r.revocations {
+        let cert = if n.cert_sha256.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", &n.cert_sha256[..n.cert_sha256.len().min(16)])
+        };
+        let mut parts = Vec::new();
+        if let (Some(on), Some(re)) = (&n.requested_on, &n.requested_ref) {
+            parts.push(if uk {
+                format!("запит {} ({re})", clock.when(on))
             } else {
-                format!(" {}", &n.cert_sha256[..n.cert_sha256.len().min(16)])
-            };
-            let mut parts = Vec::new();
-            if let (Some(on), Some(re)) = (&n.requested_on, &n.requested_ref) {
-                parts.push(if uk {
-                    format!("запит {} ({re})", when(lang, on))
-                } else {
-                    format!("requested {} (ref {re})", when(lang, on))
-                });
-            }
-            if let (Some(on), Some(re)) = (&n.confirmed_on, &n.confirmed_ref) {
-                parts.push(if uk {
-                    format!("підтверджено {} ({re})", when(lang, on))
-                } else {
-                    format!("confirmed {} (ref {re})", when(lang, on))
-                });
-            }
+                format!("requested {} (ref {re})", clock.when(on))
+            });
+        }
+        if let (Some(on), Some(re)) = (&n.confirmed_on, &n.confirmed_ref) {
+            parts.push(if uk {
+                format!("підтверджено {} ({re})", clock.when(on))
+            } else {
+                format!("confirmed {} (ref {re})", clock.when(on))
+            });
+        }
+        remark(
+            5,
             format!(
                 "{}{cert}: {}",
                 if uk {
-                    "відкликання сертифіката"
+                    "скасування сертифіката"
                 } else {
                     "certificate revocation"
                 },
                 parts.join(", ")
-            )
-        })
-        .collect();
-    [
-        r.row_no.to_string(),
-        generated,
-        carrier,
-        received,
-        destroyed,
-        notes.join("; "),
-    ]
+            ),
+        );
+    }
+    remarks.sort_by_key(|r| r.column);
+    Cells {
+        columns: [
+            r.row_no.to_string(),
+            generated,
+            carrier,
+            received.join(", "),
+            destroyed,
+        ],
+        remarks,
+    }
 }
 
 /// Spreadsheets run a cell that starts with `=`, `+`, `-`, `@` (or a tab or carriage return)
@@ -304,61 +420,69 @@ pub fn defuse(cell: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// A journal time for people: `YYYY-MM-DD` → `DD.MM.YYYY` (uk) or as is (en); RFC 3339 UTC →
-/// `DD.MM.YYYY HH:MM UTC` (uk) or `YYYY-MM-DD HH:MM UTC` (en). Anything else as is.
-pub fn when(lang: Lang, t: &str) -> String {
-    let b = t.as_bytes();
-    let date_ok = b.len() >= 10 && b[4] == b'-' && b[7] == b'-';
-    if !date_ok {
-        return t.to_owned();
-    }
-    let (y, m, d) = (&t[0..4], &t[5..7], &t[8..10]);
-    let date = match lang {
-        Lang::Uk => format!("{d}.{m}.{y}"),
-        Lang::En => format!("{y}-{m}-{d}"),
-    };
-    if b.len() >= 16 && b[10] == b'T' && b[13] == b':' {
-        format!("{date} {} UTC", &t[11..16])
-    } else {
-        date
-    }
-}
-
 #[derive(Serialize)]
 struct JsonRow<'a> {
     row_no: u64,
-    columns: [String; 6],
+    columns: [String; 5],
+    remarks: Vec<Remark>,
     data: &'a FormRow,
 }
 
 impl Document {
-    /// CSV: a header row, then one row per key set (RFC 4180 quoting, UTF-8, no BOM).
+    /// The rows' cells, in order.
+    pub fn cells(&self) -> Vec<Cells> {
+        self.rows.iter().map(|r| cells(&self.clock, r)).collect()
+    }
+
+    /// CSV: a header row, then one row per key set, the five mandated columns only (RFC 4180
+    /// quoting, UTF-8, no BOM). A cell's remarks follow its text in square brackets, except
+    /// in rows carried over from the paper journal, whose cells stay the paper's text so that
+    /// `journal import` reads the file back unchanged.
     pub fn csv(&self) -> anyhow::Result<Vec<u8>> {
         let mut w = csv::Writer::from_writer(Vec::new());
         w.write_record(headers(self.lang))?;
-        for r in &self.rows {
-            w.write_record(cells(self.lang, r).iter().map(|c| defuse(c).into_owned()))?;
+        for (row, c) in self.rows.iter().zip(self.cells()) {
+            let mut columns = c.columns.clone();
+            let remarks = if row.imported.is_some() {
+                &[][..]
+            } else {
+                &c.remarks[..]
+            };
+            for remark in remarks {
+                let cell = &mut columns[usize::from(remark.column - 1)];
+                if !cell.is_empty() {
+                    cell.push(' ');
+                }
+                cell.push_str(&format!("[{}]", remark.text));
+            }
+            w.write_record(columns.iter().map(|c| defuse(c).into_owned()))?;
         }
         w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))
     }
 
-    /// JSON (format `custody-journal-form-v1`).
+    /// JSON (format `custody-journal-form-v2`): times in the columns are local (the zone is
+    /// named), the structured `data` keeps UTC.
     pub fn json(&self) -> anyhow::Result<Vec<u8>> {
         let rows: Vec<JsonRow<'_>> = self
             .rows
             .iter()
-            .map(|r| JsonRow {
-                row_no: r.row_no,
-                columns: cells(self.lang, r),
-                data: r,
+            .map(|r| {
+                let c = cells(&self.clock, r);
+                JsonRow {
+                    row_no: r.row_no,
+                    columns: c.columns,
+                    remarks: c.remarks,
+                    data: r,
+                }
             })
             .collect();
         let doc = serde_json::json!({
-            "format": "custody-journal-form-v1",
+            "format": "custody-journal-form-v2",
             "lang": self.lang,
-            "title": title(self.lang),
+            "title": self.title,
             "organisation": self.organisation,
             "journal_id": self.journal_id,
+            "time_zone": self.clock.zone_name(),
             "from": self.from,
             "to": self.to,
             "headers": headers(self.lang),
@@ -368,167 +492,11 @@ impl Document {
         out.push(b'\n');
         Ok(out)
     }
-
-    /// One self-contained printable page: A4 landscape, the organisation's name, the
-    /// mandated columns, and a line for a hand signature in column 4 where the holder did not
-    /// sign digitally and in column 5 where a destruction is recorded.
-    pub fn html(&self) -> String {
-        let uk = self.lang == Lang::Uk;
-        let h = headers(self.lang);
-        let mut s = String::with_capacity(4096 + self.rows.len() * 600);
-        s.push_str("<!DOCTYPE html>\n<html lang=\"");
-        s.push_str(if uk { "uk" } else { "en" });
-        s.push_str("\">\n<head>\n<meta charset=\"utf-8\">\n<title>");
-        s.push_str(&esc(title(self.lang)));
-        s.push_str("</title>\n<style>\n");
-        s.push_str(STYLE);
-        s.push_str("</style>\n</head>\n<body>\n");
-        if let Some(org) = &self.organisation {
-            s.push_str(&format!("<p class=\"org\">{}</p>\n", esc(org)));
-        }
-        s.push_str(&format!("<h1>{}</h1>\n", esc(title(self.lang))));
-        let range = match (&self.from, &self.to) {
-            (None, None) => None,
-            (f, t) => Some(format!(
-                "{} {} {} {}",
-                if uk { "з" } else { "from" },
-                f.as_deref().unwrap_or("…"),
-                if uk { "по" } else { "to" },
-                t.as_deref().unwrap_or("…")
-            )),
-        };
-        if let Some(r) = range {
-            s.push_str(&format!("<p class=\"range\">{}</p>\n", esc(&r)));
-        }
-        s.push_str("<table>\n<colgroup><col class=\"c1\"><col class=\"c2\"><col class=\"c3\"><col class=\"c4\"><col class=\"c5\"><col class=\"c6\"></colgroup>\n<thead>\n<tr>");
-        for title in h {
-            s.push_str(&format!("<th>{}</th>", esc(title)));
-        }
-        s.push_str("</tr>\n<tr class=\"nums\">");
-        for n in 1..=6 {
-            s.push_str(&format!("<th>{n}</th>"));
-        }
-        s.push_str("</tr>\n</thead>\n<tbody>\n");
-        let sig = if uk { "(підпис)" } else { "(signature)" };
-        for r in &self.rows {
-            let c = cells(self.lang, r);
-            s.push_str(&format!(
-                "<tr id=\"row-{}\"{}>",
-                r.row_no,
-                if r.imported.is_some() {
-                    " class=\"imported\""
-                } else {
-                    ""
-                }
-            ));
-            s.push_str(&format!("<td class=\"num\">{}</td>", esc(&c[0])));
-            s.push_str(&format!("<td>{}</td>", esc(&c[1])));
-            s.push_str(&format!("<td>{}</td>", esc(&c[2])));
-            let hand4 = r.imported.is_none() && r.acknowledgement.is_none();
-            s.push_str(&format!(
-                "<td>{}{}</td>",
-                esc(&c[3]),
-                if hand4 {
-                    format!("<div class=\"sig\">{sig}</div>")
-                } else {
-                    String::new()
-                }
-            ));
-            let hand5 = r.imported.is_none() && r.destruction.is_some();
-            s.push_str(&format!(
-                "<td>{}{}</td>",
-                esc(&c[4]),
-                if hand5 {
-                    format!("<div class=\"sig\">{sig}</div>")
-                } else {
-                    String::new()
-                }
-            ));
-            s.push_str(&format!("<td class=\"note\">{}</td>", esc(&c[5])));
-            s.push_str("</tr>\n");
-        }
-        if self.rows.is_empty() {
-            s.push_str(&format!(
-                "<tr><td colspan=\"6\" class=\"empty\">{}</td></tr>\n",
-                if uk {
-                    "Записів немає."
-                } else {
-                    "No rows."
-                }
-            ));
-        }
-        s.push_str("</tbody>\n</table>\n");
-        s.push_str(&format!(
-            "<p class=\"foot\">{} {}</p>\n",
-            if uk {
-                "Сформовано custody з журналу"
-            } else {
-                "Produced by custody from journal"
-            },
-            esc(&self.journal_id)
-        ));
-        s.push_str("</body>\n</html>\n");
-        s
-    }
-}
-
-const STYLE: &str = r#"@page { size: A4 landscape; margin: 10mm 10mm 12mm 10mm; }
-html { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
-body { font-family: "DejaVu Sans", "Liberation Sans", "Noto Sans", Arial, sans-serif; font-size: 9pt; color: #000; margin: 0; }
-@media screen { body { margin: 10mm; } }
-.org { text-align: center; font-weight: bold; font-size: 11pt; margin: 0 0 2mm 0; }
-h1 { text-align: center; font-size: 12pt; margin: 0 0 3mm 0; }
-.range { text-align: center; margin: 0 0 3mm 0; }
-table { border-collapse: collapse; width: 100%; table-layout: fixed; }
-th, td { border: 0.6pt solid #000; padding: 1.2mm 1.5mm; vertical-align: top; overflow-wrap: anywhere; }
-th { font-weight: bold; text-align: center; vertical-align: middle; background: #f0f0f0; }
-tr.nums th { font-weight: normal; font-size: 8pt; padding: 0.5mm; background: #fff; }
-thead { display: table-header-group; }
-tr { page-break-inside: avoid; break-inside: avoid; }
-col.c1 { width: 6%; } col.c2 { width: 14%; } col.c3 { width: 17%; } col.c4 { width: 26%; } col.c5 { width: 22%; } col.c6 { width: 15%; }
-td.num { text-align: center; }
-td.note { font-size: 8pt; }
-tr.imported td { background: #fafafa; }
-.sig { margin-top: 7mm; border-top: 0.6pt solid #000; width: 70%; font-size: 7pt; color: #333; text-align: center; }
-.empty { text-align: center; padding: 6mm; }
-.foot { margin-top: 3mm; font-size: 7pt; color: #444; }
-"#;
-
-/// Escapes text for HTML; control characters are shown escaped.
-fn esc(text: &str) -> String {
-    let text = custody_core::id::escape_text(text);
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times_for_people() {
-        assert_eq!(when(Lang::Uk, "2025-03-14"), "14.03.2025");
-        assert_eq!(when(Lang::En, "2025-03-14"), "2025-03-14");
-        assert_eq!(
-            when(Lang::Uk, "2026-11-23T10:05:00.000Z"),
-            "23.11.2026 10:05 UTC"
-        );
-        assert_eq!(
-            when(Lang::En, "2026-11-23T10:05:00.000Z"),
-            "2026-11-23 10:05 UTC"
-        );
-        assert_eq!(when(Lang::Uk, "березень 2020"), "березень 2020");
-    }
 
     #[test]
     fn formulas_are_defused_for_spreadsheets() {
@@ -538,13 +506,5 @@ mod tests {
         assert_eq!(defuse("-"), "-");
         assert_eq!(defuse("- немає"), "- немає");
         assert_eq!(defuse("Іваненко"), "Іваненко");
-    }
-
-    #[test]
-    fn html_text_is_escaped() {
-        assert_eq!(
-            esc("<b>\"Ів'ан\"&\n"),
-            "&lt;b&gt;&quot;Ів&#39;ан&quot;&amp;\\x0a"
-        );
     }
 }

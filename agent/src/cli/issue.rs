@@ -13,7 +13,6 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::Context;
-use crate::config::ConfigPins;
 use crate::output::json;
 use crate::Exit;
 
@@ -228,7 +227,7 @@ fn print_human(r: &IssueRecord) {
 /// Loads every module in effect and scans it with the configured PIN sources; modules that
 /// fail are reported on stderr and skipped. Modules and scans are index-aligned.
 pub(crate) fn load_and_scan(ctx: &Context) -> (Vec<Module>, Vec<ModuleScan>) {
-    let pins = ConfigPins(&ctx.config);
+    let pins = ctx.pins();
     let mut modules = Vec::new();
     let mut scans = Vec::new();
     for path in ctx.modules() {

@@ -9,13 +9,12 @@ use custody_core::order::{
     self, signature, AllowedSigners, DestructionOrder, Method, OrderInput, Target, Verification,
     Zone,
 };
-use custody_core::token::{Module, Resolution};
-use custody_core::wipe::{self, Env};
+use custody_core::token::{Module, NoPins};
+use custody_core::wipe::{self, Env, Located};
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::Context;
-use crate::config::ConfigPins;
 use crate::output::json;
 use crate::Exit;
 
@@ -79,10 +78,11 @@ pub struct CreateArgs {
     /// Order id. Default: DATE-RANDOM.
     #[arg(long)]
     pub id: Option<String>,
-    /// Carrier manufacturer (default: from the journal, when it knows the serial).
+    /// Carrier manufacturer (default: from the journal; needed when it does not know the
+    /// carrier).
     #[arg(long)]
     pub manufacturer: Option<String>,
-    /// Carrier model (default: from the journal, when it knows the serial).
+    /// Carrier model (default: from the journal; needed when it does not know the carrier).
     #[arg(long)]
     pub model: Option<String>,
 }
@@ -193,17 +193,7 @@ fn create(ctx: &Context, a: &CreateArgs) -> anyhow::Result<Exit> {
         );
     }
     let now = now().replace_nanosecond(0).unwrap_or_else(|_| now());
-    let (mut manufacturer, mut model) = (a.manufacturer.clone(), a.model.clone());
-    if manufacturer.is_none() || model.is_none() {
-        let path = ctx.journal_path();
-        if path.exists() {
-            let known = Journal::open(&path)?.carriers_by_serial(&a.carrier)?;
-            if let [one] = known.as_slice() {
-                manufacturer.get_or_insert_with(|| one.manufacturer.clone());
-                model.get_or_insert_with(|| one.model.clone());
-            }
-        }
-    }
+    let (manufacturer, model, certificates) = target_identity(ctx, a)?;
     let id = a.id.clone().unwrap_or_else(|| {
         let rand = uuid::Uuid::new_v4().simple().to_string();
         format!(
@@ -222,10 +212,10 @@ fn create(ctx: &Context, a: &CreateArgs) -> anyhow::Result<Exit> {
         holder: a.holder.clone(),
         target: Target {
             serial: a.carrier.clone(),
-            manufacturer,
-            model,
+            manufacturer: Some(manufacturer),
+            model: Some(model),
         },
-        certificates: a.certs.iter().map(|c| c.to_ascii_lowercase()).collect(),
+        certificates,
         method: a.method,
         responsible: a.responsible.clone(),
         reason: a
@@ -239,6 +229,73 @@ fn create(ctx: &Context, a: &CreateArgs) -> anyhow::Result<Exit> {
     DestructionOrder::parse(text.as_bytes()).map_err(|r| anyhow::anyhow!("{}", r.message))?;
     print!("{text}");
     Ok(Exit::Ok)
+}
+
+/// The target's manufacturer and model (from the options, else the journal) and the
+/// certificate fingerprints of the order: those given and those the journal knows on the
+/// carrier. An order always names the carrier fully, so that it can match no other.
+fn target_identity(ctx: &Context, a: &CreateArgs) -> anyhow::Result<(String, String, Vec<String>)> {
+    let path = ctx.journal_path();
+    let known = if path.exists() {
+        let journal = Journal::open(&path)?;
+        let rows: Vec<_> = journal
+            .carriers_by_serial(&a.carrier)?
+            .into_iter()
+            .filter(|c| a.manufacturer.as_ref().is_none_or(|m| *m == c.manufacturer))
+            .filter(|c| a.model.as_ref().is_none_or(|m| *m == c.model))
+            .collect();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let certs: Vec<String> = journal
+                .snapshot(&row.carrier)?
+                .map(|s| s.certificates.iter().map(|c| c.sha256.clone()).collect())
+                .unwrap_or_default();
+            out.push((row, certs));
+        }
+        out
+    } else {
+        Vec::new()
+    };
+    let mut given: Vec<String> = a.certs.iter().map(|c| c.to_ascii_lowercase()).collect();
+    let (manufacturer, model, known_certs) = match (known.as_slice(), &a.manufacturer, &a.model) {
+        ([(one, certs)], _, _) => (one.manufacturer.clone(), one.model.clone(), certs.clone()),
+        ([], Some(m), Some(model)) => (m.clone(), model.clone(), Vec::new()),
+        ([], _, _) => bail!(
+            "the journal knows no carrier with serial {:?}{}; an order names its carrier fully. Run `custody scan` with the carrier plugged in, or give --manufacturer and --model",
+            a.carrier,
+            if a.manufacturer.is_some() || a.model.is_some() { " and that manufacturer and model" } else { "" }
+        ),
+        (many, _, _) => {
+            let names: Vec<&str> = many.iter().map(|(c, _)| c.carrier.as_str()).collect();
+            let same_identity = many.iter().all(|(c, _)| {
+                (c.manufacturer.as_str(), c.model.as_str())
+                    == (many[0].0.manufacturer.as_str(), many[0].0.model.as_str())
+            });
+            if !same_identity {
+                bail!(
+                    "{} carriers in the journal have serial {:?} ({}); give --manufacturer and --model to name one",
+                    many.len(),
+                    a.carrier,
+                    names.join(", ")
+                );
+            }
+            if given.is_empty() {
+                bail!(
+                    "{} carriers in the journal share manufacturer, model and serial {:?} ({}); name the certificate of the one to wipe with --cert SHA256 so that the order can match no other",
+                    many.len(),
+                    a.carrier,
+                    names.join(", ")
+                );
+            }
+            (many[0].0.manufacturer.clone(), many[0].0.model.clone(), Vec::new())
+        }
+    };
+    for c in known_certs {
+        if !given.contains(&c) {
+            given.push(c);
+        }
+    }
+    Ok((manufacturer, model, given))
 }
 
 #[derive(Debug, Serialize)]
@@ -370,45 +427,40 @@ fn verify(ctx: &Context, a: &VerifyArgs) -> anyhow::Result<Exit> {
                 }
             }
         }
-        target = "absent".into();
-        for m in load_modules(ctx) {
-            match m.resolve(
-                &o.target.serial,
-                o.target.manufacturer.as_deref(),
-                o.target.model.as_deref(),
-            ) {
-                Ok(Resolution::Found(t)) => {
-                    target = "present".into();
-                    match m.read_token(&t, None) {
-                        Ok(snap) => {
-                            if let Err(r) = wipe::plan(verified, &snap, m.info()) {
-                                target = "mismatch".into();
-                                refusal.get_or_insert(r);
-                            } else {
-                                notes.push(format!(
-                                    "carrier {} is present in {} (slot {}), label {:?}",
-                                    t.carrier().key(),
-                                    m.info().path,
-                                    t.slot(),
-                                    t.label()
-                                ));
-                            }
+        let modules = load_modules(ctx);
+        match wipe::locate(&modules, &o.target) {
+            Located::Found(index, t) => {
+                target = "present".into();
+                let m = &modules[index];
+                match m.read_token(&t, &NoPins) {
+                    Ok(snap) => {
+                        if let Err(r) = wipe::plan(verified, &snap, m.info()) {
+                            target = "mismatch".into();
+                            refusal.get_or_insert(r);
+                        } else {
+                            notes.push(format!(
+                                "carrier {} is present in {} (slot {}), label {:?}",
+                                t.carrier().key(),
+                                m.info().path,
+                                t.slot(),
+                                t.label()
+                            ));
                         }
-                        Err(e) => notes.push(format!("the carrier could not be read: {e}")),
                     }
-                    break;
+                    Err(e) => notes.push(format!("the carrier could not be read: {e}")),
                 }
-                Ok(Resolution::Mismatch(_)) => {
-                    target = "mismatch".into();
-                    refusal.get_or_insert(order::Rejection::new(
-                        order::RejectCode::TargetMismatch,
-                        format!("a carrier with serial {} is present but its manufacturer or model differ from the order", o.target.serial),
-                    ));
-                }
-                Ok(Resolution::Ambiguous(_)) => target = "ambiguous".into(),
-                Ok(Resolution::Absent) => {}
-                Err(e) => notes.push(format!("module {}: {e}", m.info().path)),
             }
+            Located::Refused(r) => match r.code {
+                order::RejectCode::TargetAbsent => target = "absent".into(),
+                order::RejectCode::TargetMismatch => {
+                    target = "mismatch".into();
+                    refusal.get_or_insert(r);
+                }
+                _ => {
+                    target = "ambiguous".into();
+                    refusal.get_or_insert(r);
+                }
+            },
         }
         if target == "absent" {
             notes.push(format!(
@@ -510,7 +562,7 @@ fn print_verify(r: &VerifyReport, v: &Verification) {
 fn reconcile(ctx: &Context) -> anyhow::Result<Exit> {
     let mut journal = ctx.open_journal()?;
     let mut modules = load_modules(ctx);
-    let pins = ConfigPins(&ctx.config);
+    let pins = ctx.pins();
     let actor = ctx.actor();
     let env = Env {
         actor: &actor,
@@ -554,7 +606,7 @@ fn spool(ctx: &Context, a: &SpoolArgs) -> anyhow::Result<Exit> {
     let dir = a.dir.clone().unwrap_or_else(|| ctx.config.spool.clone());
     let mut journal = ctx.open_journal()?;
     let mut modules = load_modules(ctx);
-    let pins = ConfigPins(&ctx.config);
+    let pins = ctx.pins();
     let actor = ctx.actor();
     let env = Env {
         actor: &actor,

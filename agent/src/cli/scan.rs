@@ -9,7 +9,6 @@ use custody_core::token::{Module, ModuleInfo, ModuleScan, SlotProblem};
 use serde::Serialize;
 
 use super::Context;
-use crate::config::ConfigPins;
 use crate::output::{clip, json, Table};
 use crate::Exit;
 
@@ -60,7 +59,7 @@ pub struct ModuleReport {
 /// A problem that did not stop the scan.
 #[derive(Debug, Serialize)]
 pub struct Problem {
-    /// `module`, `slot`, `login` or `object`.
+    /// `module`, `slot`, `login`, `login_skipped` or `object`.
     pub scope: &'static str,
     /// Module path or carrier key.
     pub subject: String,
@@ -71,7 +70,7 @@ pub struct Problem {
 /// Runs `custody scan`.
 pub fn run(ctx: &Context, _args: &ScanArgs) -> anyhow::Result<Exit> {
     let mut journal = ctx.open_journal()?;
-    let pins = ConfigPins(&ctx.config);
+    let pins = ctx.pins();
     let mut scans: Vec<ModuleScan> = Vec::new();
     let mut reports = Vec::new();
     let mut problems = Vec::new();
@@ -152,12 +151,18 @@ fn exit_code(e: Exit) -> u8 {
 
 fn collect_carrier_problems(c: &CarrierSnapshot, problems: &mut Vec<Problem>) {
     let key = c.id.key();
-    if let Login::Failed(reason) = &c.login {
-        problems.push(Problem {
+    match &c.login {
+        Login::Failed(reason) => problems.push(Problem {
             scope: "login",
             subject: key.clone(),
             message: reason.clone(),
-        });
+        }),
+        Login::Skipped(reason) => problems.push(Problem {
+            scope: "login_skipped",
+            subject: key.clone(),
+            message: reason.clone(),
+        }),
+        Login::NotAttempted | Login::LoggedIn => {}
     }
     for cert in &c.certificates {
         if let Some(err) = &cert.parse_error {
@@ -221,6 +226,7 @@ fn print_human(
                 match (&c.private_keys, &c.login) {
                     (Some(k), _) => k.len().to_string(),
                     (None, Login::Failed(_)) => "login failed".into(),
+                    (None, Login::Skipped(_)) => "login skipped".into(),
                     (None, _) => "-".into(),
                 },
                 clip(&holder, 32),

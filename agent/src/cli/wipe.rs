@@ -6,14 +6,13 @@ use std::path::PathBuf;
 use anyhow::bail;
 use clap::Args;
 use custody_core::order::{self, Method, OrderInput, Rejection};
-use custody_core::token::{Module, Resolution};
 use custody_core::wipe::{self, Env, Outcome, Reconciled, Secrets, WipeReport};
 use secrecy::SecretString;
 use serde::Serialize;
 
 use super::order::{load_modules, load_trust, now, print_reconciled};
 use super::Context;
-use crate::config::{read_pin_file, ConfigPins};
+use crate::config::read_pin_file;
 use crate::output::json;
 use crate::Exit;
 
@@ -127,7 +126,7 @@ fn wipe(ctx: &Context, args: &WipeArgs, out: &mut WipeJson) -> anyhow::Result<Ex
     if modules.is_empty() {
         bail!("no PKCS#11 module could be loaded; nothing was done. Check --module or [[module]]");
     }
-    let pins = ConfigPins(&ctx.config);
+    let pins = ctx.pins();
     let actor = ctx.actor();
     let source = format!("cli:{}", args.order.display());
     let env = Env {
@@ -157,22 +156,7 @@ fn wipe(ctx: &Context, args: &WipeArgs, out: &mut WipeJson) -> anyhow::Result<Ex
             Method::DestroyKeys => secrets.user_pin = Some(pin),
         }
     }
-    let o = verified.order();
-    let index = modules
-        .iter()
-        .position(|m| {
-            !matches!(
-                m.resolve(
-                    &o.target.serial,
-                    o.target.manufacturer.as_deref(),
-                    o.target.model.as_deref()
-                ),
-                Ok(Resolution::Absent) | Err(_)
-            )
-        })
-        .unwrap_or(0);
-    let module: &mut Module = &mut modules[index];
-    match wipe::execute(&mut journal, module, &verified, &secrets, &env)? {
+    match wipe::execute(&mut journal, &mut modules, &verified, &secrets, &env)? {
         Outcome::Refused(r) => Ok(refused(ctx, out, r)),
         Outcome::Completed(report) => {
             if !ctx.global.json {

@@ -47,8 +47,11 @@ impl World {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let config = dir.join("custody.toml");
-        std::fs::write(&config, format!("[organisation]\nname = \"{ORG}\"\n"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(
+            &config,
+            format!("[organisation]\nname = \"{ORG}\"\ntimezone = \"Europe/Kyiv\"\n"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         Self {
             journal: dir.join("journal.db"),
             dir,

@@ -59,6 +59,10 @@ fn create_prints_a_valid_order_and_refuses_bad_arguments() {
             "reinit",
             "--responsible",
             "r",
+            "--manufacturer",
+            "IIT",
+            "--model",
+            "Almaz-1K",
         ];
         all.extend(args);
         let out = env.custody(&all);

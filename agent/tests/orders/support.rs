@@ -243,6 +243,18 @@ pub(crate) fn private_file(path: &Path, text: &str) {
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// One `[[pin]]` rule per carrier of the template (alice, other), each with `sources`.
+pub(crate) fn pin_rules(t: &Template, sources: &str) -> String {
+    [&t.alice, &t.other]
+        .iter()
+        .map(|serial| {
+            format!(
+                "[[pin]]\nmanufacturer = \"SoftHSM project\"\nmodel = \"SoftHSM v2\"\nserial = \"{serial}\"\n{sources}"
+            )
+        })
+        .collect()
+}
+
 impl Env {
     pub(crate) fn new(name: &str) -> Self {
         Self::with_config(name, 1, true)
@@ -275,9 +287,9 @@ impl Env {
         private_file(&dir.join("so.pin"), &format!("{SO_PIN}\n"));
         private_file(&dir.join("user.pin"), &format!("{USER_PIN}\n"));
         let pin_rule = if user_pin_configured {
-            format!(
-                "[[pin]]\nserial = \"*\"\nuser_pin_file = \"{}\"\n",
-                dir.join("user.pin").display()
+            pin_rules(
+                t,
+                &format!("user_pin_file = \"{}\"\n", dir.join("user.pin").display()),
             )
         } else {
             String::new()
@@ -308,7 +320,7 @@ impl Env {
         let text = if text.contains("[[pin]]") {
             text.replace("[[pin]]\n", &format!("[[pin]]\n{so}"))
         } else {
-            format!("{text}[[pin]]\nserial = \"*\"\n{so}")
+            format!("{text}{}", pin_rules(self.t, &so))
         };
         std::fs::write(&self.config, text).unwrap_or_else(|e| panic!("{e}"));
     }
@@ -547,32 +559,102 @@ impl Drop for Env {
     }
 }
 
-/// Counts of destructive calls in a pkcs11-spy log.
+/// Counts of destructive calls in a pkcs11-spy log, and every C_Login with the slot it
+/// went to and its return value (the log's PINs are never kept).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Spy {
     pub(crate) init_token: usize,
     pub(crate) destroy_object: usize,
     /// The module was actually loaded through the spy (it logged C_Initialize).
     pub(crate) saw_initialize: bool,
+    /// (slot id, return value name) of each C_Login, in order.
+    pub(crate) logins: Vec<(u64, String)>,
+}
+
+/// One call of a pkcs11-spy log: its name and its `[in]` / `[out]` / `Returned:` lines.
+fn spy_calls(text: &str) -> Vec<(String, Vec<&str>)> {
+    let mut calls: Vec<(String, Vec<&str>)> = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        let name = words.next().unwrap_or_default();
+        if first.ends_with(':')
+            && first[..first.len() - 1].chars().all(|c| c.is_ascii_digit())
+            && name.starts_with("C_")
+        {
+            calls.push((name.to_owned(), Vec::new()));
+        } else if let Some(last) = calls.last_mut() {
+            last.1.push(line);
+        }
+    }
+    calls
+}
+
+/// The value of `[in] NAME = 0x…` / `[out] NAME = 0x…` in a call's lines.
+fn spy_value(lines: &[&str], name: &str) -> Option<u64> {
+    lines.iter().find_map(|l| {
+        let rest = l
+            .strip_prefix("[in] ")
+            .or_else(|| l.strip_prefix("[out] "))?;
+        let value = rest
+            .strip_prefix(name)?
+            .trim_start()
+            .strip_prefix('=')?
+            .trim();
+        u64::from_str_radix(value.trim_start_matches("0x"), 16).ok()
+    })
 }
 
 impl Spy {
-    fn read(path: &Path) -> Self {
+    pub(crate) fn read(path: &Path) -> Self {
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        let call = |name: &str| {
-            text.lines()
-                .filter(|l| l.split_whitespace().nth(1) == Some(name))
-                .count()
-        };
+        let calls = spy_calls(&text);
+        let count = |name: &str| calls.iter().filter(|c| c.0 == name).count();
+        let mut sessions = std::collections::HashMap::new();
+        let mut logins = Vec::new();
+        for (name, lines) in &calls {
+            let returned = lines
+                .iter()
+                .find_map(|l| l.strip_prefix("Returned:"))
+                .and_then(|r| r.split_whitespace().nth(1))
+                .unwrap_or("?")
+                .to_owned();
+            match name.as_str() {
+                "C_OpenSession" => {
+                    if let (Some(slot), Some(session)) =
+                        (spy_value(lines, "slotID"), spy_value(lines, "*phSession"))
+                    {
+                        sessions.insert(session, slot);
+                    }
+                }
+                "C_Login" => {
+                    let slot = spy_value(lines, "hSession")
+                        .and_then(|h| sessions.get(&h).copied())
+                        .unwrap_or(u64::MAX);
+                    logins.push((slot, returned));
+                }
+                _ => {}
+            }
+        }
         Self {
-            init_token: call("C_InitToken"),
-            destroy_object: call("C_DestroyObject"),
-            saw_initialize: call("C_Initialize") > 0,
+            init_token: count("C_InitToken"),
+            destroy_object: count("C_DestroyObject"),
+            saw_initialize: count("C_Initialize") > 0,
+            logins,
         }
     }
 
     pub(crate) fn destructive(&self) -> usize {
         self.init_token + self.destroy_object
+    }
+
+    /// C_Login calls on the carrier with `serial` (SoftHSM's slot id is the low 31 bits of
+    /// the serial), and how many of them failed.
+    pub(crate) fn logins_on(&self, serial: &str) -> (usize, usize) {
+        let slot = u64::from_str_radix(serial, 16).unwrap_or(u64::MAX) & 0x7fff_ffff;
+        let mine: Vec<_> = self.logins.iter().filter(|l| l.0 == slot).collect();
+        let failed = mine.iter().filter(|l| l.1 != "CKR_OK").count();
+        (mine.len(), failed)
     }
 }
 

@@ -54,8 +54,9 @@ impl AllowedSigner {
         if let Some(patterns) = &self.namespaces {
             if !match_pattern_list(namespace, patterns) {
                 return Err(format!(
-                    "namespaces=\"{}\" does not include {namespace}",
-                    patterns.join(",")
+                    "namespaces=\"{}\" does not include {}",
+                    clip(&patterns.join(",")),
+                    clip(namespace)
                 ));
             }
         }
@@ -181,7 +182,7 @@ fn parse_line(l: &str, line: usize, zone: &Zone) -> std::result::Result<Line, St
     } else {
         next_field(rest)
     };
-    let mut namespaces = None;
+    let mut namespaces: Option<Vec<String>> = None;
     let mut valid_after = None;
     let mut valid_before = None;
     let mut cert_authority = false;
@@ -190,14 +191,35 @@ fn parse_line(l: &str, line: usize, zone: &Zone) -> std::result::Result<Line, St
             Some((n, v)) => (n.to_ascii_lowercase(), Some(unquote(v)?)),
             None => (opt.to_ascii_lowercase(), None),
         };
-        match (name.as_str(), value) {
-            ("cert-authority", None) => cert_authority = true,
+        // OpenSSH rejects a line that repeats an option rather than letting one win.
+        let repeated = match (name.as_str(), value) {
+            ("cert-authority", None) => std::mem::replace(&mut cert_authority, true),
             ("namespaces", Some(v)) => {
-                namespaces = Some(v.split(',').map(|p| p.trim().to_owned()).collect())
+                let patterns: Vec<String> = v.split(',').map(str::to_owned).collect();
+                if let Some(long) = patterns
+                    .iter()
+                    .find(|p| p.strip_prefix('!').unwrap_or(p).len() > MAX_PATTERN)
+                {
+                    return Err(format!(
+                        "a namespaces pattern is {} bytes long; OpenSSH matches nothing longer than {MAX_PATTERN}",
+                        long.len()
+                    ));
+                }
+                namespaces.replace(patterns).is_some()
             }
-            ("valid-after", Some(v)) => valid_after = Some(parse_time(&v, zone)?),
-            ("valid-before", Some(v)) => valid_before = Some(parse_time(&v, zone)?),
-            (n, _) => return Err(format!("unknown or malformed option {n:?}")),
+            ("valid-after", Some(v)) => valid_after.replace(parse_time(&v, zone)?).is_some(),
+            ("valid-before", Some(v)) => valid_before.replace(parse_time(&v, zone)?).is_some(),
+            (n, _) => return Err(format!("unknown or malformed option {:?}", clip(n))),
+        };
+        if repeated {
+            return Err(format!(
+                "option {name} is given twice; OpenSSH rejects such a line, write it once"
+            ));
+        }
+    }
+    if let (Some(after), Some(before)) = (valid_after, valid_before) {
+        if before <= after {
+            return Err("valid-before is not after valid-after".into());
         }
     }
     let key = PublicKey::from_openssh(key_text.trim())
@@ -213,6 +235,14 @@ fn parse_line(l: &str, line: usize, zone: &Zone) -> std::result::Result<Line, St
         valid_before,
         line,
     })))
+}
+
+/// At most 40 characters of `s`, for messages about hostile input.
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(40) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
 }
 
 fn split_options(s: &str) -> std::result::Result<Vec<&str>, String> {
@@ -245,13 +275,16 @@ fn split_options(s: &str) -> std::result::Result<Vec<&str>, String> {
 fn unquote(v: &str) -> std::result::Result<String, String> {
     match v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
         Some(inner) if !inner.contains('"') => Ok(inner.to_owned()),
-        _ => Err(format!("option value {v:?} must be in double quotes")),
+        _ => Err(format!(
+            "option value {:?} must be in double quotes",
+            clip(v)
+        )),
     }
 }
 
 /// `YYYYMMDD[HHMM[SS]][Z]`: `Z` means UTC, otherwise local time in `zone`.
 fn parse_time(v: &str, zone: &Zone) -> std::result::Result<OffsetDateTime, String> {
-    let bad = || format!("time {v:?} is not YYYYMMDD[HHMM[SS]][Z]");
+    let bad = || format!("time {:?} is not YYYYMMDD[HHMM[SS]][Z]", clip(v));
     let (digits, utc) = match v.strip_suffix('Z').or_else(|| v.strip_suffix('z')) {
         Some(d) => (d, true),
         None => (v, false),
@@ -279,11 +312,20 @@ fn parse_time(v: &str, zone: &Zone) -> std::result::Result<OffsetDateTime, Strin
     }
 }
 
-/// OpenSSH's match_pattern_list: a negated pattern that matches wins (false); otherwise any
-/// positive match is true.
-fn match_pattern_list(s: &str, patterns: &[String]) -> bool {
+/// The longest sub-pattern OpenSSH's `match_pattern_list` considers (its buffer is 1024
+/// bytes): a longer one makes the whole list match nothing. custody refuses such a line.
+const MAX_PATTERN: usize = 1022;
+
+/// OpenSSH's `match_pattern_list`: the patterns are tried in order, a negated pattern
+/// (`!p`) that matches makes the list fail at once, otherwise any positive match succeeds.
+/// Patterns are compared byte for byte, without case folding or trimming, as OpenSSH does
+/// for namespaces.
+pub(crate) fn match_pattern_list(s: &str, patterns: &[String]) -> bool {
     let mut matched = false;
     for p in patterns {
+        if p.strip_prefix('!').unwrap_or(p).len() > MAX_PATTERN {
+            return false;
+        }
         if let Some(neg) = p.strip_prefix('!') {
             if glob(s.as_bytes(), neg.as_bytes()) {
                 return false;
@@ -295,15 +337,48 @@ fn match_pattern_list(s: &str, patterns: &[String]) -> bool {
     matched
 }
 
-fn glob(s: &[u8], p: &[u8]) -> bool {
-    match (p.first(), s.first()) {
-        (None, None) => true,
-        (None, Some(_)) => false,
-        (Some(b'*'), _) => glob(s, &p[1..]) || (!s.is_empty() && glob(&s[1..], p)),
-        (Some(b'?'), Some(_)) => glob(&s[1..], &p[1..]),
-        (Some(a), Some(b)) if a == b => glob(&s[1..], &p[1..]),
-        _ => false,
+/// OpenSSH's `match_pattern` semantics: `*` matches any run of bytes (also none), `?`
+/// exactly one byte, anything else itself.
+///
+/// Without backtracking: the pattern is cut at its `*`s into segments; the first must match
+/// at the start, the last at the end, and each one between at its leftmost place after the
+/// previous one (taking the leftmost place never loses a match, because a `*` follows it).
+/// The cost is at most `|s| × |p|` byte comparisons, however many `*` the pattern holds
+/// (a recursive matcher is exponential in them).
+pub(crate) fn glob(s: &[u8], p: &[u8]) -> bool {
+    let mut segments = p.split(|&b| b == b'*');
+    let first = segments.next().unwrap_or_default();
+    if !p.contains(&b'*') {
+        return s.len() == first.len() && segment_at(s, first);
     }
+    if s.len() < first.len() || !segment_at(s, first) {
+        return false;
+    }
+    let rest: Vec<&[u8]> = segments.collect();
+    let Some((last, middle)) = rest.split_last() else {
+        return true;
+    };
+    let mut from = first.len();
+    for seg in middle.iter().filter(|seg| !seg.is_empty()) {
+        match find_segment(&s[from..], seg) {
+            Some(at) => from += at + seg.len(),
+            None => return false,
+        }
+    }
+    s.len() - from >= last.len() && segment_at(&s[s.len() - last.len()..], last)
+}
+
+/// True when `seg` (with `?` wildcards) matches at the start of `s`.
+fn segment_at(s: &[u8], seg: &[u8]) -> bool {
+    s.len() >= seg.len() && seg.iter().zip(s).all(|(&p, &c)| p == b'?' || p == c)
+}
+
+/// The first offset in `s` where `seg` (non-empty, with `?` wildcards) matches.
+fn find_segment(s: &[u8], seg: &[u8]) -> Option<usize> {
+    if s.len() < seg.len() {
+        return None;
+    }
+    (0..=s.len() - seg.len()).find(|&i| segment_at(&s[i..], seg))
 }
 
 #[cfg(test)]
@@ -405,5 +480,178 @@ mod tests {
                 .unwrap_or_default();
             assert!(err.contains(needle), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_repeated_option_refuses_the_line() {
+        for opts in [
+            "namespaces=\"git\",namespaces=\"custody-order\"",
+            "valid-after=\"20200101\",valid-after=\"20250101\"",
+            "valid-before=\"20300101\",VALID-BEFORE=\"20990101\"",
+            "cert-authority,cert-authority",
+        ] {
+            let err = parse(&format!("alice {opts} {KEY}\n"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains("line 1") && err.contains("given twice"),
+                "{opts}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn valid_before_must_follow_valid_after() {
+        let err = parse(&format!(
+            "alice valid-after=\"20260101\",valid-before=\"20250101\" {KEY}\n"
+        ))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("valid-before is not after"), "{err}");
+    }
+
+    #[test]
+    fn namespace_patterns_are_taken_as_written() {
+        // OpenSSH neither trims nor folds case: " custody-order" is another namespace.
+        let s = parse(&format!(
+            "alice namespaces=\"git, custody-order,CUSTODY-ORDER\" {KEY}\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let now = time::macros::datetime!(2026-06-01 00:00 UTC);
+        assert!(s.entries()[0].allows("custody-order", now).is_err());
+    }
+
+    #[test]
+    fn patterns_longer_than_openssh_matches_are_refused() {
+        let long = "a".repeat(MAX_PATTERN + 1);
+        let err = parse(&format!("alice namespaces=\"{long}\" {KEY}\n"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("OpenSSH matches nothing longer"), "{err}");
+        let ok = "a".repeat(MAX_PATTERN);
+        assert!(parse(&format!("alice namespaces=\"{ok}\" {KEY}\n")).is_ok());
+        assert!(!match_pattern_list("x", &["x".into(), format!("!{long}")]));
+    }
+
+    /// OpenSSH's semantics written the obvious (recursive, exponential) way: the oracle the
+    /// linear matcher is compared with on small inputs.
+    fn oracle(s: &[u8], p: &[u8]) -> bool {
+        match (p.split_first(), s.split_first()) {
+            (None, _) => s.is_empty(),
+            (Some((b'*', rest)), _) => oracle(s, rest) || (!s.is_empty() && oracle(&s[1..], p)),
+            (Some((&pc, prest)), Some((&sc, srest))) => {
+                (pc == b'?' || pc == sc) && oracle(srest, prest)
+            }
+            (Some(_), None) => false,
+        }
+    }
+
+    #[test]
+    fn glob_agrees_with_openssh_semantics_on_every_small_input() {
+        // Every pattern over {a, b, ?, *} up to 6 bytes against every string over {a, b}
+        // up to 6 bytes.
+        fn all(alphabet: &[u8], max: usize) -> Vec<Vec<u8>> {
+            let mut out = vec![Vec::new()];
+            let mut last = vec![Vec::new()];
+            for _ in 0..max {
+                let next: Vec<Vec<u8>> = last
+                    .iter()
+                    .flat_map(|w: &Vec<u8>| {
+                        alphabet.iter().map(move |&c| {
+                            let mut w = w.clone();
+                            w.push(c);
+                            w
+                        })
+                    })
+                    .collect();
+                out.extend(next.iter().cloned());
+                last = next;
+            }
+            out
+        }
+        let patterns = all(b"ab?*", 6);
+        let strings = all(b"ab", 6);
+        let mut checked = 0;
+        for p in &patterns {
+            for s in &strings {
+                assert_eq!(
+                    glob(s, p),
+                    oracle(s, p),
+                    "pattern {:?} string {:?}",
+                    String::from_utf8_lossy(p),
+                    String::from_utf8_lossy(s)
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 600_000, "{checked}");
+        assert!(glob("custody-order".as_bytes(), b"custody-*"));
+        assert!(glob(b"", b"*"));
+        assert!(!glob(b"", b"?"));
+        assert!(glob("ключ".as_bytes(), "*ч".as_bytes()));
+    }
+
+    /// Lines an attacker (or a fuzzer) would write: many stars, long runs that almost match.
+    fn hostile_lines() -> Vec<(String, String)> {
+        let stars = |n: usize, unit: &str, tail: &str| format!("{}{tail}", unit.repeat(n));
+        let mut out = Vec::new();
+        for (name, pattern) in [
+            ("stars", stars(500, "*", "x")),
+            ("star-a", stars(300, "*c", "*z")),
+            ("star-question", stars(330, "*?", "!")),
+            ("almost", stars(60, "*custody-orde", "*q")),
+            ("star-letter-long", stars(511, "*u", "")),
+        ] {
+            out.push((
+                name.to_owned(),
+                format!("alice namespaces=\"{pattern}\" {KEY}\n"),
+            ));
+        }
+        // Many long patterns on one line.
+        let many: Vec<String> = (0..200).map(|_| stars(200, "*?", "#")).collect();
+        out.push((
+            "many-patterns".into(),
+            format!("alice namespaces=\"{}\" {KEY}\n", many.join(",")),
+        ));
+        out
+    }
+
+    #[test]
+    fn hostile_patterns_parse_and_match_in_bounded_time() {
+        let now = time::macros::datetime!(2026-06-01 00:00 UTC);
+        let run = |text: &str| {
+            let start = std::time::Instant::now();
+            let signers = parse(text).unwrap_or_else(|e| panic!("{e}"));
+            let allowed = signers.entries()[0].allows(super::super::NAMESPACE, now);
+            (start.elapsed(), allowed.is_ok())
+        };
+        // Baseline, in the same run: an ordinary line of the same length.
+        for (name, text) in hostile_lines() {
+            let len = text.len().saturating_sub(KEY.len() + 22);
+            let words: Vec<String> = (0..len / 101 + 1).map(|_| "g".repeat(100)).collect();
+            let plain = format!("alice namespaces=\"{}\" {KEY}\n", words.join(","));
+            let (baseline, _) = run(&plain);
+            let (took, allowed) = run(&text);
+            assert!(!allowed, "{name}");
+            let bound = std::time::Duration::from_millis(10).max(baseline * 50);
+            eprintln!(
+                "{name}: {} bytes, {took:?} (baseline {baseline:?})",
+                text.len()
+            );
+            assert!(
+                took < bound,
+                "{name}: {took:?} against a bound of {bound:?}"
+            );
+        }
+        // The matcher itself on a long subject: the cost is bounded by |s| × |p|.
+        let s = "a".repeat(4000);
+        let p = format!("{}b", "*a".repeat(400));
+        let start = std::time::Instant::now();
+        assert!(!glob(s.as_bytes(), p.as_bytes()));
+        let took = start.elapsed();
+        assert!(took < std::time::Duration::from_millis(500), "{took:?}");
     }
 }

@@ -1,50 +1,54 @@
-//! Which modules learn of new tokens only at `C_Initialize`.
+//! How a watcher learns of tokens created or deleted by other processes: slot events.
 //!
-//! The PKCS#11 slot list of a hardware module (a smart-card reader through PC/SC) is live:
-//! `C_GetSlotList` shows a card as soon as it is inserted. File-backed software tokens are
-//! different: SoftHSM2 reads its token directory only in `C_Initialize`, so a token created by
-//! another process appears only after `C_Finalize` + `C_Initialize`, and a deleted token stays
-//! listed (its `C_GetTokenInfo` fails with `CKR_GENERAL_ERROR`) until then. Objects added to an
-//! existing token by another process are visible without re-initialising (measured with
-//! SoftHSM 2.6.1). This module only knows which libraries behave like that; how often to
-//! re-initialise is the caller's decision.
+//! A module with a live slot list (OpenSC over PC/SC) reports insertions and removals through
+//! `C_WaitForSlotEvent`, and `C_GetSlotList` shows the change at once. The software and remote
+//! modules measured here answer `C_WaitForSlotEvent` with `CKR_FUNCTION_NOT_SUPPORTED` and
+//! also keep their slot list frozen between `C_Initialize` and `C_Finalize`: SoftHSM2 2.6
+//! reads its token directory only at `C_Initialize` (a deleted token stays listed, its
+//! `C_GetTokenInfo` failing with `CKR_GENERAL_ERROR`), kryoptic 1.5 opens its slots' databases
+//! then, tpm2-pkcs11 1.9 reads its store then, and p11-kit's client module shows the remote's
+//! tokens of its last `C_Initialize`. Objects added to an existing token by another process
+//! are visible without re-initialising on all of them.
+//!
+//! So the rule, by behaviour and not by name: a module that refuses to wait for slot events
+//! ([`crate::Error::NotSupported`] from [`SlotEvents::wait`]) must be re-initialised
+//! ([`Module::reinitialize`]) to see new tokens; one that waits has a live slot list. How
+//! often to re-initialise is the caller's decision (its CPU budget).
 
-use super::{Module, ModuleInfo};
+use cryptoki::context::Pkcs11;
 
-/// Library manufacturer ids (`CK_INFO.manufacturerID`, trailing blanks trimmed) of modules
-/// measured to show tokens created by other processes only after re-initialisation.
-const REINIT_TO_SEE_NEW_TOKENS: &[&str] = &["SoftHSM"];
+use super::{map_err, Module};
+use crate::error::Result;
+
+/// Waits for slot events (C_WaitForSlotEvent) of one module, on a thread of the caller's
+/// choosing: a token inserted or removed ends the wait at once instead of at the next poll.
+pub struct SlotEvents {
+    ctx: Pkcs11,
+}
+
+impl std::fmt::Debug for SlotEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotEvents").finish_non_exhaustive()
+    }
+}
+
+impl SlotEvents {
+    /// Blocks until a slot changes and returns its id. An error means waiting is over for
+    /// this module: [`crate::Error::NotSupported`] when it has no slot events (SoftHSM2,
+    /// kryoptic, tpm2-pkcs11, p11-kit's client), another error when it was finalised
+    /// (CKR_CRYPTOKI_NOT_INITIALIZED).
+    pub fn wait(&self) -> Result<u64> {
+        self.ctx
+            .wait_for_slot_event()
+            .map(|slot| slot.id())
+            .map_err(|e| map_err("C_WaitForSlotEvent", e))
+    }
+}
 
 impl Module {
-    /// True when this module is known to learn of tokens created or deleted by other
-    /// processes only at `C_Initialize`, so that a watcher must call
-    /// [`Module::reinitialize`] to notice them.
-    pub fn sees_new_tokens_only_at_initialize(&self) -> bool {
-        sees_new_tokens_only_at_initialize(&self.info)
-    }
-}
-
-fn sees_new_tokens_only_at_initialize(info: &ModuleInfo) -> bool {
-    REINIT_TO_SEE_NEW_TOKENS.contains(&info.manufacturer.as_str())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn info(manufacturer: &str) -> ModuleInfo {
-        ModuleInfo {
-            path: "/x.so".into(),
-            manufacturer: manufacturer.into(),
-            description: "Implementation of PKCS11".into(),
-            version: "2.6".into(),
-        }
-    }
-
-    #[test]
-    fn softhsm_is_known_to_need_reinit_others_are_not() {
-        assert!(sees_new_tokens_only_at_initialize(&info("SoftHSM")));
-        assert!(!sees_new_tokens_only_at_initialize(&info("OpenSC Project")));
-        assert!(!sees_new_tokens_only_at_initialize(&info("")));
+    /// A handle to wait for this module's slot events on another thread. Finalising the
+    /// module (drop, [`Module::reinitialize`]) ends a wait in progress with an error.
+    pub fn slot_events(&self) -> Option<SlotEvents> {
+        self.ctx.as_ref().map(|ctx| SlotEvents { ctx: ctx.clone() })
     }
 }

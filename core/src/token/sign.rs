@@ -11,7 +11,8 @@ use cryptoki::slot::Slot;
 use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 
-use super::{login, map_err, read_attributes, Module};
+use super::pin::login_slot;
+use super::{map_err, read_attributes, Module};
 use crate::ack::CarrierSignature;
 use crate::error::{Error, Result};
 use crate::id::{CarrierId, RawBytes};
@@ -98,7 +99,7 @@ impl Module {
             .open_ro_session(slot)
             .map_err(|e| map_err("C_OpenSession", e))?;
         let certs = certificates(&session)?;
-        login(&session, pin)?;
+        login_slot(self.ctx()?, slot, &session, pin)?;
         let result = sign_in(&session, &certs, message, options);
         if let Err(e) = session.logout() {
             tracing::debug!(cause = %e, "C_Logout failed");

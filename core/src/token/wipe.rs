@@ -7,15 +7,15 @@
 //! ids change after C_InitToken), a new session, login where possible, then a search for
 //! every old CKA_ID, public key and certificate fingerprint.
 
-use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::Session;
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::{map_err, Module, PinSource};
+use super::pin::login_slot;
+use super::{map_err, Module, PinSource, PinTarget};
 use crate::error::{Error, Result};
 use crate::id::{CarrierId, RawBytes};
 use crate::inventory::{CarrierSnapshot, Login};
@@ -129,11 +129,16 @@ pub struct GoneReport {
     pub problem: Option<String>,
 }
 
+/// A PIN given for one resolved carrier (the check after a wipe).
 struct OnePin<'a>(Option<&'a SecretString>);
 
 impl PinSource for OnePin<'_> {
-    fn user_pin(&self, _: &CarrierId) -> Result<Option<SecretString>> {
+    fn user_pin(&self, _: &PinTarget<'_>) -> Result<Option<SecretString>> {
         Ok(self.0.cloned())
+    }
+
+    fn any(&self) -> bool {
+        self.0.is_some()
     }
 }
 
@@ -208,14 +213,11 @@ impl Module {
         Ok(slot)
     }
 
-    /// Reads the resolved carrier (private keys too when `user_pin` is given and accepted).
-    pub fn read_token(
-        &self,
-        t: &ResolvedToken,
-        user_pin: Option<&SecretString>,
-    ) -> Result<CarrierSnapshot> {
+    /// Reads the resolved carrier, private keys too when `pins` has a PIN for it that the
+    /// token accepts.
+    pub fn read_token(&self, t: &ResolvedToken, pins: &dyn PinSource) -> Result<CarrierSnapshot> {
         self.still_there(t)?;
-        self.read_slot_id(t.slot, &OnePin(user_pin))?
+        self.read_slot_id(t.slot, pins)?
             .ok_or_else(|| Error::TokenAbsent(t.id.serial.clone()))
     }
 
@@ -223,6 +225,16 @@ impl Module {
     /// The caller must hold no session on the slot.
     pub fn init_token(&self, t: &ResolvedToken, so_pin: &SecretString, label: &str) -> Result<()> {
         let slot = self.still_there(t)?;
+        let info = self
+            .ctx()?
+            .get_token_info(slot)
+            .map_err(|e| map_err("C_GetTokenInfo", e))?;
+        if info.so_pin_locked() || info.so_pin_final_try() {
+            return Err(Error::Refused(format!(
+                "the SO PIN of carrier {} is locked or has one try left (CKF_SO_PIN_LOCKED / FINAL_TRY); custody does not risk it and nothing was done. Reset the counter by hand with the right SO PIN, then run the order again",
+                t.id.serial
+            )));
+        }
         let pin = AuthPin::from(so_pin.expose_secret());
         tracing::info!(serial = %t.id.serial, slot = t.slot, "C_InitToken");
         self.ctx()?
@@ -244,11 +256,7 @@ impl Module {
             .ctx()?
             .open_rw_session(slot)
             .map_err(|e| map_err("C_OpenSession", e))?;
-        let pin = AuthPin::from(user_pin.expose_secret());
-        match session.login(UserType::User, Some(&pin)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-            Err(e) => return Err(map_err("C_Login", e)),
-        }
+        login_slot(self.ctx()?, slot, &session, user_pin)?;
         let private = find(&session, &[Attribute::Class(ObjectClass::PRIVATE_KEY)])?;
         let mut targets: Vec<(ObjectHandle, &'static str, Vec<u8>, Vec<u8>)> = Vec::new();
         let mut ids: Vec<Vec<u8>> = Vec::new();
@@ -330,7 +338,7 @@ impl Module {
         report.token_found = true;
         report.slot = Some(t.slot);
         report.label = Some(t.label.clone());
-        let snap = self.read_token(&t, user_pin)?;
+        let snap = self.read_token(&t, &OnePin(user_pin))?;
         report.user_pin_initialized = Some(snap.flags.user_pin_initialized);
         report.logged_in = snap.login == Login::LoggedIn;
         report.private_objects_visible = report.logged_in || !snap.flags.user_pin_initialized;

@@ -5,7 +5,8 @@
 //! custody-fixtures spec --set NAME          # print a named set's spec as JSON
 //! ```
 //!
-//! The hidden `worker` subcommand builds one token; `build` runs it once per token.
+//! The hidden `worker` subcommand builds one token; `build` runs it once per token. The hidden
+//! `provision` subcommand makes one carrier on any PKCS#11 module (the implementation tests).
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -41,6 +42,10 @@ enum Cmd {
     /// Build one token from a job on stdin (used by `build`; SOFTHSM2_CONF must be the job's).
     #[command(hide = true)]
     Worker,
+    /// Make one carrier on any PKCS#11 module from a job on stdin (the implementation's
+    /// configuration is in the environment); prints the slot id and manifest as JSON.
+    #[command(hide = true)]
+    Provision,
 }
 
 #[derive(Args)]
@@ -98,6 +103,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             writeln!(std::io::stdout(), "{json}").context("writing the spec")
         }
         Cmd::Worker => set::worker_main(std::io::stdin().lock(), std::io::stdout().lock()),
+        Cmd::Provision => {
+            let job: custody_tests::token::ProvisionJob =
+                serde_json::from_reader(std::io::stdin().lock()).context("parsing the job")?;
+            let (slot, manifest) = custody_tests::token::provision(&job)?;
+            let json = serde_json::json!({ "slot": slot, "token": manifest });
+            writeln!(std::io::stdout(), "{json}").context("writing the manifest")
+        }
     }
 }
 

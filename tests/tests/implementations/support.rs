@@ -1,0 +1,225 @@
+//! One behaviour test's world: a running implementation, a configuration and a journal of
+//! its own, the real `custody` binary, and `custody watch` as a child process.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _};
+use custody_core::journal::{EventRow, Journal};
+use custody_tests::daemon::Daemon;
+use custody_tests::implementation::{
+    implementation, start_for_test, Capabilities, Instance, Support,
+};
+use custody_tests::{temp_dir, Custody};
+use serde_json::Value;
+
+pub(crate) type TestResult = anyhow::Result<()>;
+
+/// How long a test waits for something that should take at most a few polls.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
+
+fn base() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("implementations")
+}
+
+/// A test's implementation instance, directory, configuration and journal.
+pub(crate) struct World {
+    pub(crate) name: &'static str,
+    pub(crate) test: String,
+    pub(crate) caps: Capabilities,
+    pub(crate) instance: Box<dyn Instance>,
+    pub(crate) dir: PathBuf,
+    pub(crate) journal: PathBuf,
+    pub(crate) config: PathBuf,
+}
+
+impl World {
+    /// Starts `name` for `test`; `None` when it cannot be set up outside CI (a notice is
+    /// printed; under CI=true that is an error).
+    pub(crate) fn start(name: &str, test: &str) -> anyhow::Result<Option<Self>> {
+        let imp = implementation(name)?;
+        let Some(instance) = start_for_test(name, test, &base().join("instances"))? else {
+            return Ok(None);
+        };
+        let dir = temp_dir(&base(), &format!("{name}-{test}"))?;
+        let config = dir.join("custody.toml");
+        std::fs::write(
+            &config,
+            format!("[service]\nspool = {}\n", toml_path(&dir.join("spool"))?),
+        )?;
+        Ok(Some(Self {
+            name: imp.name(),
+            test: test.to_owned(),
+            caps: imp.capabilities(),
+            instance,
+            journal: dir.join("journal.db"),
+            config,
+            dir,
+        }))
+    }
+
+    /// Prints that a part of the test does not apply, and why.
+    pub(crate) fn note(&self, what: &str) {
+        eprintln!("[{}] {}: {what}", self.name, self.test);
+    }
+
+    /// custody with this world's module, environment, journal and configuration.
+    pub(crate) fn custody(&self) -> Custody {
+        Custody::for_module(self.instance.module(), self.instance.env(), &self.journal)
+            .with_config(&self.config)
+    }
+
+    /// `custody ARGS --json`, expecting exit `code`.
+    pub(crate) fn json(&self, args: &[&str], code: i32) -> anyhow::Result<Value> {
+        self.custody().json(args, code)
+    }
+
+    /// Every event of the journal.
+    pub(crate) fn events(&self) -> anyhow::Result<Vec<EventRow>> {
+        Ok(Journal::open(&self.journal)?.events()?)
+    }
+
+    /// The journal's key of the carrier now or last labelled `label`.
+    pub(crate) fn carrier_key(&self, label: &str) -> anyhow::Result<String> {
+        let carriers = Journal::open(&self.journal)?.carriers()?;
+        let found: Vec<_> = carriers.iter().filter(|c| c.label == label).collect();
+        match found.as_slice() {
+            [c] => Ok(c.carrier.clone()),
+            _ => bail!(
+                "{} carriers labelled {label:?} in the journal: {carriers:?}",
+                found.len()
+            ),
+        }
+    }
+
+    /// Events of `kind` for the carrier `key`.
+    pub(crate) fn events_of(&self, key: &str, kind: &str) -> anyhow::Result<Vec<EventRow>> {
+        Ok(self
+            .events()?
+            .into_iter()
+            .filter(|e| e.kind.as_str() == kind && e.carrier.as_deref() == Some(key))
+            .collect())
+    }
+
+    /// Waits until `found` returns true on the journal's events; returns the time it took.
+    pub(crate) fn wait_events(
+        &self,
+        what: &str,
+        within: Duration,
+        mut found: impl FnMut(&[EventRow]) -> bool,
+    ) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        loop {
+            if self.journal.exists() {
+                let events = self.events()?;
+                if found(&events) {
+                    return Ok(start.elapsed());
+                }
+                if start.elapsed() > within {
+                    let kinds: Vec<_> = events
+                        .iter()
+                        .map(|e| format!("{} {}", e.kind, e.carrier.as_deref().unwrap_or("-")))
+                        .collect();
+                    bail!(
+                        "[{}] no {what} within {within:?}; journal: {kinds:#?}",
+                        self.name
+                    );
+                }
+            } else if start.elapsed() > within {
+                bail!("[{}] no journal within {within:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Waits for the first event of `kind` for the carrier `key` and returns how long after
+    /// `since` custody recorded it (the event's own time, so the test's polling adds
+    /// nothing).
+    pub(crate) fn latency(
+        &self,
+        key: &str,
+        kind: &str,
+        since: time::OffsetDateTime,
+    ) -> anyhow::Result<Duration> {
+        self.wait_events(&format!("{kind} of {key}"), PATIENCE, |e| {
+            e.iter()
+                .any(|e| e.kind.as_str() == kind && e.carrier.as_deref() == Some(key))
+        })?;
+        let events = self.events_of(key, kind)?;
+        let at = &events.first().context("the event went away")?.at;
+        let at = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+            .with_context(|| format!("event time {at:?}"))?;
+        Ok(Duration::try_from(at - since).unwrap_or_default())
+    }
+
+    /// Fails unless `custody journal verify` says the chain verifies.
+    pub(crate) fn assert_verifies(&self) -> TestResult {
+        let v = self.json(&["journal", "verify"], 0)?;
+        ensure!(
+            v["ok"] == true,
+            "[{}] journal does not verify: {v}",
+            self.name
+        );
+        Ok(())
+    }
+
+    /// Starts `custody watch` with `args` (e.g. `--interval 500ms`).
+    pub(crate) fn watch(&self, args: &[&str]) -> anyhow::Result<Watch> {
+        let mut command = self.custody().command();
+        command
+            .env("CUSTODY_LOG", "info,custody_agent::worker=trace")
+            .args(["--log-format", "json", "watch"])
+            .args(args)
+            .stdin(Stdio::null());
+        let log = self.dir.join(format!("watch-{}.log", now_ms()));
+        let daemon = Daemon::spawn("custody watch", &mut command, &log)?;
+        Ok(Watch { daemon })
+    }
+
+    /// True when `support` is yes; otherwise prints what is missing.
+    pub(crate) fn supports(&self, what: &str, support: Support) -> bool {
+        match support {
+            Support::Yes => true,
+            Support::Missing(missing) => {
+                self.note(&format!("{what}: not supported here ({missing})"));
+                false
+            }
+        }
+    }
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default()
+}
+
+/// `custody watch` running as a child process.
+pub(crate) struct Watch {
+    daemon: Daemon,
+}
+
+impl Watch {
+    /// Fails with the log when the service has exited.
+    pub(crate) fn check_running(&mut self) -> TestResult {
+        self.daemon.check_running()
+    }
+
+    /// SIGTERM, and the exit must be clean.
+    pub(crate) fn stop(mut self) -> TestResult {
+        self.daemon.stop()?;
+        Ok(())
+    }
+}
+
+/// A TOML string of a path.
+pub(crate) fn toml_path(path: &Path) -> anyhow::Result<String> {
+    Ok(toml_string(path.to_str().context("path is not UTF-8")?))
+}
+
+/// A TOML basic string.
+pub(crate) fn toml_string(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
