@@ -5,6 +5,8 @@ use std::process::{Command, Output};
 
 mod cli {
     mod config_canary;
+    mod journal_file;
+    mod pipe;
 }
 
 fn custody() -> Command {

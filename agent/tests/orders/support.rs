@@ -533,6 +533,19 @@ impl Env {
         assert!(out.status.success(), "sqlite3 {sql}: {}", text(&out));
     }
 
+    /// The number a counting query of the sqlite3 tool prints.
+    pub(crate) fn sqlite_count(&self, sql: &str) -> u64 {
+        let out = Command::new("sqlite3")
+            .arg(&self.journal)
+            .arg(sql)
+            .output()
+            .unwrap_or_else(|e| panic!("sqlite3: {e}"));
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+
     pub(crate) fn open_journal(&self) -> Journal {
         Journal::open(&self.journal).unwrap_or_else(|e| panic!("{e}"))
     }

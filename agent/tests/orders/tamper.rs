@@ -51,3 +51,33 @@ fn a_deleted_order_row_does_not_make_an_executed_order_new() {
         "{out}"
     );
 }
+
+#[test]
+fn a_planted_trigger_stops_every_wipe_before_anything_is_touched() {
+    let env = Env::new("tamper-trigger");
+    // Scan once so that the journal exists.
+    let out = env.custody(&["scan"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Would reset every executed order to failed, and so re-open it for a replay.
+    env.sqlite(
+        "CREATE TRIGGER keep_failed AFTER UPDATE OF state ON orders \
+         BEGIN UPDATE orders SET state = 'failed' WHERE order_id = NEW.order_id; END;",
+    );
+    let events = env.sqlite_count("SELECT count(*) FROM events;");
+    let before = env.token_listing();
+    let order = env.order("ord-trigger", json!({}));
+    env.sign(&order, "hr");
+    let out = env.wipe(&order);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("trigger `keep_failed` on orders"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(env.token_listing(), before, "nothing was touched");
+    assert!(env.alice_has_objects());
+    assert_eq!(env.sqlite_count("SELECT count(*) FROM events;"), events);
+    let (code, out) = verify(&env);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("keep_failed"), "{out}");
+}
