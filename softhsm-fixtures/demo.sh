@@ -25,6 +25,7 @@ field() { # field TOKEN-LABEL KEY: a value of one token in manifest.json
 cat > "$demo/custody.toml" <<TOML
 [organisation]
 name = "Прилуцька міська рада"
+timezone = "Europe/Kyiv"
 
 [[pin]]
 manufacturer = "$(field "Іваненко І.І." manufacturer)"

@@ -3,7 +3,9 @@
 pub mod cert;
 pub mod checkpoint;
 pub mod doctor;
+pub mod expiry;
 pub mod export;
+pub mod fleet;
 pub mod import;
 pub mod issue;
 pub mod journal;
@@ -11,6 +13,7 @@ pub mod order;
 pub mod revocation;
 pub mod scan;
 pub mod status;
+pub mod sync;
 pub mod verify;
 pub mod watch;
 pub mod wipe;
@@ -126,7 +129,7 @@ pub enum Command {
     /// deadlines (--overdue: exit 1 when any is past due; --running: exit 1 unless the
     /// service runs).
     #[command(
-        after_help = "Examples:\n  # What the service sees and the open orders\n  custody status\n  # For monitoring: exit 1 when a destruction is overdue\n  custody status --overdue\n  # For monitoring: exit 1 unless the service runs\n  custody status --running --json"
+        after_help = "Examples:\n  # What the service sees and the open orders\n  custody status\n  # For monitoring: exit 1 when a destruction is overdue\n  custody status --overdue\n  # For monitoring: exit 1 unless the service runs\n  custody status --running --json\n  # For monitoring: certificates that expire within 30 days, or have\n  custody status --expiring 30d"
     )]
     Status(status::StatusArgs),
     /// Check everything a deployment depends on (configuration, modules, PIN sources,
@@ -135,6 +138,18 @@ pub enum Command {
         after_help = "Examples:\n  # After installing or changing the configuration\n  sudo custody doctor\n  # For a monitoring script\n  custody doctor --json\n  # Without touching the tokens\n  custody doctor --no-modules"
     )]
     Doctor(doctor::DoctorArgs),
+    /// Push the journal's new events and checkpoints to the organisation's journal
+    /// (PostgreSQL, `[fleet]` in the configuration).
+    #[command(
+        after_help = "Examples:\n  # Push new events with the [fleet] section that `custody fleet enroll-agent` wrote\n  custody --config /etc/custody/custody.toml sync\n  # For a script\n  custody sync --json"
+    )]
+    Sync(sync::SyncArgs),
+    /// The organisation's journal on PostgreSQL: init, enroll agents, status, verify, form.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  # Create the schema and roles (run by the database owner)\n  custody fleet init --database postgresql://postgres@db.example.org/fleet\n  # Credentials and configuration for one workstation\n  custody fleet enroll-agent ws-017 --database postgresql://postgres@db.example.org/fleet --output ws-017.toml\n  # Monitoring: exit 1 on any alarm or overdue destruction\n  custody fleet status --database postgresql://auditor@db.example.org/fleet"
+    )]
+    Fleet(fleet::FleetCommand),
 }
 
 impl Command {
@@ -165,6 +180,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Watch(args) => watch::run(&ctx, &args),
         Command::Status(args) => status::run(&ctx, &args),
         Command::Doctor(args) => doctor::run(ctx.global, &args),
+        Command::Sync(args) => sync::run(&ctx, &args),
+        Command::Fleet(cmd) => fleet::run(&ctx, &cmd),
     }
 }
 

@@ -27,6 +27,9 @@ use toml::Spanned;
 pub use pin_rule::{PinRule, RawPinRule};
 pub use report::Problem;
 
+mod fleet;
+pub use fleet::{FleetSettings, RawFleet};
+
 /// The system-wide configuration file.
 pub const SYSTEM_CONFIG: &str = "/etc/custody/custody.toml";
 
@@ -52,6 +55,9 @@ pub struct RawConfig {
     /// `[orders]`
     #[serde(default)]
     pub orders: RawOrders,
+    /// `[fleet]`
+    #[serde(default)]
+    pub fleet: RawFleet,
 }
 
 /// `[organisation]`
@@ -166,6 +172,8 @@ pub struct Config {
     pub allowed_signers: Option<PathBuf>,
     /// Signatures an order needs.
     pub required_signers: u32,
+    /// `[fleet]`: where the journal is synced, when configured.
+    pub fleet: Option<FleetSettings>,
 }
 
 impl Config {
@@ -228,7 +236,9 @@ impl Config {
             }
         }
         let pins = pin_rule::validate(raw.pin, text, &file)?;
+        let fleet = FleetSettings::validate(raw.fleet)?;
         Ok(Self {
+            fleet,
             source,
             organisation: raw.organisation.name,
             form_title: raw.organisation.title,

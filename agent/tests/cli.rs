@@ -186,3 +186,40 @@ fn no_pin_option_exists_on_the_command_line() {
     assert_eq!(code, 2);
     assert!(err.contains("unexpected argument '--pin'"), "{err}");
 }
+
+#[test]
+fn issue_with_a_module_that_does_not_load_names_the_module_not_an_absent_carrier() {
+    let dir = temp_dir("issue-broken-module");
+    let (code, _, err) = run(custody()
+        .arg("--journal")
+        .arg(dir.join("j.db"))
+        .args(["--module", "/nonexistent/libvendor-pkcs11.so"])
+        .args(["issue", "--carrier", "3c5e0a1b2d4f6789"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("module /nonexistent/libvendor-pkcs11.so failed to load")
+            && err.contains("custody doctor"),
+        "{err}"
+    );
+    assert!(!err.contains("not plugged in"), "{err}");
+    // Said once: the warning line and the error, not the same error twice.
+    assert_eq!(err.matches("no such file").count(), 2, "{err}");
+}
+
+#[test]
+fn a_module_that_does_not_load_is_reported_once_by_scan() {
+    let dir = temp_dir("scan-once");
+    let (code, _, err) = run(custody().arg("--journal").arg(dir.join("j.db")).args([
+        "--module",
+        "/nonexistent/libvendor-pkcs11.so",
+        "scan",
+    ]));
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.contains("/nonexistent/libvendor-pkcs11.so"))
+            .count(),
+        1,
+        "{err}"
+    );
+}

@@ -6,6 +6,8 @@
 mod checkpoint;
 #[path = "issuance/common.rs"]
 mod common;
+#[path = "issuance/expiry.rs"]
+mod expiry;
 #[path = "issuance/form.rs"]
 mod form;
 #[path = "issuance/issue.rs"]

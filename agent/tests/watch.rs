@@ -121,7 +121,14 @@ impl World {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let config = dir.join("custody.toml");
-        std::fs::write(&config, "").unwrap_or_else(|e| panic!("{e}"));
+        // The spool exists: `status --running` checks it.
+        let spool = dir.join("spool");
+        std::fs::create_dir_all(&spool).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(
+            &config,
+            format!("[service]\nspool = \"{}\"\n", spool.display()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         Self {
             journal: dir.join("journal.db"),
             dir,
@@ -759,6 +766,18 @@ fn status_shows_the_service_and_the_carriers_present() -> TestResult {
     assert_eq!(code, Some(0), "{v}");
     assert_eq!(v["service"]["state"], "running");
     assert_eq!(v["carriers"][0]["serial"], serial.as_str());
+    // A missing spool: running, but not as it should: exit 1, and why.
+    let spool = w.dir.join("spool");
+    std::fs::remove_dir(&spool)?;
+    let (code, v) = w.status()?;
+    assert_eq!(code, Some(1), "{v}");
+    assert!(
+        v["not_running"][0]
+            .as_str()
+            .is_some_and(|m| m.contains("spool")),
+        "{v}"
+    );
+    std::fs::create_dir(&spool)?;
     assert_eq!(v["carriers"][0]["certificates"], 1);
     assert!(v["carriers"][0]["slot"].is_u64());
     assert!(

@@ -111,6 +111,36 @@ pub enum Error {
     /// The request was refused; the message says why.
     #[error("{0}")]
     Refused(String),
+    /// The organisation's database could not be reached (or the connection broke); the local
+    /// journal keeps every event and the next sync sends them.
+    #[error("the organisation's database {database} cannot be reached: {reason}; the local journal keeps every event and the next sync sends them")]
+    FleetUnreachable {
+        /// The database, without its password.
+        database: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The organisation's database refused a request (a role without the right, an event
+    /// that does not continue the chain it holds); the message says why.
+    #[error("the organisation's database refused: {0}")]
+    FleetRefused(String),
+    /// The local journal ends before what the organisation already holds for it.
+    #[error("local journal behind the organisation's record at seq {server_seq} (the local journal ends at event #{local_seq}): it was restored from an old backup or truncated; restore the newest backup of this journal (the organisation's database has recorded an alarm)")]
+    FleetBehind {
+        /// The last event of the local journal.
+        local_seq: u64,
+        /// The last event the organisation holds for this journal.
+        server_seq: u64,
+    },
+    /// The local journal holds another event than the organisation's record at the same seq.
+    #[error("local journal differs from the organisation's record at seq {seq}: the workstation journal was rewritten or forked; keep it as evidence and restore the newest backup (the organisation's database has recorded an alarm)")]
+    FleetDiverged {
+        /// The first seq known to differ.
+        seq: u64,
+    },
+    /// Any other PostgreSQL error of the organisation's database.
+    #[error("the organisation's database: {0}")]
+    Fleet(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A destruction order was refused; nothing was touched.
     #[error("order refused: {0}")]
     OrderRejected(#[from] crate::rejection::Rejection),

@@ -11,6 +11,7 @@ mod backup;
 mod chain;
 mod checkpoint;
 mod derive;
+mod feed;
 mod form;
 mod import;
 mod issue;
@@ -19,6 +20,7 @@ mod migrations;
 mod orders;
 mod presence;
 mod query;
+mod replica;
 mod revocation;
 mod schema;
 
@@ -41,6 +43,7 @@ pub use checkpoint::{
     Checkpoint, CheckpointProblem, CheckpointReport, JournalKey, TrustedKey, CHECKPOINT_FORMAT,
 };
 pub use derive::{rejection_ends_order, StateProblem, StateReport};
+pub use feed::ChainEvent;
 pub use form::{AckSummary, Destruction, FormFilter, FormRow, ImportedText, RevocationNote};
 pub use import::{ImportRecord, ImportRow};
 pub use issue::{

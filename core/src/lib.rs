@@ -10,6 +10,7 @@
 //! - [`ack`]: acknowledgements of receipt: the signed statement and its verification.
 //! - [`cert`]: the only code that parses X.509 (`x509-parser`): [`cert::CertInfo`].
 //! - [`journal`]: the only code that uses SQLite (`rusqlite`): schema, events, hash chain.
+//! - [`fleet`]: the only code that uses PostgreSQL (`postgres`): the organisation's journal.
 //! - [`inventory`]: snapshots of carriers and the diff that turns a scan into events.
 //! - [`order`]: signed destruction orders: parse, verify -> [`order::VerifiedOrder`].
 //! - [`wipe`]: plan, execute and verify a wipe; accepts only a verified order; reconcile.
@@ -23,6 +24,7 @@ pub mod ack;
 pub mod cert;
 pub mod error;
 pub mod event;
+pub mod fleet;
 pub mod id;
 pub mod inventory;
 pub mod journal;

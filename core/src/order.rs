@@ -249,6 +249,11 @@ impl Zone {
         Self(jiff::tz::TimeZone::system())
     }
 
+    /// A zone already resolved (the organisation's, from the configuration).
+    pub fn from_tz(zone: jiff::tz::TimeZone) -> Self {
+        Self(zone)
+    }
+
     /// UTC.
     pub fn utc() -> Self {
         Self(jiff::tz::TimeZone::UTC)

@@ -42,6 +42,7 @@
 //! - [`set`]: builds, caches and copies whole sets; [`TokenSet`].
 //! - [`manifest`]: the typed `manifest.json`.
 //! - [`softhsm`]: module path, configuration and env files, test directories.
+//! - [`postgres`]: a private PostgreSQL cluster (initdb + pg_ctl) for the fleet tests.
 //! - [`custody`]: runs the real `custody` binary against a set and a journal.
 //! - [`implementation`]: the PKCS#11 implementations the behaviour tests run on.
 //! - [`daemon`]: daemons started by tests, ended by pid; free loopback ports.
@@ -58,6 +59,7 @@ pub mod implementation;
 pub mod manifest;
 pub mod pcsc;
 pub mod pkcs15;
+pub mod postgres;
 pub mod profile;
 pub mod set;
 pub mod smartcard;

@@ -398,3 +398,86 @@ fn a_plan_that_does_not_parse_fails_initialisation() -> TestResult {
     assert!(fault.calls().is_err(), "the log names the plan problem");
     Ok(())
 }
+
+/// Waits up to `limit` for an event of `kind` on the carrier with `serial`; returns how long
+/// it took.
+fn wait_for_event(
+    journal: &Path,
+    kind: &str,
+    serial: &str,
+    limit: Duration,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        if journal.exists() {
+            let events = custody_core::journal::Journal::open(journal)?.events()?;
+            if events.iter().any(|e| {
+                e.kind.to_string() == kind
+                    && e.carrier.as_deref().is_some_and(|c| c.ends_with(serial))
+            }) {
+                return Ok(started.elapsed());
+            }
+        }
+        ensure!(
+            started.elapsed() < limit,
+            "no {kind} for {serial} within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The slot-event path of `custody watch`, end to end: the module answers
+/// C_WaitForSlotEvent, a token pulled out (hidden) and put back is recorded long before the
+/// 30 s poll would have seen it. The module reports another library manufacturer, so custody
+/// treats it as a live module (no re-initialisation, which would end every wait).
+#[test]
+fn custody_watch_records_a_pulled_token_through_slot_events() -> TestResult {
+    let live = FaultPlan::new().library_manufacturer("custody fault injector");
+    let (set, fault) = setup(&pair_spec(), "watch_events", &live)?;
+    let a = &set.manifest().tokens[0];
+    let journal = set.dir().join("journal.db");
+    let custody = Custody::new(&set, &journal).through(&fault);
+    let mut child = custody
+        .command()
+        .args(["watch", "--interval", "30s", "--check-interval", "30s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let result = (|| -> TestResult {
+        wait_for_event(
+            &journal,
+            "carrier_enrolled",
+            &a.serial,
+            Duration::from_secs(20),
+        )?;
+        // Time for the event thread to block in C_WaitForSlotEvent (logged when it returns).
+        std::thread::sleep(Duration::from_millis(300));
+        fault.set_plan(&live.clone().hide(&a.serial))?;
+        let removed = wait_for_event(
+            &journal,
+            "carrier_removed",
+            &a.serial,
+            Duration::from_secs(5),
+        )?;
+        fault.set_plan(&live)?;
+        let back = wait_for_event(&journal, "carrier_seen", &a.serial, Duration::from_secs(5))?;
+        println!("through slot events: removal recorded after {removed:?}, return after {back:?}");
+        Ok(())
+    })();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait()?;
+    result?;
+    assert!(status.success(), "custody watch exited {status}");
+    let waits = fault
+        .calls()?
+        .into_iter()
+        .filter(|c| c.function == "C_WaitForSlotEvent" && c.rv == "CKR_OK")
+        .count();
+    assert_eq!(waits, 2, "one event for the removal, one for the return");
+    let verify = custody.run(&["journal", "verify"])?;
+    assert_eq!(verify.code, 0, "{}", verify.stdout);
+    Ok(())
+}

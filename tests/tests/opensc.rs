@@ -415,3 +415,49 @@ fn opensc_wipe_of_a_read_only_card_is_refused_and_nothing_is_recorded_done() -> 
     );
     w.verify()
 }
+
+/// A `[[pin]]` rule for a card without a user PIN (a read-only PKCS#15 application) is
+/// skipped with a warning, nothing is offered to the card, and the scan succeeds.
+#[test]
+fn opensc_a_pin_rule_for_a_card_without_a_user_pin_is_skipped() -> TestResult {
+    let w = World::new("pin-rule")?;
+    let _card = w.insert()?;
+    let first = w.custody.json(&["scan"], 0)?;
+    let id = &first["modules"][0]["carriers"][0]["id"];
+    ensure!(id["serial"] == w.serial().as_str(), "{first:#}");
+    let pin = pin_file(&w.dir.join("user.pin"), "123456")?;
+    let config = w.dir.join("pins.toml");
+    // JSON strings are TOML basic strings.
+    std::fs::write(
+        &config,
+        format!(
+            "[[pin]]\nmanufacturer = {}\nmodel = {}\nserial = {}\nuser_pin_file = \"{}\"\n",
+            id["manufacturer"],
+            id["model"],
+            id["serial"],
+            pin.display()
+        ),
+    )?;
+    let scan = w.custody.clone().with_config(&config).json(&["scan"], 0)?;
+    let c = &scan["modules"][0]["carriers"][0];
+    ensure!(c["login"]["state"] == "skipped", "{c:#}");
+    ensure!(
+        c["login"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no user PIN")),
+        "{c:#}"
+    );
+    let skipped = scan["problems"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["scope"] == "login_skipped")
+        .count();
+    ensure!(skipped == 1, "{scan:#}");
+    ensure!(
+        scan["events"].as_array().is_some_and(Vec::is_empty),
+        "{:#}",
+        scan["events"]
+    );
+    w.verify()
+}

@@ -65,6 +65,33 @@ pub struct ExportArgs {
 /// Runs `custody journal export`.
 pub fn run(ctx: &Context, args: &ExportArgs) -> anyhow::Result<Exit> {
     let journal = ctx.open_existing_journal()?;
+    let filter = filter_of(args)?;
+    let rows = journal.form(&filter)?;
+    let doc = document(ctx, args, journal.journal_id().to_owned(), rows, Vec::new());
+    write(ctx, args, &doc)
+}
+
+/// Runs `custody fleet form`: the organisation's journal, every agent's rows, rendered as
+/// `journal export` renders one journal's.
+pub fn run_fleet(
+    ctx: &Context,
+    fleet: &mut custody_core::fleet::Fleet,
+    args: &ExportArgs,
+) -> anyhow::Result<Exit> {
+    let filter = filter_of(args)?;
+    let mut rows = Vec::new();
+    let mut sources = Vec::new();
+    for journal in fleet.form(&filter)? {
+        for row in journal.rows {
+            sources.push((journal.agent.clone(), journal.journal_id.clone()));
+            rows.push(row);
+        }
+    }
+    let doc = document(ctx, args, fleet.database().to_string(), rows, sources);
+    write(ctx, args, &doc)
+}
+
+fn filter_of(args: &ExportArgs) -> anyhow::Result<FormFilter> {
     let filter = FormFilter {
         from: args.from.as_deref().map(parse_date).transpose()?,
         to: args.to.as_deref().map(parse_date).transpose()?,
@@ -74,14 +101,24 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> anyhow::Result<Exit> {
             anyhow::bail!("--from {f} is after --to {t}");
         }
     }
-    let rows = journal.form(&filter)?;
-    let doc = Document {
+    Ok(filter)
+}
+
+fn document(
+    ctx: &Context,
+    args: &ExportArgs,
+    journal_id: String,
+    rows: Vec<FormRow>,
+    sources: Vec<(String, String)>,
+) -> Document {
+    Document {
         lang: args.lang,
         organisation: ctx.config.organisation.clone(),
-        journal_id: journal.journal_id().to_owned(),
+        journal_id,
         from: args.from.clone(),
         to: args.to.clone(),
         rows,
+        sources,
         title: title(args.lang, ctx.config.form_title.as_deref()),
         clock: Clock::new(args.lang, ctx.config.zone.clone()),
         printed: local_time::now(
@@ -91,7 +128,10 @@ pub fn run(ctx: &Context, args: &ExportArgs) -> anyhow::Result<Exit> {
                 Lang::En => Style::Iso,
             },
         ),
-    };
+    }
+}
+
+fn write(ctx: &Context, args: &ExportArgs, doc: &Document) -> anyhow::Result<Exit> {
     let bytes = match args.format {
         Format::Csv => doc.csv()?,
         Format::Json => doc.json()?,
@@ -129,6 +169,10 @@ pub struct Document {
     pub to: Option<String>,
     /// The rows.
     pub rows: Vec<FormRow>,
+    /// The organisation's form (`custody fleet form`): the agent and journal of each row;
+    /// column 1 then reads `AGENT/ROW` (rows are numbered per workstation journal). Empty for
+    /// one workstation's journal.
+    pub sources: Vec<(String, String)>,
     /// The form's title.
     pub title: String,
     /// How times are shown.
@@ -422,6 +466,10 @@ pub fn defuse(cell: &str) -> std::borrow::Cow<'_, str> {
 
 #[derive(Serialize)]
 struct JsonRow<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    journal_id: Option<&'a str>,
     row_no: u64,
     columns: [String; 5],
     remarks: Vec<Remark>,
@@ -430,8 +478,19 @@ struct JsonRow<'a> {
 
 impl Document {
     /// The rows' cells, in order.
+    /// In the organisation's form column 1 names the agent too.
     pub fn cells(&self) -> Vec<Cells> {
-        self.rows.iter().map(|r| cells(&self.clock, r)).collect()
+        self.rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let mut c = cells(&self.clock, r);
+                if let Some((agent, _)) = self.sources.get(i) {
+                    c.columns[0] = format!("{agent}/{}", c.columns[0]);
+                }
+                c
+            })
+            .collect()
     }
 
     /// CSV: a header row, then one row per key set, the five mandated columns only (RFC 4180
@@ -466,14 +525,15 @@ impl Document {
         let rows: Vec<JsonRow<'_>> = self
             .rows
             .iter()
-            .map(|r| {
-                let c = cells(&self.clock, r);
-                JsonRow {
-                    row_no: r.row_no,
-                    columns: c.columns,
-                    remarks: c.remarks,
-                    data: r,
-                }
+            .zip(self.cells())
+            .enumerate()
+            .map(|(i, (r, c))| JsonRow {
+                agent: self.sources.get(i).map(|s| s.0.as_str()),
+                journal_id: self.sources.get(i).map(|s| s.1.as_str()),
+                row_no: r.row_no,
+                columns: c.columns,
+                remarks: c.remarks,
+                data: r,
             })
             .collect();
         let doc = serde_json::json!({

@@ -80,8 +80,17 @@ pub fn run(ctx: &Context, args: &IssueArgs) -> anyhow::Result<Exit> {
             .transpose()?,
     };
     // Bring the journal up to date with what is plugged in, and find the carrier.
-    let (modules, scans) = load_and_scan(ctx);
+    let (modules, scans, failed) = load_and_scan(ctx);
     journal.record_scan(&scans, &actor, now)?;
+    // A carrier that cannot be found while a module failed may be behind that module: say
+    // so, instead of "unknown" or "not plugged in".
+    let module_failed = |what: &str| -> anyhow::Result<Exit> {
+        let (path, cause) = &failed[0];
+        anyhow::bail!(
+            "{what}, and module {} failed to load ({cause}): the carrier may be behind it; fix the module (`custody doctor` checks it), then run this again",
+            path.display()
+        )
+    };
     let mut req = IssueRequest {
         carrier: args.carrier.clone(),
         holder: args.holder.clone(),
@@ -92,6 +101,9 @@ pub fn run(ctx: &Context, args: &IssueArgs) -> anyhow::Result<Exit> {
     };
     let plan = match journal.plan_issue(&req, now) {
         Ok(p) => p,
+        Err(custody_core::Error::Refused(msg)) if !failed.is_empty() => {
+            return module_failed(&format!("carrier {:?} not found ({msg})", args.carrier));
+        }
         Err(e) => return refused(ctx, e),
     };
     let id = plan.carrier();
@@ -104,6 +116,12 @@ pub fn run(ctx: &Context, args: &IssueArgs) -> anyhow::Result<Exit> {
         })
         .map(|i| &modules[i])
     else {
+        if !failed.is_empty() {
+            return module_failed(&format!(
+                "carrier {} is not among the tokens the working modules show",
+                plan.data.carrier.serial
+            ));
+        }
         return refused(
             ctx,
             custody_core::Error::Refused(format!(
@@ -226,20 +244,27 @@ fn print_human(r: &IssueRecord) {
 
 /// Loads every module in effect and scans it with the configured PIN sources; modules that
 /// fail are reported on stderr and skipped. Modules and scans are index-aligned.
-pub(crate) fn load_and_scan(ctx: &Context) -> (Vec<Module>, Vec<ModuleScan>) {
+/// Modules that could not be loaded or scanned, with the reason.
+pub(crate) type FailedModules = Vec<(std::path::PathBuf, String)>;
+
+pub(crate) fn load_and_scan(ctx: &Context) -> (Vec<Module>, Vec<ModuleScan>, FailedModules) {
     let pins = ctx.pins();
     let mut modules = Vec::new();
     let mut scans = Vec::new();
+    let mut failed = Vec::new();
     for path in ctx.modules() {
         match Module::load(&path).and_then(|m| m.scan(&pins).map(|s| (m, s))) {
             Ok((m, s)) => {
                 modules.push(m);
                 scans.push(s);
             }
-            Err(e) => eprintln!("warning: module {}: {e}", path.display()),
+            Err(e) => {
+                eprintln!("warning: module {}: {e}", path.display());
+                failed.push((path, e.to_string()));
+            }
         }
     }
-    (modules, scans)
+    (modules, scans, failed)
 }
 
 /// Prints a refusal (exit 1); other errors go up (exit 2).

@@ -135,6 +135,9 @@ pub fn run(ctx: &Context, cmd: &JournalCommand) -> anyhow::Result<Exit> {
                 json(&serde_json::json!({ "carriers": shown }))?;
                 return Ok(Exit::Ok);
             }
+            let show = |t: &str| {
+                crate::local_time::show(t, &ctx.config.zone, crate::local_time::Style::Iso)
+            };
             for (c, events) in &histories {
                 println!("Carrier   {}", c.carrier);
                 println!("Label     {}", custody_core::id::escape_text(&c.label));
@@ -142,15 +145,26 @@ pub fn run(ctx: &Context, cmd: &JournalCommand) -> anyhow::Result<Exit> {
                 println!(
                     "Present   {} (last seen {})",
                     if c.present { "yes" } else { "no" },
-                    c.last_seen
+                    show(&c.last_seen)
                 );
                 println!("Holder    {}", c.holders.join("; "));
+                let now = time::OffsetDateTime::now_utc();
+                if let Some(snapshot) = journal.snapshot(&c.carrier)? {
+                    for cert in snapshot.certificates.iter().filter_map(|x| x.info.as_ref()) {
+                        println!(
+                            "Cert      {}, valid until {}{}",
+                            custody_core::id::escape_text(&cert.subject),
+                            show(&custody_core::journal::timestamp(cert.not_after)),
+                            if cert.not_after < now { " EXPIRED" } else { "" }
+                        );
+                    }
+                }
                 println!();
-                let mut t = Table::new(&["SEQ", "TIME (UTC)", "EVENT", "BY", "DETAILS"]);
+                let mut t = Table::new(&["SEQ", "TIME", "EVENT", "BY", "DETAILS"]);
                 for e in events {
                     t.row(vec![
                         e.seq.to_string(),
-                        e.at.clone(),
+                        show(&e.at),
                         e.kind.to_string(),
                         match &e.operator {
                             Some(op) => format!("{} ({op})", e.os_user),

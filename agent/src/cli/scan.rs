@@ -99,7 +99,8 @@ pub fn run(ctx: &Context, _args: &ScanArgs) -> anyhow::Result<Exit> {
                 scans.push(scan);
             }
             Err(e) => {
-                tracing::error!(module = %path.display(), cause = %e, "module not scanned");
+                // Reported once, with the other problems, at the end.
+                tracing::debug!(module = %path.display(), cause = %e, "module not scanned");
                 problems.push(Problem {
                     scope: "module",
                     subject: path.display().to_string(),
@@ -202,8 +203,17 @@ fn print_human(
             .push(e.kind.as_str());
     }
     let mut table = Table::new(&[
-        "SERIAL", "MODEL", "LABEL", "CERTS", "KEYS", "PRIVATE", "HOLDER", "CHANGES",
+        "SERIAL",
+        "MODEL",
+        "LABEL",
+        "CERTS",
+        "KEYS",
+        "PRIVATE",
+        "HOLDER",
+        "VALID UNTIL",
+        "CHANGES",
     ]);
+    let now = time::OffsetDateTime::now_utc();
     for r in reports {
         for c in &r.carriers {
             let key = c.id.key();
@@ -230,6 +240,7 @@ fn print_human(
                     (None, _) => "-".into(),
                 },
                 clip(&holder, 32),
+                valid_until(ctx, c, now),
                 changes,
             ]);
         }
@@ -282,4 +293,27 @@ fn summarize(kinds: &[&str]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The earliest end of validity of a carrier's certificates, local time, marked EXPIRED when
+/// past.
+fn valid_until(ctx: &Context, c: &CarrierSnapshot, now: time::OffsetDateTime) -> String {
+    let Some(not_after) = c
+        .certificates
+        .iter()
+        .filter_map(|x| Some(x.info.as_ref()?.not_after))
+        .min()
+    else {
+        return "-".into();
+    };
+    let shown = crate::local_time::show(
+        &custody_core::journal::timestamp(not_after),
+        &ctx.config.zone,
+        crate::local_time::Style::Iso,
+    );
+    if not_after < now {
+        format!("{shown} EXPIRED")
+    } else {
+        shown
+    }
 }

@@ -29,6 +29,10 @@ pub struct StatusArgs {
     /// Exit 1 unless the service is running and polling (for monitoring).
     #[arg(long)]
     pub running: bool,
+    /// List the certificates that expire within this window (e.g. 30d, 2w) or have expired,
+    /// on every carrier the journal knows; exit 1 when there are any (for monitoring).
+    #[arg(long, value_name = "WINDOW")]
+    pub expiring: Option<String>,
 }
 
 /// One order in `custody status --json`.
@@ -79,6 +83,12 @@ pub struct StatusJson {
     pub orders: Vec<OrderStatus>,
     /// How many are overdue.
     pub overdue: usize,
+    /// With --running: why the service does not run as it should (empty: it does).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_running: Vec<String>,
+    /// With --expiring: certificates expiring within the window or expired.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiring: Option<Vec<super::expiry::Expiring>>,
 }
 
 /// `t` in `zone` as RFC 3339 with its offset.
@@ -199,14 +209,44 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<Exit> {
             .map(|r| present_row(Some(r), &r.carrier, &r.label, &r.module, None, None))
             .collect(),
     };
-    let zone = Zone::system();
+    let zone = Zone::from_tz(ctx.config.zone.clone());
     let now = OffsetDateTime::now_utc();
+    let window = args
+        .expiring
+        .as_deref()
+        .map(super::expiry::parse_window)
+        .transpose()?;
+    let expiring = window
+        .map(|days| super::expiry::expiring(&journal, now, days))
+        .transpose()?;
     let mut orders = order_statuses(&journal.orders()?, &zone, now);
     let overdue = orders.iter().filter(|o| o.overdue).count();
     if args.overdue {
         orders.retain(|o| o.overdue);
     }
-    let failed = (args.overdue && overdue > 0) || (args.running && !running);
+    // --running: the service runs, and runs whole: every module loaded, the spool there.
+    let mut not_running = Vec::new();
+    if args.running {
+        if !running {
+            not_running.push(format!("the service is {}", service.state));
+        }
+        for m in service.modules.iter().filter(|m| !m.loaded) {
+            not_running.push(format!(
+                "module {} is not loaded: {}",
+                m.path,
+                m.error.as_deref().unwrap_or("no reason recorded")
+            ));
+        }
+        if !ctx.config.spool.is_dir() {
+            not_running.push(format!(
+                "the order spool {} does not exist: orders dropped there would never run",
+                ctx.config.spool.display()
+            ));
+        }
+    }
+    let failed = (args.overdue && overdue > 0)
+        || !not_running.is_empty()
+        || expiring.as_ref().is_some_and(|e| !e.is_empty());
     if ctx.global.json {
         json(&StatusJson {
             now: timestamp(now),
@@ -217,6 +257,8 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<Exit> {
             time_zone: zone.name(),
             orders,
             overdue,
+            not_running: not_running.clone(),
+            expiring,
         })?;
     } else {
         print_service(&service, &carriers, journal.path());
@@ -255,6 +297,13 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<Exit> {
             }
             t.print();
         }
+        for why in &not_running {
+            eprintln!("not running as it should: {why}");
+        }
+        if let (Some(list), Some(days)) = (&expiring, window) {
+            println!();
+            print_expiring(list, days, &ctx.config.zone);
+        }
         if overdue > 0 {
             eprintln!(
                 "{overdue} destruction order(s) overdue (due = end of the day after dismissal, time zone {})",
@@ -263,6 +312,28 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<Exit> {
         }
     }
     Ok(if failed { Exit::Failed } else { Exit::Ok })
+}
+
+fn print_expiring(list: &[super::expiry::Expiring], days: i64, zone: &jiff::tz::TimeZone) {
+    if list.is_empty() {
+        println!("No certificate expires within {days} day(s).");
+        return;
+    }
+    let mut t = Table::new(&["SERIAL", "SUBJECT", "VALID UNTIL", "DAYS LEFT", ""]);
+    for e in list {
+        t.row(vec![
+            e.serial.clone(),
+            clip(&e.subject, 60),
+            crate::local_time::show(&e.not_after, zone, crate::local_time::Style::Iso),
+            e.days_left.to_string(),
+            if e.expired { "EXPIRED" } else { "" }.into(),
+        ]);
+    }
+    t.print();
+    eprintln!(
+        "{} certificate(s) expire within {days} day(s) or have expired",
+        list.len()
+    );
 }
 
 fn present_row(

@@ -17,6 +17,10 @@ pub struct VerifyArgs {
     /// must still hold the events it signed, unchanged.
     #[arg(long, value_name = "FILE")]
     pub checkpoint: Option<PathBuf>,
+    /// Also compare with the organisation's journal (`[fleet]`): exit 1 when the local
+    /// journal is behind it or differs from it.
+    #[arg(long)]
+    pub against_fleet: bool,
 }
 
 /// Runs `custody journal verify`.
@@ -39,7 +43,27 @@ pub fn verify(ctx: &Context, args: &VerifyArgs) -> anyhow::Result<Exit> {
     let cps = journal.verify_checkpoints(exported.as_ref())?;
     let schema = journal.schema_problems()?;
     let state = journal.verify_state()?;
-    let ok = report.ok() && cps.ok() && state.ok() && schema.is_empty();
+    let local = Local {
+        journal: &journal,
+        report: &report,
+        cps: &cps,
+        schema: &schema,
+        state: &state,
+    };
+    let fleet = if args.against_fleet {
+        if !ctx.global.json {
+            // The fleet's findings follow the local ones.
+            local.print();
+        }
+        Some(super::sync::against_fleet(ctx, &journal)?)
+    } else {
+        None
+    };
+    let ok = report.ok()
+        && cps.ok()
+        && state.ok()
+        && schema.is_empty()
+        && fleet.as_ref().is_none_or(|f| f.ok);
     if ctx.global.json {
         json(&serde_json::json!({
             "journal": journal.path(),
@@ -51,58 +75,77 @@ pub fn verify(ctx: &Context, args: &VerifyArgs) -> anyhow::Result<Exit> {
             "checkpoints": cps,
             "state": state,
             "schema": schema,
+            "fleet": fleet.map(|f| f.json),
         }))?;
         return Ok(if ok { Exit::Ok } else { Exit::Failed });
     }
-    if let Some(bad) = &report.first_bad {
-        println!(
-            "journal {} is BROKEN at event #{}: {}",
-            journal.path().display(),
-            bad.seq,
-            bad.reason
-        );
-        println!(
-            "{} event(s) before it verify; keep the file as evidence and restore from a copy",
-            report.events
-        );
-    } else {
-        println!(
-            "journal {}: hash chain verifies: {} event(s), head {}",
-            journal.path().display(),
-            report.events,
-            report.head_hash
-        );
-    }
-    print_checkpoints(&cps, report.events);
-    if schema.is_empty() {
-        println!(
-            "schema is exactly custody's (version {})",
-            journal.schema_version()
-        );
-    } else {
-        println!(
-            "schema DIFFERS from custody's: {} object(s); write commands refuse this journal:",
-            schema.len()
-        );
-        for p in &schema {
-            println!("  {p}");
-        }
-    }
-    if state.ok() {
-        println!(
-            "state tables agree with the events: {} row(s) re-derived from {} event(s)",
-            state.rows, state.events
-        );
-    } else {
-        println!(
-            "state tables DIFFER from the events ({} difference(s)); custody decides from the events, but the tables were changed outside custody:",
-            state.problems.len()
-        );
-        for p in &state.problems {
-            println!("  {p}");
-        }
+    if fleet.is_none() {
+        local.print();
     }
     Ok(if ok { Exit::Ok } else { Exit::Failed })
+}
+
+/// What verify found in the local journal.
+struct Local<'a> {
+    journal: &'a custody_core::journal::Journal,
+    report: &'a custody_core::journal::VerifyReport,
+    cps: &'a CheckpointReport,
+    schema: &'a [custody_core::journal::SchemaProblem],
+    state: &'a custody_core::journal::StateReport,
+}
+
+impl Local<'_> {
+    fn print(&self) {
+        let (journal, report, schema, state) = (self.journal, self.report, self.schema, self.state);
+        if let Some(bad) = &report.first_bad {
+            println!(
+                "journal {} is BROKEN at event #{}: {}",
+                journal.path().display(),
+                bad.seq,
+                bad.reason
+            );
+            println!(
+                "{} event(s) before it verify; keep the file as evidence and restore from a copy",
+                report.events
+            );
+        } else {
+            println!(
+                "journal {}: hash chain verifies: {} event(s), head {}",
+                journal.path().display(),
+                report.events,
+                report.head_hash
+            );
+        }
+        print_checkpoints(self.cps, report.events);
+        if schema.is_empty() {
+            println!(
+                "schema is exactly custody's (version {})",
+                journal.schema_version()
+            );
+        } else {
+            println!(
+                "schema DIFFERS from custody's: {} object(s); write commands refuse this journal:",
+                schema.len()
+            );
+            for p in schema {
+                println!("  {p}");
+            }
+        }
+        if state.ok() {
+            println!(
+                "state tables agree with the events: {} row(s) re-derived from {} event(s)",
+                state.rows, state.events
+            );
+        } else {
+            println!(
+                "state tables DIFFER from the events ({} difference(s)); custody decides from the events, but the tables were changed outside custody:",
+                state.problems.len()
+            );
+            for p in &state.problems {
+                println!("  {p}");
+            }
+        }
+    }
 }
 
 fn print_checkpoints(cps: &CheckpointReport, events: u64) {

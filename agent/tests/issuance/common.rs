@@ -121,6 +121,19 @@ impl World {
         id: &str,
         subject: &str,
     ) -> Vec<u8> {
+        self.key_with_cert_valid(label, kind, id, subject, 365)
+    }
+
+    /// [`World::key_with_cert`] with a certificate valid for `days` from now (0: it ends now,
+    /// so it has expired a moment later).
+    pub(crate) fn key_with_cert_valid(
+        &self,
+        label: &str,
+        kind: &str,
+        id: &str,
+        subject: &str,
+        days: u32,
+    ) -> Vec<u8> {
         let key_type = if kind == "ec" {
             "EC:prime256v1"
         } else {
@@ -202,7 +215,7 @@ impl World {
                 "x509",
                 "-req",
                 "-days",
-                "365",
+                &days.to_string(),
                 "-set_serial",
                 "7",
                 "-outform",

@@ -123,15 +123,7 @@ impl Journal {
                     destroyed: r.destroyed.clone(),
                     note: r.note.clone(),
                 };
-                let text = serde_json::to_string(&text)
-                    .map_err(|e| Error::JournalCorrupt(e.to_string()))?;
-                w.tx()
-                    .execute(
-                        "INSERT INTO form_rows (row_no, origin, seq, issued_on, key_set, imported)
-                         VALUES (?1, 'imported', ?2, ?3, '{}', ?4)",
-                        params![r.row_no as i64, seq as i64, first_date(&r.received), text],
-                    )
-                    .map_err(db_err)?;
+                insert_imported_row(w.tx(), r.row_no, seq, &text)?;
             }
             let max = rows.iter().map(|r| r.row_no).max().unwrap_or(0);
             set_last_row_no(w.tx(), max)?;
@@ -145,6 +137,24 @@ impl Journal {
             })
         })
     }
+}
+
+/// The form row of an imported paper-journal row, recorded by event `seq`. Also used to
+/// rebuild a journal from its events (`replica`).
+pub(crate) fn insert_imported_row(
+    conn: &rusqlite::Connection,
+    row_no: u64,
+    seq: u64,
+    text: &ImportedText,
+) -> Result<()> {
+    let json = serde_json::to_string(text).map_err(|e| Error::JournalCorrupt(e.to_string()))?;
+    conn.execute(
+        "INSERT INTO form_rows (row_no, origin, seq, issued_on, key_set, imported)
+         VALUES (?1, 'imported', ?2, ?3, '{}', ?4)",
+        params![row_no as i64, seq as i64, first_date(&text.received), json],
+    )
+    .map_err(db_err)?;
+    Ok(())
 }
 
 /// The first date in free text, as YYYY-MM-DD: `DD.MM.YYYY` (the Ukrainian way) or

@@ -285,7 +285,7 @@ pub(crate) fn status_text(s: AckStatus) -> &'static str {
     }
 }
 
-fn insert_issued_row(conn: &Connection, seq: u64, data: &IssuedData) -> Result<()> {
+pub(crate) fn insert_issued_row(conn: &Connection, seq: u64, data: &IssuedData) -> Result<()> {
     let key_set =
         serde_json::to_string(&data.key_set).map_err(|e| Error::JournalCorrupt(e.to_string()))?;
     let source = match data.generated.source {

@@ -190,25 +190,7 @@ impl Journal {
             };
             let seq = w.append(step.kind(), Some(&carrier.carrier), &data)?;
             for sha in &rows {
-                let sql = match step {
-                    RevocationStep::Requested => {
-                        "INSERT INTO revocations (carrier, cert_sha256, requested_on, requested_ref, requested_seq)
-                         VALUES (?1, ?2, ?3, ?4, ?5)
-                         ON CONFLICT (carrier, cert_sha256) DO UPDATE SET requested_on = excluded.requested_on,
-                           requested_ref = excluded.requested_ref, requested_seq = excluded.requested_seq
-                         WHERE requested_seq IS NULL"
-                    }
-                    RevocationStep::Confirmed => {
-                        "INSERT INTO revocations (carrier, cert_sha256, confirmed_on, confirmed_ref, confirmed_seq)
-                         VALUES (?1, ?2, ?3, ?4, ?5)
-                         ON CONFLICT (carrier, cert_sha256) DO UPDATE SET confirmed_on = excluded.confirmed_on,
-                           confirmed_ref = excluded.confirmed_ref, confirmed_seq = excluded.confirmed_seq
-                         WHERE confirmed_seq IS NULL"
-                    }
-                };
-                w.tx()
-                    .execute(sql, params![carrier.carrier, sha, data.date, data.reference, seq as i64])
-                    .map_err(db_err)?;
+                record_revocation_row(w.tx(), step, &carrier.carrier, sha, &data, seq)?;
             }
             Ok(RevocationRecord {
                 seq,
@@ -218,4 +200,39 @@ impl Journal {
             })
         })
     }
+}
+
+/// Records one revocation step of one certificate (`''` for the whole carrier) in the
+/// revocations table; the first request and the first confirmation are kept. Also used to
+/// rebuild a journal from its events (`replica`).
+pub(crate) fn record_revocation_row(
+    conn: &rusqlite::Connection,
+    step: RevocationStep,
+    carrier: &str,
+    sha: &str,
+    data: &RevocationData,
+    seq: u64,
+) -> Result<()> {
+    let sql = match step {
+        RevocationStep::Requested => {
+            "INSERT INTO revocations (carrier, cert_sha256, requested_on, requested_ref, requested_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (carrier, cert_sha256) DO UPDATE SET requested_on = excluded.requested_on,
+               requested_ref = excluded.requested_ref, requested_seq = excluded.requested_seq
+             WHERE requested_seq IS NULL"
+        }
+        RevocationStep::Confirmed => {
+            "INSERT INTO revocations (carrier, cert_sha256, confirmed_on, confirmed_ref, confirmed_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (carrier, cert_sha256) DO UPDATE SET confirmed_on = excluded.confirmed_on,
+               confirmed_ref = excluded.confirmed_ref, confirmed_seq = excluded.confirmed_seq
+             WHERE confirmed_seq IS NULL"
+        }
+    };
+    conn.execute(
+        sql,
+        params![carrier, sha, data.date, data.reference, seq as i64],
+    )
+    .map_err(db_err)?;
+    Ok(())
 }

@@ -120,9 +120,17 @@ fn watch_matrix(name: &'static str, persistence: Persistence) -> TestResult {
         watch_until(&w.fault, &custody, 250, &stderr, Duration::ZERO)?;
         Ok(())
     })?;
-    // A poll cycle runs from one C_Finalize (re-initialisation before the poll) to the next.
-    // The matrix covers the start (the first scan) and every cycle up to and including the
-    // first one with content checks (object reads).
+    // A poll starts with C_Finalize (when custody re-initialises the module) or with
+    // C_GetSlotList; the start's scan ends after its first C_CloseSession. The matrix covers
+    // the start (the first scan) and every poll up to and including the first one with
+    // content checks (object reads).
+    let poll_after = |after: u64| {
+        clean
+            .iter()
+            .filter(|c| c.function == "C_Finalize" || c.function == "C_GetSlotList")
+            .filter_map(|c| c.index)
+            .find(|i| *i > after)
+    };
     let index_of = |function: &str, after: u64| {
         clean
             .iter()
@@ -130,9 +138,10 @@ fn watch_matrix(name: &'static str, persistence: Persistence) -> TestResult {
             .filter_map(|c| c.index)
             .find(|i| *i > after)
     };
-    let cycle_start = index_of("C_Finalize", 0).context("no poll in the clean watch")?;
+    let scanned = index_of("C_CloseSession", 0).context("no scan in the clean watch")?;
+    let cycle_start = poll_after(scanned).context("no poll in the clean watch")?;
     let checked = index_of("C_FindObjects", cycle_start).context("no content check")?;
-    let cycle_end = index_of("C_Finalize", checked).context("no poll after the check")? - 1;
+    let cycle_end = poll_after(checked).context("no poll after the check")? - 1;
     let cycle = cycle_end + 1 - cycle_start;
     println!(
         "{name}: start = calls 1..{}, poll cycles through the first content check = calls {cycle_start}..={cycle_end}",
