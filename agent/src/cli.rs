@@ -14,6 +14,7 @@ pub mod revocation;
 pub mod scan;
 pub mod status;
 pub mod sync;
+pub mod verify;
 pub mod watch;
 pub mod wipe;
 
@@ -234,6 +235,18 @@ impl Context {
             );
         }
         Ok(Journal::open(&path)?)
+    }
+
+    /// Opens an existing journal read-only (verify, backup): nothing is created or written.
+    pub fn open_journal_read_only(&self) -> anyhow::Result<Journal> {
+        let path = self.journal_path();
+        if !path.exists() {
+            anyhow::bail!(
+                "no journal at {}; run `custody scan` first, point --journal at one, or restore it from a backup",
+                path.display()
+            );
+        }
+        Ok(Journal::open_read_only(&path)?)
     }
 
     /// The PIN sources of the configuration, with the rejection memory of the journal in

@@ -1,8 +1,55 @@
 //! Output for people (aligned tables, every cell escaped) and for scripts (JSON on stdout).
 
+use std::any::Any;
 use std::io::Write;
+use std::panic::AssertUnwindSafe;
+use std::process::ExitCode;
 
 use serde::Serialize;
+
+/// The exit status of a program whose output pipe was closed: 128 + SIGPIPE, what the shell
+/// reports for any Unix tool in `tool | head -1`.
+pub const CLOSED_PIPE: u8 = 141;
+
+/// Runs the program so that output to a closed pipe (`custody journal verify | head -1`) ends
+/// it quietly with [`CLOSED_PIPE`] instead of a panic message. Rust ignores SIGPIPE, so a
+/// write to a closed pipe fails with EPIPE: `println!` panics on it (caught here, its message
+/// kept quiet), a `write!` returns it as an error (see [`closed_pipe`]). SIGPIPE itself stays
+/// ignored, so that a PKCS#11 module writing to a dead socket cannot kill the service.
+pub fn quiet_on_closed_pipe(run: impl FnOnce() -> ExitCode) -> ExitCode {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !closed_pipe_panic(info.payload()) {
+            default(info);
+        }
+    }));
+    match std::panic::catch_unwind(AssertUnwindSafe(run)) {
+        Ok(code) => code,
+        Err(payload) if closed_pipe_panic(payload.as_ref()) => ExitCode::from(CLOSED_PIPE),
+        Err(payload) => std::panic::resume_unwind(payload),
+    }
+}
+
+/// True when a panic is `println!`'s or `eprintln!`'s on a closed pipe.
+fn closed_pipe_panic(payload: &(dyn Any + Send)) -> bool {
+    let message = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    message.starts_with("failed printing to std") && message.contains("Broken pipe")
+}
+
+/// True when an error is a write to a closed pipe.
+pub fn closed_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || e.downcast_ref::<serde_json::Error>()
+                .and_then(|j| j.io_error_kind())
+                .is_some_and(|k| k == std::io::ErrorKind::BrokenPipe)
+    })
+}
 
 /// Prints `value` as pretty JSON on stdout.
 pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {

@@ -6,6 +6,8 @@ use std::process::{Command, Output};
 mod cli {
     mod config_canary;
     mod files;
+    mod journal_file;
+    mod pipe;
 }
 
 fn custody() -> Command {

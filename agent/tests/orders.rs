@@ -12,5 +12,6 @@ mod orders {
     mod spool;
     mod stop;
     mod support;
+    mod tamper;
     mod wipe;
 }

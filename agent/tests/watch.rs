@@ -567,6 +567,9 @@ fn kill_9_mid_enrollment_never_leaves_half_a_carrier() -> TestResult {
         let _ = std::fs::remove_file(&w.journal);
         let _ = std::fs::remove_file(w.journal.with_extension("db-wal"));
         let _ = std::fs::remove_file(w.journal.with_extension("db-shm"));
+        // A new journal each round: its key goes too (a missing journal whose key exists is
+        // refused, never recreated).
+        let _ = std::fs::remove_file(w.journal.with_extension("db.key"));
         let mut service = w.watch()?;
         // "recording changes" is logged just before the transaction starts.
         service.wait_log("recording changes", Duration::from_secs(30))?;

@@ -66,6 +66,30 @@ pub enum Error {
         /// The newest version this build knows.
         supported: u32,
     },
+    /// The journal file carries schema objects custody did not create (or lacks some); it was
+    /// not written to.
+    #[error("journal {path} holds a schema custody did not create: {object}{}; custody runs only its own schema and changed nothing. Keep the file as evidence, run `custody journal verify`, and restore the journal from a backup (README, \"Backup and restore\")", if *more > 0 { format!(" (and {more} more)") } else { String::new() })]
+    ForeignSchema {
+        /// The journal file.
+        path: PathBuf,
+        /// The first object found, e.g. "trigger `x` on orders that custody did not create".
+        object: String,
+        /// How many more objects differ.
+        more: usize,
+    },
+    /// The journal file is missing while its key file exists: a new, empty journal would hide
+    /// the loss of the old one.
+    #[error("journal {path} is missing, but its key {key} exists: custody does not start a new, empty journal in its place. Restore the journal from a backup (`cp BACKUP {path}`; README, \"Backup and restore\"); only if this journal is to be abandoned on purpose, move the key file away first")]
+    JournalMissing {
+        /// The journal path.
+        path: PathBuf,
+        /// Its key file.
+        key: PathBuf,
+    },
+    /// The file is not a complete custody journal (e.g. a copy of journal.db taken without its
+    /// -wal file); it was opened read-only and left untouched.
+    #[error("{0} is not a complete custody journal (no custody schema in it; a copy of journal.db taken without its -wal file looks like this). Nothing was written to it; copy journals with `custody journal backup DEST`")]
+    JournalIncomplete(PathBuf),
     /// An SQLite error while reading or writing the journal.
     #[error("journal: {0}")]
     Journal(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -7,8 +7,10 @@
 //! Schema versions are kept in `PRAGMA user_version` (`migrations`); the file is marked
 //! as a custody journal by `PRAGMA application_id`.
 
+mod backup;
 mod chain;
 mod checkpoint;
+mod derive;
 mod feed;
 mod form;
 mod import;
@@ -20,6 +22,7 @@ mod presence;
 mod query;
 mod replica;
 mod revocation;
+mod schema;
 
 use std::path::{Path, PathBuf};
 
@@ -35,10 +38,12 @@ use crate::inventory::{
 
 pub use crate::event::EventKind;
 pub use crate::utc::timestamp;
+pub use backup::BackupReport;
 pub use chain::{VerifyProblem, VerifyReport};
 pub use checkpoint::{
     Checkpoint, CheckpointProblem, CheckpointReport, JournalKey, TrustedKey, CHECKPOINT_FORMAT,
 };
+pub use derive::{rejection_ends_order, StateProblem, StateReport};
 pub use feed::ChainEvent;
 pub use form::{AckSummary, Destruction, FormFilter, FormRow, ImportedText, RevocationNote};
 pub use import::{ImportRecord, ImportRow};
@@ -49,6 +54,7 @@ pub use keyset::{CertEntry, Generated, GeneratedSource, KeyEntry, KeySet};
 pub use orders::{OrderRow, OrderState};
 pub use query::{CarrierRow, EventRow, StoredCertificate};
 pub use revocation::{RevocationData, RevocationRecord, RevocationRequest, RevocationStep};
+pub use schema::SchemaProblem;
 
 /// `PRAGMA application_id` of a custody journal ("CUST").
 pub const APPLICATION_ID: i32 = 0x4355_5354;
@@ -183,16 +189,27 @@ impl rusqlite::types::ToSql for EventKind {
 }
 
 impl Journal {
-    /// Opens the journal at `path`, creating it (mode 0600) when missing; its directory must
-    /// exist. A file that is not a custody journal, or one written by a newer custody, is
-    /// refused and left untouched. Group and other permissions on the journal, its WAL and
-    /// shared-memory file are taken away (they hold holders' names and tax numbers).
+    /// Opens the journal at `path` for writing, creating it (mode 0600) when missing; its
+    /// directory must exist. A new journal starts with a signed checkpoint. Refused and left
+    /// untouched: a file that is not a custody journal, one written by a newer custody, one
+    /// whose schema is not exactly custody's ([`Error::ForeignSchema`]), and a missing journal
+    /// whose key file still exists ([`Error::JournalMissing`]). Group and other permissions on
+    /// the journal, its WAL and shared-memory file are taken away.
     pub fn open(path: &Path) -> Result<Self> {
         let existing = match std::fs::metadata(path) {
             Ok(m) if m.is_dir() => return Err(Error::NotAJournal(path.into())),
-            Ok(m) => m.len() > 0,
+            // Until SQLite checkpoints its WAL, a journal's content may all be in the -wal
+            // file while the database file is still empty.
+            Ok(m) => m.len() > 0 || wal_of(path).metadata().is_ok_and(|w| w.len() > 0),
             Err(_) => false,
         };
+        let key = JournalKey::path_for(path);
+        if !existing && key.exists() {
+            return Err(Error::JournalMissing {
+                path: path.into(),
+                key,
+            });
+        }
         if !existing {
             let dir = path
                 .parent()
@@ -217,6 +234,7 @@ impl Journal {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(db_err)?;
+        schema::harden(&conn)?;
         if existing {
             // Checked on this connection before anything is written (the pragmas below are
             // the first writes): one open instead of two, and SQLite rolls back a hot
@@ -226,6 +244,11 @@ impl Journal {
         }
         let mut conn = conn;
         conn.busy_handler(Some(wait_for_writer)).map_err(db_err)?;
+        // Nothing is written before the schema is known to be custody's own.
+        let version: u32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(db_err)?;
+        schema::require_own(&conn, version, path)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db_err)?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -246,18 +269,97 @@ impl Journal {
         )
         .map_err(db_err)?;
         migrations::migrate(&mut conn)?;
-        let journal_id: String = conn
-            .query_row("SELECT value FROM meta WHERE key = 'journal_id'", [], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(db_err)?
-            .ok_or_else(|| Error::JournalCorrupt("no journal_id in meta".into()))?;
+        if version != migrations::LATEST {
+            schema::require_own(&conn, migrations::LATEST, path)?;
+        }
+        let journal_id = journal_id_of(&conn)?;
+        let mut journal = Self {
+            conn,
+            path: path.into(),
+            journal_id,
+        };
+        // Checkpoints from the first row: a journal without events gets one now, so that a
+        // journal whose key exists always holds a checkpoint.
+        if journal.event_count()? == 0 {
+            journal.checkpoint(&Actor::current(None), OffsetDateTime::now_utc())?;
+        }
+        Ok(journal)
+    }
+
+    /// Opens an existing journal read-only: nothing is created, migrated or written. Refused
+    /// with [`Error::JournalIncomplete`] when the file holds no custody schema (e.g. a copy
+    /// taken without its -wal file). A schema that differs from custody's is not refused
+    /// here: [`Journal::schema_problems`] names it.
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => return Err(Error::NotAJournal(path.into())),
+            Ok(_) => {}
+            Err(e) => return Err(Error::io(path, e)),
+        }
+        let incomplete = || Error::JournalIncomplete(path.into());
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|_| incomplete())?;
+        schema::harden(&conn)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(db_err)?;
+        let app_id: i32 = conn
+            .pragma_query_value(None, "application_id", |r| r.get(0))
+            .map_err(|_| incomplete())?;
+        let version: u32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|_| incomplete())?;
+        if app_id != APPLICATION_ID {
+            let tables: i64 = conn
+                .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+                .map_err(|_| incomplete())?;
+            return Err(if app_id == 0 && tables == 0 {
+                incomplete()
+            } else {
+                Error::NotAJournal(path.into())
+            });
+        }
+        if version > migrations::LATEST {
+            return Err(Error::SchemaTooNew {
+                found: version,
+                supported: migrations::LATEST,
+            });
+        }
+        if version < migrations::LATEST {
+            return Err(Error::Refused(format!(
+                "journal {} has schema version {version}, older than this custody's ({}); upgrade it with a write command (e.g. `custody journal checkpoint`), then verify again",
+                path.display(),
+                migrations::LATEST
+            )));
+        }
+        let journal_id = journal_id_of(&conn).map_err(|_| incomplete())?;
         Ok(Self {
             conn,
             path: path.into(),
             journal_id,
         })
+    }
+
+    /// Every schema object that is not exactly as custody creates it (see `schema`).
+    pub fn schema_problems(&self) -> Result<Vec<SchemaProblem>> {
+        schema::check(&self.conn, migrations::LATEST)
+    }
+
+    /// The schema version (`PRAGMA user_version`) of the file.
+    pub fn schema_version(&self) -> u32 {
+        self.conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap_or(0)
+    }
+
+    /// How many events the journal holds.
+    pub fn event_count(&self) -> Result<u64> {
+        self.conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0))
+            .map(|n| n.max(0) as u64)
+            .map_err(db_err)
     }
 
     /// The journal's random, permanent id (UUID).
@@ -349,6 +451,12 @@ impl Journal {
     /// Recomputes the hash chain over every event and names the first bad row.
     pub fn verify(&self) -> Result<VerifyReport> {
         chain::verify(&self.conn, &self.journal_id)
+    }
+
+    /// Replays every event and compares the state tables with what the events say; every
+    /// difference is named by table, key and column.
+    pub fn verify_state(&self) -> Result<StateReport> {
+        derive::verify(&self.conn)
     }
 
     /// All carriers in the journal, present or not.
@@ -480,6 +588,22 @@ fn apply(w: &mut Writer<'_>, comparison: &Comparison) -> Result<ScanRecord> {
         }
     }
     Ok(record)
+}
+
+/// The -wal file of a journal.
+fn wal_of(path: &Path) -> PathBuf {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
+}
+
+fn journal_id_of(conn: &Connection) -> Result<String> {
+    conn.query_row("SELECT value FROM meta WHERE key = 'journal_id'", [], |r| {
+        r.get(0)
+    })
+    .optional()
+    .map_err(db_err)?
+    .ok_or_else(|| Error::JournalCorrupt("no journal_id in meta".into()))
 }
 
 /// Refuses files that are not custody journals or are too new, without writing to them.

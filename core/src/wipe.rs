@@ -26,7 +26,7 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 use crate::inventory::{CarrierSnapshot, ModuleInfo, ModuleScan};
-use crate::journal::{Actor, EventKind, Journal, OrderState};
+use crate::journal::{rejection_ends_order, Actor, EventKind, Journal, OrderState};
 use crate::order::{DestructionOrder, Method, RejectCode, Rejection, Verification, VerifiedOrder};
 use crate::token::{
     DestroyedObject, GoneReport, GoneSpec, Module, PinSource, PinTarget, ReinitTrace,
@@ -498,7 +498,6 @@ fn reject_verified(
     order: &VerifiedOrder,
     rejection: &Rejection,
     carrier: Option<&str>,
-    state: Option<OrderState>,
 ) -> Result<u64> {
     let data = OrderRejected {
         order_id: Some(order.order().id.clone()),
@@ -513,12 +512,13 @@ fn reject_verified(
     tracing::warn!(code = %rejection.code, order = %order.order().id, "order refused");
     journal.write(env.actor, (env.clock)(), |w| {
         let seq = w.append(EventKind::OrderRejected, carrier, &data)?;
-        if let Some(state) = state {
-            if w.order(&order.order().id)?
+        // The events decide: a refusal that ends an order (see
+        // `journal::rejection_ends_order`) moves a known order with this content to rejected.
+        if rejection_ends_order(rejection.code)
+            && w.order(&order.order().id)?
                 .is_some_and(|o| o.sha256 == order.sha256())
-            {
-                w.set_order_state(&order.order().id, state, seq, carrier)?;
-            }
+        {
+            w.set_order_state(&order.order().id, OrderState::Rejected, seq, carrier)?;
         }
         Ok(seq)
     })
@@ -575,7 +575,7 @@ pub fn admit(
     })?;
     if let Err(r) = &verdict {
         // A replay is recorded on the carrier the order was executed on.
-        reject_verified(journal, env, order, r, executed_on.as_deref(), None)?;
+        reject_verified(journal, env, order, r, executed_on.as_deref())?;
     }
     Ok(verdict)
 }
@@ -620,8 +620,7 @@ pub fn execute(
     let (index, target) = match locate(modules, &o.target) {
         Located::Found(index, t) => (index, t),
         Located::Refused(r) => {
-            let state = (r.code == RejectCode::TargetMismatch).then_some(OrderState::Rejected);
-            reject_verified(journal, env, order, &r, None, state)?;
+            reject_verified(journal, env, order, &r, None)?;
             return Ok(Outcome::Refused(r));
         }
     };
@@ -656,7 +655,7 @@ pub fn execute(
             RejectCode::PinMissing,
             format!("method {} needs {what}; nothing was touched", o.method),
         );
-        reject_verified(journal, env, order, &r, None, None)?;
+        reject_verified(journal, env, order, &r, None)?;
         return Ok(Outcome::Refused(r));
     }
     // From here on only the target is offered a PIN: the journal's scans before and after
@@ -674,7 +673,7 @@ pub fn execute(
             RejectCode::PinMissing,
             format!("the user PIN could not be used ({reason}); nothing was touched"),
         );
-        reject_verified(journal, env, order, &r, Some(&snapshot.id.key()), None)?;
+        reject_verified(journal, env, order, &r, Some(&snapshot.id.key()))?;
         return Ok(Outcome::Refused(r));
     }
     let previous = match journal.order(&o.id)?.and_then(|row| row.started_seq) {
@@ -684,10 +683,7 @@ pub fn execute(
     let plan = match plan_resumed(order, &snapshot, module.info(), previous.as_ref()) {
         Ok(p) => p,
         Err(r) => {
-            let state = (r.code == RejectCode::CertificateMismatch
-                || r.code == RejectCode::TargetMismatch)
-                .then_some(OrderState::Rejected);
-            reject_verified(journal, env, order, &r, Some(&snapshot.id.key()), state)?;
+            reject_verified(journal, env, order, &r, Some(&snapshot.id.key()))?;
             return Ok(Outcome::Refused(r));
         }
     };

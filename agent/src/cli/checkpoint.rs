@@ -1,10 +1,9 @@
-//! `custody journal checkpoint` (write or export a signed checkpoint) and `custody journal
-//! verify` (the hash chain and every checkpoint).
+//! `custody journal checkpoint`: write or export a signed checkpoint.
 
 use std::path::PathBuf;
 
 use clap::Args;
-use custody_core::journal::{Checkpoint, CheckpointReport, Journal, TrustedKey};
+use custody_core::journal::{Checkpoint, Journal};
 use time::OffsetDateTime;
 
 use super::Context;
@@ -25,19 +24,6 @@ pub struct CheckpointArgs {
     /// Write the exported checkpoint to this file instead of standard output.
     #[arg(long, value_name = "FILE", requires = "export")]
     pub out: Option<PathBuf>,
-}
-
-/// Arguments of `custody journal verify`.
-#[derive(Debug, Args)]
-pub struct VerifyArgs {
-    /// A checkpoint exported earlier (`custody journal checkpoint --export`): the journal
-    /// must still hold the events it signed, unchanged.
-    #[arg(long, value_name = "FILE")]
-    pub checkpoint: Option<PathBuf>,
-    /// Also compare with the organisation's journal (`[fleet]`): exit 1 when the local
-    /// journal is behind it or differs from it.
-    #[arg(long)]
-    pub against_fleet: bool,
 }
 
 /// Runs `custody journal checkpoint`.
@@ -110,114 +96,4 @@ fn print_checkpoint(what: &str, cp: &Checkpoint, journal: &Journal) {
         cp.public_key,
         journal.key_path().display()
     );
-}
-
-/// Runs `custody journal verify`.
-pub fn verify(ctx: &Context, journal: &Journal, args: &VerifyArgs) -> anyhow::Result<Exit> {
-    let exported: Option<Checkpoint> = match &args.checkpoint {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-            Some(serde_json::from_str(&text).map_err(|e| {
-                anyhow::anyhow!(
-                    "{} is not an exported checkpoint ({e}); make one with `custody journal checkpoint --export`",
-                    path.display()
-                )
-            })?)
-        }
-        None => None,
-    };
-    let report = journal.verify()?;
-    let cps = journal.verify_checkpoints(exported.as_ref())?;
-    let fleet = if args.against_fleet {
-        if !ctx.global.json {
-            // The fleet's findings follow the local ones.
-            print_local(journal, &report, &cps);
-        }
-        Some(super::sync::against_fleet(ctx, journal)?)
-    } else {
-        None
-    };
-    let ok = report.ok() && cps.ok() && fleet.as_ref().is_none_or(|f| f.ok);
-    if ctx.global.json {
-        json(&serde_json::json!({
-            "journal": journal.path(),
-            "journal_id": journal.journal_id(),
-            "ok": ok,
-            "events": report.events,
-            "head_hash": report.head_hash,
-            "first_bad": report.first_bad,
-            "checkpoints": cps,
-            "fleet": fleet.map(|f| f.json),
-        }))?;
-        return Ok(if ok { Exit::Ok } else { Exit::Failed });
-    }
-    if fleet.is_none() {
-        print_local(journal, &report, &cps);
-    }
-    Ok(if ok { Exit::Ok } else { Exit::Failed })
-}
-
-fn print_local(
-    journal: &Journal,
-    report: &custody_core::journal::VerifyReport,
-    cps: &CheckpointReport,
-) {
-    if let Some(bad) = &report.first_bad {
-        println!(
-            "journal {} is BROKEN at event #{}: {}",
-            journal.path().display(),
-            bad.seq,
-            bad.reason
-        );
-        println!(
-            "{} event(s) before it verify; keep the file as evidence and restore from a copy",
-            report.events
-        );
-    } else {
-        println!(
-            "journal {}: hash chain verifies: {} event(s), head {}",
-            journal.path().display(),
-            report.events,
-            report.head_hash
-        );
-    }
-    print_checkpoints(cps, report.events);
-}
-
-fn print_checkpoints(cps: &CheckpointReport, events: u64) {
-    let key = match (&cps.public_key, &cps.trusted_key) {
-        (Some(k), TrustedKey::KeyFile) => format!("the journal key {k}"),
-        (Some(k), TrustedKey::ExportedCheckpoint) => {
-            format!("the exported checkpoint's key {k} (no journal key file here)")
-        }
-        (Some(k), _) => format!(
-            "the first checkpoint's key {k} (no journal key file here: trusted on first use)"
-        ),
-        (None, _) => "no key (no journal key file and no checkpoint)".into(),
-    };
-    if cps.checked == 0 {
-        println!("no checkpoint to check yet; write one with `custody journal checkpoint`");
-    } else if cps.ok() {
-        println!("{} checkpoint(s) verify against {key}", cps.checked);
-    }
-    if let Some(l) = &cps.latest {
-        println!(
-            "latest checkpoint: event #{}, covering {} events, {}; {} event(s) since",
-            l.seq,
-            l.count,
-            l.at,
-            events.saturating_sub(l.seq)
-        );
-    }
-    for p in &cps.problems {
-        if p.seq == 0 {
-            println!("CHECKPOINT PROBLEM: {}", p.reason);
-        } else {
-            println!("CHECKPOINT PROBLEM at #{}: {}", p.seq, p.reason);
-        }
-    }
-    if !cps.ok() {
-        println!("checked against {key}; keep the file as evidence and compare with a copy kept elsewhere");
-    }
 }

@@ -29,7 +29,7 @@ pub enum JournalCommand {
     #[command(
         after_help = "Examples:\n  # Check the chain and every signed checkpoint\n  custody journal verify\n  # Also against a checkpoint kept on other media\n  custody journal verify --checkpoint /mnt/archive/checkpoint-2026-03.json"
     )]
-    Verify(super::checkpoint::VerifyArgs),
+    Verify(super::verify::VerifyArgs),
     /// Print the mandated form (CSV, HTML, JSON; Ukrainian or English).
     #[command(
         after_help = "Examples:\n  # The printable form (A4 landscape HTML)\n  custody journal export --out journal.html\n  # One quarter as CSV, in English\n  custody journal export --format csv --lang en --from 2026-01-01 --to 2026-03-31"
@@ -45,6 +45,12 @@ pub enum JournalCommand {
         after_help = "Examples:\n  # Sign the journal's current head\n  custody journal checkpoint\n  # From a daily timer\n  custody journal checkpoint --if-older-than 24h\n  # Keep the latest one elsewhere\n  custody journal checkpoint --export --out /mnt/archive/checkpoint.json"
     )]
     Checkpoint(super::checkpoint::CheckpointArgs),
+    /// Copy the journal consistently (SQLite's online backup, also while the service runs)
+    /// and verify the copy.
+    #[command(
+        after_help = "Examples:\n  # A copy to keep elsewhere\n  custody journal backup /mnt/backup/journal-2026-03-13.db\n  # Restore: stop the service, then copy it back\n  systemctl stop custody && cp /mnt/backup/journal-2026-03-13.db /var/lib/custody/journal.db"
+    )]
+    Backup(super::verify::BackupArgs),
 }
 
 /// Runs a journal subcommand.
@@ -53,6 +59,8 @@ pub fn run(ctx: &Context, cmd: &JournalCommand) -> anyhow::Result<Exit> {
         JournalCommand::Export(args) => return super::export::run(ctx, args),
         JournalCommand::Import(args) => return super::import::run(ctx, args),
         JournalCommand::Checkpoint(args) => return super::checkpoint::run(ctx, args),
+        JournalCommand::Verify(args) => return super::verify::verify(ctx, args),
+        JournalCommand::Backup(args) => return super::verify::backup(ctx, args),
         _ => {}
     }
     let journal = ctx.open_existing_journal()?;
@@ -169,11 +177,13 @@ pub fn run(ctx: &Context, cmd: &JournalCommand) -> anyhow::Result<Exit> {
             }
             Ok(Exit::Ok)
         }
-        JournalCommand::Verify(args) => super::checkpoint::verify(ctx, &journal, args),
-        // Dispatched above, before the journal is opened (import may create it).
-        JournalCommand::Export(_) | JournalCommand::Import(_) | JournalCommand::Checkpoint(_) => {
-            Ok(Exit::Error)
-        }
+        // Dispatched above, before the journal is opened (import may create it; verify and
+        // backup open it read-only).
+        JournalCommand::Export(_)
+        | JournalCommand::Import(_)
+        | JournalCommand::Checkpoint(_)
+        | JournalCommand::Verify(_)
+        | JournalCommand::Backup(_) => Ok(Exit::Error),
     }
 }
 

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::support::*;
 
 /// Runs the wipe under the spy and checks everything a refusal must satisfy.
-fn assert_refused(env: &Env, order: &Path, code: &str) {
+pub(crate) fn assert_refused(env: &Env, order: &Path, code: &str) {
     let before = env.token_listing();
     assert!(
         before.contains("ID:         01"),
@@ -130,40 +130,7 @@ fn replay_of_an_executed_order_also_after_a_restart() {
     env.sign(&order, "hr");
     let out = env.wipe(&order);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    // The carrier is issued again to a new holder: new user PIN, new key.
-    let conf = &env.conf;
-    let p11 = |args: &[&str]| {
-        let out = std::process::Command::new("pkcs11-tool")
-            .args(["--module", MODULE, "--slot"])
-            .arg((u64::from_str_radix(&env.t.alice, 16).unwrap_or(0) & 0x7fff_ffff).to_string())
-            .args(args)
-            .env("SOFTHSM2_CONF", conf)
-            .output()
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(out.status.success(), "{}", text(&out));
-    };
-    p11(&[
-        "--login",
-        "--login-type",
-        "so",
-        "--so-pin",
-        SO_PIN,
-        "--init-pin",
-        "--new-pin",
-        USER_PIN,
-    ]);
-    p11(&[
-        "--login",
-        "--pin",
-        USER_PIN,
-        "--keypairgen",
-        "--key-type",
-        "EC:prime256v1",
-        "--id",
-        "07",
-        "--label",
-        "new holder",
-    ]);
+    env.reissue_alice();
     // Every custody run is a fresh process: the replay is caught from the journal alone.
     assert_refused(&env, &order, "already_executed");
     assert_refused(&env, &order, "already_executed");

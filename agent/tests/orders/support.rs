@@ -484,6 +484,68 @@ impl Env {
             .any(|l| l.trim() == "ID:         01" || l.trim() == "ID:         02")
     }
 
+    /// Issues alice's carrier again after a wipe, as to a new holder: a new user PIN and a
+    /// new key (CKA_ID 07, label "new holder"), made with pkcs11-tool.
+    pub(crate) fn reissue_alice(&self) {
+        let p11 = |args: &[&str]| {
+            let out = Command::new("pkcs11-tool")
+                .args(["--module", MODULE, "--slot"])
+                .arg(
+                    (u64::from_str_radix(&self.t.alice, 16).unwrap_or(0) & 0x7fff_ffff).to_string(),
+                )
+                .args(args)
+                .env("SOFTHSM2_CONF", &self.conf)
+                .output()
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert!(out.status.success(), "{}", text(&out));
+        };
+        p11(&[
+            "--login",
+            "--login-type",
+            "so",
+            "--so-pin",
+            SO_PIN,
+            "--init-pin",
+            "--new-pin",
+            USER_PIN,
+        ]);
+        p11(&[
+            "--login",
+            "--pin",
+            USER_PIN,
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--id",
+            "07",
+            "--label",
+            "new holder",
+        ]);
+    }
+
+    /// Runs SQL on the journal with the sqlite3 command-line tool, as an attacker would.
+    pub(crate) fn sqlite(&self, sql: &str) {
+        let out = Command::new("sqlite3")
+            .arg(&self.journal)
+            .arg(sql)
+            .output()
+            .unwrap_or_else(|e| panic!("sqlite3: {e}"));
+        assert!(out.status.success(), "sqlite3 {sql}: {}", text(&out));
+    }
+
+    /// The number a counting query of the sqlite3 tool prints.
+    pub(crate) fn sqlite_count(&self, sql: &str) -> u64 {
+        let out = Command::new("sqlite3")
+            .arg(&self.journal)
+            .arg(sql)
+            .output()
+            .unwrap_or_else(|e| panic!("sqlite3: {e}"));
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+
     pub(crate) fn open_journal(&self) -> Journal {
         Journal::open(&self.journal).unwrap_or_else(|e| panic!("{e}"))
     }

@@ -342,6 +342,29 @@ impl Journal {
             .map_err(db_err)
     }
 
+    /// Every checkpoint in the checkpoints table, oldest first.
+    pub fn all_checkpoints(&self) -> Result<Vec<Checkpoint>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, count, head_hash, at, public_key, signature FROM checkpoints ORDER BY seq")
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Checkpoint {
+                    format: CHECKPOINT_FORMAT.into(),
+                    journal_id: self.journal_id.clone(),
+                    seq: r.get::<_, i64>(0)? as u64,
+                    count: r.get::<_, i64>(1)? as u64,
+                    head_hash: r.get(2)?,
+                    at: r.get(3)?,
+                    public_key: r.get(4)?,
+                    signature: r.get(5)?,
+                })
+            })
+            .map_err(db_err)?;
+        rows.collect::<std::result::Result<_, _>>().map_err(db_err)
+    }
+
     /// Checks every checkpoint: those recorded as events and those in the checkpoints table
     /// (they must agree), plus `exported` when given. Each must carry a valid signature by
     /// the trusted key (the journal key file; else the exported checkpoint's key; else the
@@ -362,28 +385,7 @@ impl Journal {
             rows.collect::<std::result::Result<_, _>>()
                 .map_err(db_err)?
         };
-        let table: Vec<Checkpoint> = {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT seq, count, head_hash, at, public_key, signature FROM checkpoints ORDER BY seq")
-                .map_err(db_err)?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok(Checkpoint {
-                        format: CHECKPOINT_FORMAT.into(),
-                        journal_id: self.journal_id.clone(),
-                        seq: r.get::<_, i64>(0)? as u64,
-                        count: r.get::<_, i64>(1)? as u64,
-                        head_hash: r.get(2)?,
-                        at: r.get(3)?,
-                        public_key: r.get(4)?,
-                        signature: r.get(5)?,
-                    })
-                })
-                .map_err(db_err)?;
-            rows.collect::<std::result::Result<_, _>>()
-                .map_err(db_err)?
-        };
+        let table = self.all_checkpoints()?;
         let total: u64 = self
             .conn
             .query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0))
@@ -410,6 +412,17 @@ impl Journal {
         };
         if let Err(e) = &key_file {
             bad(0, format!("journal key file unusable: {e}"));
+        }
+        // A journal gets its first checkpoint when it is created and its key with it: a key
+        // without any checkpoint means checkpoints were removed, e.g. with the tail.
+        if matches!(key_file, Ok(Some(_))) && events.is_empty() && table.is_empty() {
+            bad(
+                0,
+                format!(
+                    "the journal key {} exists but the journal holds no checkpoint (it holds {total} event(s)): checkpoints were removed, e.g. by truncating the journal. Restore it from a backup",
+                    self.key_path().display()
+                ),
+            );
         }
         let mut checked = 0u64;
         let mut check = |cp: &Checkpoint,

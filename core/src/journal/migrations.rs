@@ -7,7 +7,7 @@ use super::{db_err, APPLICATION_ID};
 use crate::error::{Error, Result};
 
 /// The migrations; `MIGRATIONS[n]` upgrades schema n to n + 1.
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("sql/0001_initial.sql"),
     include_str!("sql/0002_issuance.sql"),
     include_str!("sql/0003_orders.sql"),
@@ -124,13 +124,16 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap_or_default();
         assert_eq!(version, LATEST);
+        // A journal without events gets its first checkpoint when it is opened.
+        let first = j.latest_checkpoint().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(first.map(|c| (c.count, c.seq)), Some((0, 1)));
         let cp = j
             .checkpoint(
                 &super::super::Actor::current(None),
-                time::OffsetDateTime::UNIX_EPOCH,
+                time::OffsetDateTime::now_utc(),
             )
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((cp.count, cp.seq), (0, 1));
+        assert_eq!((cp.count, cp.seq), (1, 2));
         assert!(j.verify_checkpoints(None).map(|r| r.ok()).unwrap_or(false));
         assert!(j.form(&Default::default()).unwrap_or_default().is_empty());
         let _ = std::fs::remove_dir_all(dir);

@@ -1,10 +1,11 @@
 //! Destruction orders in the journal: the `orders` state table and the queries behind replay
-//! protection, reconciliation and `custody status`.
+//! protection, reconciliation and `custody status`. Reads come from the events (see
+//! `derive`); the table is kept in step for `journal verify` to compare.
 //!
 //! Events are appended by [`crate::wipe`] through [`Writer::append`]; the state updates here
 //! run in the same transaction.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::{db_err, query::EventRow, Journal, ScanRecord, Writer};
@@ -39,21 +40,6 @@ impl OrderState {
             Self::Failed => "failed",
             Self::Rejected => "rejected",
         }
-    }
-
-    fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "received" => Self::Received,
-            "started" => Self::Started,
-            "completed" => Self::Completed,
-            "failed" => Self::Failed,
-            "rejected" => Self::Rejected,
-            other => {
-                return Err(Error::JournalCorrupt(format!(
-                    "unknown order state {other:?}"
-                )))
-            }
-        })
     }
 }
 
@@ -93,50 +79,39 @@ pub struct OrderRow {
     pub document: String,
 }
 
-const ORDER_COLUMNS: &str = "o.order_id, o.sha256, o.serial, o.carrier, o.holder, o.dismissed, o.method,
-     o.responsible, o.not_after, o.state, e.at, o.received_seq, o.started_seq, o.outcome_seq, o.document";
-
-fn order_row(r: &Row<'_>) -> rusqlite::Result<(OrderRow, String)> {
-    let state: String = r.get(9)?;
-    Ok((
-        OrderRow {
-            order_id: r.get(0)?,
-            sha256: r.get(1)?,
-            serial: r.get(2)?,
-            carrier: r.get(3)?,
-            holder: r.get(4)?,
-            dismissed: r.get(5)?,
-            method: r.get(6)?,
-            responsible: r.get(7)?,
-            not_after: r.get(8)?,
-            state: OrderState::Received,
-            received_at: r.get(10)?,
-            received_seq: r.get::<_, i64>(11)? as u64,
-            started_seq: r.get::<_, Option<i64>>(12)?.map(|s| s as u64),
-            outcome_seq: r.get::<_, Option<i64>>(13)?.map(|s| s as u64),
-            document: r.get(14)?,
-        },
-        state,
-    ))
-}
-
+/// The orders (or the one with `id`) as their events describe them; the signed document
+/// comes from the `orders` table (`journal verify` checks it against the event's SHA-256).
 fn load_orders(conn: &Connection, id: Option<&str>) -> Result<Vec<OrderRow>> {
-    let sql = format!(
-        "SELECT {ORDER_COLUMNS} FROM orders o JOIN events e ON e.seq = o.received_seq
-         WHERE ?1 IS NULL OR o.order_id = ?1 ORDER BY o.received_seq"
-    );
-    let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
-    let rows = stmt
-        .query_map([id], order_row)
-        .map_err(db_err)?
-        .collect::<std::result::Result<Vec<_>, _>>()
+    let derived = super::derive::orders(conn, id)?;
+    let mut stmt = conn
+        .prepare_cached("SELECT document FROM orders WHERE order_id = ?1")
         .map_err(db_err)?;
-    rows.into_iter()
-        .map(|(mut row, state)| {
-            row.state = OrderState::parse(&state)?;
-            Ok(row)
-        })
-        .collect()
+    let mut out = Vec::with_capacity(derived.len());
+    for (order_id, o) in derived {
+        let document: Option<String> = stmt
+            .query_row([&order_id], |r| r.get(0))
+            .optional()
+            .map_err(db_err)?;
+        out.push(OrderRow {
+            order_id,
+            sha256: o.sha256,
+            serial: o.order.target.serial.clone(),
+            carrier: o.carrier,
+            holder: o.order.holder.clone(),
+            dismissed: o.order.dismissed.to_string(),
+            method: o.order.method.as_str().to_owned(),
+            responsible: o.order.responsible.clone(),
+            not_after: super::timestamp(o.order.not_after),
+            state: o.state,
+            received_at: o.received_at,
+            received_seq: o.received_seq,
+            started_seq: o.started_seq,
+            outcome_seq: o.outcome_seq,
+            document: document.unwrap_or_default(),
+        });
+    }
+    out.sort_by_key(|o| o.received_seq);
+    Ok(out)
 }
 
 fn load_event(conn: &Connection, seq: u64) -> Result<Option<EventRow>> {

@@ -123,9 +123,10 @@ impl World {
             .with_config(&self.config)
     }
 
-    /// A fresh copy of the baseline journal at `to`.
+    /// A fresh copy of the baseline journal at `to`, with its key (a journal and its key go
+    /// together: the checkpoints in the journal are signed with it).
     pub(crate) fn journal_copy(&self, to: &Path) -> anyhow::Result<()> {
-        for suffix in ["", "-wal", "-shm"] {
+        for suffix in ["", "-wal", "-shm", ".key"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", to.display()));
             let from = PathBuf::from(format!("{}{suffix}", self.baseline.display()));
             if from.exists() {

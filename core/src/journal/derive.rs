@@ -1,0 +1,667 @@
+//! The state tables, re-derived from the hash-chained events.
+//!
+//! The events are the source of truth; the state tables (`orders`, `form_rows`,
+//! `revocations`, `certificate_files`, the carriers' identity and presence, meta
+//! `last_row_no`) are a copy kept in step with them in the same transaction. Anyone who can
+//! write the file can change a state table without breaking the chain, so:
+//! - decisions that protect something (is an order new, executed, started?) are taken from
+//!   the events here ([`orders`]), never from the `orders` table;
+//! - `journal verify` replays every event ([`verify`]) and compares each table row by row,
+//!   naming table, key and column of every difference.
+//!
+//! Columns that are bookkeeping and not recorded by any event (`carriers.last_seen`,
+//! `last_slot`, `label`, `module`) are not compared; `orders.document` is compared by its
+//! SHA-256, which the `order_received` event holds.
+
+use std::collections::BTreeMap;
+
+use rusqlite::types::Value;
+use rusqlite::{params, Connection};
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use super::form::ImportedText;
+use super::import::ImportRow;
+use super::keyset::GeneratedSource;
+use super::orders::OrderState;
+use super::{db_err, EventKind, IssuedData};
+use crate::error::{Error, Result};
+use crate::order::DestructionOrder;
+use crate::rejection::RejectCode;
+
+/// One difference between a state table and what the events say.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StateProblem {
+    /// The table, e.g. `orders`.
+    pub table: String,
+    /// The row's key, e.g. the order id.
+    pub key: String,
+    /// What differs.
+    pub reason: String,
+}
+
+impl std::fmt::Display for StateProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}: {}", self.table, self.key, self.reason)
+    }
+}
+
+/// The result of re-deriving the state tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StateReport {
+    /// Events replayed.
+    pub events: u64,
+    /// Rows compared.
+    pub rows: u64,
+    /// Every difference found.
+    pub problems: Vec<StateProblem>,
+}
+
+impl StateReport {
+    /// True when every table agrees with the events.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// The rows of one table: key -> column -> value.
+type Rows = BTreeMap<String, BTreeMap<&'static str, Value>>;
+
+/// An order as its events describe it.
+#[derive(Debug, Clone)]
+pub(crate) struct DerivedOrder {
+    pub(crate) sha256: String,
+    pub(crate) order: DestructionOrder,
+    pub(crate) carrier: Option<String>,
+    pub(crate) state: OrderState,
+    pub(crate) received_seq: u64,
+    pub(crate) received_at: String,
+    pub(crate) started_seq: Option<u64>,
+    pub(crate) outcome_seq: Option<u64>,
+}
+
+/// True when a refusal of a verified order ends it (state `rejected`): the carrier is not the
+/// one the order names. Other refusals (absent, PIN missing, replay) leave the state as it is.
+pub fn rejection_ends_order(code: RejectCode) -> bool {
+    matches!(
+        code,
+        RejectCode::TargetMismatch | RejectCode::CertificateMismatch
+    )
+}
+
+const ORDER_KINDS: &str =
+    "'order_received', 'order_rejected', 'wipe_started', 'wipe_completed', 'wipe_failed'";
+
+/// Every order (or the one with `id`) as the events describe it, by id.
+pub(crate) fn orders(
+    conn: &Connection,
+    id: Option<&str>,
+) -> Result<BTreeMap<String, DerivedOrder>> {
+    let sql = format!(
+        "SELECT seq, at, kind, carrier, data FROM events
+         WHERE kind IN ({ORDER_KINDS}) AND (?1 IS NULL OR json_extract(data, '$.order_id') = ?1)
+         ORDER BY seq"
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
+    let mut rows = stmt.query(params![id]).map_err(db_err)?;
+    let mut out = BTreeMap::new();
+    while let Some(r) = rows.next().map_err(db_err)? {
+        let event = Event {
+            seq: r.get::<_, i64>(0).map_err(db_err)? as u64,
+            at: r.get(1).map_err(db_err)?,
+            kind: r.get(2).map_err(db_err)?,
+            carrier: r.get(3).map_err(db_err)?,
+            data: parse(&r.get::<_, String>(4).map_err(db_err)?)?,
+        };
+        apply_order(&mut out, &event)?;
+    }
+    Ok(out)
+}
+
+struct Event {
+    seq: u64,
+    at: String,
+    kind: EventKind,
+    carrier: Option<String>,
+    data: Json,
+}
+
+fn parse(data: &str) -> Result<Json> {
+    serde_json::from_str(data).map_err(|e| Error::JournalCorrupt(format!("event data: {e}")))
+}
+
+fn text(v: &Json) -> Option<String> {
+    v.as_str().map(str::to_owned)
+}
+
+fn apply_order(orders: &mut BTreeMap<String, DerivedOrder>, e: &Event) -> Result<()> {
+    let Some(id) = text(&e.data["order_id"]) else {
+        return Ok(());
+    };
+    match e.kind {
+        EventKind::OrderReceived => {
+            if orders.contains_key(&id) {
+                return Ok(());
+            }
+            let order: DestructionOrder = serde_json::from_value(e.data["order"].clone())
+                .map_err(|x| Error::JournalCorrupt(format!("order_received #{}: {x}", e.seq)))?;
+            orders.insert(
+                id,
+                DerivedOrder {
+                    sha256: text(&e.data["sha256"]).unwrap_or_default(),
+                    order,
+                    carrier: None,
+                    state: OrderState::Received,
+                    received_seq: e.seq,
+                    received_at: e.at.clone(),
+                    started_seq: None,
+                    outcome_seq: None,
+                },
+            );
+        }
+        EventKind::OrderRejected => {
+            let code: Option<RejectCode> = serde_json::from_value(e.data["code"].clone()).ok();
+            let Some(o) = orders.get_mut(&id) else {
+                return Ok(());
+            };
+            if e.data["signature_verified"] == Json::Bool(true)
+                && code.is_some_and(rejection_ends_order)
+                && text(&e.data["sha256"]).as_deref() == Some(o.sha256.as_str())
+            {
+                o.state = OrderState::Rejected;
+                o.outcome_seq = Some(e.seq);
+                o.carrier = e.carrier.clone().or(o.carrier.take());
+            }
+        }
+        EventKind::WipeStarted | EventKind::WipeCompleted | EventKind::WipeFailed => {
+            let Some(o) = orders.get_mut(&id) else {
+                return Err(Error::JournalCorrupt(format!(
+                    "{} #{} names order {id}, which was never received",
+                    e.kind, e.seq
+                )));
+            };
+            o.carrier = e.carrier.clone().or(o.carrier.take());
+            match e.kind {
+                EventKind::WipeStarted => {
+                    o.state = OrderState::Started;
+                    o.started_seq = Some(e.seq);
+                }
+                EventKind::WipeCompleted => {
+                    o.state = OrderState::Completed;
+                    o.outcome_seq = Some(e.seq);
+                }
+                _ => {
+                    o.state = OrderState::Failed;
+                    o.outcome_seq = Some(e.seq);
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn int(v: u64) -> Value {
+    Value::Integer(v as i64)
+}
+
+fn opt_int(v: Option<u64>) -> Value {
+    v.map_or(Value::Null, int)
+}
+
+fn txt(v: impl Into<String>) -> Value {
+    Value::Text(v.into())
+}
+
+fn opt_txt(v: Option<impl Into<String>>) -> Value {
+    v.map_or(Value::Null, txt)
+}
+
+/// JSON text in one normal form (keys sorted, no spaces), so that equal documents compare
+/// equal however they were written.
+fn json_norm(v: &Value) -> Value {
+    match v {
+        Value::Text(t) => match serde_json::from_str::<Json>(t) {
+            Ok(j) => Value::Text(j.to_string()),
+            Err(_) => v.clone(),
+        },
+        other => other.clone(),
+    }
+}
+
+#[derive(Default)]
+struct Derived {
+    orders: BTreeMap<String, DerivedOrder>,
+    form_rows: Rows,
+    revocations: Rows,
+    certificate_files: Rows,
+    carriers: Rows,
+    last_row_no: Option<u64>,
+}
+
+impl Derived {
+    fn apply(&mut self, e: &Event) -> Result<()> {
+        let corrupt = |x: &dyn std::fmt::Display| {
+            Error::JournalCorrupt(format!("{} #{}: {x}", e.kind, e.seq))
+        };
+        match e.kind {
+            EventKind::OrderReceived
+            | EventKind::OrderRejected
+            | EventKind::WipeStarted
+            | EventKind::WipeCompleted
+            | EventKind::WipeFailed => apply_order(&mut self.orders, e)?,
+            EventKind::CarrierEnrolled => {
+                let Some(key) = &e.carrier else { return Ok(()) };
+                let id = &e.data["carrier"]["id"];
+                self.carriers.entry(key.clone()).or_insert_with(|| {
+                    BTreeMap::from([
+                        ("manufacturer", opt_txt(text(&id["manufacturer"]))),
+                        ("model", opt_txt(text(&id["model"]))),
+                        ("serial", opt_txt(text(&id["serial"]))),
+                        ("present", Value::Integer(1)),
+                        ("first_seen", txt(e.at.clone())),
+                        ("enrolled_seq", int(e.seq)),
+                    ])
+                });
+            }
+            EventKind::CarrierSeen | EventKind::CarrierRemoved => {
+                let present = i64::from(e.kind == EventKind::CarrierSeen);
+                if let Some(row) = e.carrier.as_ref().and_then(|k| self.carriers.get_mut(k)) {
+                    row.insert("present", Value::Integer(present));
+                }
+            }
+            EventKind::Issued => {
+                let data: IssuedData =
+                    serde_json::from_value(e.data.clone()).map_err(|x| corrupt(&x))?;
+                let key_set = serde_json::to_value(&data.key_set).map_err(|x| corrupt(&x))?;
+                let source = match data.generated.source {
+                    GeneratedSource::KeyAttribute => "key_attribute",
+                    GeneratedSource::Certificate => "certificate",
+                    GeneratedSource::FirstSeen => "first_seen",
+                };
+                let ack = data.acknowledgement.as_ref();
+                self.form_rows.insert(
+                    data.row_no.to_string(),
+                    BTreeMap::from([
+                        ("origin", txt("issued")),
+                        ("seq", int(e.seq)),
+                        ("carrier", txt(data.carrier.key.clone())),
+                        ("generated_at", txt(data.generated.at.clone())),
+                        ("generated_source", txt(source)),
+                        ("manufacturer", txt(data.carrier.manufacturer.clone())),
+                        ("model", txt(data.carrier.model.clone())),
+                        ("serial", txt(data.carrier.serial.clone())),
+                        ("issued_on", txt(data.issued_on.clone())),
+                        ("holder_name", txt(data.holder.name.clone())),
+                        ("holder_position", opt_txt(data.holder.position.clone())),
+                        ("holder_tax_number", opt_txt(data.holder.tax_number.clone())),
+                        ("key_set", txt(key_set.to_string())),
+                        (
+                            "ack_status",
+                            opt_txt(ack.map(|a| super::issue::status_text(a.status))),
+                        ),
+                        ("ack_seq", opt_int(ack.map(|_| e.seq))),
+                        ("imported", Value::Null),
+                    ]),
+                );
+                for c in &data.key_set.certificates {
+                    let Some(der) = c.der.as_deref().and_then(|d| hex::decode(d).ok()) else {
+                        continue;
+                    };
+                    self.certificate_files
+                        .entry(c.sha256.clone())
+                        .or_insert_with(|| {
+                            BTreeMap::from([
+                                ("der", Value::Blob(der)),
+                                ("carrier", txt(data.carrier.key.clone())),
+                                ("holder_name", txt(data.holder.name.clone())),
+                                ("seq", int(e.seq)),
+                            ])
+                        });
+                }
+                self.last_row_no = self.last_row_no.max(Some(data.row_no));
+            }
+            EventKind::IssueAcknowledged => {
+                let row_no = e.data["row_no"].as_u64().unwrap_or(0);
+                let status = text(&e.data["acknowledgement"]["status"]);
+                if let Some(row) = self.form_rows.get_mut(&row_no.to_string()) {
+                    row.insert("ack_status", opt_txt(status));
+                    row.insert("ack_seq", int(e.seq));
+                }
+            }
+            EventKind::Imported => {
+                let r: ImportRow =
+                    serde_json::from_value(e.data.clone()).map_err(|x| corrupt(&x))?;
+                let imported = ImportedText {
+                    generated: r.generated.clone(),
+                    carrier: r.carrier.clone(),
+                    received: r.received.clone(),
+                    destroyed: r.destroyed.clone(),
+                    note: r.note.clone(),
+                };
+                let imported = serde_json::to_value(&imported).map_err(|x| corrupt(&x))?;
+                let mut row: BTreeMap<&'static str, Value> =
+                    FORM_COLUMNS.iter().map(|c| (*c, Value::Null)).collect();
+                row.insert("origin", txt("imported"));
+                row.insert("seq", int(e.seq));
+                row.insert("issued_on", opt_txt(super::import::first_date(&r.received)));
+                row.insert("key_set", txt("{}"));
+                row.insert("imported", txt(imported.to_string()));
+                self.form_rows.insert(r.row_no.to_string(), row);
+                self.last_row_no = self.last_row_no.max(Some(r.row_no));
+            }
+            EventKind::RevocationRequested | EventKind::RevocationConfirmed => {
+                let Some(carrier) = &e.carrier else {
+                    return Ok(());
+                };
+                let mut shas: Vec<String> = e.data["certificates"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(text).collect())
+                    .unwrap_or_default();
+                if shas.is_empty() {
+                    shas.push(String::new());
+                }
+                let step = if e.kind == EventKind::RevocationRequested {
+                    "requested"
+                } else {
+                    "confirmed"
+                };
+                for sha in shas {
+                    let row = self
+                        .revocations
+                        .entry(format!("{carrier}/{sha}"))
+                        .or_insert_with(|| {
+                            REVOCATION_COLUMNS
+                                .iter()
+                                .map(|c| (*c, Value::Null))
+                                .collect()
+                        });
+                    let seq_col = if step == "requested" {
+                        "requested_seq"
+                    } else {
+                        "confirmed_seq"
+                    };
+                    if row.get(seq_col) == Some(&Value::Null) {
+                        let (on, reference) = if step == "requested" {
+                            ("requested_on", "requested_ref")
+                        } else {
+                            ("confirmed_on", "confirmed_ref")
+                        };
+                        row.insert(on, opt_txt(text(&e.data["date"])));
+                        row.insert(reference, opt_txt(text(&e.data["reference"])));
+                        row.insert(seq_col, int(e.seq));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn order_rows(&self) -> Rows {
+        self.orders
+            .iter()
+            .map(|(id, o)| {
+                (
+                    id.clone(),
+                    BTreeMap::from([
+                        ("sha256", txt(o.sha256.clone())),
+                        ("serial", txt(o.order.target.serial.clone())),
+                        ("carrier", opt_txt(o.carrier.clone())),
+                        ("holder", txt(o.order.holder.clone())),
+                        ("dismissed", txt(o.order.dismissed.to_string())),
+                        ("method", txt(o.order.method.as_str())),
+                        ("responsible", txt(o.order.responsible.clone())),
+                        ("not_after", txt(super::timestamp(o.order.not_after))),
+                        ("state", txt(o.state.as_str())),
+                        ("received_seq", int(o.received_seq)),
+                        ("started_seq", opt_int(o.started_seq)),
+                        ("outcome_seq", opt_int(o.outcome_seq)),
+                        ("document (sha256)", txt(o.sha256.clone())),
+                    ]),
+                )
+            })
+            .collect()
+    }
+}
+
+const FORM_COLUMNS: &[&str] = &[
+    "origin",
+    "seq",
+    "carrier",
+    "generated_at",
+    "generated_source",
+    "manufacturer",
+    "model",
+    "serial",
+    "issued_on",
+    "holder_name",
+    "holder_position",
+    "holder_tax_number",
+    "key_set",
+    "ack_status",
+    "ack_seq",
+    "imported",
+];
+
+const REVOCATION_COLUMNS: &[&str] = &[
+    "requested_on",
+    "requested_ref",
+    "requested_seq",
+    "confirmed_on",
+    "confirmed_ref",
+    "confirmed_seq",
+];
+
+/// Reads a table as [`Rows`]: `key` is an SQL expression giving the row's key; `columns`
+/// are (name as reported, SQL expression).
+fn table_rows(
+    conn: &Connection,
+    table: &str,
+    key: &str,
+    columns: &[(&'static str, &str)],
+) -> Result<Rows> {
+    let select: Vec<&str> = columns.iter().map(|(_, sql)| *sql).collect();
+    let sql = format!("SELECT {key}, {} FROM {table}", select.join(", "));
+    let mut stmt = conn.prepare(&sql).map_err(db_err)?;
+    let mut rows = stmt.query([]).map_err(db_err)?;
+    let mut out = Rows::new();
+    while let Some(r) = rows.next().map_err(db_err)? {
+        let key: Value = r.get(0).map_err(db_err)?;
+        let key = match key {
+            Value::Text(t) => t,
+            Value::Integer(i) => i.to_string(),
+            other => format!("{other:?}"),
+        };
+        let mut row = BTreeMap::new();
+        for (i, (name, _)) in columns.iter().enumerate() {
+            row.insert(*name, r.get::<_, Value>(i + 1).map_err(db_err)?);
+        }
+        out.insert(key, row);
+    }
+    Ok(out)
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::Null => "NULL".into(),
+        Value::Integer(i) => i.to_string(),
+        Value::Real(f) => f.to_string(),
+        Value::Text(t) if t.chars().count() > 80 => {
+            format!("{:?}…", t.chars().take(80).collect::<String>())
+        }
+        Value::Text(t) => format!("{t:?}"),
+        Value::Blob(b) => format!("{} byte(s) {}", b.len(), hex::encode(&b[..b.len().min(8)])),
+    }
+}
+
+fn compare(table: &str, expected: &Rows, found: &Rows, report: &mut StateReport) {
+    let mut bad = |key: &str, reason: String| {
+        report.problems.push(StateProblem {
+            table: table.into(),
+            key: key.into(),
+            reason,
+        })
+    };
+    for (key, want) in expected {
+        let Some(have) = found.get(key) else {
+            bad(key, "the row is missing, but the events record it".into());
+            continue;
+        };
+        for (col, w) in want {
+            let h = have.get(col).cloned().unwrap_or(Value::Null);
+            if &h != w {
+                bad(
+                    key,
+                    format!("{col} is {} but the events say {}", show(&h), show(w)),
+                );
+            }
+        }
+    }
+    for key in found.keys().filter(|k| !expected.contains_key(*k)) {
+        bad(key, "the row is not recorded by any event".into());
+    }
+    report.rows += found.len().max(expected.len()) as u64;
+}
+
+/// Replays every event and compares each state table with what the events say.
+pub(crate) fn verify(conn: &Connection) -> Result<StateReport> {
+    let mut derived = Derived::default();
+    let mut report = StateReport::default();
+    let mut stmt = conn
+        .prepare(
+            "SELECT seq, at, kind, carrier, data FROM events
+             WHERE kind NOT IN ('cert_added', 'cert_removed', 'key_added', 'key_removed', 'checkpoint')
+             ORDER BY seq",
+        )
+        .map_err(db_err)?;
+    let mut rows = stmt.query([]).map_err(db_err)?;
+    while let Some(r) = rows.next().map_err(db_err)? {
+        let seq = r.get::<_, i64>(0).map_err(db_err)? as u64;
+        let kind: std::result::Result<EventKind, _> = r.get(2);
+        let Ok(kind) = kind else {
+            report.problems.push(StateProblem {
+                table: "events".into(),
+                key: seq.to_string(),
+                reason: "the event kind is not one custody writes".into(),
+            });
+            continue;
+        };
+        let event = Event {
+            seq,
+            at: r.get(1).map_err(db_err)?,
+            kind,
+            carrier: r.get(3).map_err(db_err)?,
+            data: parse(&r.get::<_, String>(4).map_err(db_err)?)?,
+        };
+        report.events += 1;
+        if let Err(e) = derived.apply(&event) {
+            report.problems.push(StateProblem {
+                table: "events".into(),
+                key: seq.to_string(),
+                reason: e.to_string(),
+            });
+        }
+    }
+    let mut found = table_rows(
+        conn,
+        "orders",
+        "order_id",
+        &[
+            ("sha256", "sha256"),
+            ("serial", "serial"),
+            ("carrier", "carrier"),
+            ("holder", "holder"),
+            ("dismissed", "dismissed"),
+            ("method", "method"),
+            ("responsible", "responsible"),
+            ("not_after", "not_after"),
+            ("state", "state"),
+            ("received_seq", "received_seq"),
+            ("started_seq", "started_seq"),
+            ("outcome_seq", "outcome_seq"),
+            ("document (sha256)", "document"),
+        ],
+    )?;
+    for row in found.values_mut() {
+        if let Some(Value::Text(doc)) = row.get("document (sha256)") {
+            let sha = crate::cert::sha256_hex(doc.as_bytes());
+            row.insert("document (sha256)", txt(sha));
+        }
+    }
+    compare("orders", &derived.order_rows(), &found, &mut report);
+
+    let columns: Vec<(&'static str, &str)> = FORM_COLUMNS.iter().map(|c| (*c, *c)).collect();
+    let mut found = table_rows(conn, "form_rows", "row_no", &columns)?;
+    let mut expected = derived.form_rows.clone();
+    for rows in [&mut found, &mut expected] {
+        for row in rows.values_mut() {
+            for col in ["key_set", "imported"] {
+                if let Some(v) = row.get(col).map(json_norm) {
+                    row.insert(col, v);
+                }
+            }
+        }
+    }
+    compare("form_rows", &expected, &found, &mut report);
+
+    let columns: Vec<(&'static str, &str)> = REVOCATION_COLUMNS.iter().map(|c| (*c, *c)).collect();
+    let found = table_rows(
+        conn,
+        "revocations",
+        "carrier || '/' || cert_sha256",
+        &columns,
+    )?;
+    compare("revocations", &derived.revocations, &found, &mut report);
+
+    let found = table_rows(
+        conn,
+        "certificate_files",
+        "sha256",
+        &[
+            ("der", "der"),
+            ("carrier", "carrier"),
+            ("holder_name", "holder_name"),
+            ("seq", "seq"),
+        ],
+    )?;
+    compare(
+        "certificate_files",
+        &derived.certificate_files,
+        &found,
+        &mut report,
+    );
+
+    let found = table_rows(
+        conn,
+        "carriers",
+        "carrier",
+        &[
+            ("manufacturer", "manufacturer"),
+            ("model", "model"),
+            ("serial", "serial"),
+            ("present", "present"),
+            ("first_seen", "first_seen"),
+            ("enrolled_seq", "enrolled_seq"),
+        ],
+    )?;
+    compare("carriers", &derived.carriers, &found, &mut report);
+
+    let found = table_rows(conn, "meta", "key", &[("value", "value")])?;
+    let found: Rows = found
+        .into_iter()
+        .filter(|(k, _)| k == "last_row_no")
+        .collect();
+    let expected: Rows = derived
+        .last_row_no
+        .map(|n| {
+            (
+                "last_row_no".to_owned(),
+                BTreeMap::from([("value", txt(n.to_string()))]),
+            )
+        })
+        .into_iter()
+        .collect();
+    compare("meta", &expected, &found, &mut report);
+    Ok(report)
+}

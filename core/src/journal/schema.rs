@@ -1,0 +1,210 @@
+//! custody runs only its own schema.
+//!
+//! A journal file may carry SQL of its own: a trigger planted in it runs inside custody's
+//! transactions, a view can stand where a table should be. Before anything is written, the
+//! file's `sqlite_master` is compared with the exact schema of its `user_version`, which is
+//! derived from the migration SQL itself (applied to an in-memory database), so the two can
+//! never drift apart. Every connection also runs with `trusted_schema` off and SQLite's
+//! defensive mode on.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use rusqlite::config::DbConfig;
+use rusqlite::Connection;
+use serde::Serialize;
+
+use super::db_err;
+use super::migrations::{self, MIGRATIONS};
+use crate::error::{Error, Result};
+
+/// One object of the schema: its type (`table`, `index`, `trigger`, `view`) and name.
+type Key = (String, String);
+
+/// The schema as stored: (type, name) -> (table it belongs to, normalised SQL).
+type Schema = BTreeMap<Key, (String, Option<String>)>;
+
+/// An object that is not exactly as custody created it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SchemaProblem {
+    /// `table`, `index`, `trigger` or `view`.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// The table it belongs to.
+    pub table: String,
+    /// What is wrong: `unexpected`, `missing` or `altered`.
+    pub problem: String,
+}
+
+impl std::fmt::Display for SchemaProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.problem.as_str() {
+            "unexpected" => "that custody did not create",
+            "missing" => "is missing",
+            _ => "was altered",
+        };
+        write!(f, "{} `{}` on {} {what}", self.kind, self.name, self.table)
+    }
+}
+
+/// Turns off what a hostile schema could use: functions with side effects in triggers and
+/// views (`trusted_schema`), and writes to the schema or file structure (defensive mode).
+pub(crate) fn harden(conn: &Connection) -> Result<()> {
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false)
+        .map_err(db_err)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// Whitespace runs become one space, so that only the SQL itself is compared.
+fn normalise(sql: &str) -> String {
+    sql.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn read(conn: &Connection) -> Result<Schema> {
+    let mut stmt = conn
+        .prepare("SELECT type, name, tbl_name, sql FROM sqlite_master")
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                (
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?.map(|s| normalise(&s)),
+                ),
+            ))
+        })
+        .map_err(db_err)?;
+    rows.collect::<std::result::Result<_, _>>().map_err(db_err)
+}
+
+/// The schema of every version, from the migrations applied in memory (computed once).
+fn expected(version: u32) -> Result<&'static Schema> {
+    static ALL: OnceLock<std::result::Result<Vec<Schema>, String>> = OnceLock::new();
+    let all = ALL.get_or_init(|| {
+        let run = || -> Result<Vec<Schema>> {
+            let conn = Connection::open_in_memory().map_err(db_err)?;
+            let mut out = vec![read(&conn)?];
+            for sql in MIGRATIONS {
+                conn.execute_batch(sql).map_err(db_err)?;
+                out.push(read(&conn)?);
+            }
+            Ok(out)
+        };
+        run().map_err(|e| e.to_string())
+    });
+    match all {
+        Ok(all) => all.get(version as usize).ok_or(Error::SchemaTooNew {
+            found: version,
+            supported: migrations::LATEST,
+        }),
+        Err(e) => Err(Error::JournalCorrupt(format!(
+            "the expected schema could not be built: {e}"
+        ))),
+    }
+}
+
+/// Compares the file's schema with the exact schema of `version`.
+pub(crate) fn check(conn: &Connection, version: u32) -> Result<Vec<SchemaProblem>> {
+    let want = expected(version)?;
+    let have = read(conn)?;
+    let mut problems = Vec::new();
+    let mut push = |(kind, name): &Key, table: &str, problem: &str| {
+        problems.push(SchemaProblem {
+            kind: kind.clone(),
+            name: name.clone(),
+            table: table.to_owned(),
+            problem: problem.into(),
+        })
+    };
+    for (key, (table, sql)) in &have {
+        match want.get(key) {
+            None => push(key, table, "unexpected"),
+            Some((t, s)) if t != table || s != sql => push(key, table, "altered"),
+            Some(_) => {}
+        }
+    }
+    for (key, (table, _)) in want {
+        if !have.contains_key(key) {
+            push(key, table, "missing");
+        }
+    }
+    Ok(problems)
+}
+
+/// Refuses a journal whose schema is not exactly custody's, naming the first object.
+pub(crate) fn require_own(conn: &Connection, version: u32, path: &std::path::Path) -> Result<()> {
+    let problems = check(conn, version)?;
+    match problems.first() {
+        None => Ok(()),
+        Some(first) => Err(Error::ForeignSchema {
+            path: path.into(),
+            object: first.to_string(),
+            more: problems.len() - 1,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn journal() -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap_or_else(|e| panic!("{e}"));
+        migrations::migrate(&mut conn).unwrap_or_else(|e| panic!("{e}"));
+        conn
+    }
+
+    #[test]
+    fn a_fresh_journal_has_exactly_the_schema_of_its_version() {
+        let conn = journal();
+        assert_eq!(check(&conn, migrations::LATEST).ok(), Some(vec![]));
+    }
+
+    #[test]
+    fn planted_dropped_and_altered_objects_are_named() {
+        let conn = journal();
+        conn.execute_batch(
+            "CREATE TRIGGER keep_failed AFTER UPDATE OF state ON orders
+             BEGIN UPDATE orders SET state = 'failed' WHERE order_id = NEW.order_id; END;
+             CREATE VIEW v AS SELECT 1;
+             DROP TRIGGER events_no_delete;
+             DROP INDEX orders_by_state; CREATE INDEX orders_by_state ON orders (serial);",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let problems = check(&conn, migrations::LATEST).unwrap_or_default();
+        let got: Vec<(String, String)> = problems
+            .iter()
+            .map(|p| (p.name.clone(), p.problem.clone()))
+            .collect();
+        assert!(
+            got.contains(&("keep_failed".into(), "unexpected".into())),
+            "{got:?}"
+        );
+        assert!(got.contains(&("v".into(), "unexpected".into())), "{got:?}");
+        assert!(
+            got.contains(&("events_no_delete".into(), "missing".into())),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&("orders_by_state".into(), "altered".into())),
+            "{got:?}"
+        );
+        assert_eq!(got.len(), 4, "{got:?}");
+    }
+
+    #[test]
+    fn defensive_mode_forbids_writing_the_schema() {
+        let conn = journal();
+        harden(&conn).unwrap_or_else(|e| panic!("{e}"));
+        conn.execute_batch("PRAGMA writable_schema = ON;")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let planted = conn.execute_batch(
+            "INSERT INTO sqlite_master VALUES ('view', 'x', 'x', 0, 'CREATE VIEW x AS SELECT 1');",
+        );
+        assert!(planted.is_err());
+    }
+}
