@@ -29,8 +29,7 @@ use crate::inventory::{CarrierSnapshot, ModuleInfo, ModuleScan};
 use crate::journal::{rejection_ends_order, Actor, EventKind, Journal, OrderState};
 use crate::order::{DestructionOrder, Method, RejectCode, Rejection, Verification, VerifiedOrder};
 use crate::token::{
-    DestroyedObject, GoneReport, GoneSpec, Module, PinSource, PinTarget, ReinitTrace,
-    ResolvedToken,
+    DestroyedObject, GoneReport, GoneSpec, Module, PinSource, PinTarget, ReinitTrace, ResolvedToken,
 };
 
 mod target;
