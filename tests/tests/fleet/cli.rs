@@ -96,7 +96,8 @@ fn enroll_sync_verify_and_a_rollback_through_the_cli() -> TestResult {
         custody(&all)
     };
     let synced = with(&["--json", "sync"])?.expect(0)?.json()?;
-    ensure!(synced["sync"]["pushed"] == 40, "{synced}");
+    // 41: the journal's creation checkpoint and 40 notes.
+    ensure!(synced["sync"]["pushed"] == 41, "{synced}");
     let synced = with(&["--json", "sync"])?.expect(0)?.json()?;
     ensure!(synced["sync"]["pushed"] == 0, "{synced}");
     with(&["journal", "verify", "--against-fleet"])?.expect(0)?;
@@ -108,7 +109,7 @@ fn enroll_sync_verify_and_a_rollback_through_the_cli() -> TestResult {
         "{status}"
     );
     ensure!(
-        status["status"]["journals"][0]["server_seq"] == 40,
+        status["status"]["journals"][0]["server_seq"] == 41,
         "{status}"
     );
     let verify = custody(&["fleet", "verify", "--database", &url])?.expect(0)?;
@@ -130,7 +131,7 @@ fn enroll_sync_verify_and_a_rollback_through_the_cli() -> TestResult {
         refused.code == 1
             && refused
                 .stderr
-                .contains("local journal behind the organisation's record at seq 45"),
+                .contains("local journal behind the organisation's record at seq 46"),
         "{refused:?}"
     );
     let verify = with(&["journal", "verify", "--against-fleet"])?;

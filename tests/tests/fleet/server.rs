@@ -40,18 +40,18 @@ fn sync_pushes_every_event_once_and_the_server_hash_agrees() -> TestResult {
     add_notes(&mut journal, 10, "друга")?;
     let mut f = Fleet::connect(&agent)?;
     let report = f.sync(&journal, &opts(1000))?;
-    ensure!(report.pushed == 2511 && report.batches == 3, "{report:?}");
-    ensure!(report.server_seq == 2511 && report.local_seq == 2511);
+    ensure!(report.pushed == 2512 && report.batches == 3, "{report:?}");
+    ensure!(report.server_seq == 2512 && report.local_seq == 2512);
     let cp = report.checkpoint.context("the checkpoint is held")?;
-    ensure!(cp.checkpoint().count == 2500 && cp.checkpoint().seq == 2501);
-    // Idempotent.
+    ensure!(cp.checkpoint().count == 2501 && cp.checkpoint().seq == 2502);
+    // Idempotent. (A new journal starts with its own signed checkpoint: event 1.)
     let again = f.sync(&journal, &opts(1000))?;
-    ensure!(again.pushed == 0 && again.server_seq == 2511, "{again:?}");
+    ensure!(again.pushed == 0 && again.server_seq == 2512, "{again:?}");
     let cmp = f.compare(&journal)?;
     ensure!(cmp.ok() && cmp.registered, "{cmp:?}");
     let verify = fleet.owner()?.verify()?;
     ensure!(
-        verify.ok() && verify.events == 2511 && verify.checkpoints == 1,
+        verify.ok() && verify.events == 2512 && verify.checkpoints == 2,
         "{verify:?}"
     );
     ensure!(fleet.owner()?.alarms(None)?.is_empty());
@@ -82,7 +82,7 @@ fn an_agent_can_only_insert_its_own_journal() -> TestResult {
         "SELECT seq FROM custody.events WHERE journal_id = $1::text::uuid",
         &[&own],
     )?;
-    ensure!(mine.len() == 5, "own events visible: {}", mine.len());
+    ensure!(mine.len() == 6, "own events visible: {}", mine.len());
     let theirs = raw.query(
         "SELECT seq FROM custody.events WHERE journal_id = $1::text::uuid",
         &[&other],
@@ -122,10 +122,10 @@ fn an_agent_can_only_insert_its_own_journal() -> TestResult {
     let truncate = raw.batch_execute("TRUNCATE custody.events");
     ensure!(truncate.is_err(), "truncate was not refused");
     // Writing the other journal's next event, with a correct chain: refused.
-    let next = jb.chain_events(5, 1)?;
+    let next = jb.chain_events(6, 1)?;
     ensure!(next.is_empty());
     add_notes(&mut jb, 1, "b")?;
-    let e = &jb.chain_events(5, 1)?[0];
+    let e = &jb.chain_events(6, 1)?[0];
     let r = raw.execute(
         "INSERT INTO custody.events (journal_id, seq, at, kind, carrier, os_user, operator, host, data, prev_hash, hash)
          VALUES ($1::text::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -150,9 +150,9 @@ fn an_agent_can_only_insert_its_own_journal() -> TestResult {
         &[&other],
     );
     ensure!(r.is_err(), "an agent inserted an alarm");
-    // The server holds B's 5 events, unchanged.
+    // The server holds B's 6 events (its creation checkpoint and 5 notes), unchanged.
     let verify = fleet.owner()?.verify()?;
-    ensure!(verify.ok() && verify.events == 10, "{verify:?}");
+    ensure!(verify.ok() && verify.events == 12, "{verify:?}");
     ensure!(fleet.owner()?.alarms(None)?.is_empty());
     Ok(())
 }
@@ -180,11 +180,11 @@ fn a_forked_chain_is_refused_and_the_alarm_kept() -> TestResult {
         .sync(&forked, &opts(100))
         .map(|_| ())
         .expect_err("refused");
-    ensure!(matches!(e, Error::FleetDiverged { seq: 25 }), "{e}");
+    ensure!(matches!(e, Error::FleetDiverged { seq: 26 }), "{e}");
     let alarms = fleet.owner()?.alarms(None)?;
     ensure!(
-        alarms.iter().any(|a| a.kind == "fork" && a.seq == 26),
-        "no fork alarm at #26: {alarms:?}"
+        alarms.iter().any(|a| a.kind == "fork" && a.seq == 27),
+        "no fork alarm at #27: {alarms:?}"
     );
     // Pushed by hand past the client's own check: refused by the server, alarm kept.
     let mut raw = {
@@ -197,17 +197,17 @@ fn a_forked_chain_is_refused_and_the_alarm_kept() -> TestResult {
             db,
         )
     };
-    let e = &forked.chain_events(25, 1)?[0];
+    let e = &forked.chain_events(26, 1)?[0];
     let n = raw.0.execute(
         "INSERT INTO custody.events (journal_id, seq, at, kind, carrier, os_user, operator, host, data, prev_hash, hash)
          VALUES ($1::text::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         &[&forked.journal_id(), &(e.seq as i64), &e.at, &e.kind, &e.carrier, &e.os_user, &e.operator, &e.host, &e.data, &&e.prev_hash[..], &&e.hash[..]],
     )?;
-    ensure!(n == 0, "the forked event #26 was stored");
+    ensure!(n == 0, "the forked event #27 was stored");
     // A rewritten row (hash no longer matches its contents) at the next seq: refused.
-    let mut next = j.chain_events(24, 1)?[0].clone();
-    next.seq = 26;
-    next.prev_hash = j.event_hash(25)?.context("#25")?;
+    let mut next = j.chain_events(25, 1)?[0].clone();
+    next.seq = 27;
+    next.prev_hash = j.event_hash(26)?.context("#26")?;
     next.data = "{\"text\":\"altered\"}".into();
     let n = raw.0.execute(
         "INSERT INTO custody.events (journal_id, seq, at, kind, carrier, os_user, operator, host, data, prev_hash, hash)
@@ -220,18 +220,18 @@ fn a_forked_chain_is_refused_and_the_alarm_kept() -> TestResult {
     );
     let alarms = fleet.owner()?.alarms(None)?;
     ensure!(
-        alarms.iter().any(|a| a.kind == "rewritten" && a.seq == 26),
+        alarms.iter().any(|a| a.kind == "rewritten" && a.seq == 27),
         "{alarms:?}"
     );
     let forks = alarms
         .iter()
-        .filter(|a| a.kind == "fork" && a.seq == 26)
+        .filter(|a| a.kind == "fork" && a.seq == 27)
         .count();
     ensure!(forks == 2, "{alarms:?}");
     // The genuine journal still syncs and verifies; the organisation's record is intact.
     add_notes(&mut j, 3, "after")?;
     let r = Fleet::connect(&raw.1)?.sync(&j, &opts(100))?;
-    ensure!(r.server_seq == 28, "{r:?}");
+    ensure!(r.server_seq == 29, "{r:?}");
     ensure!(fleet.owner()?.verify()?.ok());
     Ok(())
 }
@@ -263,17 +263,17 @@ fn a_rolled_back_local_journal_is_detected() -> TestResult {
         .expect_err("refused");
     ensure!(
         e.to_string()
-            .contains("local journal behind the organisation's record at seq 42"),
+            .contains("local journal behind the organisation's record at seq 43"),
         "{e}"
     );
     let cmp = Fleet::connect(&agent)?.compare(&j)?;
     ensure!(
-        cmp.behind() && !cmp.ok() && cmp.server_seq == 42 && cmp.local_seq == 30,
+        cmp.behind() && !cmp.ok() && cmp.server_seq == 43 && cmp.local_seq == 31,
         "{cmp:?}"
     );
     let alarms = fleet.owner()?.alarms(None)?;
     ensure!(
-        alarms.iter().any(|a| a.kind == "behind" && a.seq == 42),
+        alarms.iter().any(|a| a.kind == "behind" && a.seq == 43),
         "{alarms:?}"
     );
     // Truncated and then grown past the organisation's head: a fork, refused.
@@ -284,7 +284,7 @@ fn a_rolled_back_local_journal_is_detected() -> TestResult {
         .sync(&j, &opts(100))
         .map(|_| ())
         .expect_err("refused");
-    ensure!(matches!(e, Error::FleetDiverged { seq: 42 }), "{e}");
+    ensure!(matches!(e, Error::FleetDiverged { seq: 43 }), "{e}");
     Ok(())
 }
 
@@ -319,12 +319,12 @@ fn two_agents_sync_at_once() -> TestResult {
     for h in handles {
         let pushed = h.join().map_err(|_| anyhow::anyhow!("panicked"))??;
         ensure!(
-            pushed == 3000,
+            pushed == 3001,
             "each event pushed exactly once, got {pushed}"
         );
     }
     let verify = fleet.owner()?.verify()?;
-    ensure!(verify.ok() && verify.events == 6000, "{verify:?}");
+    ensure!(verify.ok() && verify.events == 6002, "{verify:?}");
     Ok(())
 }
 
@@ -373,9 +373,9 @@ fn the_database_killed_mid_sync_loses_and_duplicates_nothing() -> TestResult {
         "held {held_after_crash}"
     );
     let report = Fleet::connect(&agent)?.sync(&j, &opts(1000))?;
-    ensure!(report.pushed == 20_100 - held_after_crash, "{report:?}");
+    ensure!(report.pushed == 20_101 - held_after_crash, "{report:?}");
     let verify = owner.verify()?;
-    ensure!(verify.ok() && verify.events == 20_100, "{verify:?}");
+    ensure!(verify.ok() && verify.events == 20_101, "{verify:?}");
     ensure!(owner.alarms(None)?.is_empty());
     Ok(())
 }
