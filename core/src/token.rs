@@ -296,6 +296,9 @@ impl Module {
         session
             .get_session_info()
             .map_err(|e| map_err("C_GetSessionInfo", e))?;
+        // Closed here rather than on drop (which ignores the result), so that a device that
+        // dies as the session closes makes the read partial and is remembered as trouble.
+        session.close().map_err(|e| map_err("C_CloseSession", e))?;
         snapshot.sort_objects();
         snapshot.pair_keys();
         Ok(Some(snapshot))

@@ -472,7 +472,6 @@ macro_rules! behaviours {
             }
 
             #[test]
-            #[ignore = "a dead p11-kit server is still recorded as all carriers removed (issue 10)"]
             fn remote_server_killed_and_restarted() -> TestResult {
                 super::remote_server_killed_and_restarted($name)
             }

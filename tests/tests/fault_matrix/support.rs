@@ -30,12 +30,17 @@ pub(crate) enum Persistence {
     /// The call at the index and every later one fail.
     FromThere,
     /// From the index on the module's device is gone as p11-kit's remote module shows a dead
-    /// server: C_GetSlotList answers CKR_OK with no slots, every other call fails.
+    /// server: C_GetSlotList answers CKR_OK with no slots, every other call fails with
+    /// CKR_DEVICE_ERROR (what that module returns). Not CKR_DEVICE_REMOVED: a token that
+    /// answers "removed" and is then missing from a complete slot list was removed, and is
+    /// recorded so.
     Gone,
 }
 
 /// The return value injected everywhere.
 pub(crate) const REMOVED: &str = "CKR_DEVICE_REMOVED";
+/// The return value of a module whose device or server died.
+pub(crate) const DEVICE_ERROR: &str = "CKR_DEVICE_ERROR";
 
 fn base() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fault-matrix")
@@ -205,7 +210,7 @@ impl Lane {
                 .fault(serde_json::json!({
                     "function": "C_GetSlotList", "from": index, "empty": true
                 }))
-                .fail_from(index, REMOVED),
+                .fail_from(index, DEVICE_ERROR),
         };
         self.fault.set_plan(&plan)
     }
