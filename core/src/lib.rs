@@ -14,7 +14,7 @@
 //! - [`inventory`]: snapshots of carriers and the diff that turns a scan into events.
 //! - [`order`]: signed destruction orders: parse, verify -> [`order::VerifiedOrder`].
 //! - [`wipe`]: plan, execute and verify a wipe; accepts only a verified order; reconcile.
-//! - [`file`]: modes of what custody creates (0700/0600); opening untrusted names safely.
+//! - [`mod@file`]: modes of what custody creates (0700/0600); opening untrusted names safely.
 //! - [`id`]: carrier identity and raw PKCS#11 byte strings.
 //! - [`event`]: the kinds of journal events ([`event::EventKind`]).
 //! - [`rejection`]: why an order was refused ([`rejection::Rejection`]).

@@ -65,7 +65,7 @@ pub struct Observed<'a> {
 
 impl<'a> Observed<'a> {
     /// Prepares `scans` for comparison with `known` (identity of weak serials resolved
-    /// against it; see [`super::identity`]).
+    /// against it; see the `identity` module).
     pub fn new(scans: &'a [ModuleScan], known: &Known) -> Result<Self> {
         let scans: Vec<_> = scans
             .iter()
