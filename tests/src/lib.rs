@@ -44,7 +44,7 @@
 //! - [`softhsm`]: module path, configuration and env files, test directories.
 //! - [`postgres`]: a private PostgreSQL cluster (initdb + pg_ctl) for the fleet tests.
 //! - [`custody`]: runs the real `custody` binary against a set and a journal.
-//! - [`bench`]: what the benchmark programs share (CPU time, percentiles, log reading).
+//! - [`mod@bench`]: what the benchmark programs share (CPU time, percentiles, log reading).
 //! - [`implementation`]: the PKCS#11 implementations the behaviour tests run on.
 //! - [`daemon`]: daemons started by tests, ended by pid; free loopback ports.
 //! - [`fault`]: the fault-injecting PKCS#11 module in front of SoftHSM2: plans, call logs.

@@ -17,7 +17,7 @@
 //! ```
 //!
 //! The card has no PIN and no authentication objects; its certificate is issued by a fixture
-//! CA made for the card ([`crate::ca`]), never read from files of other projects.
+//! CA made for the card (the `ca` module), never read from files of other projects.
 
 use anyhow::Context as _;
 use rcgen::{KeyPair, PublicKeyData as _};

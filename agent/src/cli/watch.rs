@@ -31,7 +31,7 @@ const SAME_REQUEST: Duration = Duration::from_millis(250);
 
 /// Runs the service. The first SIGTERM or SIGINT finishes the PKCS#11 call and journal
 /// transaction in hand, ends every wait between PKCS#11 calls, and exits 0; a second one
-/// (later than [`SAME_REQUEST`]) exits at once with 2.
+/// (later than `SAME_REQUEST`) exits at once with 2.
 pub fn run(ctx: &Context, args: &WatchArgs) -> anyhow::Result<Exit> {
     ctx.create_default_dir()?;
     let cfg = ServiceConfig {

@@ -13,7 +13,7 @@ pub struct Problem {
     pub line: Option<usize>,
     /// `[table]` or `[[table]]` the line belongs to, when known.
     pub table: Option<String>,
-    /// The key, when it can be named (see [`key_name`]).
+    /// The key, when it can be named (see `key_name`).
     pub key: Option<String>,
     /// What is wrong, without the value.
     pub reason: String,
