@@ -153,6 +153,23 @@ fn wait_for_writer(attempts: i32) -> bool {
     true
 }
 
+/// Puts the journal in WAL mode. SQLite answers SQLITE_BUSY at once, without asking the busy
+/// handler, while another connection holds the file during that switch (two custody processes
+/// creating one journal): waited for here as [`wait_for_writer`] would.
+fn set_wal(conn: &Connection) -> Result<()> {
+    let mut attempts = 0;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && wait_for_writer(attempts) =>
+            {
+                attempts += 1;
+            }
+            other => return other.map_err(db_err),
+        }
+    }
+}
+
 /// [`crate::file::tighten`], logged: a journal file left readable by others (by an older
 /// custody, or a umask) is made private.
 fn tighten(path: &Path) {
@@ -227,13 +244,15 @@ impl Journal {
             // the database file.
             crate::file::create_private_file(path)?;
         }
-        let conn = Connection::open_with_flags(
+        let mut conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
                 | OpenFlags::SQLITE_OPEN_CREATE
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(db_err)?;
+        // Before the first read: another custody may be creating or migrating this journal.
+        conn.busy_handler(Some(wait_for_writer)).map_err(db_err)?;
         schema::harden(&conn)?;
         if existing {
             // Checked on this connection before anything is written (the pragmas below are
@@ -242,15 +261,20 @@ impl Journal {
             check_ours(&conn, path)?;
             tighten(path);
         }
-        let mut conn = conn;
-        conn.busy_handler(Some(wait_for_writer)).map_err(db_err)?;
-        // Nothing is written before the schema is known to be custody's own.
-        let version: u32 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(db_err)?;
-        schema::require_own(&conn, version, path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db_err)?;
+        // Nothing is written before the schema is known to be custody's own. The version and
+        // the schema are read in one transaction: another custody creating this journal at the
+        // same moment must not be seen half-way (version 0 read before its commit, its tables
+        // after).
+        let version: u32 = {
+            let snapshot = conn.transaction().map_err(db_err)?;
+            let version = snapshot
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .map_err(db_err)?;
+            schema::require_own(&snapshot, version, path)?;
+            snapshot.commit().map_err(db_err)?;
+            version
+        };
+        set_wal(&conn)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db_err)?;
         conn.pragma_update(None, "foreign_keys", "ON")
@@ -280,8 +304,16 @@ impl Journal {
         };
         // Checkpoints from the first row: a journal without events gets one now, so that a
         // journal whose key exists always holds a checkpoint.
+        // Decided inside the write transaction, so two processes creating the journal at
+        // once write one.
         if journal.event_count()? == 0 {
-            journal.checkpoint(&Actor::current(None), OffsetDateTime::now_utc())?;
+            let key = journal.journal_key()?;
+            journal.write(&Actor::current(None), OffsetDateTime::now_utc(), |w| {
+                if w.head.seq == 0 {
+                    w.checkpoint(&key)?;
+                }
+                Ok(())
+            })?;
         }
         Ok(journal)
     }

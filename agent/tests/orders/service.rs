@@ -51,9 +51,13 @@ fn the_service_executes_a_spooled_order_and_journals_the_wiped_carrier() -> Test
             })
             .unwrap_or(false)
     };
-    assert!(wait_until(Duration::from_secs(20), || !env
-        .events_of("carrier_enrolled")
-        .is_empty()));
+    assert!(
+        wait_until(Duration::from_secs(20), || !env
+            .events_of("carrier_enrolled")
+            .is_empty()),
+        "the service enrolled nothing; log: {:?}",
+        log.lock().map(|l| l.clone()).unwrap_or_default()
+    );
 
     // Drop a signed order in (written under a dot-name, then renamed, as documented).
     let order = env.order("ready", json!({}));

@@ -138,4 +138,31 @@ mod tests {
         assert!(j.form(&Default::default()).unwrap_or_default().is_empty());
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    #[test]
+    fn processes_creating_one_journal_at_once_all_open_it_and_write_one_checkpoint() {
+        let dir = std::env::temp_dir().join(format!("custody-race-{}", std::process::id()));
+        for round in 0..20 {
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+            let path = dir.join("journal.db");
+            let start = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let opened: Vec<_> = (0..4)
+                .map(|_| {
+                    let (path, start) = (path.clone(), std::sync::Arc::clone(&start));
+                    std::thread::spawn(move || {
+                        start.wait();
+                        super::super::Journal::open(&path).map(|_| ())
+                    })
+                })
+                .collect();
+            for t in opened {
+                let r = t.join().unwrap_or_else(|_| panic!("thread panicked"));
+                assert!(r.is_ok(), "round {round}: {r:?}");
+            }
+            let j = super::super::Journal::open(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(j.event_count().ok(), Some(1), "round {round}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
