@@ -13,8 +13,15 @@ if [ ${#targets[@]} -eq 0 ]; then
   targets=(cert order order_check allowed_signers journal_open csv_import)
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
-  cargo install cargo-fuzz --locked
+  cargo install --locked cargo-fuzz
 fi
+# The journals the targets write live in a directory of this run (in memory when possible),
+# removed at the end.
+shm=/dev/shm
+[ -d "$shm" ] && [ -w "$shm" ] || shm=${TMPDIR:-/tmp}
+CUSTODY_FUZZ_DIR=$(mktemp -d "$shm/custody-fuzz.XXXXXX")
+export CUSTODY_FUZZ_DIR
+trap 'rm -rf "$CUSTODY_FUZZ_DIR"' EXIT
 # Stable Rust: no sanitizer (-s none); coverage instrumentation still guides libFuzzer.
 cargo fuzz build -s none
 mkdir -p logs

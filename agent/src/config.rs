@@ -126,6 +126,10 @@ pub struct RawService {
     /// that they add at most 3 % to the modules' polling cost, and at most 30 s.
     #[serde(default, deserialize_with = "value::duration")]
     pub check_interval: Option<Duration>,
+    /// The longest age of the newest signed checkpoint before the service writes one, e.g.
+    /// "1h"; default and longest: 24h.
+    #[serde(default, deserialize_with = "value::duration")]
+    pub checkpoint_interval: Option<Duration>,
     /// Order spool directory.
     #[serde(default, deserialize_with = "value::absolute")]
     pub spool: Option<PathBuf>,
@@ -166,6 +170,8 @@ pub struct Config {
     pub interval: Duration,
     /// Fixed time between content checks (`None`: from the measured cost).
     pub check_interval: Option<Duration>,
+    /// The longest age of the newest checkpoint before the service writes one.
+    pub checkpoint_interval: Duration,
     /// Order spool.
     pub spool: PathBuf,
     /// allowed_signers file.
@@ -258,6 +264,10 @@ impl Config {
             pins,
             interval: raw.service.interval.unwrap_or(Duration::from_secs(2)),
             check_interval: raw.service.check_interval,
+            checkpoint_interval: raw
+                .service
+                .checkpoint_interval
+                .unwrap_or(Duration::from_secs(24 * 3600)),
             spool: raw
                 .service
                 .spool

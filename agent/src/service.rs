@@ -7,6 +7,7 @@
 //! and its journal transaction are finished, the worker records `last_seen` of the carriers
 //! present and finalises the modules, then `run` returns.
 
+pub mod checkpoint;
 pub mod fleet;
 pub mod orders;
 
@@ -38,10 +39,12 @@ pub struct ServiceConfig {
     pub actor: Actor,
 }
 
-/// The tasks the service runs every interval, in order: the order spool, when
-/// `[orders] allowed_signers` is configured.
+/// The tasks the service runs every interval, in order: the checkpoint at least daily, and
+/// the order spool when `[orders] allowed_signers` is configured.
 pub fn tasks(config: &Config) -> Vec<Box<dyn Task>> {
-    let mut tasks: Vec<Box<dyn Task>> = Vec::new();
+    let mut tasks: Vec<Box<dyn Task>> = vec![Box::new(checkpoint::CheckpointTask::new(
+        config.checkpoint_interval,
+    ))];
     match &config.allowed_signers {
         Some(signers) => tasks.push(Box::new(orders::OrderTask::new(
             config.spool.clone(),

@@ -1,14 +1,16 @@
 //! Journal benchmark: custody's own event path against a raw rusqlite insert loop with the
 //! same pragmas (in the same run, so the ratio holds on a noisy machine), and
-//! `journal verify` speed on a journal of one million events.
+//! `journal verify` speed on a journal of one million events: the hash chain, and apart from
+//! it the re-derivation of the state tables from the events (on a journal of `--rows` imported
+//! form rows, the events that fill most state tables).
 //!
 //! Run: `cargo bench -p custody-core --bench journal` (or bench/journal.sh).
-//! Options after `--`: `--events N` (default 1000000), `--dir DIR`.
+//! Options after `--`: `--events N` (default 1000000), `--rows N` (default 100000), `--dir DIR`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use custody_core::journal::{Actor, EventKind, Journal};
+use custody_core::journal::{Actor, EventKind, ImportRow, Journal};
 use rusqlite::{params, Connection};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -30,6 +32,9 @@ fn main() {
     let events: u64 = get("--events")
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    let rows: u64 = get("--rows")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let dir = get("--dir")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("custody-journal-bench"));
@@ -119,7 +124,49 @@ fn main() {
         events as f64 / best.as_secs_f64(),
         built.as_secs_f64()
     );
+    drop(j);
+    state_rederivation(&dir, rows, &actor);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The second part of `journal verify`: every state table re-derived from the events and
+/// compared row by row, on a journal of `rows` imported form rows.
+fn state_rederivation(dir: &Path, rows: u64, actor: &Actor) {
+    let path = dir.join("form.db");
+    let mut j = Journal::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let paper: Vec<ImportRow> = (1..=rows)
+        .map(|i| ImportRow {
+            line: i + 1,
+            row_no: i,
+            generated: format!("{:02}.{:02}.2024 10:00", i % 28 + 1, i % 12 + 1),
+            carrier: format!("Алмаз-1К, сер. № {i:08}"),
+            received: format!(
+                "{:02}.{:02}.2024, Петренко Петро Петрович {i}",
+                i % 28 + 1,
+                i % 12 + 1
+            ),
+            destroyed: String::new(),
+            note: String::new(),
+        })
+        .collect();
+    j.import(&paper, "paper.csv", actor, OffsetDateTime::now_utc())
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(j);
+    let j = Journal::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let mut best = Duration::MAX;
+    let mut replayed = 0;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let report = j.verify_state().unwrap_or_else(|e| panic!("{e}"));
+        assert!(report.ok(), "{:?}", report.problems);
+        replayed = report.events;
+        best = best.min(start.elapsed());
+    }
+    println!(
+        "journal verify, state re-derivation: {replayed} events ({rows} form rows) in {:.3} s = {:.0} events/s",
+        best.as_secs_f64(),
+        replayed as f64 / best.as_secs_f64(),
+    );
 }
 
 fn raw_inserts(path: &Path, batch: u64, total: u64, data: &str, carrier: &str) -> Duration {

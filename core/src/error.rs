@@ -90,6 +90,15 @@ pub enum Error {
     /// -wal file); it was opened read-only and left untouched.
     #[error("{0} is not a complete custody journal (no custody schema in it; a copy of journal.db taken without its -wal file looks like this). Nothing was written to it; copy journals with `custody journal backup DEST`")]
     JournalIncomplete(PathBuf),
+    /// A journal file SQLite finds damaged before custody would first write to it (the switch
+    /// of a file not yet in WAL mode); it was left untouched.
+    #[error("journal {path} is damaged ({reason}); nothing was written to it. Restore it from a backup (`custody journal backup`, README \"Backup and restore\")")]
+    JournalDamaged {
+        /// The journal file.
+        path: PathBuf,
+        /// What SQLite's quick_check said first.
+        reason: String,
+    },
     /// An SQLite error while reading or writing the journal.
     #[error("journal: {0}")]
     Journal(#[source] Box<dyn std::error::Error + Send + Sync>),

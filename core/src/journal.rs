@@ -259,21 +259,11 @@ impl Journal {
             // the first writes): one open instead of two, and SQLite rolls back a hot
             // journal left by a killed process here, as its own recovery.
             check_ours(&conn, path)?;
+            check_before_wal(&conn, path)?;
             tighten(path);
         }
-        // Nothing is written before the schema is known to be custody's own. The version and
-        // the schema are read in one transaction: another custody creating this journal at the
-        // same moment must not be seen half-way (version 0 read before its commit, its tables
-        // after).
-        let version: u32 = {
-            let snapshot = conn.transaction().map_err(db_err)?;
-            let version = snapshot
-                .pragma_query_value(None, "user_version", |r| r.get(0))
-                .map_err(db_err)?;
-            schema::require_own(&snapshot, version, path)?;
-            snapshot.commit().map_err(db_err)?;
-            version
-        };
+        // Nothing is written before the schema is known to be custody's own.
+        let version = read_version(&mut conn, path).map_err(|e| damaged(path, e))?;
         set_wal(&conn)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db_err)?;
@@ -663,6 +653,64 @@ fn check_ours(conn: &Connection, path: &Path) -> Result<()> {
             found: version,
             supported: migrations::LATEST,
         });
+    }
+    Ok(())
+}
+
+/// The schema version, read with the schema in one transaction: another custody creating this
+/// journal at the same moment must not be seen half-way (version 0 read before its commit,
+/// its tables after). Refused unless the schema is custody's own.
+fn read_version(conn: &mut Connection, path: &Path) -> Result<u32> {
+    let snapshot = conn.transaction().map_err(db_err)?;
+    let version = snapshot
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(db_err)?;
+    schema::require_own(&snapshot, version, path)?;
+    if version > 0 {
+        // What every later step needs, read before the first write (the switch to WAL of a
+        // file that is not in WAL mode yet), so that a journal without it is refused as it is.
+        journal_id_of(&snapshot)?;
+    }
+    snapshot.commit().map_err(db_err)?;
+    Ok(version)
+}
+
+/// `e`, or [`Error::JournalDamaged`] when SQLite found the file damaged (for errors before
+/// the first write only: the message says nothing was written).
+fn damaged(path: &Path, e: Error) -> Error {
+    if let Error::Journal(inner) = &e {
+        if let Some(sqlite) = inner.downcast_ref::<rusqlite::Error>() {
+            if sqlite.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseCorrupt) {
+                return Error::JournalDamaged {
+                    path: path.into(),
+                    reason: sqlite.to_string(),
+                };
+            }
+        }
+    }
+    e
+}
+
+/// A journal file that is not in WAL mode yet (a copy made by other tools, or one restored
+/// from one) is switched to it on open: the first write to the file. Before that, SQLite's
+/// quick_check must find it whole, so that a damaged file is refused as it is. Files custody
+/// wrote are in WAL mode already: for them this is one pragma read.
+fn check_before_wal(conn: &Connection, path: &Path) -> Result<()> {
+    let damaged = |reason: String| Error::JournalDamaged {
+        path: path.into(),
+        reason,
+    };
+    let mode: String = conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .map_err(|e| damaged(e.to_string()))?;
+    if mode.eq_ignore_ascii_case("wal") {
+        return Ok(());
+    }
+    let first: String = conn
+        .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
+        .map_err(|e| damaged(e.to_string()))?;
+    if first != "ok" {
+        return Err(damaged(first));
     }
     Ok(())
 }

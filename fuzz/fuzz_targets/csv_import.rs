@@ -43,5 +43,10 @@ fuzz_target!(|data: &[u8]| {
     let Some(journal) = s.journal.as_mut() else {
         return;
     };
-    let _ = journal.import(&rows, "fuzz.csv", &custody_fuzz::actor(), custody_fuzz::now());
+    let _ = journal.import(
+        &rows,
+        "fuzz.csv",
+        &custody_fuzz::actor(),
+        custody_fuzz::now(),
+    );
 });

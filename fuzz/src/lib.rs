@@ -22,10 +22,13 @@ pub fn actor() -> Actor {
     }
 }
 
-/// An empty directory of this process for `target` (in /dev/shm when there is one: the
+/// An empty directory of this process for `target`, under `$CUSTODY_FUZZ_DIR` when set
+/// (fuzz/smoke.sh sets it and removes it afterwards), else in /dev/shm when there is one (the
 /// journal targets write with fsync).
 pub fn scratch(target: &str) -> PathBuf {
-    let base = if std::path::Path::new("/dev/shm").is_dir() {
+    let base = if let Some(dir) = std::env::var_os("CUSTODY_FUZZ_DIR") {
+        PathBuf::from(dir)
+    } else if std::path::Path::new("/dev/shm").is_dir() {
         PathBuf::from("/dev/shm")
     } else {
         std::env::temp_dir()

@@ -172,6 +172,7 @@ so_pin_file = "@DIR@/pins/so"
 [service]
 interval = "2s"
 check_interval = "10s"
+checkpoint_interval = "24h"
 spool = "@DIR@/spool"
 [orders]
 allowed_signers = "@DIR@/allowed_signers"

@@ -181,3 +181,36 @@ fn backup_makes_a_verified_copy_that_can_be_restored() {
     let (code, out, err) = custody_on(&journal, &["journal", "checkpoint"]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// Journal files not in WAL mode yet (copies made with other tools) are switched to it on
+/// the first open that writes. Two such files that once were modified and then refused (found
+/// by the `journal_open` fuzz target; kept in its seed corpus): a damaged b-tree page, and a
+/// journal whose meta lost its journal_id. Both are refused and left byte for byte as they
+/// were; the undamaged file they came from opens.
+#[test]
+fn a_damaged_journal_not_in_wal_mode_is_refused_before_any_write() {
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/journal_open");
+    let dir = temp_dir("damaged-not-wal");
+    for (name, expect) in [
+        ("regression-damaged-page.db", "is damaged"),
+        ("regression-no-journal-id.db", "no journal_id"),
+    ] {
+        let bytes = std::fs::read(seeds.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(&bytes[18..20], &[1, 1], "{name} is not in WAL mode");
+        let journal = dir.join(name);
+        std::fs::write(&journal, &bytes).unwrap_or_else(|e| panic!("{e}"));
+        let (code, out, err) = custody_on(&journal, &["journal", "list"]);
+        assert_eq!(code, 2, "{name}: {out}{err}");
+        assert!(err.contains(expect), "{name}: {err}");
+        assert_eq!(
+            std::fs::read(&journal).unwrap_or_default(),
+            bytes,
+            "{name} was modified"
+        );
+    }
+    let journal = dir.join("journal.db");
+    std::fs::copy(seeds.join("journal.db"), &journal).unwrap_or_else(|e| panic!("{e}"));
+    let (code, out, err) = custody_on(&journal, &["journal", "list"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(sqlite(&journal, "PRAGMA journal_mode;"), "wal");
+}
