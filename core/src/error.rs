@@ -151,6 +151,16 @@ pub enum Error {
     /// Any other PostgreSQL error of the organisation's database.
     #[error("the organisation's database: {0}")]
     Fleet(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A provider's revocation status service (CRL or OCSP) gave no usable answer: it could
+    /// not be reached, answered garbage, or its answer is not signed by the issuer. Nothing
+    /// was recorded for the certificate concerned.
+    #[error("{url}: {reason}; nothing was recorded for this certificate")]
+    Provider {
+        /// The CRL or OCSP URL asked.
+        url: String,
+        /// What went wrong, with what to do next.
+        reason: String,
+    },
     /// A destruction order was refused; nothing was touched.
     #[error("order refused: {0}")]
     OrderRejected(#[from] crate::rejection::Rejection),
