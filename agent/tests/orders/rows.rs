@@ -36,7 +36,12 @@ fn rows(env: &Env) -> Vec<(u64, String, String, String, String)> {
 fn verified(env: &Env) {
     let out = env.custody(&["--json", "journal", "verify"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(json_of(&out)["state"]["problems"], json!([]), "{}", text(&out));
+    assert_eq!(
+        json_of(&out)["state"]["problems"],
+        json!([]),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -47,7 +52,10 @@ fn every_key_set_seen_gets_a_stable_row_issued_or_not_destroyed_or_not() -> Test
     let first = rows(&env);
     assert_eq!(first.len(), 2, "{first:?}");
     for (_, origin, _, received, destroyed) in &first {
-        assert_eq!((origin.as_str(), received.as_str(), destroyed.as_str()), ("seen", "", ""));
+        assert_eq!(
+            (origin.as_str(), received.as_str(), destroyed.as_str()),
+            ("seen", "", "")
+        );
     }
     let row_of = |rows: &[(u64, String, String, String, String)], serial: &str| {
         rows.iter()
@@ -62,12 +70,21 @@ fn every_key_set_seen_gets_a_stable_row_issued_or_not_destroyed_or_not() -> Test
     assert_eq!(rows(&env), first);
     // Issuing the other carrier fills column 4 of its row: the number stays.
     let out = env.custody(&[
-        "--json", "issue", "--carrier", &env.t.other, "--holder", "Коваль Марія",
+        "--json",
+        "issue",
+        "--carrier",
+        &env.t.other,
+        "--holder",
+        "Коваль Марія",
     ]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(json_of(&out)["row_no"].as_u64(), Some(other_row));
     let issued = rows(&env);
-    let other = issued.iter().find(|r| r.0 == other_row).cloned().unwrap_or_default();
+    let other = issued
+        .iter()
+        .find(|r| r.0 == other_row)
+        .cloned()
+        .unwrap_or_default();
     assert!(other.3.contains("Коваль Марія"), "{other:?}");
     assert_eq!(other.1, "seen", "the row was opened by the scan");
     // Alice's carrier is destroyed without ever being issued: column 5 of its row.
@@ -77,7 +94,11 @@ fn every_key_set_seen_gets_a_stable_row_issued_or_not_destroyed_or_not() -> Test
     assert!(out.status.success(), "{}", text(&out));
     assert!(env.custody(&["scan"]).status.success());
     let wiped = rows(&env);
-    let alice = wiped.iter().find(|r| r.0 == alice_row).cloned().unwrap_or_default();
+    let alice = wiped
+        .iter()
+        .find(|r| r.0 == alice_row)
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(alice.3, "", "never issued: {alice:?}");
     assert!(alice.4.contains("Коваленко Ольга Петрівна"), "{alice:?}");
     assert_eq!(wiped.len(), 2, "the wipe opens no row: {wiped:?}");
@@ -90,7 +111,10 @@ fn every_key_set_seen_gets_a_stable_row_issued_or_not_destroyed_or_not() -> Test
     assert_eq!(&after[..2], &wiped[..], "earlier rows unchanged");
     let new_row = after[2].0;
     assert!(new_row > alice_row.max(other_row), "{after:?}");
-    assert_eq!((after[2].2.as_str(), after[2].3.as_str()), (env.t.alice.as_str(), ""));
+    assert_eq!(
+        (after[2].2.as_str(), after[2].3.as_str()),
+        (env.t.alice.as_str(), "")
+    );
     verified(&env);
     // The number is in the hash chain: the scan event that saw the keys carries it.
     let carrying: Vec<u64> = env
@@ -98,7 +122,10 @@ fn every_key_set_seen_gets_a_stable_row_issued_or_not_destroyed_or_not() -> Test
         .iter()
         .filter_map(|e| e.data["key_set_row"]["row_no"].as_u64())
         .collect();
-    assert_eq!(carrying, [alice_row.min(other_row), alice_row.max(other_row), new_row]);
+    assert_eq!(
+        carrying,
+        [alice_row.min(other_row), alice_row.max(other_row), new_row]
+    );
     // A row changed in the state table is named by verify.
     env.sqlite(&format!(
         "UPDATE form_rows SET serial = 'forged' WHERE row_no = {new_row}"

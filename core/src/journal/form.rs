@@ -398,11 +398,9 @@ fn vanished_of(
         return Ok(None);
     }
     let (kind, at): (crate::event::EventKind, String) = conn
-        .query_row(
-            "SELECT kind, at FROM events WHERE seq = ?1",
-            [next],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .query_row("SELECT kind, at FROM events WHERE seq = ?1", [next], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .map_err(db_err)?;
     Ok(Some(Vanished {
         kind,

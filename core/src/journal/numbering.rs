@@ -89,7 +89,11 @@ fn wiped_after(conn: &Connection, carrier: &str, seq: u64) -> Result<bool> {
 
 /// The carrier's live row: its latest row when that still describes what the carrier holds
 /// (`now`): not wiped since, and sharing an object with it. (row_no, seq).
-pub(crate) fn live_row(conn: &Connection, carrier: &str, now: &KeySet) -> Result<Option<(u64, u64)>> {
+pub(crate) fn live_row(
+    conn: &Connection,
+    carrier: &str,
+    now: &KeySet,
+) -> Result<Option<(u64, u64)>> {
     let Some((row_no, seq, ks)) = latest_row(conn, carrier)? else {
         return Ok(None);
     };
