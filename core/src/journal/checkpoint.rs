@@ -90,7 +90,11 @@ impl JournalKey {
         // Written in full under a private name, then linked into place: another process
         // creating the same journal never reads a key file that is still empty.
         let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".new-{}-{}", std::process::id(), hex::encode(&seed[..4])));
+        tmp.push(format!(
+            ".new-{}-{}",
+            std::process::id(),
+            hex::encode(&seed[..4])
+        ));
         let tmp = PathBuf::from(tmp);
         let written = std::fs::OpenOptions::new()
             .write(true)
