@@ -57,7 +57,9 @@ pub use keyset::{CertEntry, Generated, GeneratedSource, KeyEntry, KeySet};
 pub use numbering::KeySetRow;
 pub use orders::{OrderRow, OrderState};
 pub use query::{CarrierRow, EventRow, StoredCertificate};
-pub use revocation::{RevocationData, RevocationRecord, RevocationRequest, RevocationStep};
+pub use revocation::{
+    RevocationData, RevocationRecord, RevocationRequest, RevocationState, RevocationStep,
+};
 pub use schema::SchemaProblem;
 
 /// `PRAGMA application_id` of a custody journal ("CUST").

@@ -1,11 +1,13 @@
 //! The organisation's journal on a real PostgreSQL server (a private cluster per test
 //! process, a database per test): schema, roles and row-level security, the server's chain
-//! check, sync and its faults (`server`), and the `custody` commands (`cli`).
+//! check, sync and its faults (`server`), the `custody` commands (`cli`), and TLS (`tls`).
 
 #[path = "fleet/cli.rs"]
 mod cli;
 #[path = "fleet/server.rs"]
 mod server;
+#[path = "fleet/tls.rs"]
+mod tls;
 
 use std::path::{Path, PathBuf};
 
