@@ -188,7 +188,9 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<HolderLine>, String> {
         let line = record
             .position()
             .map(|p| {
-                let mut at = usize::try_from(p.byte()).unwrap_or(usize::MAX).min(bytes.len());
+                let mut at = usize::try_from(p.byte())
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
                 while bytes.get(at).is_some_and(|b| matches!(b, b'\r' | b'\n')) {
                     at += 1;
                 }
