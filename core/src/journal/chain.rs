@@ -247,7 +247,7 @@ pub(crate) fn verify_with_progress(
         prev = computed;
         expected += 1;
         checked += 1;
-        if checked % PROGRESS_EVERY == 0 {
+        if checked.is_multiple_of(PROGRESS_EVERY) {
             progress(checked, total);
         }
     }
