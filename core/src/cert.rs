@@ -16,7 +16,10 @@ use x509_parser::extensions::{ExtendedKeyUsage, KeyUsage, ParsedExtension};
 use x509_parser::public_key::PublicKey;
 use x509_parser::x509::{SubjectPublicKeyInfo, X509Name};
 
+mod dstu;
 mod revocation;
+
+pub use dstu::{dstu_public_key, dstu_signature_octets, DstuCurve, DstuKey};
 
 pub use revocation::{
     issued_cert, parse_crl, reason_name, CrlInfo, IssuedCert, RevokedEntry, Signed,
