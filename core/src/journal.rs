@@ -496,6 +496,12 @@ impl Journal {
         chain::verify(&self.conn, &self.journal_id)
     }
 
+    /// [`Journal::verify`], telling `progress` (events checked, events in the journal) every
+    /// 10,000 events, for a progress bar.
+    pub fn verify_with_progress(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport> {
+        chain::verify_with_progress(&self.conn, &self.journal_id, progress)
+    }
+
     /// Replays every event and compares the state tables with what the events say; every
     /// difference is named by table, key and column.
     pub fn verify_state(&self) -> Result<StateReport> {

@@ -18,6 +18,7 @@ use serde::Serialize;
 use super::issue::parse_date;
 use super::Context;
 use crate::local_time::{self, Style};
+use crate::progress::Progress;
 use crate::Exit;
 
 mod html;
@@ -82,7 +83,10 @@ pub fn run_fleet(
     let filter = filter_of(args)?;
     let mut rows = Vec::new();
     let mut sources = Vec::new();
-    for journal in fleet.form(&filter)? {
+    let progress = Progress::spinner(ctx.global.json, "reading the organisation's journal");
+    let journals = fleet.form(&filter);
+    drop(progress);
+    for journal in journals? {
         for row in journal.rows {
             sources.push((journal.agent.clone(), journal.journal_id.clone()));
             rows.push(row);

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::Context;
 use crate::output::{clip, json, Table};
+use crate::progress::Progress;
 use crate::Exit;
 
 /// Arguments of `custody scan` (modules, journal and --json are global options).
@@ -83,6 +84,10 @@ pub fn run(ctx: &Context, _args: &ScanArgs) -> anyhow::Result<Exit> {
     let mut reports = Vec::new();
     let mut problems = Vec::new();
     for path in ctx.modules() {
+        let progress = Progress::spinner(
+            ctx.global.json,
+            &format!("scanning the carriers of {}", path.display()),
+        );
         let scan = match Module::load(&path) {
             Ok(m) => m.scan(&pins),
             Err(e) => {
@@ -93,6 +98,7 @@ pub fn run(ctx: &Context, _args: &ScanArgs) -> anyhow::Result<Exit> {
                 )
             }
         };
+        drop(progress);
         let unavailable = scan.unavailability();
         if let Some(why) = &unavailable {
             tracing::debug!(module = %path.display(), cause = %why, "module not scanned");
