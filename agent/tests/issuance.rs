@@ -18,3 +18,5 @@ mod issue;
 mod remote;
 #[path = "issuance/revocation_check.rs"]
 mod revocation_check;
+#[path = "support/service.rs"]
+mod service;
