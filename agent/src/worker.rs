@@ -347,6 +347,10 @@ impl WorkerState {
         let mut scans: Vec<(usize, ModuleScan)> = Vec::new();
         let mut check_cost = Duration::ZERO;
         let now = Instant::now();
+        // Every module's tokens as they are now, so that a PIN rule matching carriers in two
+        // modules is refused (only with PIN rules: one C_GetTokenInfo per token).
+        self.pins
+            .set_present(self.modules.iter().filter_map(|m| m.module.as_ref()));
         for (i, watched) in self.modules.iter_mut().enumerate() {
             if watched.module.is_none() && plan.load.get(i).copied().unwrap_or(false) {
                 watched.load();

@@ -80,10 +80,14 @@ pub fn run(ctx: &Context, _args: &ScanArgs) -> anyhow::Result<Exit> {
     let mut journal = ctx.open_journal()?;
     let pins = ctx.pins();
     let mut scans: Vec<ModuleScan> = Vec::new();
-    let mut loaded: Vec<Option<Module>> = Vec::new();
     let paths = ctx.modules();
-    for path in &paths {
-        let (scan, module) = match Module::load(path) {
+    let loaded: Vec<Result<Module, custody_core::Error>> =
+        paths.iter().map(|p| Module::load(p)).collect();
+    // Every module's tokens, so that a PIN rule matching carriers in two modules is refused.
+    pins.set_present(loaded.iter().filter_map(|m| m.as_ref().ok()));
+    let mut modules: Vec<Option<Module>> = Vec::new();
+    for (path, module) in paths.iter().zip(loaded) {
+        let (scan, module) = match module {
             Ok(m) => (m.scan(&pins), Some(m)),
             Err(e) => {
                 let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
@@ -95,12 +99,12 @@ pub fn run(ctx: &Context, _args: &ScanArgs) -> anyhow::Result<Exit> {
             }
         };
         scans.push(scan);
-        loaded.push(module);
+        modules.push(module);
     }
     // A read that would take certificates or keys from a carrier is confirmed by a second
     // read from scratch: a card pulled while it was read shows fewer objects first.
     let removing = journal.removes_content(&scans)?;
-    for ((scan, module), removing) in scans.iter_mut().zip(&mut loaded).zip(removing) {
+    for ((scan, module), removing) in scans.iter_mut().zip(&mut modules).zip(removing) {
         let Some(module) = module.as_mut().filter(|_| removing) else {
             continue;
         };
@@ -111,7 +115,7 @@ pub fn run(ctx: &Context, _args: &ScanArgs) -> anyhow::Result<Exit> {
         };
         *scan = second.confirmed_by(scan);
     }
-    drop(loaded);
+    drop(modules);
     let mut reports = Vec::new();
     let mut problems = Vec::new();
     for (path, scan) in paths.iter().zip(&scans) {
