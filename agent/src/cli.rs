@@ -14,6 +14,7 @@ pub mod revocation;
 pub mod scan;
 pub mod status;
 pub mod sync;
+pub mod unconfirmed;
 pub mod verify;
 pub mod watch;
 pub mod wipe;
@@ -99,7 +100,7 @@ pub enum Command {
     /// Record the revocation steps with the qualified trust service provider.
     #[command(subcommand)]
     #[command(
-        after_help = "Examples:\n  # The provider was asked to revoke the carrier's certificates\n  custody revocation requested --carrier 3c5e0a1b2d4f6789 --ref \"лист № 12/3\"\n  # The provider confirmed\n  custody revocation confirmed --carrier 3c5e0a1b2d4f6789 --ref \"ticket 48213\""
+        after_help = "Examples:\n  # The provider was asked to revoke the carrier's certificates\n  custody revocation requested --carrier 3c5e0a1b2d4f6789 --ref \"лист № 12/3\"\n  # The provider confirmed\n  custody revocation confirmed --carrier 3c5e0a1b2d4f6789 --ref \"ticket 48213\"\n  # Ask the provider's CRL and OCSP; a revoked answer is recorded with its evidence\n  custody revocation check"
     )]
     Revocation(revocation::RevocationCommand),
     /// Certificates: export one to a file.

@@ -12,3 +12,5 @@ mod expiry;
 mod form;
 #[path = "issuance/issue.rs"]
 mod issue;
+#[path = "issuance/revocation_check.rs"]
+mod revocation_check;

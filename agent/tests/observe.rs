@@ -5,15 +5,15 @@
 //! Every test has its own directory (SoftHSM2 token directory, p11-kit socket, journal) under
 //! `CARGO_TARGET_TMPDIR`. Waits are bounded polls, never fixed sleeps standing in for a result.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
+#[path = "support/service.rs"]
+mod service;
+use service::{run, wait_for, Service, TestResult};
 
 const CUSTODY: &str = env!("CARGO_BIN_EXE_custody");
 const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -30,32 +30,6 @@ fn client_module() -> Result<PathBuf, Box<dyn std::error::Error>> {
         "p11-kit-client.so not found: install p11-kit-modules (softhsm-fixtures/ensure-packages.sh does)"
             .into()
     })
-}
-
-fn run(cmd: &mut Command) -> Result<Output, Box<dyn std::error::Error>> {
-    let out = cmd.output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    Ok(out)
-}
-
-fn wait_for<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T, String> {
-    let until = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() > until {
-            return Err(format!("not within {within:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// One test's world: SoftHSM2 tokens served by `p11-kit server`, and a journal.
@@ -284,47 +258,6 @@ fn scan_of_a_remote_module_whose_server_died_is_partial_and_removes_nothing() ->
 }
 
 /// `custody watch` as a child process, its JSON log collected.
-struct Service {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Service {
-    fn spawn(mut c: Command) -> Result<Self, Box<dyn std::error::Error>> {
-        let mut child = c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
-        let stderr = child.stderr.take().ok_or("no stderr")?;
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(mut l) = sink.lock() {
-                    l.push(line);
-                }
-            }
-        });
-        Ok(Self { child, lines })
-    }
-
-    fn log(&self) -> Vec<String> {
-        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-
-    fn stop(&mut self) -> Result<Option<i32>, Box<dyn std::error::Error>> {
-        run(Command::new("kill").args(["-TERM", &self.child.id().to_string()]))?;
-        let status = wait_for(Duration::from_secs(20), || {
-            self.child.try_wait().ok().flatten()
-        })?;
-        Ok(status.code())
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn watch_keeps_carriers_of_a_dead_remote_module_and_recovers_when_it_returns() -> TestResult {
     let mut w = World::new("watch-remote")?;

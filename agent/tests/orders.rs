@@ -7,6 +7,7 @@ mod orders {
     mod crash;
     mod hostile;
     mod pins;
+    mod rows;
     mod security;
     mod service;
     mod spool;

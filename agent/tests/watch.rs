@@ -5,12 +5,12 @@
 //! passed to child processes only) under `CARGO_TARGET_TMPDIR`. Waits are bounded polls of
 //! `custody journal show --json`, never fixed sleeps standing in for a result.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -19,7 +19,9 @@ mod watch {
     mod stop;
 }
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
+#[path = "support/service.rs"]
+mod service;
+use service::{run, wait_for, Service, TestResult};
 
 const CUSTODY: &str = env!("CARGO_BIN_EXE_custody");
 const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -35,19 +37,6 @@ const BIG_CERTS: usize = 200;
 
 fn tmp() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-}
-
-fn run(cmd: &mut Command) -> Result<Output, Box<dyn std::error::Error>> {
-    let out = cmd.output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    Ok(out)
 }
 
 /// A certificate and its private key (DER), made with openssl once per test run.
@@ -374,90 +363,6 @@ fn big_token() -> &'static (PathBuf, String) {
         copy_dir(&dir, &target).unwrap_or_else(|e| panic!("{e}"));
         (target, serial)
     })
-}
-
-fn wait_for<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T, String> {
-    let until = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() > until {
-            return Err(format!("not within {within:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-/// `custody watch` as a child process; its stderr (JSON log) is collected.
-struct Service {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Service {
-    fn spawn(mut c: Command) -> Result<Self, Box<dyn std::error::Error>> {
-        let mut child = c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
-        let stderr = child.stderr.take().ok_or("no stderr")?;
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(mut l) = sink.lock() {
-                    l.push(line);
-                }
-            }
-        });
-        Ok(Self { child, lines })
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-
-    fn log(&self) -> Vec<String> {
-        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-
-    /// Waits for a log line whose message is `message`.
-    fn wait_log(&self, message: &str, within: Duration) -> TestResult {
-        let needle = format!("\"message\":\"{message}\"");
-        wait_for(within, || {
-            self.log().iter().any(|l| l.contains(&needle)).then_some(())
-        })
-        .map_err(|e| format!("log line {message:?} {e}; log: {:?}", self.log()))?;
-        Ok(())
-    }
-
-    fn signal(&self, sig: &str) -> TestResult {
-        run(Command::new("kill").args([&format!("-{sig}"), &self.pid()]))?;
-        Ok(())
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> Result<Option<i32>, Box<dyn std::error::Error>> {
-        let until = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status.code());
-            }
-            if Instant::now() > until {
-                return Err(format!("custody did not exit within {within:?}").into());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn stop(&mut self) -> Result<Option<i32>, Box<dyn std::error::Error>> {
-        self.signal("TERM")?;
-        self.wait_exit(Duration::from_secs(20))
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn assert_verifies(w: &World) -> TestResult {

@@ -16,6 +16,15 @@ use x509_parser::extensions::{ExtendedKeyUsage, KeyUsage, ParsedExtension};
 use x509_parser::public_key::PublicKey;
 use x509_parser::x509::{SubjectPublicKeyInfo, X509Name};
 
+mod dstu;
+mod revocation;
+
+pub use dstu::{dstu_public_key, dstu_signature_octets, DstuCurve, DstuKey};
+
+pub use revocation::{
+    issued_cert, parse_crl, reason_name, CrlInfo, IssuedCert, RevokedEntry, Signed,
+};
+
 const OID_EC: &str = "1.2.840.10045.2.1";
 const OID_RSA: &str = "1.2.840.113549.1.1.1";
 const OID_ED25519: &str = "1.3.101.112";

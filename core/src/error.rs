@@ -120,6 +120,16 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// The organisation's database presented a TLS certificate that does not verify (not
+    /// signed by the CA file, or not naming the host of the URL): the connection was closed
+    /// during the handshake, before the user name, the password or any event was sent.
+    #[error("the organisation's database {database} presented a certificate that is not accepted ({reason}); nothing was sent: check that ca_file (or sslrootcert) is the CA that signed the server's certificate and that the URL's host is a name in that certificate")]
+    FleetUntrusted {
+        /// The database, without its password.
+        database: String,
+        /// Why the certificate was not accepted (OpenSSL's verification result).
+        reason: String,
+    },
     /// The organisation's database refused a request (a role without the right, an event
     /// that does not continue the chain it holds); the message says why.
     #[error("the organisation's database refused: {0}")]
@@ -141,6 +151,16 @@ pub enum Error {
     /// Any other PostgreSQL error of the organisation's database.
     #[error("the organisation's database: {0}")]
     Fleet(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A provider's revocation status service (CRL or OCSP) gave no usable answer: it could
+    /// not be reached, answered garbage, or its answer is not signed by the issuer. Nothing
+    /// was recorded for the certificate concerned.
+    #[error("{url}: {reason}; nothing was recorded for this certificate")]
+    Provider {
+        /// The CRL or OCSP URL asked.
+        url: String,
+        /// What went wrong, with what to do next.
+        reason: String,
+    },
     /// A destruction order was refused; nothing was touched.
     #[error("order refused: {0}")]
     OrderRejected(#[from] crate::rejection::Rejection),

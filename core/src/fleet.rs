@@ -122,10 +122,45 @@ pub(crate) fn map_connect_err(database: &Database, e: postgres::Error) -> Error 
     if e.as_db_error().is_some() {
         return map_err(database, e);
     }
+    if let Some(reason) = certificate_refusal(&e) {
+        return Error::FleetUntrusted {
+            database: database.to_string(),
+            reason,
+        };
+    }
     Error::FleetUnreachable {
         database: database.to_string(),
         reason: error_chain(&e),
     }
+}
+
+/// OpenSSL's verification result when the TLS handshake failed on the server's certificate.
+/// postgres-openssl reports it as "<ssl error>: <verify result>" over an `openssl::ssl::Error`.
+fn certificate_refusal(e: &postgres::Error) -> Option<String> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let next = s.source();
+        if let Some(ssl) = next.and_then(|n| n.downcast_ref::<openssl::ssl::Error>()) {
+            let verify_failed = ssl.ssl_error().is_some_and(|stack| {
+                stack
+                    .errors()
+                    .iter()
+                    .any(|err| err.reason() == Some("certificate verify failed"))
+            });
+            if !verify_failed {
+                return None;
+            }
+            let text = s.to_string();
+            let ssl_text = ssl.to_string();
+            let result = text
+                .strip_prefix(ssl_text.as_str())
+                .map(|r| r.trim_start_matches(": ").to_owned())
+                .filter(|r| !r.is_empty());
+            return Some(result.unwrap_or_else(|| "certificate verify failed".to_owned()));
+        }
+        source = next;
+    }
+    None
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

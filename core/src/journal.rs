@@ -17,6 +17,7 @@ mod import;
 mod issue;
 mod keyset;
 mod migrations;
+mod numbering;
 mod orders;
 mod presence;
 mod query;
@@ -45,15 +46,20 @@ pub use checkpoint::{
 };
 pub use derive::{rejection_ends_order, StateProblem, StateReport};
 pub use feed::ChainEvent;
-pub use form::{AckSummary, Destruction, FormFilter, FormRow, ImportedText, RevocationNote};
+pub use form::{
+    AckSummary, Destruction, FormFilter, FormRow, ImportedText, RevocationNote, Vanished,
+};
 pub use import::{ImportRecord, ImportRow};
 pub use issue::{
     ExistingIssue, Holder, IssuePlan, IssueRecord, IssueRequest, IssuedCarrier, IssuedData,
 };
 pub use keyset::{CertEntry, Generated, GeneratedSource, KeyEntry, KeySet};
+pub use numbering::KeySetRow;
 pub use orders::{OrderRow, OrderState};
 pub use query::{CarrierRow, EventRow, StoredCertificate};
-pub use revocation::{RevocationData, RevocationRecord, RevocationRequest, RevocationStep};
+pub use revocation::{
+    RevocationData, RevocationRecord, RevocationRequest, RevocationState, RevocationStep,
+};
 pub use schema::SchemaProblem;
 
 /// `PRAGMA application_id` of a custody journal ("CUST").
@@ -502,6 +508,12 @@ impl Journal {
         chain::verify(&self.conn, &self.journal_id)
     }
 
+    /// [`Journal::verify`], telling `progress` (events checked, events in the journal) every
+    /// 10,000 events, for a progress bar.
+    pub fn verify_with_progress(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport> {
+        chain::verify_with_progress(&self.conn, &self.journal_id, progress)
+    }
+
     /// Replays every event and compares the state tables with what the events say; every
     /// difference is named by table, key and column.
     pub fn verify_state(&self) -> Result<StateReport> {
@@ -615,12 +627,46 @@ fn apply(w: &mut Writer<'_>, comparison: &Comparison) -> Result<ScanRecord> {
                 stored,
                 enrolled,
             } => {
+                // A key set custody had not seen gets its form row now; the step's last
+                // event carries it (see `numbering`).
+                let opens = changes
+                    .iter()
+                    .any(|c| matches!(c, Change::KeyAdded { .. } | Change::CertAdded { .. }));
+                let row = if opens {
+                    numbering::opened_by(w.tx(), key, stored, &at)?
+                } else {
+                    None
+                };
                 let mut first = 0;
-                for change in changes {
-                    let seq = append(w, key, change, &mut record)?;
+                let mut last = 0;
+                for (i, change) in changes.iter().enumerate() {
+                    let seq = match &row {
+                        Some(row) if i + 1 == changes.len() => {
+                            let mut data = serde_json::to_value(change)
+                                .map_err(|e| Error::JournalCorrupt(e.to_string()))?;
+                            let value = serde_json::to_value(row)
+                                .map_err(|e| Error::JournalCorrupt(e.to_string()))?;
+                            if let Some(map) = data.as_object_mut() {
+                                map.insert(numbering::FIELD.into(), value);
+                            }
+                            let seq = w.append(change.kind(), Some(key), &data)?;
+                            record.events.push(RecordedEvent {
+                                seq,
+                                kind: change.kind(),
+                                carrier: key.clone(),
+                                module: None,
+                            });
+                            seq
+                        }
+                        _ => append(w, key, change, &mut record)?,
+                    };
                     if first == 0 {
                         first = seq;
                     }
+                    last = seq;
+                }
+                if let Some(row) = &row {
+                    numbering::insert_row(w.tx(), last, row)?;
                 }
                 let enrolled_seq = enrolled.then_some(first);
                 store_carrier(w.tx(), key, stored, &at, enrolled_seq, changes, first)?;

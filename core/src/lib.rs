@@ -17,6 +17,8 @@
 //! - [`mod@file`]: modes of what custody creates (0700/0600); opening untrusted names safely.
 //! - [`id`]: carrier identity and raw PKCS#11 byte strings.
 //! - [`event`]: the kinds of journal events ([`event::EventKind`]).
+//! - [`revocation`]: asks the provider (CRL, OCSP over HTTP) whether certificates are revoked;
+//!   every answer is checked against the issuer's key.
 //! - [`rejection`]: why an order was refused ([`rejection::Rejection`]).
 //! - [`stop`]: the service's stop request, which ends waits between PKCS#11 calls.
 //! - [`utc`]: the one text form of a time in the journal.
@@ -33,6 +35,7 @@ pub mod inventory;
 pub mod journal;
 pub mod order;
 pub mod rejection;
+pub mod revocation;
 pub mod stop;
 pub mod token;
 pub mod utc;

@@ -23,7 +23,8 @@ use anyhow::{bail, ensure, Context as _};
 pub struct Options {
     /// Also listen on 127.0.0.1 at a free port.
     pub tcp: bool,
-    /// Serve TLS with this certificate and key (PEM files), when listening on TCP.
+    /// Serve TLS with this certificate and key (PEM files), when listening on TCP; TCP then
+    /// accepts TLS connections only (`hostssl`), and connections are logged.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Keep fsync on (benchmarks); tests turn it off for speed.
     pub durable: bool,
@@ -148,7 +149,13 @@ impl Postgres {
             let port = free_port()?;
             pg.port = Some(port);
             conf.push_str(&format!("listen_addresses = '127.0.0.1'\nport = {port}\n"));
-            hba.push_str("host all all 127.0.0.1/32 scram-sha-256\n");
+            // With TLS, only TLS connections are accepted on TCP.
+            let kind = if opts.tls.is_some() {
+                "hostssl"
+            } else {
+                "host"
+            };
+            hba.push_str(&format!("{kind} all all 127.0.0.1/32 scram-sha-256\n"));
         }
         if let Some((cert, key)) = &opts.tls {
             for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
@@ -159,7 +166,10 @@ impl Postgres {
                     std::os::unix::fs::chown(&dest, Some(uid), Some(gid))?;
                 }
             }
-            conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+            // Connections are logged: a test can tell whether a client got past the handshake.
+            conf.push_str(
+                "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nlog_connections = on\n",
+            );
         }
         let data = pg.dir.join("data");
         let mut current = std::fs::read_to_string(data.join("postgresql.conf"))?;
@@ -236,7 +246,9 @@ impl Postgres {
             .to_string_lossy()
             .replace('%', "%25")
             .replace('/', "%2F");
-        format!("postgresql://{user}@{host}/{db}")
+        // The socket's name carries the port.
+        let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
+        format!("postgresql://{user}@{host}{port}/{db}")
     }
 
     /// A URL for `user` and `db` over TCP (127.0.0.1), when listening there.
@@ -252,6 +264,9 @@ impl Postgres {
             .user("postgres")
             .dbname(db)
             .connect_timeout(Duration::from_secs(10));
+        if let Some(port) = self.port {
+            cfg.port(port);
+        }
         Ok(cfg.connect(postgres::NoTls)?)
     }
 

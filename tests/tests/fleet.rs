@@ -1,11 +1,15 @@
 //! The organisation's journal on a real PostgreSQL server (a private cluster per test
 //! process, a database per test): schema, roles and row-level security, the server's chain
-//! check, sync and its faults (`server`), and the `custody` commands (`cli`).
+//! check, sync and its faults (`server`), the `custody` commands (`cli`), TLS (`tls`), and the two-workstation demo (`demo`).
 
 #[path = "fleet/cli.rs"]
 mod cli;
+#[path = "fleet/demo.rs"]
+mod demo;
 #[path = "fleet/server.rs"]
 mod server;
+#[path = "fleet/tls.rs"]
+mod tls;
 
 use std::path::{Path, PathBuf};
 

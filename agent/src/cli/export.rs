@@ -18,6 +18,7 @@ use serde::Serialize;
 use super::issue::parse_date;
 use super::Context;
 use crate::local_time::{self, Style};
+use crate::progress::Progress;
 use crate::Exit;
 
 mod html;
@@ -82,7 +83,10 @@ pub fn run_fleet(
     let filter = filter_of(args)?;
     let mut rows = Vec::new();
     let mut sources = Vec::new();
-    for journal in fleet.form(&filter)? {
+    let progress = Progress::spinner(ctx.global.json, "reading the organisation's journal");
+    let journals = fleet.form(&filter);
+    drop(progress);
+    for journal in journals? {
         for row in journal.rows {
             sources.push((journal.agent.clone(), journal.journal_id.clone()));
             rows.push(row);
@@ -409,6 +413,35 @@ pub fn cells(clock: &Clock, r: &FormRow) -> Cells {
             format!("{}, {who}", clock.when(&d.at))
         })
         .unwrap_or_default();
+    if let Some(v) = &r.vanished {
+        let when = clock.when(&v.at);
+        remark(
+            5,
+            match (v.kind, v.next_row, uk) {
+                (custody_core::journal::EventKind::CarrierReinitialised, _, true) => format!(
+                    "знищення не зареєстровано: носій переініціалізовано {when} (запис журналу № {})",
+                    v.seq
+                ),
+                (custody_core::journal::EventKind::CarrierReinitialised, _, false) => format!(
+                    "no destruction recorded: the carrier was re-initialised {when} (journal event #{})",
+                    v.seq
+                ),
+                (_, Some(n), true) => format!(
+                    "знищення не зареєстровано: на носії з'явився новий набір ключів {when}, рядок № {n} (запис журналу № {})",
+                    v.seq
+                ),
+                (_, n, false) => format!(
+                    "no destruction recorded: a new key set appeared on the carrier {when}, row {} (journal event #{})",
+                    n.unwrap_or_default(),
+                    v.seq
+                ),
+                (_, None, true) => format!(
+                    "знищення не зареєстровано (запис журналу № {})",
+                    v.seq
+                ),
+            },
+        );
+    }
     for n in &r.revocations {
         let cert = if n.cert_sha256.is_empty() {
             String::new()

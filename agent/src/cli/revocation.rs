@@ -1,5 +1,7 @@
-//! `custody revocation requested | confirmed`: the steps with the qualified trust service
-//! provider after a dismissal.
+//! `custody revocation requested | confirmed | check`: the steps with the qualified trust
+//! service provider after a dismissal; `check` asks the provider itself (`check.rs`).
+
+pub mod check;
 
 use clap::{Args, Subcommand};
 use custody_core::journal::{RevocationRequest, RevocationStep};
@@ -23,6 +25,12 @@ pub enum RevocationCommand {
         after_help = "Examples:\n  # The provider confirmed the revocation\n  custody revocation confirmed --carrier 3c5e0a1b2d4f6789 --ref \"ticket 48213\" --date 2026-03-14"
     )]
     Confirmed(RevocationArgs),
+    /// Ask the provider (CRL, OCSP) whether certificates are revoked; a verified "revoked"
+    /// is recorded as confirmed, with the evidence.
+    #[command(
+        after_help = "Examples:\n  # Every certificate whose revocation was requested\n  custody revocation check\n  # Every certificate plugged in too, with the provider's CA certificate given\n  custody revocation check --all --issuer diia-ca.cer\n  # OCSP only, as JSON\n  custody revocation check --via ocsp --json"
+    )]
+    Check(check::CheckArgs),
 }
 
 /// Arguments of both steps.
@@ -48,12 +56,14 @@ pub fn run(ctx: &Context, cmd: &RevocationCommand) -> anyhow::Result<Exit> {
     let (step, args) = match cmd {
         RevocationCommand::Requested(a) => (RevocationStep::Requested, a),
         RevocationCommand::Confirmed(a) => (RevocationStep::Confirmed, a),
+        RevocationCommand::Check(a) => return check::run(ctx, a),
     };
     let req = RevocationRequest {
         carrier: args.carrier.clone(),
         cert: args.cert.clone(),
         reference: args.reference.clone(),
         date: args.date.as_deref().map(parse_date).transpose()?,
+        evidence: Vec::new(),
     };
     let mut journal = ctx.open_existing_journal()?;
     let record =

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::Context;
 use crate::output::{clip, json, Table};
+use crate::progress::Progress;
 use crate::Exit;
 
 /// Arguments of `custody scan` (modules, journal and --json are global options).
@@ -87,6 +88,10 @@ pub fn run(ctx: &Context, _args: &ScanArgs) -> anyhow::Result<Exit> {
     pins.set_present(loaded.iter().filter_map(|m| m.as_ref().ok()));
     let mut modules: Vec<Option<Module>> = Vec::new();
     for (path, module) in paths.iter().zip(loaded) {
+        let progress = Progress::spinner(
+            ctx.global.json,
+            &format!("scanning the carriers of {}", path.display()),
+        );
         let (scan, module) = match module {
             Ok(m) => (m.scan(&pins), Some(m)),
             Err(e) => {
@@ -98,6 +103,7 @@ pub fn run(ctx: &Context, _args: &ScanArgs) -> anyhow::Result<Exit> {
                 (failed, None)
             }
         };
+        drop(progress);
         scans.push(scan);
         modules.push(module);
     }

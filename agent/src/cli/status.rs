@@ -34,6 +34,10 @@ pub struct StatusArgs {
     /// on every carrier the journal knows; exit 1 when there are any (for monitoring).
     #[arg(long, value_name = "WINDOW")]
     pub expiring: Option<String>,
+    /// List the revocation requests the provider has not confirmed this many days (e.g.
+    /// 7d) after the request; exit 1 when there are any (for monitoring).
+    #[arg(long, value_name = "DAYS")]
+    pub unconfirmed: Option<String>,
 }
 
 /// The JSON document `custody status --json` prints.
@@ -61,6 +65,9 @@ pub struct StatusJson {
     /// With --expiring: certificates expiring within the window or expired.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expiring: Option<Vec<super::expiry::Expiring>>,
+    /// With --unconfirmed: revocation requests unconfirmed past the window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unconfirmed: Option<Vec<super::unconfirmed::Unconfirmed>>,
     /// The service's sync to the organisation's journal, when `[fleet]` is configured.
     pub fleet_sync: Option<FleetSyncStatus>,
 }
@@ -198,6 +205,18 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<Exit> {
     let expiring = window
         .map(|days| super::expiry::expiring(&journal, now, days))
         .transpose()?;
+    let unconfirmed_days = args
+        .unconfirmed
+        .as_deref()
+        .map(|t| {
+            super::expiry::parse_window(t).map_err(|_| {
+                anyhow::anyhow!("--unconfirmed {t:?}: give days like 7d, or weeks like 2w")
+            })
+        })
+        .transpose()?;
+    let unconfirmed = unconfirmed_days
+        .map(|days| super::unconfirmed::unconfirmed(&journal, now.date(), days))
+        .transpose()?;
     let mut orders = order_statuses(&journal.orders()?, &zone, now);
     let overdue = orders.iter().filter(|o| o.overdue).count();
     if args.overdue {
@@ -225,7 +244,8 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<Exit> {
     }
     let failed = (args.overdue && overdue > 0)
         || !not_running.is_empty()
-        || expiring.as_ref().is_some_and(|e| !e.is_empty());
+        || expiring.as_ref().is_some_and(|e| !e.is_empty())
+        || unconfirmed.as_ref().is_some_and(|u| !u.is_empty());
     let fleet_sync = fleet_sync(&journal)?;
     if ctx.global.json {
         json(&StatusJson {
@@ -239,6 +259,7 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<Exit> {
             overdue,
             not_running: not_running.clone(),
             expiring,
+            unconfirmed,
             fleet_sync,
         })?;
     } else {
@@ -287,6 +308,10 @@ pub fn run(ctx: &Context, args: &StatusArgs) -> anyhow::Result<Exit> {
         if let (Some(list), Some(days)) = (&expiring, window) {
             println!();
             print_expiring(list, days, &ctx.config.zone());
+        }
+        if let (Some(list), Some(days)) = (&unconfirmed, unconfirmed_days) {
+            println!();
+            super::unconfirmed::print(list, days);
         }
         if overdue > 0 {
             eprintln!(

@@ -135,5 +135,6 @@ fn run(settings: &FleetSettings, journal: &Path, stopped: &mpsc::Receiver<()>) {
 
 fn sync_once(settings: &FleetSettings, journal: &Path) -> Result<SyncReport, String> {
     let journal = Journal::open(journal).map_err(|e| e.to_string())?;
-    crate::cli::sync::sync_journal(settings, &journal, None).map_err(|e| e.to_string())
+    crate::cli::sync::sync_journal(settings, &journal, None, &mut |_, _| {})
+        .map_err(|e| e.to_string())
 }

@@ -386,8 +386,10 @@ pub(crate) fn ua_cert(name: &str) -> Vec<u8> {
 }
 
 /// Builds the journal of the golden files with a fixed clock and fixed actor: three paper
-/// rows imported (numbers 3, 5, 9), three carriers issued (rows 10, 11, 12: generation time
-/// from a key attribute, a certificate, first seen), one destroyed, one revoked.
+/// rows imported (numbers 3, 5, 9), five carriers scanned (rows 10–14, numbered when seen),
+/// three of them issued (rows 10, 11, 12: generation time from a key attribute, a
+/// certificate, first seen), one never issued (13), one destroyed without an issuance (14);
+/// row 10 destroyed, row 11 revoked.
 pub(crate) fn golden_journal(path: &Path) -> Journal {
     let _ = std::fs::remove_file(path);
     let mut j = Journal::open(path).unwrap_or_else(|e| panic!("{e}"));
@@ -440,6 +442,12 @@ pub(crate) fn golden_journal(path: &Path) -> Journal {
     }];
     let mut c_snap = snapshot("a1b2c3d4e5f60003", "Token C");
     c_snap.public_keys = vec![key(KeyClass::Public, 3, "33cc", None)];
+    // Never issued: columns 4 and 5 stay empty, to be signed by hand.
+    let mut d_snap = snapshot("a1b2c3d4e5f60004", "spare");
+    d_snap.public_keys = vec![key(KeyClass::Public, 4, "44dd", None)];
+    // Destroyed without ever being issued (a key generated and never handed out).
+    let mut e_snap = snapshot("a1b2c3d4e5f60005", "found");
+    e_snap.public_keys = vec![key(KeyClass::Public, 5, "55ee", Some("2024-11-05"))];
     let scan = ModuleScan::read(
         ModuleInfo {
             path: "/usr/lib/fixed/libalmaz.so".into(),
@@ -447,9 +455,9 @@ pub(crate) fn golden_journal(path: &Path) -> Journal {
             description: "fixed".into(),
             version: "1.0".into(),
         },
-        vec![a_snap, b_snap, c_snap],
+        vec![a_snap, b_snap, c_snap, d_snap, e_snap],
         Vec::new(),
-        3,
+        5,
         None,
     );
     j.record_scan(&[scan], &a, datetime!(2026-03-01 09:00 UTC))
@@ -494,6 +502,14 @@ pub(crate) fn golden_journal(path: &Path) -> Journal {
         w.append(
             custody_core::journal::EventKind::WipeCompleted,
             Some("IIT/Almaz-1K/a1b2c3d4e5f60001"),
+            &serde_json::json!({ "responsible": "Шевчук Олег Петрович", "method": "reinit" }),
+        )
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    j.write(&a, datetime!(2026-03-10 09:40 UTC), |w| {
+        w.append(
+            custody_core::journal::EventKind::WipeCompleted,
+            Some("IIT/Almaz-1K/a1b2c3d4e5f60005"),
             &serde_json::json!({ "responsible": "Шевчук Олег Петрович", "method": "reinit" }),
         )
     })

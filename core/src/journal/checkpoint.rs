@@ -87,16 +87,25 @@ impl JournalKey {
         getrandom::fill(&mut seed[..])
             .map_err(|e| Error::io(path, std::io::Error::other(format!("no randomness: {e}"))))?;
         let text = Zeroizing::new(format!("{}\n", hex::encode(&seed[..])));
-        let file = std::fs::OpenOptions::new()
+        // Written in full under a private name, then linked into place: another process
+        // creating the same journal never reads a key file that is still empty.
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(
+            ".new-{}-{}",
+            std::process::id(),
+            hex::encode(&seed[..4])
+        ));
+        let tmp = PathBuf::from(tmp);
+        let written = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(path);
-        match file {
-            Ok(mut f) => {
-                f.write_all(text.as_bytes())
-                    .and_then(|()| f.sync_all())
-                    .map_err(|e| Error::io(path, e))?;
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()));
+        let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
                 tracing::info!(path = %path.display(), "journal key created");
                 Ok(Self {
                     key: SigningKey::from_bytes(&seed),

@@ -22,7 +22,8 @@ use serde_json::Value as Json;
 
 use super::form::ImportedText;
 use super::import::ImportRow;
-use super::keyset::GeneratedSource;
+use super::keyset::source_text;
+use super::numbering::KeySetRow;
 use super::orders::OrderState;
 use super::{db_err, EventKind, IssuedData};
 use crate::error::{Error, Result};
@@ -244,6 +245,9 @@ impl Derived {
         let corrupt = |x: &dyn std::fmt::Display| {
             Error::JournalCorrupt(format!("{} #{}: {x}", e.kind, e.seq))
         };
+        if let Some(row) = super::numbering::row_in(&e.data) {
+            self.key_set_row(e, row.map_err(|x| corrupt(&x))?);
+        }
         match e.kind {
             EventKind::OrderReceived
             | EventKind::OrderRejected
@@ -274,36 +278,50 @@ impl Derived {
                 let data: IssuedData =
                     serde_json::from_value(e.data.clone()).map_err(|x| corrupt(&x))?;
                 let key_set = serde_json::to_value(&data.key_set).map_err(|x| corrupt(&x))?;
-                let source = match data.generated.source {
-                    GeneratedSource::KeyAttribute => "key_attribute",
-                    GeneratedSource::Certificate => "certificate",
-                    GeneratedSource::FirstSeen => "first_seen",
-                };
                 let ack = data.acknowledgement.as_ref();
-                self.form_rows.insert(
-                    data.row_no.to_string(),
-                    BTreeMap::from([
-                        ("origin", txt("issued")),
-                        ("seq", int(e.seq)),
-                        ("carrier", txt(data.carrier.key.clone())),
-                        ("generated_at", txt(data.generated.at.clone())),
-                        ("generated_source", txt(source)),
-                        ("manufacturer", txt(data.carrier.manufacturer.clone())),
-                        ("model", txt(data.carrier.model.clone())),
-                        ("serial", txt(data.carrier.serial.clone())),
-                        ("issued_on", txt(data.issued_on.clone())),
-                        ("holder_name", txt(data.holder.name.clone())),
-                        ("holder_position", opt_txt(data.holder.position.clone())),
-                        ("holder_tax_number", opt_txt(data.holder.tax_number.clone())),
-                        ("key_set", txt(key_set.to_string())),
-                        (
-                            "ack_status",
-                            opt_txt(ack.map(|a| super::issue::status_text(a.status))),
-                        ),
-                        ("ack_seq", opt_int(ack.map(|_| e.seq))),
-                        ("imported", Value::Null),
-                    ]),
-                );
+                let columns = [
+                    ("carrier", txt(data.carrier.key.clone())),
+                    ("generated_at", txt(data.generated.at.clone())),
+                    ("generated_source", txt(source_text(data.generated.source))),
+                    ("manufacturer", txt(data.carrier.manufacturer.clone())),
+                    ("model", txt(data.carrier.model.clone())),
+                    ("serial", txt(data.carrier.serial.clone())),
+                    ("issued_on", txt(data.issued_on.clone())),
+                    ("holder_name", txt(data.holder.name.clone())),
+                    ("holder_position", opt_txt(data.holder.position.clone())),
+                    ("holder_tax_number", opt_txt(data.holder.tax_number.clone())),
+                    ("key_set", txt(key_set.to_string())),
+                    (
+                        "ack_status",
+                        opt_txt(ack.map(|a| super::issue::status_text(a.status))),
+                    ),
+                    ("ack_seq", opt_int(ack.map(|_| e.seq))),
+                    ("issued_seq", int(e.seq)),
+                ];
+                let key = data.row_no.to_string();
+                match self.form_rows.get_mut(&key) {
+                    // The row a scan opened for this key set.
+                    Some(row)
+                        if row.get("origin") == Some(&txt("seen"))
+                            && row.get("issued_seq") == Some(&Value::Null)
+                            && row.get("carrier") == Some(&txt(data.carrier.key.clone())) =>
+                    {
+                        row.extend(columns);
+                    }
+                    Some(_) => {
+                        return Err(corrupt(&format!(
+                            "form row {} is taken by another key set",
+                            data.row_no
+                        )))
+                    }
+                    None => {
+                        let mut row: BTreeMap<&'static str, Value> = columns.into_iter().collect();
+                        row.insert("origin", txt("issued"));
+                        row.insert("seq", int(e.seq));
+                        row.insert("imported", Value::Null);
+                        self.form_rows.insert(key, row);
+                    }
+                }
                 for c in &data.key_set.certificates {
                     let Some(der) = c.der.as_deref().and_then(|d| hex::decode(d).ok()) else {
                         continue;
@@ -398,6 +416,26 @@ impl Derived {
         Ok(())
     }
 
+    /// A row a scan opened for a key set it had not seen (origin `seen`).
+    fn key_set_row(&mut self, e: &Event, r: KeySetRow) {
+        let key_set = serde_json::to_value(&r.key_set).unwrap_or_default();
+        let mut row: BTreeMap<&'static str, Value> =
+            FORM_COLUMNS.iter().map(|c| (*c, Value::Null)).collect();
+        row.extend([
+            ("origin", txt("seen")),
+            ("seq", int(e.seq)),
+            ("carrier", txt(r.carrier.key)),
+            ("generated_at", txt(r.generated.at)),
+            ("generated_source", txt(source_text(r.generated.source))),
+            ("manufacturer", txt(r.carrier.manufacturer)),
+            ("model", txt(r.carrier.model)),
+            ("serial", txt(r.carrier.serial)),
+            ("key_set", txt(key_set.to_string())),
+        ]);
+        self.form_rows.insert(r.row_no.to_string(), row);
+        self.last_row_no = self.last_row_no.max(Some(r.row_no));
+    }
+
     fn order_rows(&self) -> Rows {
         self.orders
             .iter()
@@ -442,6 +480,7 @@ const FORM_COLUMNS: &[&str] = &[
     "ack_status",
     "ack_seq",
     "imported",
+    "issued_seq",
 ];
 
 const REVOCATION_COLUMNS: &[&str] = &[
@@ -532,6 +571,7 @@ pub(crate) fn verify(conn: &Connection) -> Result<StateReport> {
         .prepare(
             "SELECT seq, at, kind, carrier, data FROM events
              WHERE kind NOT IN ('cert_added', 'cert_removed', 'key_added', 'key_removed', 'checkpoint')
+                OR json_type(data, '$.key_set_row') IS NOT NULL
              ORDER BY seq",
         )
         .map_err(db_err)?;

@@ -1,9 +1,11 @@
-//! The journal in its mandated form: one [`FormRow`] per issued (or imported) key set, with
-//! the five columns' data. Rendering (CSV, HTML, JSON, languages) is the agent's job.
+//! The journal in its mandated form: one [`FormRow`] per key set custody has seen (issued or
+//! not, destroyed or not) and per row imported from a paper journal, with the five columns'
+//! data. Rendering (CSV, HTML, JSON, languages) is the agent's job.
 //!
-//! Column 5 comes from the first `wipe_completed` event of the row's carrier after the
-//! issuance (and before the carrier's next issuance): its time and its data field
-//! `responsible` (a string).
+//! Column 5 comes from the first `wipe_completed` event of the row's carrier after the row
+//! was opened (and before the carrier's next row): its time and its data field
+//! `responsible` (a string). A key set that left its carrier without a recorded destruction
+//! (re-initialised by hand, replaced) is named by [`FormRow::vanished`].
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -72,15 +74,35 @@ pub struct AckSummary {
     pub seq: u64,
 }
 
+/// How a key set left its carrier without a recorded destruction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vanished {
+    /// The event that showed it: `carrier_reinitialised`, or the event that opened the
+    /// carrier's next row.
+    pub kind: crate::event::EventKind,
+    /// That event.
+    pub seq: u64,
+    /// Its time (UTC).
+    pub at: String,
+    /// The carrier's next row, when a new key set replaced this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_row: Option<u64>,
+}
+
 /// One row of the mandated form.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FormRow {
     /// Column 1: "№ п/п", stable and never reused.
     pub row_no: u64,
-    /// `issued` or `imported`.
+    /// `seen` (numbered by a scan when the key set was first seen), `issued` (numbered at
+    /// issuance: a key set seen before schema 4) or `imported` (paper journal).
     pub origin: String,
     /// The event that created the row.
     pub seq: u64,
+    /// When the row was created (UTC): for `seen` rows, when custody first saw the key set.
+    pub seen_at: String,
+    /// The `issued` event, once the key set is issued.
+    pub issued_seq: Option<u64>,
     /// Carrier key (issued rows).
     pub carrier: Option<String>,
     /// Column 2 (issued rows).
@@ -103,14 +125,17 @@ pub struct FormRow {
     pub acknowledgement: Option<AckSummary>,
     /// Column 5.
     pub destruction: Option<Destruction>,
+    /// The key set left its carrier without a recorded destruction.
+    pub vanished: Option<Vanished>,
     /// Revocation steps for the row's certificates.
     pub revocations: Vec<RevocationNote>,
     /// The paper journal's text (imported rows).
     pub imported: Option<ImportedText>,
 }
 
-/// Which rows to export: by date of handover (column 4), inclusive. Rows without a known
-/// date (imported rows whose column 4 names none) are left out when a bound is given.
+/// Which rows to export: by date of handover (column 4), inclusive; a key set not issued is
+/// dated by the day custody first saw it (UTC). Imported rows whose column 4 names no date
+/// are left out when a bound is given.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FormFilter {
     /// First day.
@@ -144,6 +169,8 @@ type RawRow = (
     String,
     Option<i64>,
     Option<String>,
+    Option<i64>,
+    String,
 );
 
 impl Journal {
@@ -159,7 +186,8 @@ fn form(conn: &Connection, filter: &FormFilter) -> Result<Vec<FormRow>> {
             .prepare(
                 "SELECT row_no, origin, seq, carrier, generated_at, generated_source,
                         manufacturer, model, serial, issued_on, holder_name, holder_position,
-                        holder_tax_number, key_set, ack_seq, imported
+                        holder_tax_number, key_set, ack_seq, imported, issued_seq,
+                        (SELECT at FROM events WHERE events.seq = form_rows.seq)
                  FROM form_rows ORDER BY row_no",
             )
             .map_err(db_err)?;
@@ -184,6 +212,8 @@ fn form(conn: &Connection, filter: &FormFilter) -> Result<Vec<FormRow>> {
                     r.get(13)?,
                     r.get(14)?,
                     r.get(15)?,
+                    r.get(16)?,
+                    r.get(17)?,
                 ))
             })
             .map_err(db_err)?;
@@ -191,11 +221,28 @@ fn form(conn: &Connection, filter: &FormFilter) -> Result<Vec<FormRow>> {
             .map_err(db_err)?
     };
     let mut out = Vec::new();
-    for (row_no, origin, seq, carrier, gen_at, gen_source, cols, key_set, ack_seq, imported) in raw
+    for (
+        row_no,
+        origin,
+        seq,
+        carrier,
+        gen_at,
+        gen_source,
+        cols,
+        key_set,
+        ack_seq,
+        imported,
+        issued_seq,
+        seen_at,
+    ) in raw
     {
         let [manufacturer, model, serial, issued_on, holder_name, holder_position, holder_tax_number] =
             cols;
-        if !filter.keeps(issued_on.as_deref()) {
+        let dated = match (&issued_on, origin.as_str()) {
+            (None, "seen") => seen_at.get(..10),
+            (d, _) => d.as_deref(),
+        };
+        if !filter.keeps(dated) {
             continue;
         }
         let corrupt = |what: &str| Error::JournalCorrupt(format!("form row {row_no}: {what}"));
@@ -215,24 +262,32 @@ fn form(conn: &Connection, filter: &FormFilter) -> Result<Vec<FormRow>> {
             Some(s) => ack_of(conn, s as u64)?,
             None => None,
         };
-        let (destruction, revocations) = match &carrier {
+        let (destruction, revocations, vanished) = match &carrier {
             Some(c) => {
-                let next: Option<i64> = conn
+                let next: Option<(i64, i64)> = conn
                     .query_row(
-                        "SELECT min(seq) FROM form_rows WHERE carrier = ?1 AND seq > ?2",
+                        "SELECT seq, row_no FROM form_rows WHERE carrier = ?1 AND seq > ?2
+                         ORDER BY seq LIMIT 1",
                         params![c, seq],
-                        |r| r.get(0),
+                        |r| Ok((r.get(0)?, r.get(1)?)),
                     )
+                    .optional()
                     .map_err(db_err)?;
-                let next = next.unwrap_or(i64::MAX);
+                let (next, next_row) = next.unwrap_or((i64::MAX, 0));
                 let key_set: KeySet = serde_json::from_str(&key_set)
                     .map_err(|e| corrupt(&format!("key set: {e}")))?;
+                let destruction = destruction_of(conn, c, seq, next)?;
+                let vanished = match &destruction {
+                    Some(_) => None,
+                    None => vanished_of(conn, c, seq, next, next_row as u64)?,
+                };
                 (
-                    destruction_of(conn, c, seq, next)?,
+                    destruction,
                     revocations_of(conn, c, seq, next, &key_set)?,
+                    vanished,
                 )
             }
-            None => (None, Vec::new()),
+            None => (None, Vec::new(), None),
         };
         let imported = imported
             .map(|t| serde_json::from_str::<ImportedText>(&t))
@@ -242,6 +297,8 @@ fn form(conn: &Connection, filter: &FormFilter) -> Result<Vec<FormRow>> {
             row_no: row_no as u64,
             origin,
             seq: seq as u64,
+            seen_at,
+            issued_seq: issued_seq.map(|s| s as u64),
             carrier,
             generated,
             manufacturer,
@@ -253,6 +310,7 @@ fn form(conn: &Connection, filter: &FormFilter) -> Result<Vec<FormRow>> {
             holder_tax_number,
             acknowledgement,
             destruction,
+            vanished,
             revocations,
             imported,
         });
@@ -307,6 +365,48 @@ fn destruction_of(
         at,
         responsible: responsible_of(&data),
         seq: seq as u64,
+    }))
+}
+
+/// How a key set without a recorded destruction left its carrier: re-initialised, or
+/// replaced by the key set of the carrier's next row (`next`, `next_row`).
+fn vanished_of(
+    conn: &Connection,
+    carrier: &str,
+    after: i64,
+    next: i64,
+    next_row: u64,
+) -> Result<Option<Vanished>> {
+    let reinit: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT seq, at FROM events WHERE carrier = ?1 AND kind = 'carrier_reinitialised'
+             AND seq > ?2 AND seq < ?3 ORDER BY seq LIMIT 1",
+            params![carrier, after, next],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(db_err)?;
+    if let Some((seq, at)) = reinit {
+        return Ok(Some(Vanished {
+            kind: crate::event::EventKind::CarrierReinitialised,
+            seq: seq as u64,
+            at,
+            next_row: (next_row > 0).then_some(next_row),
+        }));
+    }
+    if next_row == 0 {
+        return Ok(None);
+    }
+    let (kind, at): (crate::event::EventKind, String) = conn
+        .query_row("SELECT kind, at FROM events WHERE seq = ?1", [next], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .map_err(db_err)?;
+    Ok(Some(Vanished {
+        kind,
+        seq: next as u64,
+        at,
+        next_row: Some(next_row),
     }))
 }
 

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 
 use super::checkpoint::Checkpoint;
 use super::form::{next_row_no, set_last_row_no};
-use super::keyset::{generated_of, key_set_of, Generated, GeneratedSource, KeySet};
+use super::keyset::{generated_of, key_set_of, source_text, Generated, KeySet};
 use super::query::{last_wipe, resolve_carrier};
 use super::{db_err, timestamp, Actor, EventKind, Journal};
 use crate::ack::{AckStatus, Acknowledgement, Statement};
@@ -285,38 +285,54 @@ pub(crate) fn status_text(s: AckStatus) -> &'static str {
     }
 }
 
+/// Records the issuance of event `seq` in its form row: the row a scan opened for the key
+/// set (origin `seen`, not issued yet) gets columns 4, the handed-over key set and column 2
+/// as recomputed at issuance; without such a row (a key set seen before schema 4) the row is
+/// created. Also used to rebuild a journal from its events (`replica`).
 pub(crate) fn insert_issued_row(conn: &Connection, seq: u64, data: &IssuedData) -> Result<()> {
     let key_set =
         serde_json::to_string(&data.key_set).map_err(|e| Error::JournalCorrupt(e.to_string()))?;
-    let source = match data.generated.source {
-        GeneratedSource::KeyAttribute => "key_attribute",
-        GeneratedSource::Certificate => "certificate",
-        GeneratedSource::FirstSeen => "first_seen",
-    };
-    conn.execute(
-        "INSERT INTO form_rows (row_no, origin, seq, carrier, generated_at, generated_source,
-             manufacturer, model, serial, issued_on, holder_name, holder_position,
-             holder_tax_number, key_set, ack_status, ack_seq)
-         VALUES (?1, 'issued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-        params![
-            data.row_no as i64,
-            seq as i64,
-            data.carrier.key,
-            data.generated.at,
-            source,
-            data.carrier.manufacturer,
-            data.carrier.model,
-            data.carrier.serial,
-            data.issued_on,
-            data.holder.name,
-            data.holder.position,
-            data.holder.tax_number,
-            key_set,
-            data.acknowledgement.as_ref().map(|a| status_text(a.status)),
-            data.acknowledgement.as_ref().map(|_| seq as i64),
-        ],
-    )
-    .map_err(db_err)?;
+    let changed = conn
+        .execute(
+            "INSERT INTO form_rows (row_no, origin, seq, carrier, generated_at, generated_source,
+                 manufacturer, model, serial, issued_on, holder_name, holder_position,
+                 holder_tax_number, key_set, ack_status, ack_seq, issued_seq)
+             VALUES (?1, 'issued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?2)
+             ON CONFLICT (row_no) DO UPDATE SET
+                 generated_at = excluded.generated_at, generated_source = excluded.generated_source,
+                 manufacturer = excluded.manufacturer, model = excluded.model,
+                 serial = excluded.serial, issued_on = excluded.issued_on,
+                 holder_name = excluded.holder_name, holder_position = excluded.holder_position,
+                 holder_tax_number = excluded.holder_tax_number, key_set = excluded.key_set,
+                 ack_status = excluded.ack_status, ack_seq = excluded.ack_seq,
+                 issued_seq = excluded.issued_seq
+             WHERE form_rows.origin = 'seen' AND form_rows.issued_seq IS NULL
+                 AND form_rows.carrier = excluded.carrier",
+            params![
+                data.row_no as i64,
+                seq as i64,
+                data.carrier.key,
+                data.generated.at,
+                source_text(data.generated.source),
+                data.carrier.manufacturer,
+                data.carrier.model,
+                data.carrier.serial,
+                data.issued_on,
+                data.holder.name,
+                data.holder.position,
+                data.holder.tax_number,
+                key_set,
+                data.acknowledgement.as_ref().map(|a| status_text(a.status)),
+                data.acknowledgement.as_ref().map(|_| seq as i64),
+            ],
+        )
+        .map_err(db_err)?;
+    if changed != 1 {
+        return Err(Error::JournalCorrupt(format!(
+            "issued #{seq}: form row {} is taken by another key set",
+            data.row_no
+        )));
+    }
     Ok(())
 }
 
@@ -395,15 +411,14 @@ fn plan(
         u8::from(issued_on.month()),
         issued_on.day()
     );
-    // Issued already (since the last destruction)?
-    let wipe_seq = wipe.as_ref().map(|w| w.0).unwrap_or(0);
+    // The key set's row (numbered when a scan first saw it), and whether it is issued.
+    let live = super::numbering::live_row(conn, &key, &key_set)?;
     type Active = (i64, i64, String, String, Option<String>, Option<String>);
     let active: Option<Active> = conn
         .query_row(
-            "SELECT row_no, seq, issued_on, holder_name, holder_tax_number, ack_status
-             FROM form_rows WHERE carrier = ?1 AND origin = 'issued' AND seq > ?2
-             ORDER BY seq DESC LIMIT 1",
-            params![key, wipe_seq as i64],
+            "SELECT row_no, issued_seq, issued_on, holder_name, holder_tax_number, ack_status
+             FROM form_rows WHERE row_no = ?1 AND issued_seq IS NOT NULL",
+            params![live.map(|(n, _)| n as i64)],
             |r| {
                 Ok((
                     r.get(0)?,
@@ -436,11 +451,12 @@ fn plan(
             acknowledged: ack.is_some(),
         });
     }
-    let row_no = match &existing {
-        Some(e) => e.row_no,
-        None => next_row_no(conn)?,
+    let (row_no, first_seen) = match (&existing, live) {
+        (Some(e), _) => (e.row_no, carrier.first_seen.clone()),
+        (None, Some((row_no, seq))) => (row_no, event_time(conn, seq)?),
+        (None, None) => (next_row_no(conn)?, carrier.first_seen.clone()),
     };
-    let generated = generated_of(&snapshot, &key_set, &carrier.first_seen);
+    let generated = generated_of(&snapshot, &key_set, &first_seen);
     let mut keys: Vec<String> = key_set
         .keys
         .iter()
@@ -491,6 +507,14 @@ fn plan(
         statement,
         existing,
     })
+}
+
+/// When event `seq` was recorded.
+fn event_time(conn: &Connection, seq: u64) -> Result<String> {
+    conn.query_row("SELECT at FROM events WHERE seq = ?1", [seq as i64], |r| {
+        r.get(0)
+    })
+    .map_err(db_err)
 }
 
 fn holder_of(

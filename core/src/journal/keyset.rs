@@ -29,6 +29,15 @@ pub struct Generated {
     pub source: GeneratedSource,
 }
 
+/// The stored name of a [`GeneratedSource`] (`form_rows.generated_source`).
+pub(crate) fn source_text(s: GeneratedSource) -> &'static str {
+    match s {
+        GeneratedSource::KeyAttribute => "key_attribute",
+        GeneratedSource::Certificate => "certificate",
+        GeneratedSource::FirstSeen => "first_seen",
+    }
+}
+
 /// A key handed over.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyEntry {

@@ -11,6 +11,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("sql/0001_initial.sql"),
     include_str!("sql/0002_issuance.sql"),
     include_str!("sql/0003_orders.sql"),
+    include_str!("sql/0004_key_sets.sql"),
 ];
 
 /// The schema version this build writes.
@@ -137,6 +138,41 @@ mod tests {
         assert!(j.verify_checkpoints(None).map(|r| r.ok()).unwrap_or(false));
         assert!(j.form(&Default::default()).unwrap_or_default().is_empty());
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_schema_3_form_row_keeps_its_number_and_issued_rows_get_their_issued_event() {
+        let mut conn = Connection::open_in_memory().unwrap_or_else(|e| panic!("{e}"));
+        let tx = conn.transaction().unwrap_or_else(|e| panic!("{e}"));
+        for sql in &MIGRATIONS[..3] {
+            tx.execute_batch(sql).unwrap_or_else(|e| panic!("{e}"));
+        }
+        tx.execute_batch(
+            "INSERT INTO meta VALUES ('journal_id', 'v3');
+             INSERT INTO form_rows (row_no, origin, seq, carrier, key_set)
+                 VALUES (7, 'issued', 12, 'a/b/c', '{}');
+             INSERT INTO form_rows (row_no, origin, seq, key_set, imported)
+                 VALUES (3, 'imported', 2, '{}', '{}');
+             PRAGMA user_version = 3;",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        tx.commit().unwrap_or_else(|e| panic!("{e}"));
+        migrate(&mut conn).unwrap_or_else(|e| panic!("{e}"));
+        let rows: Vec<(i64, String, Option<i64>)> = conn
+            .prepare("SELECT row_no, origin, issued_seq FROM form_rows ORDER BY row_no")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            rows,
+            [(3, "imported".into(), None), (7, "issued".into(), Some(12))]
+        );
+        assert_eq!(
+            super::super::schema::check(&conn, LATEST).ok(),
+            Some(vec![])
+        );
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! A journal rebuilt in memory from another copy of its events (the organisation's, see
 //! `crate::fleet`): the events are loaded verbatim, the chain is checked, and the state the
-//! mandated form reads (form rows, acknowledgements, revocations) is derived from the events
+//! mandated form reads (form rows of key sets seen, issued and imported, acknowledgements,
+//! revocations) is derived from the events
 //! with the journal's own row functions, so that the organisation's form is the same
 //! [`FormRow`](super::FormRow)s the workstation prints.
 
 use rusqlite::{params, Connection};
 use serde::Deserialize;
 
-use super::{chain, db_err, form, import, issue, migrations, revocation, ChainEvent, Journal};
+use super::{
+    chain, db_err, form, import, issue, migrations, numbering, revocation, ChainEvent, Journal,
+};
 use crate::error::{Error, Result};
 
 #[derive(Deserialize)]
@@ -86,6 +89,13 @@ fn derive(conn: &Connection, e: &ChainEvent) -> Result<()> {
         |what: &str| Error::JournalCorrupt(format!("event #{} ({}): {what}", e.seq, e.kind));
     use crate::event::EventKind;
     let kind = |k: EventKind| e.kind == k.as_str();
+    if e.data.contains(numbering::FIELD) {
+        let data: serde_json::Value =
+            serde_json::from_str(&e.data).map_err(|x| corrupt(&x.to_string()))?;
+        if let Some(row) = numbering::row_in(&data) {
+            numbering::insert_row(conn, e.seq, &row.map_err(|x| corrupt(&x))?)?;
+        }
+    }
     match () {
         () if kind(EventKind::Issued) => {
             let data: issue::IssuedData =

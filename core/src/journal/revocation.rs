@@ -10,6 +10,7 @@ use super::keyset::KeySet;
 use super::query::resolve_carrier;
 use super::{db_err, Actor, EventKind, Journal};
 use crate::error::{Error, Result};
+use crate::revocation::Evidence;
 
 /// The step with the qualified trust service provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +44,9 @@ pub struct RevocationRequest {
     pub reference: String,
     /// Date of the step; default: today (UTC).
     pub date: Option<time::Date>,
+    /// The provider's answers that prove the step (a confirmation found by
+    /// `custody revocation check`); empty when recorded by hand.
+    pub evidence: Vec<Evidence>,
 }
 
 /// The data of a `revocation_requested` / `revocation_confirmed` event.
@@ -54,6 +58,9 @@ pub struct RevocationData {
     pub reference: String,
     /// Date, YYYY-MM-DD.
     pub date: String,
+    /// The provider's verified answers (CRL or OCSP) when custody asked the provider itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<Evidence>,
 }
 
 /// What recording a revocation step did.
@@ -187,6 +194,7 @@ impl Journal {
                 certificates,
                 reference,
                 date,
+                evidence: req.evidence.clone(),
             };
             let seq = w.append(step.kind(), Some(&carrier.carrier), &data)?;
             for sha in &rows {
@@ -199,6 +207,54 @@ impl Journal {
                 data,
             })
         })
+    }
+}
+
+/// A certificate whose revocation was requested (or confirmed), from the revocations table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RevocationState {
+    /// The carrier key.
+    pub carrier: String,
+    /// The carrier serial.
+    pub serial: String,
+    /// SHA-256 of the certificate (`''`: the carrier held no known certificate).
+    pub cert_sha256: String,
+    /// Date of the request (YYYY-MM-DD), when requested.
+    pub requested_on: Option<String>,
+    /// The request's reference.
+    pub requested_ref: Option<String>,
+    /// Date of the confirmation, when confirmed.
+    pub confirmed_on: Option<String>,
+    /// The confirmation's reference.
+    pub confirmed_ref: Option<String>,
+}
+
+impl Journal {
+    /// Every certificate with a revocation request or confirmation, oldest request first.
+    pub fn revocation_states(&self) -> Result<Vec<RevocationState>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT r.carrier, COALESCE(c.serial, ''), r.cert_sha256, r.requested_on,
+                        r.requested_ref, r.confirmed_on, r.confirmed_ref
+                 FROM revocations r LEFT JOIN carriers c ON c.carrier = r.carrier
+                 ORDER BY r.requested_on, r.carrier, r.cert_sha256",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(RevocationState {
+                    carrier: r.get(0)?,
+                    serial: r.get(1)?,
+                    cert_sha256: r.get(2)?,
+                    requested_on: r.get(3)?,
+                    requested_ref: r.get(4)?,
+                    confirmed_on: r.get(5)?,
+                    confirmed_ref: r.get(6)?,
+                })
+            })
+            .map_err(db_err)?;
+        rows.collect::<std::result::Result<_, _>>().map_err(db_err)
     }
 }
 

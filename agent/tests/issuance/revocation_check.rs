@@ -1,0 +1,774 @@
+//! `custody revocation check` against a real provider built here: a CA made with `openssl req`
+//! and `openssl ca`, a key generated on a SoftHSM2 token with its certificate, the CA's CRL
+//! served over HTTP by a small server on a loopback port chosen at run time, and
+//! `openssl ocsp` answering on another free loopback port.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use sha2::{Digest, Sha256};
+
+use super::common::*;
+
+/// A CA directory for `openssl ca`.
+struct Ca {
+    dir: PathBuf,
+}
+
+impl Ca {
+    /// A new CA (ECDSA P-256) named `/CN=Test QTSP CA/O=Test QTSP`, in `w.dir/name`.
+    fn new(w: &World, name: &str) -> Self {
+        let dir = w.dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.join("index.txt"), "").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.join("crlnumber"), "01\n").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(
+            dir.join("ca.cnf"),
+            format!(
+                "[ca]\ndefault_ca = CA_default\n[CA_default]\ndir = {}\ndatabase = $dir/index.txt\nnew_certs_dir = $dir\ncertificate = $dir/ca.pem\nprivate_key = $dir/ca.key\ncrlnumber = $dir/crlnumber\ndefault_md = sha256\ndefault_crl_days = 7\nunique_subject = no\npolicy = policy_any\n[policy_any]\ncommonName = supplied\n",
+                dir.display()
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        ok(Command::new("openssl").current_dir(&dir).args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=Test QTSP CA/O=Test QTSP",
+            "-days",
+            "3650",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]));
+        ok(Command::new("openssl")
+            .current_dir(&dir)
+            .args(["x509", "-in", "ca.pem", "-outform", "DER", "-out", "ca.der"]));
+        Self { dir }
+    }
+
+    fn openssl_ca(&self, args: &[&str]) {
+        ok(Command::new("openssl")
+            .current_dir(&self.dir)
+            .args(["ca", "-config", "ca.cnf", "-batch"])
+            .args(args));
+    }
+
+    /// Generates a key on the token `label`, issues its certificate (serial `serial`) naming
+    /// `crl_url` and `ocsp_url`, writes it to the token and returns the certificate's PEM path.
+    fn issue_on_token(
+        &self,
+        w: &World,
+        label: &str,
+        serial: &str,
+        subject: &str,
+        crl_url: &str,
+        ocsp_url: &str,
+    ) -> PathBuf {
+        ok(w.tool("pkcs11-tool").args([
+            "--module",
+            MODULE,
+            "--token-label",
+            label,
+            "--login",
+            "--pin",
+            PIN,
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--id",
+            "01",
+            "--label",
+            "signing key",
+        ]));
+        let pub_der = w.dir.join(format!("{label}-pub.der"));
+        ok(w.tool("pkcs11-tool")
+            .args([
+                "--module",
+                MODULE,
+                "--token-label",
+                label,
+                "--read-object",
+                "--type",
+                "pubkey",
+                "--id",
+                "01",
+                "-o",
+            ])
+            .arg(&pub_der));
+        let pub_pem = w.dir.join(format!("{label}-pub.pem"));
+        ok(Command::new("openssl")
+            .args(["pkey", "-pubin", "-inform", "DER", "-in"])
+            .arg(&pub_der)
+            .arg("-out")
+            .arg(&pub_pem));
+        let csr = w.dir.join(format!("{label}.csr"));
+        ok(Command::new("openssl")
+            .args(["req", "-new", "-utf8", "-subj", subject, "-key"])
+            .arg(self.dir.join("ca.key"))
+            .arg("-out")
+            .arg(&csr));
+        let ext = w.dir.join(format!("{label}.ext"));
+        std::fs::write(
+            &ext,
+            format!(
+                "[leaf]\nbasicConstraints = CA:FALSE\nkeyUsage = critical,digitalSignature,nonRepudiation\ncrlDistributionPoints = URI:{crl_url}\nauthorityInfoAccess = OCSP;URI:{ocsp_url}\n"
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let pem = w.dir.join(format!("{label}.pem"));
+        ok(Command::new("openssl")
+            .args(["x509", "-req", "-days", "365", "-set_serial", serial, "-in"])
+            .arg(&csr)
+            .arg("-CA")
+            .arg(self.dir.join("ca.pem"))
+            .arg("-CAkey")
+            .arg(self.dir.join("ca.key"))
+            .arg("-force_pubkey")
+            .arg(&pub_pem)
+            .arg("-extfile")
+            .arg(&ext)
+            .args(["-extensions", "leaf", "-out"])
+            .arg(&pem));
+        let der = w.dir.join(format!("{label}.der"));
+        ok(Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(&pem)
+            .arg("-out")
+            .arg(&der));
+        ok(w.tool("pkcs11-tool")
+            .args([
+                "--module",
+                MODULE,
+                "--token-label",
+                label,
+                "--login",
+                "--pin",
+                PIN,
+                "--write-object",
+            ])
+            .arg(&der)
+            .args(["--type", "cert", "--id", "01", "--label", "signing cert"]));
+        pem
+    }
+
+    /// Marks a certificate valid in the CA's database.
+    fn valid(&self, pem: &Path) {
+        let pem = pem.display().to_string();
+        self.openssl_ca(&["-valid", &pem]);
+    }
+
+    /// Marks a certificate revoked (keyCompromise) in the CA's database.
+    fn revoke(&self, pem: &Path) {
+        let pem = pem.display().to_string();
+        self.openssl_ca(&["-revoke", &pem, "-crl_reason", "keyCompromise"]);
+    }
+
+    /// Writes the CA's current CRL, DER, to `out`; returns its SHA-256.
+    fn crl(&self, out: &Path) -> String {
+        self.openssl_ca(&["-gencrl", "-out", "crl.pem"]);
+        ok(Command::new("openssl")
+            .current_dir(&self.dir)
+            .args(["crl", "-in", "crl.pem", "-outform", "DER", "-out"])
+            .arg(out));
+        hex_sha256(&std::fs::read(out).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// Puts the CA certificate on a token, as providers' tokens carry it.
+    fn onto_token(&self, w: &World, label: &str) {
+        ok(w.tool("pkcs11-tool")
+            .args([
+                "--module",
+                MODULE,
+                "--token-label",
+                label,
+                "--login",
+                "--pin",
+                PIN,
+                "--write-object",
+            ])
+            .arg(self.dir.join("ca.der"))
+            .args(["--type", "cert", "--id", "99", "--label", "CA"]));
+    }
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A free loopback port (bound, then released for the server about to use it).
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    l.local_addr().unwrap_or_else(|e| panic!("{e}")).port()
+}
+
+/// Serves the files of `dir` over HTTP/1.0 GET on a loopback port chosen at run time; the
+/// thread ends with the test process.
+fn serve(dir: PathBuf) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let port = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let _ = answer(&dir, stream);
+        }
+    });
+    port
+}
+
+fn answer(dir: &Path, mut stream: TcpStream) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
+            break;
+        }
+    }
+    let name = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .trim_start_matches('/');
+    match std::fs::read(dir.join(name)) {
+        Ok(body) if !name.is_empty() && !name.contains("..") => {
+            write!(
+                stream,
+                "HTTP/1.0 200 OK\r\nContent-Type: application/pkix-crl\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )?;
+            stream.write_all(&body)
+        }
+        _ => stream.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+    }
+}
+
+/// `openssl ocsp` answering for `ca` on a free loopback port; stopped (by its pid) on drop.
+struct Responder {
+    child: Child,
+}
+
+impl Responder {
+    fn start(ca: &Ca, port: u16) -> Self {
+        Self::signed_by(ca, ca, port)
+    }
+
+    /// A responder answering from `ca`'s database but signing with `signer`'s key.
+    fn signed_by(ca: &Ca, signer: &Ca, port: u16) -> Self {
+        let mut child = Command::new("openssl")
+            .current_dir(&ca.dir)
+            .args(["ocsp", "-index", "index.txt", "-port"])
+            .arg(port.to_string())
+            .arg("-rsigner")
+            .arg(signer.dir.join("ca.pem"))
+            .arg("-rkey")
+            .arg(signer.dir.join("ca.key"))
+            .args(["-CA", "ca.pem", "-ignore_err"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("openssl ocsp: {e}"));
+        // It serves one connection at a time, so a probe connection would hold it up: wait
+        // for the line it prints once it listens.
+        let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
+        let mut lines = BufReader::new(stderr).lines();
+        let mut said = String::new();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    said.push_str(&line);
+                    said.push('\n');
+                    if line.contains("waiting for OCSP client connections") {
+                        break;
+                    }
+                }
+                _ => panic!("openssl ocsp did not listen on port {port}: {said}"),
+            }
+        }
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A world with one token holding a key and its certificate from `ca`, scanned into the
+/// journal, its revocation requested. Returns the token serial and the certificate PEM.
+fn requested(
+    w: &World,
+    ca: &Ca,
+    label: &str,
+    serial: &str,
+    crl: &str,
+    ocsp: &str,
+) -> (String, PathBuf) {
+    let token = w.token(label);
+    let pem = ca.issue_on_token(w, label, serial, "/CN=Звільнена Особа", crl, ocsp);
+    ok(w.custody().arg("scan"));
+    ok(w.custody().args([
+        "revocation",
+        "requested",
+        "--carrier",
+        &token,
+        "--ref",
+        "лист № 7/1",
+    ]));
+    (token, pem)
+}
+
+fn confirmed_events(w: &World) -> Vec<serde_json::Value> {
+    w.open()
+        .events()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .filter(|e| e.kind.as_str() == "revocation_confirmed")
+        .map(|e| serde_json::to_value(&e).unwrap_or_else(|e| panic!("{e}")))
+        .collect()
+}
+
+#[test]
+fn a_revocation_the_crl_lists_is_confirmed_with_its_evidence() {
+    let w = World::new("revcheck-crl");
+    let ca = Ca::new(&w, "ca");
+    let served = w.dir.join("served");
+    std::fs::create_dir_all(&served).unwrap_or_else(|e| panic!("{e}"));
+    let port = serve(served.clone());
+    let crl_url = format!("http://127.0.0.1:{port}/ca.crl");
+    let (token, pem) = requested(&w, &ca, "crl", "4097", &crl_url, "http://127.0.0.1:9/");
+    ca.revoke(&pem);
+    let crl_sha = ca.crl(&served.join("ca.crl"));
+
+    // The request is unconfirmed: status lists it (exit 1 for monitoring).
+    let (code, out, err) = run(w
+        .custody()
+        .args(["status", "--unconfirmed", "0d", "--json"]));
+    assert_eq!(code, 1, "{out}{err}");
+    let v = json(&out);
+    assert_eq!(v["unconfirmed"][0]["serial"], token.as_str(), "{v:#}");
+
+    let issuer = ca.dir.join("ca.pem").display().to_string();
+    let (code, out, err) = run(w.custody().args([
+        "--json",
+        "revocation",
+        "check",
+        "--via",
+        "crl",
+        "--issuer",
+        &issuer,
+    ]));
+    assert_eq!(code, 0, "{out}{err}");
+    let v = json(&out);
+    let c = &v["checked"][0];
+    assert_eq!(c["status"], "revoked", "{v:#}");
+    assert_eq!(c["evidence"][0]["source"], "crl");
+    assert_eq!(c["evidence"][0]["url"], crl_url.as_str());
+    assert_eq!(c["evidence"][0]["crl_number"], "1");
+    assert_eq!(c["evidence"][0]["sha256"], crl_sha.as_str());
+    assert_eq!(c["evidence"][0]["reason"], "keyCompromise");
+    let events = confirmed_events(&w);
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let data = &events[0]["data"];
+    assert_eq!(c["recorded_seq"], events[0]["seq"], "{events:#?}");
+    assert_eq!(data["evidence"][0]["sha256"], crl_sha.as_str(), "{data:#}");
+    assert_eq!(data["evidence"][0]["crl_number"], "1", "{data:#}");
+    assert!(
+        data["reference"]
+            .as_str()
+            .is_some_and(|r| r.contains("CRL No. 1") && r.contains(&crl_url)),
+        "{data:#}"
+    );
+    // Confirmed now: nothing left to check, nothing unconfirmed, the chain verifies.
+    let (code, out, _) = run(w
+        .custody()
+        .args(["revocation", "check", "--issuer", &issuer]));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("No revocation request is waiting"), "{out}");
+    let (code, out, err) = run(w.custody().args(["status", "--unconfirmed", "0d"]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(confirmed_events(&w).len(), 1);
+    ok(w.custody().args(["journal", "verify"]));
+}
+
+#[test]
+fn a_revocation_ocsp_reports_is_confirmed_with_the_issuer_from_the_token() {
+    let w = World::new("revcheck-ocsp");
+    let ca = Ca::new(&w, "ca");
+    let port = free_port();
+    let ocsp_url = format!("http://127.0.0.1:{port}/");
+    let (token, pem) = requested(
+        &w,
+        &ca,
+        "ocsp",
+        "4098",
+        "http://127.0.0.1:9/ca.crl",
+        &ocsp_url,
+    );
+    ca.onto_token(&w, "ocsp");
+    ca.revoke(&pem);
+    let _responder = Responder::start(&ca, port);
+
+    let (code, out, err) =
+        run(w
+            .custody()
+            .args(["--json", "revocation", "check", "--via", "ocsp"]));
+    assert_eq!(code, 0, "{out}{err}");
+    let v = json(&out);
+    let c = &v["checked"][0];
+    assert_eq!(
+        c["carrier"].as_str().map(|k| k.contains(&token)),
+        Some(true),
+        "{v:#}"
+    );
+    assert_eq!(c["status"], "revoked", "{v:#}");
+    assert_eq!(c["evidence"][0]["source"], "ocsp");
+    assert_eq!(c["evidence"][0]["url"], ocsp_url.as_str());
+    assert_eq!(c["evidence"][0]["sha256"].as_str().map(str::len), Some(64));
+    assert!(c["evidence"][0]["revoked_at"].is_string(), "{v:#}");
+    let events = confirmed_events(&w);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["data"]["evidence"][0]["source"], "ocsp");
+}
+
+#[test]
+fn a_good_answer_records_nothing_and_says_so() {
+    let w = World::new("revcheck-good");
+    let ca = Ca::new(&w, "ca");
+    let served = w.dir.join("served");
+    std::fs::create_dir_all(&served).unwrap_or_else(|e| panic!("{e}"));
+    let crl_port = serve(served.clone());
+    let ocsp_port = free_port();
+    let crl_url = format!("http://127.0.0.1:{crl_port}/ca.crl");
+    let ocsp_url = format!("http://127.0.0.1:{ocsp_port}/");
+    let (_, pem) = requested(&w, &ca, "good", "4099", &crl_url, &ocsp_url);
+    ca.valid(&pem);
+    ca.crl(&served.join("ca.crl"));
+    let _responder = Responder::start(&ca, ocsp_port);
+    let issuer = ca.dir.join("ca.der").display().to_string();
+
+    let (code, out, err) = run(w
+        .custody()
+        .args(["revocation", "check", "--issuer", &issuer]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("the provider says good; nothing recorded"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("CRL No. 1 {crl_url}: good")), "{out}");
+    assert!(out.contains(&format!("OCSP {ocsp_url}: good")), "{out}");
+    assert!(confirmed_events(&w).is_empty());
+    // --all asks about the same certificate once.
+    let (code, out, _) = run(w.custody().args([
+        "--json",
+        "revocation",
+        "check",
+        "--all",
+        "--issuer",
+        &issuer,
+    ]));
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        json(&out)["checked"].as_array().map(Vec::len),
+        Some(1),
+        "{out}"
+    );
+    assert!(confirmed_events(&w).is_empty());
+}
+
+#[test]
+fn a_provider_that_cannot_be_reached_is_an_error_and_nothing_is_recorded() {
+    let w = World::new("revcheck-down");
+    let ca = Ca::new(&w, "ca");
+    let port = free_port();
+    let crl_url = format!("http://127.0.0.1:{port}/ca.crl");
+    let (_, pem) = requested(&w, &ca, "down", "4100", &crl_url, "http://127.0.0.1:9/");
+    ca.revoke(&pem);
+    let issuer = ca.dir.join("ca.pem").display().to_string();
+    let before = w.open().event_count().unwrap_or_else(|e| panic!("{e}"));
+
+    let (code, out, err) =
+        run(w
+            .custody()
+            .args(["revocation", "check", "--via", "crl", "--issuer", &issuer]));
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        out.contains(&crl_url) && out.contains("cannot be reached"),
+        "{out}{err}"
+    );
+    assert!(out.contains("nothing was recorded"), "{out}");
+    assert_eq!(
+        w.open().event_count().unwrap_or_else(|e| panic!("{e}")),
+        before
+    );
+}
+
+#[test]
+fn a_crl_signed_by_another_ca_is_refused() {
+    let w = World::new("revcheck-forged");
+    let ca = Ca::new(&w, "ca");
+    // Same name, another key: only the signature tells them apart.
+    let other = Ca::new(&w, "other");
+    let served = w.dir.join("served");
+    std::fs::create_dir_all(&served).unwrap_or_else(|e| panic!("{e}"));
+    let port = serve(served.clone());
+    let crl_url = format!("http://127.0.0.1:{port}/ca.crl");
+    let (_, pem) = requested(&w, &ca, "forged", "4101", &crl_url, "http://127.0.0.1:9/");
+    other.revoke(&pem);
+    other.crl(&served.join("ca.crl"));
+    let issuer = ca.dir.join("ca.pem").display().to_string();
+
+    let (code, out, err) = run(w.custody().args([
+        "--json",
+        "revocation",
+        "check",
+        "--via",
+        "crl",
+        "--issuer",
+        &issuer,
+    ]));
+    assert_eq!(code, 2, "{out}{err}");
+    let v = json(&out);
+    let e = v["checked"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        e.contains(&crl_url) && e.contains("not signed by the issuer"),
+        "{v:#}"
+    );
+    assert!(v["checked"][0]["status"].is_null(), "{v:#}");
+    assert!(confirmed_events(&w).is_empty());
+
+    // The same CRL signed by the right CA is accepted (the positive control).
+    ca.revoke(&pem);
+    ca.crl(&served.join("ca.crl"));
+    let (code, out, err) =
+        run(w
+            .custody()
+            .args(["revocation", "check", "--via", "crl", "--issuer", &issuer]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(confirmed_events(&w).len(), 1);
+}
+
+#[test]
+fn an_ocsp_answer_signed_by_another_key_is_refused() {
+    let w = World::new("revcheck-ocsp-forged");
+    let ca = Ca::new(&w, "ca");
+    let other = Ca::new(&w, "other");
+    let port = free_port();
+    let ocsp_url = format!("http://127.0.0.1:{port}/");
+    let (_, pem) = requested(
+        &w,
+        &ca,
+        "ocspforged",
+        "4102",
+        "http://127.0.0.1:9/ca.crl",
+        &ocsp_url,
+    );
+    ca.revoke(&pem);
+    let issuer = ca.dir.join("ca.pem").display().to_string();
+    {
+        let _forged = Responder::signed_by(&ca, &other, port);
+        let (code, out, err) = run(w.custody().args([
+            "--json",
+            "revocation",
+            "check",
+            "--via",
+            "ocsp",
+            "--issuer",
+            &issuer,
+        ]));
+        assert_eq!(code, 2, "{out}{err}");
+        let v = json(&out);
+        let e = v["checked"][0]["error"].as_str().unwrap_or_default();
+        assert!(
+            e.contains(&ocsp_url) && e.contains("not signed by the issuer"),
+            "{v:#}"
+        );
+        assert!(confirmed_events(&w).is_empty());
+    }
+    // The same answer signed by the issuer is accepted (the positive control).
+    let _responder = Responder::start(&ca, port);
+    let (code, out, err) =
+        run(w
+            .custody()
+            .args(["revocation", "check", "--via", "ocsp", "--issuer", &issuer]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(confirmed_events(&w).len(), 1);
+}
+
+#[test]
+fn garbage_instead_of_a_crl_is_an_error_and_nothing_is_recorded() {
+    let w = World::new("revcheck-garbage");
+    let ca = Ca::new(&w, "ca");
+    let served = w.dir.join("served");
+    std::fs::create_dir_all(&served).unwrap_or_else(|e| panic!("{e}"));
+    let port = serve(served.clone());
+    let crl_url = format!("http://127.0.0.1:{port}/ca.crl");
+    let (_, pem) = requested(&w, &ca, "garbage", "4103", &crl_url, "http://127.0.0.1:9/");
+    ca.revoke(&pem);
+    std::fs::write(served.join("ca.crl"), "<html>portal maintenance</html>")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let issuer = ca.dir.join("ca.pem").display().to_string();
+    let (code, out, err) =
+        run(w
+            .custody()
+            .args(["revocation", "check", "--via", "crl", "--issuer", &issuer]));
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        out.contains(&crl_url) && out.contains("not a DER CRL"),
+        "{out}"
+    );
+    assert!(confirmed_events(&w).is_empty());
+    // A wrong path answers 404: an error too.
+    std::fs::remove_file(served.join("ca.crl")).unwrap_or_else(|e| panic!("{e}"));
+    let (code, out, _) =
+        run(w
+            .custody()
+            .args(["revocation", "check", "--via", "crl", "--issuer", &issuer]));
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("answered HTTP 404"), "{out}");
+    assert!(confirmed_events(&w).is_empty());
+}
+
+fn ua_cert_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/testdata/ua-certs")
+        .join(name)
+}
+
+/// The real Diia chain (DSTU 4145): the issuer is found on the token by verifying the
+/// certificate's DSTU 4145 signature with each candidate's key. Its OCSP is then refused
+/// before any request (DSTU 4145 OCSP answers are not verified), so nothing leaves the
+/// machine; a DSTU CA that did not issue it is refused as the issuer.
+#[test]
+fn the_real_diia_chain_is_verified_with_dstu_4145() {
+    let w = World::new("revcheck-diia");
+    let token = w.token("diia");
+    for (file, id) in [
+        ("diia-test-sign-7775603.cer", "01"),
+        ("diia-CA-05E19E2CD92EA2990100000001000000E1000000.cer", "99"),
+    ] {
+        ok(w.tool("pkcs11-tool")
+            .args([
+                "--module",
+                MODULE,
+                "--token-label",
+                "diia",
+                "--login",
+                "--pin",
+                PIN,
+                "--write-object",
+            ])
+            .arg(ua_cert_path(file))
+            .args(["--type", "cert", "--id", id]));
+    }
+    ok(w.custody().arg("scan"));
+    let sign = hex_sha256(&ua_cert("diia-test-sign-7775603.cer"));
+    ok(w.custody().args([
+        "revocation",
+        "requested",
+        "--carrier",
+        &token,
+        "--cert",
+        &sign[..16],
+        "--ref",
+        "лист № 7/2",
+    ]));
+
+    let (code, out, err) =
+        run(w
+            .custody()
+            .args(["--json", "revocation", "check", "--via", "ocsp"]));
+    assert_eq!(code, 2, "{out}{err}");
+    let v = json(&out);
+    let e = v["checked"][0]["error"].as_str().unwrap_or_default();
+    assert_eq!(v["checked"][0]["certificate"], sign.as_str(), "{v:#}");
+    assert!(
+        e.contains("OCSP answers signed with DSTU 4145 are not verified"),
+        "the issuer was found by its DSTU 4145 signature, then OCSP refused: {v:#}"
+    );
+
+    assert!(confirmed_events(&w).is_empty());
+
+    // Only the certificate on the token: another DSTU 4145 CA given with --issuer does not
+    // verify it (refused, naming --issuer); the Diia CA given with --issuer does.
+    let w = World::new("revcheck-diia-issuer");
+    let token = w.token("diia");
+    ok(w.tool("pkcs11-tool")
+        .args([
+            "--module",
+            MODULE,
+            "--token-label",
+            "diia",
+            "--login",
+            "--pin",
+            PIN,
+            "--write-object",
+        ])
+        .arg(ua_cert_path("diia-test-sign-7775603.cer"))
+        .args(["--type", "cert", "--id", "01"]));
+    ok(w.custody().arg("scan"));
+    ok(w.custody().args([
+        "revocation",
+        "requested",
+        "--carrier",
+        &token,
+        "--ref",
+        "лист № 7/3",
+    ]));
+    let justice = ua_cert_path("CA-Justice.cer").display().to_string();
+    let (code, out, err) = run(w.custody().args([
+        "--json",
+        "revocation",
+        "check",
+        "--via",
+        "ocsp",
+        "--issuer",
+        &justice,
+    ]));
+    assert_eq!(code, 2, "{out}{err}");
+    let e = json(&out)["checked"][0]["error"].clone();
+    assert!(
+        e.as_str()
+            .is_some_and(|e| e.contains("no certificate of its issuer")),
+        "{out}"
+    );
+    let diia = ua_cert_path("diia-CA-05E19E2CD92EA2990100000001000000E1000000.cer")
+        .display()
+        .to_string();
+    let (code, out, err) = run(w.custody().args([
+        "--json",
+        "revocation",
+        "check",
+        "--via",
+        "ocsp",
+        "--issuer",
+        &diia,
+    ]));
+    assert_eq!(code, 2, "{out}{err}");
+    let e = json(&out)["checked"][0]["error"].clone();
+    assert!(
+        e.as_str()
+            .is_some_and(|e| e.contains("OCSP answers signed with DSTU 4145 are not verified")),
+        "{out}"
+    );
+    assert!(confirmed_events(&w).is_empty());
+}
