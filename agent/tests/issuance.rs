@@ -10,6 +10,8 @@ mod common;
 mod expiry;
 #[path = "issuance/form.rs"]
 mod form;
+#[path = "issuance/holders.rs"]
+mod holders;
 #[path = "issuance/issue.rs"]
 mod issue;
 #[path = "issuance/revocation_check.rs"]

@@ -60,11 +60,13 @@ pub enum EventKind {
     WipeFailed,
     /// A free-text note.
     Note,
+    /// A holder (a person carriers are issued to) was recorded or their record changed.
+    HolderRecorded,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [Self; 23] = [
+    pub const ALL: [Self; 24] = [
         Self::CarrierEnrolled,
         Self::CarrierSeen,
         Self::CarrierReinitialised,
@@ -88,6 +90,7 @@ impl EventKind {
         Self::WipeCompleted,
         Self::WipeFailed,
         Self::Note,
+        Self::HolderRecorded,
     ];
 
     /// The stored name, as in the `kind` column.
@@ -116,6 +119,7 @@ impl EventKind {
             Self::WipeCompleted => "wipe_completed",
             Self::WipeFailed => "wipe_failed",
             Self::Note => "note",
+            Self::HolderRecorded => "holder_recorded",
         }
     }
 

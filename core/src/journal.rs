@@ -13,6 +13,7 @@ mod checkpoint;
 mod derive;
 mod feed;
 mod form;
+mod holders;
 mod import;
 mod issue;
 mod keyset;
@@ -48,6 +49,10 @@ pub use derive::{rejection_ends_order, StateProblem, StateReport};
 pub use feed::ChainEvent;
 pub use form::{
     AckSummary, Destruction, FormFilter, FormRow, ImportedText, RevocationNote, Vanished,
+};
+pub use holders::{
+    check as check_holder, HeldCertificate, HolderImport, HolderLine, HolderRecord, HolderRecorded,
+    HolderRow,
 };
 pub use import::{ImportRecord, ImportRow};
 pub use issue::{

@@ -33,6 +33,11 @@ pub struct IssueArgs {
     /// The holder's tax number (RNOKPP). Default: the one in the certificate.
     #[arg(long, value_name = "NUMBER")]
     pub tax_number: Option<String>,
+    /// Link the holder record (`custody holder list`) with this tax number or e-ID document
+    /// number; its name, position and unit fill what is not given. Default: the record with
+    /// the holder's tax number, when HR's list has one.
+    #[arg(long, value_name = "TAX_NUMBER|DOCUMENT")]
+    pub holder_record: Option<String>,
     /// Date of handover (YYYY-MM-DD or DD.MM.YYYY). Default: today (UTC).
     #[arg(long, value_name = "DATE")]
     pub date: Option<String>,
@@ -97,6 +102,7 @@ pub fn run(ctx: &Context, args: &IssueArgs) -> anyhow::Result<Exit> {
         holder: args.holder.clone(),
         position: args.position.clone(),
         tax_number: args.tax_number.clone(),
+        holder_record: args.holder_record.clone(),
         date,
         certificates: Vec::new(),
     };
@@ -213,6 +219,9 @@ fn print_human(r: &IssueRecord) {
         );
         if let Some(t) = &d.holder.tax_number {
             println!("Tax number: {t}");
+        }
+        if let Some(r) = &d.holder.record {
+            println!("Holder record: {r} (HR's list)");
         }
     }
     match &d.acknowledgement {

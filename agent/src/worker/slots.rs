@@ -382,7 +382,7 @@ pub(super) fn poll_module(
     let mut changed = !same_slots;
     for id in ids {
         let state = match watched.slots.get(&id) {
-            None => read_new(module, id, pins),
+            None => read_new(module, id, pins, None),
             Some(old) if check || retoken.contains(&id) => {
                 let new = recheck(module, id, old, pins);
                 changed |= new != *old;
@@ -458,9 +458,19 @@ fn to_scan(module: ModuleInfo, slots: &BTreeMap<u64, SlotState>) -> ModuleScan {
     ModuleScan::read(module, carriers, problems, slots.len(), None)
 }
 
-/// Reads a slot seen for the first time (or again after a change), with PINs.
-fn read_new(module: &Module, slot: u64, pins: &ServicePins) -> SlotState {
-    match module.read_slot_id(slot, pins) {
+/// Reads a slot seen for the first time (or again after a change), with PINs; `known`: what
+/// it held before (its parsed certificates are reused).
+fn read_new(
+    module: &Module,
+    slot: u64,
+    pins: &ServicePins,
+    known: Option<&CarrierSnapshot>,
+) -> SlotState {
+    let read = match known {
+        Some(k) => module.read_slot_again(slot, pins, k),
+        None => module.read_slot_id(slot, pins),
+    };
+    match read {
         SlotRead::Carrier(full) => SlotState::Carrier(Box::new(Known {
             public: public_view(&full),
             full: *full,
@@ -477,11 +487,11 @@ fn recheck(module: &Module, slot: u64, old: &SlotState, pins: &ServicePins) -> S
     match old {
         SlotState::Uninitialised => match module.read_slot_id(slot, &NoPins) {
             SlotRead::Uninitialised => SlotState::Uninitialised,
-            SlotRead::Carrier(_) => read_new(module, slot, pins),
+            SlotRead::Carrier(_) => read_new(module, slot, pins, None),
             SlotRead::Partial(p) => SlotState::Unreadable(p),
         },
-        SlotState::Unreadable(_) => read_new(module, slot, pins),
-        SlotState::Carrier(known) => match module.read_slot_id(slot, &NoPins) {
+        SlotState::Unreadable(_) => read_new(module, slot, pins, None),
+        SlotState::Carrier(known) => match module.read_slot_again(slot, &NoPins, &known.full) {
             SlotRead::Carrier(public) => {
                 if known.unreadable.is_none()
                     && public_view(&public) == known.public
@@ -489,7 +499,7 @@ fn recheck(module: &Module, slot: u64, old: &SlotState, pins: &ServicePins) -> S
                 {
                     old.clone()
                 } else {
-                    match read_new(module, slot, pins) {
+                    match read_new(module, slot, pins, Some(&known.full)) {
                         SlotState::Unreadable(p) => keep_unreadable(known, p.message),
                         other => other,
                     }
