@@ -459,6 +459,23 @@ impl Journal {
         })
     }
 
+    /// For each of `scans`, whether recording it would take certificates or keys from a
+    /// carrier ([`Comparison::removes_content`]); reads only. A caller that gets `true` reads
+    /// that module again from scratch and records the confirmed read
+    /// ([`ModuleScan::confirmed_by`]).
+    pub fn removes_content(&self, scans: &[ModuleScan]) -> Result<Vec<bool>> {
+        let known = load_known(&self.conn)?;
+        let conn = &self.conn;
+        scans
+            .iter()
+            .map(|scan| {
+                let observed = Observed::new(std::slice::from_ref(scan), &known)?;
+                let comparison = compare(&observed, &known, &mut |k| load_snapshot(conn, k))?;
+                Ok(comparison.removes_content())
+            })
+            .collect()
+    }
+
     /// Runs `f` in one immediate transaction with a [`Writer`] that appends events and
     /// updates state; commits when `f` returns `Ok`, rolls back (appending nothing) otherwise.
     pub fn write<T>(
