@@ -5,10 +5,11 @@
 #     of the poll timer; the time of the service's "recorded carrier_enrolled" log line (written
 #     after the commit) minus the time just before the move;
 #   - idle CPU time (exact: /proc/PID/task/*/schedstat) and peak RSS (VmHWM) of the service
-#     over 60 s with 1 and 10 tokens present, next to the floor measured at the same time:
+#     over 60 s with 1, 10 and 100 tokens present (--sizes), next to the floor measured at the
+#     same time (goals: CPU per poll <= 1.15 x the floor, RSS <= the floor's + 3 MiB):
 #     `custody-floor --poll`, a minimal cryptoki loop doing what the module itself needs per
 #     interval (C_Finalize + C_Initialize, C_GetSlotList).
-# Options are passed on to `watch-bench run`: --interval MS --idle SECS --insertions N
+# Options are passed on to `watch-bench run`: --interval MS --idle SECS --insertions N --sizes 1,10,100
 # --dir DIR --keep 1 (keep the directory with the journals and logs).
 #
 # Then the same service on a module with slot events, OpenSC over a private pcscd with a

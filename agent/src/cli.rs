@@ -1,11 +1,13 @@
 //! The command line: global options shared by every subcommand, and dispatch.
 
+pub mod carrier;
 pub mod cert;
 pub mod checkpoint;
 pub mod doctor;
 pub mod expiry;
 pub mod export;
 pub mod fleet;
+pub mod holder;
 pub mod import;
 pub mod issue;
 pub mod journal;
@@ -109,6 +111,18 @@ pub enum Command {
         after_help = "Examples:\n  # A holder's certificate as PEM, for the registry\n  custody cert export --holder \"Іваненко Іван Іванович\" --pem --out ivanenko.pem\n  # By fingerprint\n  custody cert export --fingerprint 9f86d081884c7d65 --out cert.der"
     )]
     Cert(cert::CertCommand),
+    /// Keys held in a provider's HSM (remote QES): record one, record its destruction.
+    #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  # A Smart-Diia key, by its certificate\n  custody carrier add --remote --provider \"ДП «Дія»\" --cert koval.cer\n  # The provider deleted it\n  custody carrier destroy-remote --carrier 5d8f3a --evidence letter.pdf --responsible \"Коваленко Ольга\""
+    )]
+    Carrier(carrier::CarrierCommand),
+    /// Holders as people: import HR's list, list them.
+    #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  # HR's list exported from Excel as CSV UTF-8 (semicolons)\n  custody holder import staff.csv\n  # Who is recorded, and the form rows issued to them\n  custody holder list --json"
+    )]
+    Holder(holder::HolderCommand),
     /// Destruction orders: create, sign, verify; reconcile interrupted wipes; process the spool.
     #[command(subcommand)]
     #[command(
@@ -176,6 +190,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Issue(args) => issue::run(&ctx, &args),
         Command::Revocation(cmd) => revocation::run(&ctx, &cmd),
         Command::Cert(cmd) => cert::run(&ctx, &cmd),
+        Command::Holder(cmd) => holder::run(&ctx, &cmd),
+        Command::Carrier(cmd) => carrier::run(&ctx, &cmd),
         Command::Order(cmd) => order::run(&ctx, &cmd),
         Command::Wipe(args) => wipe::run(&ctx, &args),
         Command::Watch(args) => watch::run(&ctx, &args),

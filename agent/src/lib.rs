@@ -11,6 +11,7 @@
 //! - [`config`]: the TOML configuration, validated.
 //! - [`pin`]: PINs from the `[[pin]]` rules, with the memory of rejected PINs.
 //! - [`output`]: tables for people, JSON for scripts.
+//! - [`progress`]: progress bars on a terminal, nothing otherwise.
 //! - [`logging`]: tracing subscriber (human or JSON).
 //! - [`spool`]: the order spool directory, one pass at a time.
 //! - [`service`]: the background service ([`service::run`]), built from [`worker`] (the
@@ -25,6 +26,7 @@ pub mod logging;
 pub mod output;
 pub mod pin;
 pub mod poll;
+pub mod progress;
 pub mod service;
 pub mod shutdown;
 pub mod spool;

@@ -8,6 +8,7 @@
 //! present and finalises the modules, then `run` returns.
 
 pub mod checkpoint;
+pub mod expiry;
 pub mod fleet;
 pub mod orders;
 
@@ -39,12 +40,14 @@ pub struct ServiceConfig {
     pub actor: Actor,
 }
 
-/// The tasks the service runs every interval, in order: the checkpoint at least daily, and
-/// the order spool when `[orders] allowed_signers` is configured.
-pub fn tasks(config: &Config) -> Vec<Box<dyn Task>> {
-    let mut tasks: Vec<Box<dyn Task>> = vec![Box::new(checkpoint::CheckpointTask::new(
-        config.checkpoint_interval,
-    ))];
+/// The tasks the service runs every interval, in order: the checkpoint at least daily,
+/// certificate expiry warnings, and the order spool when `[orders] allowed_signers` is
+/// configured.
+pub fn tasks(config: &Config, journal: &std::path::Path) -> Vec<Box<dyn Task>> {
+    let mut tasks: Vec<Box<dyn Task>> = vec![
+        Box::new(checkpoint::CheckpointTask::new(config.checkpoint_interval)),
+        Box::new(expiry::ExpiryTask::new(journal)),
+    ];
     match &config.allowed_signers {
         Some(signers) => tasks.push(Box::new(orders::OrderTask::new(
             config.spool.clone(),
@@ -75,7 +78,7 @@ pub async fn run(cfg: ServiceConfig, shutdown: impl Future) -> anyhow::Result<()
             check_interval: cfg.check_interval,
             state_path: StateFile::path_for(&cfg.journal),
         },
-        tasks(&cfg.config),
+        tasks(&cfg.config, &cfg.journal),
         done,
     )
     .await?;

@@ -75,24 +75,23 @@ pub struct ModuleState {
 
 impl ServiceState {
     /// True when the parts that matter to `custody status` differ (not the timing figures).
+    /// Called every poll: compares in place, allocates nothing.
     fn differs(&self, other: &Self) -> bool {
-        let modules = |s: &Self| -> Vec<(String, bool, Option<String>, bool)> {
-            s.modules
-                .iter()
-                .map(|m| {
-                    (
-                        m.path.clone(),
-                        m.loaded,
-                        m.error.clone(),
-                        m.reinit_period_ms.is_some(),
-                    )
-                })
-                .collect()
+        let same_module = |a: &ModuleState, b: &ModuleState| {
+            a.path == b.path
+                && a.loaded == b.loaded
+                && a.error == b.error
+                && a.reinit_period_ms.is_some() == b.reinit_period_ms.is_some()
         };
         self.pid != other.pid
             || self.stopped_at != other.stopped_at
             || self.present != other.present
-            || modules(self) != modules(other)
+            || self.modules.len() != other.modules.len()
+            || !self
+                .modules
+                .iter()
+                .zip(&other.modules)
+                .all(|(a, b)| same_module(a, b))
     }
 }
 

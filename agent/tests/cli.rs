@@ -8,6 +8,7 @@ mod cli {
     mod files;
     mod journal_file;
     mod pipe;
+    mod progress;
 }
 
 fn custody() -> Command {

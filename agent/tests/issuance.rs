@@ -10,7 +10,13 @@ mod common;
 mod expiry;
 #[path = "issuance/form.rs"]
 mod form;
+#[path = "issuance/holders.rs"]
+mod holders;
 #[path = "issuance/issue.rs"]
 mod issue;
+#[path = "issuance/remote.rs"]
+mod remote;
 #[path = "issuance/revocation_check.rs"]
 mod revocation_check;
+#[path = "support/service.rs"]
+mod service;

@@ -60,11 +60,15 @@ pub enum EventKind {
     WipeFailed,
     /// A free-text note.
     Note,
+    /// A holder (a person carriers are issued to) was recorded or their record changed.
+    HolderRecorded,
+    /// A key in a provider's HSM was deleted (or revoked) by the provider, with evidence.
+    RemoteKeyDestroyed,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [Self; 23] = [
+    pub const ALL: [Self; 25] = [
         Self::CarrierEnrolled,
         Self::CarrierSeen,
         Self::CarrierReinitialised,
@@ -88,6 +92,8 @@ impl EventKind {
         Self::WipeCompleted,
         Self::WipeFailed,
         Self::Note,
+        Self::HolderRecorded,
+        Self::RemoteKeyDestroyed,
     ];
 
     /// The stored name, as in the `kind` column.
@@ -116,6 +122,8 @@ impl EventKind {
             Self::WipeCompleted => "wipe_completed",
             Self::WipeFailed => "wipe_failed",
             Self::Note => "note",
+            Self::HolderRecorded => "holder_recorded",
+            Self::RemoteKeyDestroyed => "remote_key_destroyed",
         }
     }
 

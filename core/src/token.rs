@@ -192,7 +192,7 @@ impl Module {
             Err(e) => return ModuleScan::failed(self.info.clone(), CallError::of(&self.note(e))),
         };
         for slot in &slots {
-            match self.read_slot_listed(slot.id(), pins, present.as_deref()) {
+            match self.read_slot_listed(slot.id(), pins, present.as_deref(), None) {
                 SlotRead::Carrier(c) => carriers.push(*c),
                 SlotRead::Uninitialised => {}
                 SlotRead::Partial(p) => slot_problems.push(p),
@@ -210,7 +210,19 @@ impl Module {
     /// Reads the token in `slot`: complete, not initialised, or partial (with the call that
     /// failed).
     pub fn read_slot_id(&self, slot: u64, pins: &dyn PinSource) -> SlotRead {
-        self.read_slot_listed(slot, pins, None)
+        self.read_slot_listed(slot, pins, None, None)
+    }
+
+    /// [`Self::read_slot_id`] of a slot read before as `known`: certificates whose DER is
+    /// unchanged (same SHA-256) take their parsed form from `known` instead of being parsed
+    /// again, which is most of a watcher's content check after the module's own calls.
+    pub fn read_slot_again(
+        &self,
+        slot: u64,
+        pins: &dyn PinSource,
+        known: &CarrierSnapshot,
+    ) -> SlotRead {
+        self.read_slot_listed(slot, pins, None, Some(known))
     }
 
     /// [`Self::read_slot_id`] with the module's tokens already listed (see `read_slot`).
@@ -219,9 +231,10 @@ impl Module {
         slot: u64,
         pins: &dyn PinSource,
         present: Option<&[TokenIdentity]>,
+        known: Option<&CarrierSnapshot>,
     ) -> SlotRead {
         let mut carrier = None;
-        match self.read_slot_by_id(slot, pins, present, &mut carrier) {
+        match self.read_slot_by_id(slot, pins, present, known, &mut carrier) {
             Ok(Some(snapshot)) => SlotRead::Carrier(Box::new(snapshot)),
             Ok(None) => SlotRead::Uninitialised,
             Err(e) => {
@@ -241,11 +254,12 @@ impl Module {
         slot: u64,
         pins: &dyn PinSource,
         present: Option<&[TokenIdentity]>,
+        known: Option<&CarrierSnapshot>,
         carrier: &mut Option<String>,
     ) -> Result<Option<CarrierSnapshot>> {
         let ctx = self.ctx()?;
         let slot = Slot::try_from(slot).map_err(|e| map_err("C_GetSlotList", e))?;
-        self.read_slot(ctx, slot, pins, present, carrier)
+        self.read_slot(ctx, slot, pins, (present, known), carrier)
     }
 
     /// The token in `slot` as C_GetTokenInfo alone shows it: label, identity without its
@@ -265,12 +279,13 @@ impl Module {
 
     /// Reads the token in `slot`. `present`: the module's tokens, when already listed (a PIN
     /// source is told about the others before any login; `None`: listed here when needed).
+    /// `known`: the last read of this slot, whose parsed certificates may be reused.
     fn read_slot(
         &self,
         ctx: &Pkcs11,
         slot: Slot,
         pins: &dyn PinSource,
-        present: Option<&[TokenIdentity]>,
+        (present, known): (Option<&[TokenIdentity]>, Option<&CarrierSnapshot>),
         carrier: &mut Option<String>,
     ) -> Result<Option<CarrierSnapshot>> {
         let info = ctx
@@ -288,7 +303,7 @@ impl Module {
         let session = ctx
             .open_ro_session(slot)
             .map_err(|e| map_err("C_OpenSession", e))?;
-        snapshot.certificates = read_certificates(&session)?;
+        snapshot.certificates = read_certificates(&session, known)?;
         snapshot.public_keys = read_keys(&session, KeyClass::Public)?;
         snapshot.login = pin::scan_login(self, ctx, slot, &session, &mut snapshot, pins, present)?;
         // A token pulled mid-read can answer the object calls with CKR_OK and nothing: the
@@ -448,7 +463,10 @@ fn find(session: &Session, class: ObjectClass) -> Result<Vec<ObjectHandle>> {
         .map_err(|e| map_err("C_FindObjects", e))
 }
 
-fn read_certificates(session: &Session) -> Result<Vec<CertObject>> {
+fn read_certificates(
+    session: &Session,
+    known: Option<&CarrierSnapshot>,
+) -> Result<Vec<CertObject>> {
     let handles = find(session, ObjectClass::CERTIFICATE)?;
     let mut out = Vec::with_capacity(handles.len());
     for handle in handles {
@@ -470,19 +488,24 @@ fn read_certificates(session: &Session) -> Result<Vec<CertObject>> {
                 _ => {}
             }
         }
-        let (info, parse_error) = match CertInfo::parse(&value) {
-            Ok(info) => (Some(info), None),
-            Err(e) => {
-                let id = RawBytes::new(id.clone());
-                let label = RawBytes::new(label.clone());
-                tracing::warn!(id = %id.hex(), label = %label, cause = %e, "certificate object does not parse");
-                (None, Some(e.to_string()))
-            }
+        let sha256 = cert::sha256_hex(&value);
+        let before = known.and_then(|k| k.certificates.iter().find(|c| c.sha256 == sha256));
+        let (info, parse_error) = match before.map(|c| (c.info.clone(), c.parse_error.clone())) {
+            Some(parsed) => parsed,
+            None => match CertInfo::parse(&value) {
+                Ok(info) => (Some(info), None),
+                Err(e) => {
+                    let id = RawBytes::new(id.clone());
+                    let label = RawBytes::new(label.clone());
+                    tracing::warn!(id = %id.hex(), label = %label, cause = %e, "certificate object does not parse");
+                    (None, Some(e.to_string()))
+                }
+            },
         };
         out.push(CertObject {
             id: RawBytes::new(id),
             label: RawBytes::new(label),
-            sha256: cert::sha256_hex(&value),
+            sha256,
             info,
             parse_error,
             key_pairing: KeyPairing::None,

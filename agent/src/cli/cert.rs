@@ -1,6 +1,7 @@
 //! `custody cert export`: write an official's certificate to a file (DER or PEM), e.g. for a
 //! registry profile. Certificates come from the journal (kept when a carrier was issued) and
-//! from the carriers plugged in now.
+//! from the carriers plugged in now. `--all --dir DIR` writes the certificate of every key set
+//! a person holds now (issued, not destroyed, not revoked), from the journal.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -11,6 +12,8 @@ use clap::{ArgGroup, Args, Subcommand};
 use custody_core::cert::{sha256_hex, CertInfo};
 use custody_core::token::NoPins;
 use serde::Serialize;
+
+mod all;
 
 use super::issue::refused;
 use super::Context;
@@ -29,7 +32,7 @@ pub enum CertCommand {
 
 /// Arguments of `custody cert export`.
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("which").required(true).args(["holder", "fingerprint"])))]
+#[command(group(ArgGroup::new("which").required(true).args(["holder", "fingerprint", "all"])))]
 pub struct CertExportArgs {
     /// The holder's full name (as issued, or as named in the certificate).
     #[arg(long, value_name = "NAME")]
@@ -37,12 +40,22 @@ pub struct CertExportArgs {
     /// The certificate's SHA-256 fingerprint (at least 8 hex characters; colons allowed).
     #[arg(long, value_name = "FPR")]
     pub fingerprint: Option<String>,
+    /// Every certificate of every key set a person holds now (issued, neither destroyed nor
+    /// revoked), each to its own file in --dir.
+    #[arg(long, requires = "dir", conflicts_with = "out")]
+    pub all: bool,
+    /// The directory --all writes to (created, mode 0700, when missing).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// With --all: write DER and PEM, each certificate twice.
+    #[arg(long, requires = "all", conflicts_with = "pem")]
+    pub both: bool,
     /// Write PEM instead of DER.
     #[arg(long)]
     pub pem: bool,
     /// The file to write.
-    #[arg(long, value_name = "FILE")]
-    pub out: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "all")]
+    pub out: Option<PathBuf>,
     /// Overwrite the file when it exists.
     #[arg(long)]
     pub force: bool,
@@ -61,6 +74,12 @@ struct Candidate {
 /// Runs `custody cert …`.
 pub fn run(ctx: &Context, cmd: &CertCommand) -> anyhow::Result<Exit> {
     let CertCommand::Export(args) = cmd;
+    if args.all {
+        return all::run(ctx, args);
+    }
+    let Some(out) = &args.out else {
+        anyhow::bail!("--out FILE: where to write the certificate");
+    };
     let mut candidates: Vec<Candidate> = Vec::new();
     let journal = if ctx.journal_path().exists() {
         Some(ctx.open_existing_journal()?)
@@ -161,14 +180,7 @@ pub fn run(ctx: &Context, cmd: &CertCommand) -> anyhow::Result<Exit> {
         }
     };
     let bytes = if args.pem {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&chosen.der);
-        let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
-        for chunk in b64.as_bytes().chunks(64) {
-            pem.push_str(&String::from_utf8_lossy(chunk));
-            pem.push('\n');
-        }
-        pem.push_str("-----END CERTIFICATE-----\n");
-        pem.into_bytes()
+        pem(&chosen.der)
     } else {
         chosen.der.clone()
     };
@@ -179,25 +191,25 @@ pub fn run(ctx: &Context, cmd: &CertCommand) -> anyhow::Result<Exit> {
     } else {
         options.create_new(true);
     }
-    let mut file = match options.open(&args.out) {
+    let mut file = match options.open(out) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return refused(
                 ctx,
                 custody_core::Error::Refused(format!(
                     "{} exists; choose another file or pass --force",
-                    args.out.display()
+                    out.display()
                 )),
             )
         }
-        Err(e) => anyhow::bail!("writing {}: {e}", args.out.display()),
+        Err(e) => anyhow::bail!("writing {}: {e}", out.display()),
     };
     file.write_all(&bytes)
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", args.out.display()))?;
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
     if ctx.global.json {
         json(&serde_json::json!({
             "ok": true,
-            "out": args.out,
+            "out": out,
             "format": if args.pem { "pem" } else { "der" },
             "certificate": chosen,
         }))?;
@@ -211,11 +223,23 @@ pub fn run(ctx: &Context, cmd: &CertCommand) -> anyhow::Result<Exit> {
                 .map(String::as_str)
                 .unwrap_or("holder unknown"),
             chosen.source,
-            args.out.display(),
+            out.display(),
             if args.pem { "PEM" } else { "DER" }
         );
     }
     Ok(Exit::Ok)
+}
+
+/// A certificate as PEM text.
+pub(crate) fn pem(der: &[u8]) -> Vec<u8> {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(chunk));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem.into_bytes()
 }
 
 fn parsed_holder(der: &[u8]) -> Vec<String> {

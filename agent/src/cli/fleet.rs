@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 
 use super::Context;
 use crate::output::{clip, json, Table};
+use crate::progress::Progress;
 use crate::Exit;
 
 /// Where the organisation's database is, for the commands run by its administrators.
@@ -300,7 +301,10 @@ fn age(seconds: i64) -> String {
 
 fn verify(ctx: &Context, db: &DatabaseArgs) -> anyhow::Result<Exit> {
     let mut fleet = db.connect()?;
-    let report = fleet.verify()?;
+    let progress = Progress::spinner(ctx.global.json, "verifying every chain and checkpoint");
+    let report = fleet.verify();
+    drop(progress);
+    let report = report?;
     let ok = report.ok();
     if ctx.global.json {
         json(&serde_json::json!({ "ok": ok, "verify": report }))?;

@@ -153,7 +153,8 @@ fn strip_marker(note: &str) -> String {
     note.to_owned()
 }
 
-fn csv_error(e: &csv::Error) -> String {
+/// A CSV reader's error, naming the line.
+pub(crate) fn csv_error(e: &csv::Error) -> String {
     let line = e.position().map(|p| p.line());
     let at = line
         .map(|l| format!("line {l}"))

@@ -33,6 +33,11 @@ pub struct IssueArgs {
     /// The holder's tax number (RNOKPP). Default: the one in the certificate.
     #[arg(long, value_name = "NUMBER")]
     pub tax_number: Option<String>,
+    /// Link the holder record (`custody holder list`) with this tax number or e-ID document
+    /// number; its name, position and unit fill what is not given. Default: the record with
+    /// the holder's tax number, when HR's list has one.
+    #[arg(long, value_name = "TAX_NUMBER|DOCUMENT")]
+    pub holder_record: Option<String>,
     /// Date of handover (YYYY-MM-DD or DD.MM.YYYY). Default: today (UTC).
     #[arg(long, value_name = "DATE")]
     pub date: Option<String>,
@@ -97,6 +102,7 @@ pub fn run(ctx: &Context, args: &IssueArgs) -> anyhow::Result<Exit> {
         holder: args.holder.clone(),
         position: args.position.clone(),
         tax_number: args.tax_number.clone(),
+        holder_record: args.holder_record.clone(),
         date,
         certificates: Vec::new(),
     };
@@ -108,6 +114,29 @@ pub fn run(ctx: &Context, args: &IssueArgs) -> anyhow::Result<Exit> {
         Err(e) => return refused(ctx, e),
     };
     let id = plan.carrier();
+    // A key in a provider's HSM: nothing to read or sign with here; its certificate was
+    // recorded when it was added.
+    let remote = journal
+        .carriers_by_serial(&plan.data.carrier.key)?
+        .first()
+        .is_some_and(|c| custody_core::journal::is_remote_module(&c.module));
+    if remote {
+        if args.ack_sign {
+            return refused(
+                ctx,
+                custody_core::Error::Refused(format!(
+                    "carrier {} is a key in {}'s HSM: it signs only through the provider; record the handover without --ack-sign and have it signed by hand on the printed form",
+                    plan.data.carrier.serial, plan.data.carrier.manufacturer
+                )),
+            );
+        }
+        req.certificates = journal.remote_certificates(&plan.data.carrier.key)?;
+        let record = match journal.issue(&req, None, &actor, now, &plan) {
+            Ok(r) => r,
+            Err(e) => return refused(ctx, e),
+        };
+        return report(ctx, &journal, &record);
+    }
     let Some(module) = scans
         .iter()
         .position(|s| {
@@ -168,15 +197,23 @@ pub fn run(ctx: &Context, args: &IssueArgs) -> anyhow::Result<Exit> {
         Ok(r) => r,
         Err(e) => return refused(ctx, e),
     };
+    report(ctx, &journal, &record)
+}
+
+fn report(
+    ctx: &Context,
+    journal: &custody_core::journal::Journal,
+    record: &IssueRecord,
+) -> anyhow::Result<Exit> {
     if ctx.global.json {
         json(&IssueReport {
             ok: true,
             journal: journal.path().display().to_string(),
-            record: &record,
+            record,
         })?;
         return Ok(Exit::Ok);
     }
-    print_human(&record);
+    print_human(record);
     Ok(Exit::Ok)
 }
 
@@ -213,6 +250,9 @@ fn print_human(r: &IssueRecord) {
         );
         if let Some(t) = &d.holder.tax_number {
             println!("Tax number: {t}");
+        }
+        if let Some(r) = &d.holder.record {
+            println!("Holder record: {r} (HR's list)");
         }
     }
     match &d.acknowledgement {

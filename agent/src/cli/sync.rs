@@ -9,6 +9,7 @@ use custody_core::Error;
 use super::Context;
 use crate::config::FleetSettings;
 use crate::output::json;
+use crate::progress::Progress;
 use crate::Exit;
 
 /// Arguments of `custody sync`.
@@ -38,17 +39,19 @@ pub fn sync_journal(
     settings: &FleetSettings,
     journal: &Journal,
     batch: Option<usize>,
+    progress: &mut dyn FnMut(u64, u64),
 ) -> custody_core::Result<SyncReport> {
     let db = settings
         .connect_to()
         .map_err(|e| Error::Refused(format!("{e:#}")))?;
     let mut fleet = Fleet::connect(&db)?;
-    fleet.sync(
+    fleet.sync_with_progress(
         journal,
         &SyncOptions {
             batch: batch.unwrap_or(settings.batch),
             ..SyncOptions::default()
         },
+        progress,
     )
 }
 
@@ -68,7 +71,10 @@ pub fn exit_of(e: &Error) -> Exit {
 pub fn run(ctx: &Context, args: &SyncArgs) -> anyhow::Result<Exit> {
     let settings = settings(ctx)?;
     let journal = ctx.open_existing_journal()?;
-    match sync_journal(settings, &journal, args.batch) {
+    let mut progress = Progress::bar(ctx.global.json, "syncing", "events");
+    let result = sync_journal(settings, &journal, args.batch, &mut progress.callback());
+    drop(progress);
+    match result {
         Ok(report) => {
             if ctx.global.json {
                 json(

@@ -8,6 +8,7 @@ use custody_core::journal::{Checkpoint, CheckpointReport, TrustedKey};
 
 use super::Context;
 use crate::output::json;
+use crate::progress::Progress;
 use crate::Exit;
 
 /// Arguments of `custody journal verify`.
@@ -39,10 +40,14 @@ pub fn verify(ctx: &Context, args: &VerifyArgs) -> anyhow::Result<Exit> {
         }
         None => None,
     };
-    let report = journal.verify()?;
+    let mut progress = Progress::bar(ctx.global.json, "verifying the hash chain", "events");
+    let report = journal.verify_with_progress(&mut progress.callback())?;
+    drop(progress);
+    let progress = Progress::spinner(ctx.global.json, "verifying checkpoints and state");
     let cps = journal.verify_checkpoints(exported.as_ref())?;
     let schema = journal.schema_problems()?;
     let state = journal.verify_state()?;
+    drop(progress);
     let local = Local {
         journal: &journal,
         report: &report,
@@ -197,7 +202,10 @@ pub struct BackupArgs {
 /// is still in the -wal file included) while custody may be running, then verifies the copy.
 pub fn backup(ctx: &Context, args: &BackupArgs) -> anyhow::Result<Exit> {
     let journal = ctx.open_journal_read_only()?;
-    let copy = journal.backup(&args.dest)?;
+    let progress = Progress::spinner(ctx.global.json, "copying and verifying the journal");
+    let copy = journal.backup(&args.dest);
+    drop(progress);
+    let copy = copy?;
     if ctx.global.json {
         json(&serde_json::json!({
             "journal": journal.path(),

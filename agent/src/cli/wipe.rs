@@ -14,6 +14,7 @@ use super::order::{load_modules, load_trust, now, print_reconciled};
 use super::Context;
 use crate::config::read_pin_file;
 use crate::output::json;
+use crate::progress::Progress;
 use crate::Exit;
 
 /// Arguments of `custody wipe`.
@@ -156,7 +157,10 @@ fn wipe(ctx: &Context, args: &WipeArgs, out: &mut WipeJson) -> anyhow::Result<Ex
             Method::DestroyKeys => secrets.user_pin = Some(pin),
         }
     }
-    match wipe::execute(&mut journal, &mut modules, &verified, &secrets, &env)? {
+    let progress = Progress::spinner(ctx.global.json, "wiping the carrier");
+    let outcome = wipe::execute(&mut journal, &mut modules, &verified, &secrets, &env);
+    drop(progress);
+    match outcome? {
         Outcome::Refused(r) => Ok(refused(ctx, out, r)),
         Outcome::Completed(report) => {
             if !ctx.global.json {

@@ -4,10 +4,17 @@
 //! never delays a poll. A failed sync is logged and retried at the next interval; the
 //! backlog stays in the local journal. The outcome is kept in a small state record next to
 //! the journal (`journal.db` → `journal.fleet.json`) that `custody status` reads.
+//!
+//! A sync with nothing to send still costs a connection to the database (authentication,
+//! TLS) and a few statements: far more CPU than the service's polls in between. So when the
+//! journal's files (the database and its WAL: size and modification time) are unchanged since
+//! the start of the last sync that succeeded, nothing new can be there and the sync is left
+//! out; one is still made at least every [`FULL_SYNC`], to report the journal's head to the
+//! organisation and to notice a database restored from an older backup.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use custody_core::fleet::SyncReport;
 use custody_core::journal::{timestamp, Journal};
@@ -15,6 +22,24 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::config::FleetSettings;
+
+/// A sync is made at least this often even when the journal did not change.
+pub const FULL_SYNC: Duration = Duration::from_secs(3600);
+
+/// What the journal's files look like (size and modification time of the database and its
+/// WAL): when it is the same as at the start of a successful sync, there is nothing to send.
+type FilesState = [Option<(u64, SystemTime)>; 2];
+
+fn files_state(journal: &Path) -> FilesState {
+    let stat = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .and_then(|m| Some((m.len(), m.modified().ok()?)))
+    };
+    let mut wal = journal.as_os_str().to_owned();
+    wal.push("-wal");
+    [stat(journal), stat(Path::new(&wal))]
+}
 
 /// The last sync attempts, as `custody status` shows them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,8 +106,8 @@ impl Syncer {
     /// transaction is rolled back by the server if the process ends first: nothing is lost).
     pub fn stop(self, grace: Duration) {
         let _ = self.stop.send(());
-        let deadline = std::time::Instant::now() + grace;
-        while !self.thread.is_finished() && std::time::Instant::now() < deadline {
+        let deadline = Instant::now() + grace;
+        while !self.thread.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -99,7 +124,20 @@ fn run(settings: &FleetSettings, journal: &Path, stopped: &mpsc::Receiver<()>) {
         ..SyncState::default()
     };
     tracing::info!(database = %state.database, interval_s = state.interval_s, "syncing to the organisation's journal");
+    // The journal's files at the start of the last successful sync, and when that was.
+    let mut synced: Option<(FilesState, Instant)> = None;
     loop {
+        let files = files_state(journal);
+        if let Some((before, at)) = &synced {
+            if *before == files && at.elapsed() < FULL_SYNC {
+                tracing::debug!("the journal is unchanged since the last sync: nothing to send");
+                match stopped.recv_timeout(settings.interval) {
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        }
+        let started = Instant::now();
         let outcome = sync_once(settings, journal);
         state.last_attempt = Some(timestamp(OffsetDateTime::now_utc()));
         match outcome {
@@ -114,6 +152,7 @@ fn run(settings: &FleetSettings, journal: &Path, stopped: &mpsc::Receiver<()>) {
                 }
                 state.last_success = state.last_attempt.clone();
                 state.last_error = None;
+                synced = Some((files, started));
                 state.local_seq = Some(report.local_seq);
                 state.server_seq = Some(report.server_seq);
                 state.pushed += report.pushed;
@@ -121,6 +160,7 @@ fn run(settings: &FleetSettings, journal: &Path, stopped: &mpsc::Receiver<()>) {
             Err(e) => {
                 tracing::warn!(cause = %e, "sync to the organisation's journal failed; retrying at the next interval");
                 state.last_error = Some(e);
+                synced = None;
             }
         }
         if let Err(e) = state.write(&path) {
@@ -135,5 +175,47 @@ fn run(settings: &FleetSettings, journal: &Path, stopped: &mpsc::Receiver<()>) {
 
 fn sync_once(settings: &FleetSettings, journal: &Path) -> Result<SyncReport, String> {
     let journal = Journal::open(journal).map_err(|e| e.to_string())?;
-    crate::cli::sync::sync_journal(settings, &journal, None).map_err(|e| e.to_string())
+    crate::cli::sync::sync_journal(settings, &journal, None, &mut |_, _| {})
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_the_journal_again_leaves_its_files_as_they_were_and_a_write_changes_them() {
+        let dir = std::env::temp_dir().join(format!("custody-fleet-files-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.join("journal.db");
+        // The service's own connection stays open, as the worker's does.
+        let mut worker = Journal::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let before = files_state(&path);
+        assert!(before[0].is_some(), "the database is there");
+        // What a sync does to the journal: open it, read, close.
+        for _ in 0..3 {
+            let j = Journal::open(&path).unwrap_or_else(|e| panic!("{e}"));
+            j.head().unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert_eq!(
+            files_state(&path),
+            before,
+            "a sync's own use of the journal"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        let actor = custody_core::journal::Actor::current(None);
+        worker
+            .write(&actor, OffsetDateTime::now_utc(), |w| {
+                w.append(
+                    custody_core::event::EventKind::Note,
+                    None,
+                    &serde_json::json!({ "text": "a note" }),
+                )
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(files_state(&path), before, "a write shows");
+        drop(worker);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -266,19 +266,20 @@ struct Responder {
 
 impl Responder {
     fn start(ca: &Ca, port: u16) -> Self {
+        Self::signed_by(ca, ca, port)
+    }
+
+    /// A responder answering from `ca`'s database but signing with `signer`'s key.
+    fn signed_by(ca: &Ca, signer: &Ca, port: u16) -> Self {
         let mut child = Command::new("openssl")
             .current_dir(&ca.dir)
             .args(["ocsp", "-index", "index.txt", "-port"])
             .arg(port.to_string())
-            .args([
-                "-rsigner",
-                "ca.pem",
-                "-rkey",
-                "ca.key",
-                "-CA",
-                "ca.pem",
-                "-ignore_err",
-            ])
+            .arg("-rsigner")
+            .arg(signer.dir.join("ca.pem"))
+            .arg("-rkey")
+            .arg(signer.dir.join("ca.key"))
+            .args(["-CA", "ca.pem", "-ignore_err"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -564,4 +565,210 @@ fn a_crl_signed_by_another_ca_is_refused() {
             .args(["revocation", "check", "--via", "crl", "--issuer", &issuer]));
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(confirmed_events(&w).len(), 1);
+}
+
+#[test]
+fn an_ocsp_answer_signed_by_another_key_is_refused() {
+    let w = World::new("revcheck-ocsp-forged");
+    let ca = Ca::new(&w, "ca");
+    let other = Ca::new(&w, "other");
+    let port = free_port();
+    let ocsp_url = format!("http://127.0.0.1:{port}/");
+    let (_, pem) = requested(
+        &w,
+        &ca,
+        "ocspforged",
+        "4102",
+        "http://127.0.0.1:9/ca.crl",
+        &ocsp_url,
+    );
+    ca.revoke(&pem);
+    let issuer = ca.dir.join("ca.pem").display().to_string();
+    {
+        let _forged = Responder::signed_by(&ca, &other, port);
+        let (code, out, err) = run(w.custody().args([
+            "--json",
+            "revocation",
+            "check",
+            "--via",
+            "ocsp",
+            "--issuer",
+            &issuer,
+        ]));
+        assert_eq!(code, 2, "{out}{err}");
+        let v = json(&out);
+        let e = v["checked"][0]["error"].as_str().unwrap_or_default();
+        assert!(
+            e.contains(&ocsp_url) && e.contains("not signed by the issuer"),
+            "{v:#}"
+        );
+        assert!(confirmed_events(&w).is_empty());
+    }
+    // The same answer signed by the issuer is accepted (the positive control).
+    let _responder = Responder::start(&ca, port);
+    let (code, out, err) =
+        run(w
+            .custody()
+            .args(["revocation", "check", "--via", "ocsp", "--issuer", &issuer]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(confirmed_events(&w).len(), 1);
+}
+
+#[test]
+fn garbage_instead_of_a_crl_is_an_error_and_nothing_is_recorded() {
+    let w = World::new("revcheck-garbage");
+    let ca = Ca::new(&w, "ca");
+    let served = w.dir.join("served");
+    std::fs::create_dir_all(&served).unwrap_or_else(|e| panic!("{e}"));
+    let port = serve(served.clone());
+    let crl_url = format!("http://127.0.0.1:{port}/ca.crl");
+    let (_, pem) = requested(&w, &ca, "garbage", "4103", &crl_url, "http://127.0.0.1:9/");
+    ca.revoke(&pem);
+    std::fs::write(served.join("ca.crl"), "<html>portal maintenance</html>")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let issuer = ca.dir.join("ca.pem").display().to_string();
+    let (code, out, err) =
+        run(w
+            .custody()
+            .args(["revocation", "check", "--via", "crl", "--issuer", &issuer]));
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        out.contains(&crl_url) && out.contains("not a DER CRL"),
+        "{out}"
+    );
+    assert!(confirmed_events(&w).is_empty());
+    // A wrong path answers 404: an error too.
+    std::fs::remove_file(served.join("ca.crl")).unwrap_or_else(|e| panic!("{e}"));
+    let (code, out, _) =
+        run(w
+            .custody()
+            .args(["revocation", "check", "--via", "crl", "--issuer", &issuer]));
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("answered HTTP 404"), "{out}");
+    assert!(confirmed_events(&w).is_empty());
+}
+
+fn ua_cert_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/testdata/ua-certs")
+        .join(name)
+}
+
+/// The real Diia chain (DSTU 4145): the issuer is found on the token by verifying the
+/// certificate's DSTU 4145 signature with each candidate's key. Its OCSP is then refused
+/// before any request (DSTU 4145 OCSP answers are not verified), so nothing leaves the
+/// machine; a DSTU CA that did not issue it is refused as the issuer.
+#[test]
+fn the_real_diia_chain_is_verified_with_dstu_4145() {
+    let w = World::new("revcheck-diia");
+    let token = w.token("diia");
+    for (file, id) in [
+        ("diia-test-sign-7775603.cer", "01"),
+        ("diia-CA-05E19E2CD92EA2990100000001000000E1000000.cer", "99"),
+    ] {
+        ok(w.tool("pkcs11-tool")
+            .args([
+                "--module",
+                MODULE,
+                "--token-label",
+                "diia",
+                "--login",
+                "--pin",
+                PIN,
+                "--write-object",
+            ])
+            .arg(ua_cert_path(file))
+            .args(["--type", "cert", "--id", id]));
+    }
+    ok(w.custody().arg("scan"));
+    let sign = hex_sha256(&ua_cert("diia-test-sign-7775603.cer"));
+    ok(w.custody().args([
+        "revocation",
+        "requested",
+        "--carrier",
+        &token,
+        "--cert",
+        &sign[..16],
+        "--ref",
+        "лист № 7/2",
+    ]));
+
+    let (code, out, err) =
+        run(w
+            .custody()
+            .args(["--json", "revocation", "check", "--via", "ocsp"]));
+    assert_eq!(code, 2, "{out}{err}");
+    let v = json(&out);
+    let e = v["checked"][0]["error"].as_str().unwrap_or_default();
+    assert_eq!(v["checked"][0]["certificate"], sign.as_str(), "{v:#}");
+    assert!(
+        e.contains("OCSP answers signed with DSTU 4145 are not verified"),
+        "the issuer was found by its DSTU 4145 signature, then OCSP refused: {v:#}"
+    );
+
+    assert!(confirmed_events(&w).is_empty());
+
+    // Only the certificate on the token: another DSTU 4145 CA given with --issuer does not
+    // verify it (refused, naming --issuer); the Diia CA given with --issuer does.
+    let w = World::new("revcheck-diia-issuer");
+    let token = w.token("diia");
+    ok(w.tool("pkcs11-tool")
+        .args([
+            "--module",
+            MODULE,
+            "--token-label",
+            "diia",
+            "--login",
+            "--pin",
+            PIN,
+            "--write-object",
+        ])
+        .arg(ua_cert_path("diia-test-sign-7775603.cer"))
+        .args(["--type", "cert", "--id", "01"]));
+    ok(w.custody().arg("scan"));
+    ok(w.custody().args([
+        "revocation",
+        "requested",
+        "--carrier",
+        &token,
+        "--ref",
+        "лист № 7/3",
+    ]));
+    let justice = ua_cert_path("CA-Justice.cer").display().to_string();
+    let (code, out, err) = run(w.custody().args([
+        "--json",
+        "revocation",
+        "check",
+        "--via",
+        "ocsp",
+        "--issuer",
+        &justice,
+    ]));
+    assert_eq!(code, 2, "{out}{err}");
+    let e = json(&out)["checked"][0]["error"].clone();
+    assert!(
+        e.as_str()
+            .is_some_and(|e| e.contains("no certificate of its issuer")),
+        "{out}"
+    );
+    let diia = ua_cert_path("diia-CA-05E19E2CD92EA2990100000001000000E1000000.cer")
+        .display()
+        .to_string();
+    let (code, out, err) = run(w.custody().args([
+        "--json",
+        "revocation",
+        "check",
+        "--via",
+        "ocsp",
+        "--issuer",
+        &diia,
+    ]));
+    assert_eq!(code, 2, "{out}{err}");
+    let e = json(&out)["checked"][0]["error"].clone();
+    assert!(
+        e.as_str()
+            .is_some_and(|e| e.contains("OCSP answers signed with DSTU 4145 are not verified")),
+        "{out}"
+    );
+    assert!(confirmed_events(&w).is_empty());
 }

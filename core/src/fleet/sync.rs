@@ -118,6 +118,17 @@ impl Fleet {
     /// module documentation. Refused with [`Error::FleetBehind`] or [`Error::FleetDiverged`]
     /// when the local journal does not continue the organisation's record.
     pub fn sync(&mut self, journal: &Journal, opts: &SyncOptions) -> Result<SyncReport> {
+        self.sync_with_progress(journal, opts, &mut |_, _| {})
+    }
+
+    /// [`Fleet::sync`], telling `progress` (events pushed, events to push) after each batch,
+    /// for a progress bar.
+    pub fn sync_with_progress(
+        &mut self,
+        journal: &Journal,
+        opts: &SyncOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<SyncReport> {
         let journal_id = checked_id(journal)?;
         let db = self.database.clone();
         let err = |e| super::map_err(&db, e);
@@ -147,12 +158,15 @@ impl Fleet {
         }
         let mut pushed = 0;
         let mut batches = 0;
+        let to_push = local_seq - server_seq;
+        progress(0, to_push);
         loop {
             match self.push_batch(&journal_id, journal, opts.batch.max(1))? {
                 Pushed::Nothing => break,
                 Pushed::All(n) => {
                     pushed += n;
                     batches += 1;
+                    progress(pushed, to_push.max(pushed));
                 }
                 Pushed::Refused { seq, accepted } => {
                     pushed += accepted;

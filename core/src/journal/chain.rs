@@ -138,7 +138,24 @@ pub struct VerifyProblem {
     pub reason: String,
 }
 
+/// How many events [`verify_with_progress`] checks between two calls of its `progress`.
+const PROGRESS_EVERY: u64 = 10_000;
+
 pub(crate) fn verify(conn: &Connection, journal_id: &str) -> Result<VerifyReport> {
+    verify_with_progress(conn, journal_id, &mut |_, _| {})
+}
+
+/// [`verify`], telling `progress` (events checked, events in the journal) as it goes.
+pub(crate) fn verify_with_progress(
+    conn: &Connection,
+    journal_id: &str,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<VerifyReport> {
+    let total: i64 = conn
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .map_err(db_err)?;
+    let total = total.max(0) as u64;
+    progress(0, total);
     let mut stmt = conn
         .prepare(
             "SELECT seq, at, kind, carrier, os_user, operator, host, data, prev_hash, hash
@@ -230,6 +247,9 @@ pub(crate) fn verify(conn: &Connection, journal_id: &str) -> Result<VerifyReport
         prev = computed;
         expected += 1;
         checked += 1;
+        if checked.is_multiple_of(PROGRESS_EVERY) {
+            progress(checked, total);
+        }
     }
     Ok(VerifyReport {
         events: checked,

@@ -1,7 +1,7 @@
 //! The state tables, re-derived from the hash-chained events.
 //!
 //! The events are the source of truth; the state tables (`orders`, `form_rows`,
-//! `revocations`, `certificate_files`, the carriers' identity and presence, meta
+//! `revocations`, `certificate_files`, `holders`, the carriers' identity and presence, meta
 //! `last_row_no`) are a copy kept in step with them in the same transaction. Anyone who can
 //! write the file can change a state table without breaking the chain, so:
 //! - decisions that protect something (is an order new, executed, started?) are taken from
@@ -237,6 +237,7 @@ struct Derived {
     revocations: Rows,
     certificate_files: Rows,
     carriers: Rows,
+    holders: Rows,
     last_row_no: Option<u64>,
 }
 
@@ -297,6 +298,7 @@ impl Derived {
                     ),
                     ("ack_seq", opt_int(ack.map(|_| e.seq))),
                     ("issued_seq", int(e.seq)),
+                    ("holder_id", opt_txt(data.holder.record.clone())),
                 ];
                 let key = data.row_no.to_string();
                 match self.form_rows.get_mut(&key) {
@@ -367,6 +369,23 @@ impl Derived {
                 row.insert("imported", txt(imported.to_string()));
                 self.form_rows.insert(r.row_no.to_string(), row);
                 self.last_row_no = self.last_row_no.max(Some(r.row_no));
+            }
+            EventKind::HolderRecorded => {
+                let d: super::HolderRecorded =
+                    serde_json::from_value(e.data.clone()).map_err(|x| corrupt(&x))?;
+                let row = self
+                    .holders
+                    .entry(d.id.clone())
+                    .or_insert_with(|| BTreeMap::from([("recorded_seq", int(e.seq))]));
+                let h = d.holder;
+                row.extend([
+                    ("full_name", txt(h.full_name)),
+                    ("position", opt_txt(h.position)),
+                    ("unit", opt_txt(h.unit)),
+                    ("tax_number", opt_txt(h.tax_number)),
+                    ("eid_document", opt_txt(h.eid_document)),
+                    ("updated_seq", int(e.seq)),
+                ]);
             }
             EventKind::RevocationRequested | EventKind::RevocationConfirmed => {
                 let Some(carrier) = &e.carrier else {
@@ -481,6 +500,7 @@ const FORM_COLUMNS: &[&str] = &[
     "ack_seq",
     "imported",
     "issued_seq",
+    "holder_id",
 ];
 
 const REVOCATION_COLUMNS: &[&str] = &[
@@ -686,6 +706,22 @@ pub(crate) fn verify(conn: &Connection) -> Result<StateReport> {
         ],
     )?;
     compare("carriers", &derived.carriers, &found, &mut report);
+
+    let found = table_rows(
+        conn,
+        "holders",
+        "holder_id",
+        &[
+            ("full_name", "full_name"),
+            ("position", "position"),
+            ("unit", "unit"),
+            ("tax_number", "tax_number"),
+            ("eid_document", "eid_document"),
+            ("recorded_seq", "recorded_seq"),
+            ("updated_seq", "updated_seq"),
+        ],
+    )?;
+    compare("holders", &derived.holders, &found, &mut report);
 
     let found = table_rows(conn, "meta", "key", &[("value", "value")])?;
     let found: Rows = found

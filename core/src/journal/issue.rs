@@ -31,6 +31,9 @@ pub struct IssueRequest {
     pub position: Option<String>,
     /// The holder's tax number; default: the one in the certificate.
     pub tax_number: Option<String>,
+    /// The holder record (see `custody holder import`) to link: its tax number or e-ID
+    /// document number. Default: the record with the holder's tax number, when there is one.
+    pub holder_record: Option<String>,
     /// Date of handover; default: today (UTC).
     pub date: Option<time::Date>,
     /// The certificates read off the carrier (DER), kept for `cert export` and for checking
@@ -54,6 +57,12 @@ pub struct Holder {
     /// `option` or `certificate`, when there is a tax number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tax_number_source: Option<String>,
+    /// The holder record linked (`tax:…` or `doc:…`), when HR's list names this person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<String>,
+    /// The holder's unit, from the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 /// The carrier as recorded in an `issued` event.
@@ -296,8 +305,9 @@ pub(crate) fn insert_issued_row(conn: &Connection, seq: u64, data: &IssuedData) 
         .execute(
             "INSERT INTO form_rows (row_no, origin, seq, carrier, generated_at, generated_source,
                  manufacturer, model, serial, issued_on, holder_name, holder_position,
-                 holder_tax_number, key_set, ack_status, ack_seq, issued_seq)
-             VALUES (?1, 'issued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?2)
+                 holder_tax_number, key_set, ack_status, ack_seq, issued_seq, holder_id)
+             VALUES (?1, 'issued', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?2,
+                 ?16)
              ON CONFLICT (row_no) DO UPDATE SET
                  generated_at = excluded.generated_at, generated_source = excluded.generated_source,
                  manufacturer = excluded.manufacturer, model = excluded.model,
@@ -305,7 +315,7 @@ pub(crate) fn insert_issued_row(conn: &Connection, seq: u64, data: &IssuedData) 
                  holder_name = excluded.holder_name, holder_position = excluded.holder_position,
                  holder_tax_number = excluded.holder_tax_number, key_set = excluded.key_set,
                  ack_status = excluded.ack_status, ack_seq = excluded.ack_seq,
-                 issued_seq = excluded.issued_seq
+                 issued_seq = excluded.issued_seq, holder_id = excluded.holder_id
              WHERE form_rows.origin = 'seen' AND form_rows.issued_seq IS NULL
                  AND form_rows.carrier = excluded.carrier",
             params![
@@ -324,6 +334,7 @@ pub(crate) fn insert_issued_row(conn: &Connection, seq: u64, data: &IssuedData) 
                 key_set,
                 data.acknowledgement.as_ref().map(|a| status_text(a.status)),
                 data.acknowledgement.as_ref().map(|_| seq as i64),
+                data.holder.record,
             ],
         )
         .map_err(db_err)?;
@@ -403,7 +414,7 @@ fn plan(
         )));
     }
     let mut warnings = Vec::new();
-    let holder = holder_of(req, &snapshot, &mut warnings)?;
+    let holder = holder_of(conn, req, &snapshot, &mut warnings)?;
     let issued_on = req.date.unwrap_or_else(|| now.date());
     let issued_on = format!(
         "{:04}-{:02}-{:02}",
@@ -518,6 +529,7 @@ fn event_time(conn: &Connection, seq: u64) -> Result<String> {
 }
 
 fn holder_of(
+    conn: &Connection,
     req: &IssueRequest,
     s: &CarrierSnapshot,
     warnings: &mut Vec<String>,
@@ -537,20 +549,42 @@ fn holder_of(
             .filter(|v| !v.is_empty())
             .map(str::to_owned)
     };
-    let (name, name_source) = match (given(&req.holder), &cert_name) {
-        (Some(n), _) => (n, "option"),
-        (None, Some(n)) => (n.clone(), "certificate"),
-        (None, None) => {
+    // The holder record named, else the one with the tax number given or certified.
+    let record = match given(&req.holder_record) {
+        Some(key) => Some(super::holders::find(conn, &key)?.ok_or_else(|| {
+            Error::Refused(format!(
+                "no holder record {key:?}: give the tax number or e-ID document number of a person in HR's list (`custody holder list`; import it with `custody holder import FILE.csv`)"
+            ))
+        })?),
+        None => match given(&req.tax_number).or_else(|| cert_tax.clone()) {
+            Some(t) => super::holders::find(conn, &format!("tax:{t}"))?,
+            None => None,
+        },
+    };
+    let record_tax = record.as_ref().and_then(|(_, h)| h.tax_number.clone());
+    let (name, name_source) = match (given(&req.holder), &record, &cert_name) {
+        (Some(n), _, _) => (n, "option"),
+        (None, Some((_, h)), _) => (h.full_name.clone(), "record"),
+        (None, None, Some(n)) => (n.clone(), "certificate"),
+        (None, None, None) => {
             return Err(Error::Refused(
-                "no holder name: the carrier's certificate names none; give it with --holder \"Full Name\"".into(),
+                "no holder name: the carrier's certificate names none; give it with --holder \"Full Name\" or --holder-record TAX_NUMBER".into(),
             ))
         }
     };
-    let (tax_number, tax_number_source) = match (given(&req.tax_number), &cert_tax) {
-        (Some(t), _) => (Some(t), Some("option")),
-        (None, Some(t)) => (Some(t.clone()), Some("certificate")),
-        (None, None) => (None, None),
+    let (tax_number, tax_number_source) = match (given(&req.tax_number), &record_tax, &cert_tax) {
+        (Some(t), _, _) => (Some(t), Some("option")),
+        (None, Some(t), _) => (Some(t.clone()), Some("record")),
+        (None, None, Some(t)) => (Some(t.clone()), Some("certificate")),
+        (None, None, None) => (None, None),
     };
+    if let (Some(t), Some(r)) = (&tax_number, &record_tax) {
+        if t != r {
+            return Err(Error::Refused(format!(
+                "the holder record belongs to tax number {r}, not {t}; name the right person"
+            )));
+        }
+    }
     if let (Some(t), Some(c)) = (&tax_number, &cert_tax) {
         if t != c {
             return Err(Error::Refused(format!(
@@ -559,18 +593,30 @@ fn holder_of(
         }
     }
     if let Some(c) = &cert_name {
-        if name_source == "option" && !same_name(&name, c) {
+        if name_source != "certificate" && !same_name(&name, c) {
             warnings.push(format!(
                 "the holder name {name:?} differs from the name in the certificate {c:?}"
             ));
         }
     }
+    if let Some((_, h)) = &record {
+        if !same_name(&name, &h.full_name) {
+            warnings.push(format!(
+                "the holder name {name:?} differs from HR's record {:?}",
+                h.full_name
+            ));
+        }
+    }
+    let from_record =
+        |f: fn(&super::HolderRecord) -> Option<String>| record.as_ref().and_then(|(_, h)| f(h));
     Ok(Holder {
         name,
         name_source: name_source.into(),
-        position: given(&req.position),
+        position: given(&req.position).or_else(|| from_record(|h| h.position.clone())),
         tax_number,
         tax_number_source: tax_number_source.map(Into::into),
+        record: record.as_ref().map(|(id, _)| id.clone()),
+        unit: from_record(|h| h.unit.clone()),
     })
 }
 

@@ -12,6 +12,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("sql/0002_issuance.sql"),
     include_str!("sql/0003_orders.sql"),
     include_str!("sql/0004_key_sets.sql"),
+    include_str!("sql/0005_holders.sql"),
 ];
 
 /// The schema version this build writes.

@@ -134,6 +134,11 @@ fn derive(conn: &Connection, e: &ChainEvent) -> Result<()> {
                 revocation::record_revocation_row(conn, step, carrier, sha, &data, e.seq)?;
             }
         }
+        () if kind(EventKind::HolderRecorded) => {
+            let data: super::HolderRecorded =
+                serde_json::from_str(&e.data).map_err(|x| corrupt(&x.to_string()))?;
+            super::holders::store(conn, e.seq, &data)?;
+        }
         () if kind(EventKind::Imported) => {
             let data: Imported =
                 serde_json::from_str(&e.data).map_err(|x| corrupt(&x.to_string()))?;

@@ -238,7 +238,7 @@ impl Module {
     /// token accepts.
     pub fn read_token(&self, t: &ResolvedToken, pins: &dyn PinSource) -> Result<CarrierSnapshot> {
         self.still_there(t)?;
-        self.read_slot_by_id(t.slot, pins, None, &mut None)?
+        self.read_slot_by_id(t.slot, pins, None, None, &mut None)?
             .ok_or_else(|| Error::TokenAbsent(t.id.serial.clone()))
     }
 
