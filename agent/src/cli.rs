@@ -1,5 +1,6 @@
 //! The command line: global options shared by every subcommand, and dispatch.
 
+pub mod carrier;
 pub mod cert;
 pub mod checkpoint;
 pub mod doctor;
@@ -110,6 +111,12 @@ pub enum Command {
         after_help = "Examples:\n  # A holder's certificate as PEM, for the registry\n  custody cert export --holder \"Іваненко Іван Іванович\" --pem --out ivanenko.pem\n  # By fingerprint\n  custody cert export --fingerprint 9f86d081884c7d65 --out cert.der"
     )]
     Cert(cert::CertCommand),
+    /// Keys held in a provider's HSM (remote QES): record one, record its destruction.
+    #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  # A Smart-Diia key, by its certificate\n  custody carrier add --remote --provider \"ДП «Дія»\" --cert koval.cer\n  # The provider deleted it\n  custody carrier destroy-remote --carrier 5d8f3a --evidence letter.pdf --responsible \"Коваленко Ольга\""
+    )]
+    Carrier(carrier::CarrierCommand),
     /// Holders as people: import HR's list, list them.
     #[command(subcommand)]
     #[command(
@@ -184,6 +191,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Revocation(cmd) => revocation::run(&ctx, &cmd),
         Command::Cert(cmd) => cert::run(&ctx, &cmd),
         Command::Holder(cmd) => holder::run(&ctx, &cmd),
+        Command::Carrier(cmd) => carrier::run(&ctx, &cmd),
         Command::Order(cmd) => order::run(&ctx, &cmd),
         Command::Wipe(args) => wipe::run(&ctx, &args),
         Command::Watch(args) => watch::run(&ctx, &args),

@@ -15,7 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use custody_core::id::CarrierId;
-use custody_core::token::{PinSource, PinTarget};
+use custody_core::token::{Module, PinSource, PinTarget, TokenIdentity};
 use custody_core::Error;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,10 @@ pub struct Pins {
     memory: Memory,
     /// The carrier, source and version of the user PIN handed out last.
     offered: RefCell<Option<(String, String, String)>>,
+    /// The tokens every module showed last, with the module's path: a rule that matches a
+    /// token in another module than the target's is as ambiguous as one that matches two in
+    /// one module (see [`Pins::set_present`]).
+    present: RefCell<Vec<(String, TokenIdentity)>>,
 }
 
 /// One rejection: a carrier (manufacturer/model/serial) rejected the PIN read from `source`
@@ -208,6 +212,30 @@ impl Pins {
             rules: config.pins.clone(),
             memory: Memory::open(journal),
             offered: RefCell::default(),
+            present: RefCell::default(),
+        }
+    }
+
+    /// Tells the sources which tokens the modules show now, so that a rule matching carriers
+    /// in two modules offers its PIN to neither. Lists every module's tokens by token info
+    /// (no session, no PIN); does nothing without rules. A module whose tokens cannot be
+    /// listed keeps what it showed before.
+    pub fn set_present<'a>(&self, modules: impl IntoIterator<Item = &'a Module>) {
+        if self.rules.is_empty() {
+            return;
+        }
+        let mut present = self.present.borrow_mut();
+        for module in modules {
+            let path = &module.info().path;
+            match module.identities() {
+                Ok(tokens) => {
+                    present.retain(|(m, _)| m != path);
+                    present.extend(tokens.into_iter().map(|t| (path.clone(), t)));
+                }
+                Err(e) => {
+                    tracing::debug!(module = %path, cause = %e, "tokens not listed for the PIN rules");
+                }
+            }
         }
     }
 
@@ -250,15 +278,22 @@ impl PinSource for Pins {
         let Some(source) = user_source(rule) else {
             return Ok(None);
         };
-        let others: Vec<String> = target
+        let mut others: Vec<String> = target
             .others
             .iter()
             .filter(|t| rule.matches(&t.carrier, Some(&t.label)))
             .map(|t| format!("slot {} label {:?}", t.slot, t.label))
             .collect();
+        others.extend(
+            self.present
+                .borrow()
+                .iter()
+                .filter(|(m, t)| m != target.module && rule.matches(&t.carrier, Some(&t.label)))
+                .map(|(m, t)| format!("module {m} slot {} label {:?}", t.slot, t.label)),
+        );
         if !others.is_empty() {
             return Err(Error::Refused(format!(
-                "not logged in: the [[pin]] rule for {} matches {} present carriers (this one, label {:?}, and {}), so its PIN is offered to none of them. Add the label of the carrier it belongs to (label = \"...\") to the rule",
+                "not logged in: the [[pin]] rule for {} matches {} present carriers (this one, label {:?}, and {}), so its PIN is offered to none of them. Add the label of the carrier it belongs to (label = \"...\") to the rule; carriers with the same label in two modules cannot share a rule: unplug one",
                 rule.describe(),
                 others.len() + 1,
                 target.label.unwrap_or_default(),
@@ -340,7 +375,6 @@ impl PinSource for Pins {
 mod tests {
     use super::*;
     use crate::config::{write_private_file, RawConfig};
-    use custody_core::token::TokenIdentity;
     use secrecy::ExposeSecret;
 
     fn carrier(serial: &str) -> CarrierId {

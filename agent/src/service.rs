@@ -7,6 +7,7 @@
 //! and its journal transaction are finished, the worker records `last_seen` of the carriers
 //! present and finalises the modules, then `run` returns.
 
+pub mod expiry;
 pub mod fleet;
 pub mod orders;
 
@@ -38,10 +39,10 @@ pub struct ServiceConfig {
     pub actor: Actor,
 }
 
-/// The tasks the service runs every interval, in order: the order spool, when
-/// `[orders] allowed_signers` is configured.
-pub fn tasks(config: &Config) -> Vec<Box<dyn Task>> {
-    let mut tasks: Vec<Box<dyn Task>> = Vec::new();
+/// The tasks the service runs every interval, in order: certificate expiry warnings, and the
+/// order spool when `[orders] allowed_signers` is configured.
+pub fn tasks(config: &Config, journal: &std::path::Path) -> Vec<Box<dyn Task>> {
+    let mut tasks: Vec<Box<dyn Task>> = vec![Box::new(expiry::ExpiryTask::new(journal))];
     match &config.allowed_signers {
         Some(signers) => tasks.push(Box::new(orders::OrderTask::new(
             config.spool.clone(),
@@ -72,7 +73,7 @@ pub async fn run(cfg: ServiceConfig, shutdown: impl Future) -> anyhow::Result<()
             check_interval: cfg.check_interval,
             state_path: StateFile::path_for(&cfg.journal),
         },
-        tasks(&cfg.config),
+        tasks(&cfg.config, &cfg.journal),
         done,
     )
     .await?;

@@ -23,6 +23,7 @@
 //! device errors, is unavailable: one `module_unavailable`, its carriers keep their state,
 //! and it is re-initialised with backoff (1 s doubling to 60 s) until it answers.
 
+mod confirm;
 mod report;
 mod slots;
 mod task;
@@ -278,7 +279,10 @@ fn serve(
         }
         match rx.recv_timeout(watch.deadline() - now) {
             Ok(Request::Call(f)) => f(&mut state),
-            Ok(Request::Wake) => watch.wake(tokio::time::Instant::now()),
+            Ok(Request::Wake) => {
+                state.modules.iter_mut().for_each(Watched::slot_event);
+                watch.wake(tokio::time::Instant::now());
+            }
             Ok(Request::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
@@ -339,9 +343,14 @@ impl WorkerState {
         let force = std::mem::take(&mut self.force_check);
         let mut pending: Vec<(usize, BTreeMap<u64, SlotState>)> = Vec::new();
         let mut outages: Vec<usize> = Vec::new();
-        let mut scans: Vec<ModuleScan> = Vec::new();
+        // Each read with the index of its module.
+        let mut scans: Vec<(usize, ModuleScan)> = Vec::new();
         let mut check_cost = Duration::ZERO;
         let now = Instant::now();
+        // Every module's tokens as they are now, so that a PIN rule matching carriers in two
+        // modules is refused (only with PIN rules: one C_GetTokenInfo per token).
+        self.pins
+            .set_present(self.modules.iter().filter_map(|m| m.module.as_ref()));
         for (i, watched) in self.modules.iter_mut().enumerate() {
             if watched.module.is_none() && plan.load.get(i).copied().unwrap_or(false) {
                 watched.load();
@@ -364,7 +373,14 @@ impl WorkerState {
                     continue;
                 }
             }
-            let reinit = plan.reinit.get(i).copied().unwrap_or(false) || watched.outage.is_some();
+            // A module with slot events is tried again without re-initialisation: its slot
+            // list is live, and C_Finalize would race with its slot-event thread.
+            let planned = plan.reinit.get(i).copied().unwrap_or(false);
+            let reinit = if watched.has_slot_events() {
+                planned && watched.outage.is_none()
+            } else {
+                planned || watched.outage.is_some()
+            };
             let check = plan.check_contents || force || watched.fresh;
             match poll_module(watched, reinit, check, &self.pins, &mut mp) {
                 Ok(found) => {
@@ -374,7 +390,7 @@ impl WorkerState {
                     if let Some(found) = found {
                         check_cost += found.check_cost;
                         if let Some(scan) = found.scan {
-                            scans.push(scan);
+                            scans.push((i, scan));
                         }
                         pending.push((i, found.slots));
                     }
@@ -383,7 +399,7 @@ impl WorkerState {
                     mp.unavailable = true;
                     mp.error = Some(reason.to_string());
                     if watched.unavailable(reason.clone(), Instant::now()) {
-                        scans.push(ModuleScan::failed(watched.info(), reason));
+                        scans.push((i, ModuleScan::failed(watched.info(), reason)));
                         outages.push(i);
                     }
                 }
@@ -397,9 +413,13 @@ impl WorkerState {
         if pending.is_empty() && outages.is_empty() {
             return report;
         }
+        if !pending.is_empty() {
+            self.force_check |= self.confirm(&mut pending, &mut scans);
+        }
         let recorded = if scans.is_empty() {
             Ok(Vec::new())
         } else {
+            let scans: Vec<ModuleScan> = scans.into_iter().map(|(_, s)| s).collect();
             let carriers: usize = scans.iter().map(|s| s.carriers.len()).sum();
             tracing::info!(carriers, "recording changes");
             self.journal
@@ -434,6 +454,40 @@ impl WorkerState {
             }
         }
         report
+    }
+
+    /// Holds back the reads of this poll that would remove certificates or keys until a
+    /// later read confirms them (see `confirm`). Returns true when the next poll must read
+    /// every carrier again.
+    fn confirm(
+        &mut self,
+        pending: &mut Vec<(usize, BTreeMap<u64, SlotState>)>,
+        scans: &mut Vec<(usize, ModuleScan)>,
+    ) -> bool {
+        let mut reads: Vec<confirm::Read> = pending
+            .drain(..)
+            .map(|(module, slots)| confirm::Read {
+                module,
+                scan: scans
+                    .iter()
+                    .position(|(m, _)| *m == module)
+                    .map(|at| scans.remove(at).1),
+                slots: Some(slots),
+            })
+            .collect();
+        let again =
+            confirm::confirm_removals(&self.journal, &mut self.modules, &mut reads, Instant::now());
+        // Failed modules' reads are never in `pending` and stay; the order is the modules'.
+        for read in reads {
+            if let Some(scan) = read.scan {
+                scans.push((read.module, scan));
+            }
+            if let Some(slots) = read.slots {
+                pending.push((read.module, slots));
+            }
+        }
+        scans.sort_by_key(|(m, _)| *m);
+        again
     }
 
     fn present(&self) -> Vec<PresentCarrier> {

@@ -14,5 +14,9 @@ mod form;
 mod holders;
 #[path = "issuance/issue.rs"]
 mod issue;
+#[path = "issuance/remote.rs"]
+mod remote;
 #[path = "issuance/revocation_check.rs"]
 mod revocation_check;
+#[path = "support/service.rs"]
+mod service;

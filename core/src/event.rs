@@ -62,11 +62,13 @@ pub enum EventKind {
     Note,
     /// A holder (a person carriers are issued to) was recorded or their record changed.
     HolderRecorded,
+    /// A key in a provider's HSM was deleted (or revoked) by the provider, with evidence.
+    RemoteKeyDestroyed,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 25] = [
         Self::CarrierEnrolled,
         Self::CarrierSeen,
         Self::CarrierReinitialised,
@@ -91,6 +93,7 @@ impl EventKind {
         Self::WipeFailed,
         Self::Note,
         Self::HolderRecorded,
+        Self::RemoteKeyDestroyed,
     ];
 
     /// The stored name, as in the `kind` column.
@@ -120,6 +123,7 @@ impl EventKind {
             Self::WipeFailed => "wipe_failed",
             Self::Note => "note",
             Self::HolderRecorded => "holder_recorded",
+            Self::RemoteKeyDestroyed => "remote_key_destroyed",
         }
     }
 

@@ -20,7 +20,9 @@ mod snapshot;
 
 pub use change::{CarrierSummary, Change, ConfirmedAbsence};
 pub use compare::{compare, Comparison, Known, KnownCarrier, ModuleChange, Observed, Step};
-pub use observation::{unavailable_if_empty, CallError, ModuleInfo, ModuleScan, SlotProblem};
+pub use observation::{
+    disagreements, unavailable_if_empty, CallError, ModuleInfo, ModuleScan, SlotProblem,
+};
 pub use snapshot::{
     key_type_name, CarrierSnapshot, CertObject, KeyClass, KeyObject, KeyPairing, Login, TokenFlags,
 };

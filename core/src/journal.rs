@@ -22,6 +22,7 @@ mod numbering;
 mod orders;
 mod presence;
 mod query;
+mod remote;
 mod replica;
 mod revocation;
 mod schema;
@@ -62,6 +63,9 @@ pub use keyset::{CertEntry, Generated, GeneratedSource, KeyEntry, KeySet};
 pub use numbering::KeySetRow;
 pub use orders::{OrderRow, OrderState};
 pub use query::{CarrierRow, EventRow, StoredCertificate};
+pub use remote::{
+    is_remote_module, Evidence, RemoteDestroyed, RemoteDestruction, REMOTE_MODEL, REMOTE_MODULE,
+};
 pub use revocation::{
     RevocationData, RevocationRecord, RevocationRequest, RevocationState, RevocationStep,
 };
@@ -441,7 +445,7 @@ impl Journal {
                     w.abandon();
                     return Ok(None);
                 }
-                apply(w, &comparison).map(Some)
+                apply(w, &comparison, &[]).map(Some)
             });
             self.conn
                 .pragma_update(None, "synchronous", "FULL")
@@ -452,11 +456,28 @@ impl Journal {
         }
         self.write(actor, now, |w| {
             if load_known(w.tx())? == known {
-                apply(w, &comparison)
+                apply(w, &comparison, &[])
             } else {
                 record_scan_in(w, scans)
             }
         })
+    }
+
+    /// For each of `scans`, whether recording it would take certificates or keys from a
+    /// carrier ([`Comparison::removes_content`]); reads only. A caller that gets `true` reads
+    /// that module again from scratch and records the confirmed read
+    /// ([`ModuleScan::confirmed_by`]).
+    pub fn removes_content(&self, scans: &[ModuleScan]) -> Result<Vec<bool>> {
+        let known = load_known(&self.conn)?;
+        let conn = &self.conn;
+        scans
+            .iter()
+            .map(|scan| {
+                let observed = Observed::new(std::slice::from_ref(scan), &known)?;
+                let comparison = compare(&observed, &known, &mut |k| load_snapshot(conn, k))?;
+                Ok(comparison.removes_content())
+            })
+            .collect()
     }
 
     /// Runs `f` in one immediate transaction with a [`Writer`] that appends events and
@@ -546,11 +567,21 @@ impl Journal {
 
 /// Compares and records `scans` inside the writer's transaction.
 fn record_scan_in(w: &mut Writer<'_>, scans: &[ModuleScan]) -> Result<ScanRecord> {
+    record_scan_with(w, scans, &[])
+}
+
+/// [`record_scan_in`], keeping the DER of `certificates` in the form rows it opens (keys
+/// recorded by hand, see `remote`).
+fn record_scan_with(
+    w: &mut Writer<'_>,
+    scans: &[ModuleScan],
+    certificates: &[Vec<u8>],
+) -> Result<ScanRecord> {
     let known = load_known(w.tx())?;
     let observed = Observed::new(scans, &known)?;
     let tx = w.tx();
     let comparison = compare(&observed, &known, &mut |k| load_snapshot(tx, k))?;
-    apply(w, &comparison)
+    apply(w, &comparison, certificates)
 }
 
 /// Prefix of the `meta` keys that hold the modules recorded as unavailable (value: the seq of
@@ -558,7 +589,11 @@ fn record_scan_in(w: &mut Writer<'_>, scans: &[ModuleScan]) -> Result<ScanRecord
 const UNAVAILABLE: &str = "module_unavailable:";
 
 /// Stores the steps of a comparison: events in order, and the state tables beside them.
-fn apply(w: &mut Writer<'_>, comparison: &Comparison) -> Result<ScanRecord> {
+fn apply(
+    w: &mut Writer<'_>,
+    comparison: &Comparison,
+    certificates: &[Vec<u8>],
+) -> Result<ScanRecord> {
     let at = w.at().to_owned();
     let mut record = ScanRecord {
         carriers_seen: comparison.carriers_seen,
@@ -620,11 +655,19 @@ fn apply(w: &mut Writer<'_>, comparison: &Comparison) -> Result<ScanRecord> {
                 let opens = changes
                     .iter()
                     .any(|c| matches!(c, Change::KeyAdded { .. } | Change::CertAdded { .. }));
-                let row = if opens {
+                let mut row = if opens {
                     numbering::opened_by(w.tx(), key, stored, &at)?
                 } else {
                     None
                 };
+                for c in row.iter_mut().flat_map(|r| &mut r.key_set.certificates) {
+                    if let Some(der) = certificates
+                        .iter()
+                        .find(|d| crate::cert::sha256_hex(d) == c.sha256)
+                    {
+                        c.der = Some(hex::encode(der));
+                    }
+                }
                 let mut first = 0;
                 let mut last = 0;
                 for (i, change) in changes.iter().enumerate() {

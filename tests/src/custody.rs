@@ -21,12 +21,50 @@ pub fn custody_bin() -> PathBuf {
         .and_then(Path::parent)
         .unwrap_or(Path::new("."));
     let bin = dir.join("custody");
+    build_once(dir);
     assert!(
         bin.exists(),
         "{} is missing: build it with `cargo build -p custody-agent` (cargo test --workspace does)",
         bin.display()
     );
     bin
+}
+
+/// Under `cargo test` (which names itself in `CARGO`), brings the binary up to date once per
+/// test process: a test run of this package alone must not use a `custody` left from an older
+/// build (whose journal schema, say, is older than the one these tests open). After `cargo test
+/// --workspace` built it, this is a no-op.
+fn build_once(dir: &Path) {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let Some(cargo) = std::env::var_os("CARGO") else {
+            return;
+        };
+        let mut build = Command::new(cargo);
+        build.args([
+            "build",
+            "--quiet",
+            "-p",
+            "custody-agent",
+            "--bin",
+            "custody",
+        ]);
+        match dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => {}
+            Some("release") => {
+                build.arg("--release");
+            }
+            Some(other) => {
+                build.args(["--profile", other]);
+            }
+            None => return,
+        }
+        let status = build.status();
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "building custody for the tests failed: {status:?}"
+        );
+    });
 }
 
 /// What one run of custody printed and how it ended.

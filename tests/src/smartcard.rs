@@ -11,7 +11,8 @@
 //! [`VirtualCard`] serves one image on one connection, on a thread of its own, and can be
 //! pulled at any moment: at once ([`VirtualCard::remove`]), at pcscd's next presence poll
 //! ([`VirtualCard::remove_at_next_poll`], so the removal is seen at a known instant), or in
-//! the middle of a read, when the reader sends its n-th command ([`CardImage::pull_after`]).
+//! the middle of a read, when the reader sends its n-th command ([`CardImage::pull_after`],
+//! or [`VirtualCard::vanish_after`] for a card already in).
 //! It records when the reader first saw it and when it sent its first and last command, so
 //! benchmarks can tell the card's own read time from the reader's polling.
 //!
@@ -376,6 +377,8 @@ pub struct Timeline {
 struct Shared {
     timeline: Timeline,
     pull_at_poll: bool,
+    /// The card is pulled when the reader sends this command (counted from insertion).
+    pull_at_command: Option<u64>,
 }
 
 /// One card inserted into a vpcd reader; removed when dropped.
@@ -392,7 +395,10 @@ impl VirtualCard {
         let stream = TcpStream::connect(("127.0.0.1", port))
             .with_context(|| format!("connecting to the vpcd reader on 127.0.0.1:{port}"))?;
         stream.set_nodelay(true)?;
-        let shared = Arc::new(Mutex::new(Shared::default()));
+        let shared = Arc::new(Mutex::new(Shared {
+            pull_at_command: image.pull_after,
+            ..Shared::default()
+        }));
         let (reader, state) = (stream.try_clone()?, Arc::clone(&shared));
         let thread = std::thread::Builder::new()
             .name(format!("virtual-card-{port}"))
@@ -437,6 +443,32 @@ impl VirtualCard {
         s.timeline.commands = 0;
         s.timeline.first_command = None;
         s.timeline.last_command = None;
+    }
+
+    /// The card answers `n` more command APDUs and vanishes at the next one (which gets no
+    /// answer): a card pulled in the middle of whatever the reader is doing with it.
+    pub fn vanish_after(&self, n: u64) {
+        let mut s = self.shared();
+        s.pull_at_command = Some(s.timeline.commands + n + 1);
+    }
+
+    /// Waits until the card has vanished by [`Self::vanish_after`] (its connection closed at
+    /// the reader's command); returns its timeline. Errs when the reader sent fewer commands
+    /// within `within`.
+    pub fn wait_vanished(&self, within: Duration) -> anyhow::Result<Timeline> {
+        let until = std::time::Instant::now() + within;
+        loop {
+            let t = self.timeline();
+            if t.pulled.is_some() {
+                return Ok(t);
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < until,
+                "the card did not vanish within {within:?} ({} commands answered)",
+                t.commands
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Pulls the card out now.
@@ -529,7 +561,7 @@ fn serve(mut stream: TcpStream, image: &CardImage, shared: &Mutex<Shared>) {
         } else {
             let mut s = lock();
             let n = s.timeline.commands + 1;
-            if image.pull_after == Some(n) {
+            if s.pull_at_command == Some(n) {
                 s.timeline.pulled = Some(now);
                 drop(s);
                 let _ = stream.shutdown(Shutdown::Both);

@@ -461,3 +461,167 @@ fn opensc_a_pin_rule_for_a_card_without_a_user_pin_is_skipped() -> TestResult {
     );
     w.verify()
 }
+
+/// Kinds of the events a `custody scan --json` recorded.
+fn scan_kinds(scan: &Value) -> Vec<String> {
+    scan["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["kind"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A card pulled while `custody scan` reads it, after every few commands of the read (and
+/// after each of the last ones, where OpenSC reads the objects: it then shows the card with
+/// some objects and not the others): nothing is removed from it, the scan says it is partial
+/// (exit 2) when it saw the card at all, and when the card comes back nothing is recorded.
+#[test]
+fn opensc_a_card_pulled_mid_read_removes_nothing() -> TestResult {
+    let w = World::new("mid-read")?;
+    let card = w.insert()?;
+    w.custody.json(&["scan"], 0)?;
+    let total = card.timeline().commands;
+    ensure!(total > 20, "the first read took {total} commands");
+    drop(card);
+    let mut pulls: Vec<u64> = (0..total - 15).step_by(5).collect();
+    pulls.extend(total - 15..total);
+    let mut outcomes = Vec::new();
+    for n in pulls {
+        // The card is in and recorded with its certificate and key.
+        let card = w.insert()?;
+        let before = w.custody.json(&["scan"], 0)?;
+        ensure!(
+            scan_kinds(&before).iter().all(|k| k == "carrier_seen"),
+            "pull after {n}: the card back in recorded {:?}",
+            scan_kinds(&before)
+        );
+        // The next read loses the card after n commands.
+        card.restart_timeline();
+        card.vanish_after(n);
+        let run = w.custody.run(&["scan", "--json"])?;
+        card.wait_vanished(WAIT)?;
+        ensure!(
+            run.code == 0 || run.code == 2,
+            "pull after {n}: exit {}: {}",
+            run.code,
+            run.stderr
+        );
+        let scan = run.json()?;
+        let kinds = scan_kinds(&scan);
+        ensure!(
+            !kinds
+                .iter()
+                .any(|k| k == "cert_removed" || k == "key_removed" || k == "carrier_reinitialised"),
+            "pull after {n}: a card pulled mid-read lost objects: {kinds:?}\n{scan:#}"
+        );
+        let partial = scan["problems"].as_array().into_iter().flatten().any(|p| {
+            p["scope"] == "slot"
+                && p["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(&w.serial()))
+        });
+        if partial {
+            ensure!(
+                run.code == 2 && kinds.is_empty(),
+                "pull after {n}: {scan:#}"
+            );
+        } else {
+            // OpenSC never showed the card: its reader is empty, and it is.
+            ensure!(
+                run.code == 0 && kinds == ["carrier_removed"],
+                "pull after {n}: {scan:#}"
+            );
+        }
+        outcomes.push(format!("{n}:{}", if partial { "partial" } else { "empty" }));
+        drop(card);
+        // vpcd takes the next card once pcscd has seen this one gone (its next poll).
+        std::thread::sleep(Duration::from_millis(800));
+    }
+    eprintln!("pulled after n commands of {total}: {}", outcomes.join(" "));
+    ensure!(
+        outcomes.iter().any(|o| o.ends_with("partial")),
+        "no pull landed while OpenSC showed the card: the test did not test the mid-read case"
+    );
+    // The card comes back: nothing spurious.
+    let _card = w.insert()?;
+    let back = w.custody.json(&["scan"], 0)?;
+    let kinds = scan_kinds(&back);
+    ensure!(kinds.iter().all(|k| k == "carrier_seen"), "{kinds:?}");
+    let c = &back["modules"][0]["carriers"][0];
+    ensure!(
+        c["certificates"].as_array().map(Vec::len) == Some(1)
+            && c["public_keys"].as_array().map(Vec::len) == Some(1),
+        "{c:#}"
+    );
+    let all = w.kinds()?;
+    ensure!(
+        !all.iter()
+            .any(|k| k == "cert_removed" || k == "key_removed"),
+        "{all:?}"
+    );
+    ensure!(
+        all.iter().filter(|k| *k == "cert_added").count() == 1
+            && all.iter().filter(|k| *k == "key_added").count() == 1,
+        "{all:?}"
+    );
+    w.verify()
+}
+
+/// The same under `custody watch`: a card put in and pulled while OpenSC reads it (in the
+/// last commands of its read, where it shows the card with only some objects) changes
+/// nothing in the journal; the card put back is seen again with everything it holds.
+#[test]
+fn opensc_watch_keeps_state_when_a_card_is_pulled_mid_read() -> TestResult {
+    let w = World::new("watch-mid-read")?;
+    let card = w.insert()?;
+    let total = {
+        w.custody.json(&["scan"], 0)?;
+        card.timeline().commands
+    };
+    card.remove();
+    let watch = w.watch()?;
+    w.wait_count("carrier_removed", 1)?;
+    for n in [total - 13, total - 8, total - 4, total - 1] {
+        let image = w.card.image.clone().pull_after(n + 1);
+        let card = w.reader.insert(&image)?;
+        if let Err(e) = card.wait_vanished(WAIT) {
+            bail!("pull after {n}: {e}\n{}", watch.log_text());
+        }
+        // The service has seen the card come and go (slot events) and read it in between.
+        std::thread::sleep(Duration::from_millis(1500));
+        let kinds = w.kinds()?;
+        ensure!(
+            kinds
+                == [
+                    "carrier_enrolled",
+                    "cert_added",
+                    "key_added",
+                    "carrier_removed"
+                ],
+            "pull after {n} of {total} commands: {kinds:?}\n{}",
+            watch.log_text()
+        );
+        drop(card);
+        std::thread::sleep(Duration::from_millis(800));
+    }
+    let _card = w.insert()?;
+    if let Err(e) = w.wait_count("carrier_seen", 1) {
+        bail!("{e}\n{}", watch.log_text());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let kinds = w.kinds()?;
+    ensure!(
+        kinds
+            == [
+                "carrier_enrolled",
+                "cert_added",
+                "key_added",
+                "carrier_removed",
+                "carrier_seen"
+            ],
+        "{kinds:?}"
+    );
+    watch.stop()?;
+    w.verify()
+}

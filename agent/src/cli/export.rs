@@ -396,9 +396,32 @@ pub fn cells(clock: &Clock, r: &FormRow) -> Cells {
                 }
                 .into()
             });
+            let text = match (&d.remote, uk) {
+                (Some(r), true) => Some(format!(
+                    "ключ видалено в HSM надавача {} {}{}: підтвердження надавача {} (SHA-256 {}), запис журналу № {}",
+                    r.provider,
+                    clock.when(&r.date),
+                    r.reference.as_deref().map(|x| format!(" ({x})")).unwrap_or_default(),
+                    r.evidence.file,
+                    &r.evidence.sha256[..r.evidence.sha256.len().min(16)],
+                    d.seq
+                )),
+                (Some(r), false) => Some(format!(
+                    "key deleted in the HSM of {} on {}{}: the provider's confirmation {} (SHA-256 {}), journal event #{}",
+                    r.provider,
+                    clock.when(&r.date),
+                    r.reference.as_deref().map(|x| format!(" (ref {x})")).unwrap_or_default(),
+                    r.evidence.file,
+                    &r.evidence.sha256[..r.evidence.sha256.len().min(16)],
+                    d.seq
+                )),
+                (None, _) => None,
+            };
             remark(
                 5,
-                if uk {
+                if let Some(text) = text {
+                    text
+                } else if uk {
                     format!(
                         "знищення перевірено повторним читанням носія: жодного знищеного об'єкта не лишилося (запис журналу № {})",
                         d.seq

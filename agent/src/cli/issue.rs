@@ -114,6 +114,29 @@ pub fn run(ctx: &Context, args: &IssueArgs) -> anyhow::Result<Exit> {
         Err(e) => return refused(ctx, e),
     };
     let id = plan.carrier();
+    // A key in a provider's HSM: nothing to read or sign with here; its certificate was
+    // recorded when it was added.
+    let remote = journal
+        .carriers_by_serial(&plan.data.carrier.key)?
+        .first()
+        .is_some_and(|c| custody_core::journal::is_remote_module(&c.module));
+    if remote {
+        if args.ack_sign {
+            return refused(
+                ctx,
+                custody_core::Error::Refused(format!(
+                    "carrier {} is a key in {}'s HSM: it signs only through the provider; record the handover without --ack-sign and have it signed by hand on the printed form",
+                    plan.data.carrier.serial, plan.data.carrier.manufacturer
+                )),
+            );
+        }
+        req.certificates = journal.remote_certificates(&plan.data.carrier.key)?;
+        let record = match journal.issue(&req, None, &actor, now, &plan) {
+            Ok(r) => r,
+            Err(e) => return refused(ctx, e),
+        };
+        return report(ctx, &journal, &record);
+    }
     let Some(module) = scans
         .iter()
         .position(|s| {
@@ -174,15 +197,23 @@ pub fn run(ctx: &Context, args: &IssueArgs) -> anyhow::Result<Exit> {
         Ok(r) => r,
         Err(e) => return refused(ctx, e),
     };
+    report(ctx, &journal, &record)
+}
+
+fn report(
+    ctx: &Context,
+    journal: &custody_core::journal::Journal,
+    record: &IssueRecord,
+) -> anyhow::Result<Exit> {
     if ctx.global.json {
         json(&IssueReport {
             ok: true,
             journal: journal.path().display().to_string(),
-            record: &record,
+            record,
         })?;
         return Ok(Exit::Ok);
     }
-    print_human(&record);
+    print_human(record);
     Ok(Exit::Ok)
 }
 

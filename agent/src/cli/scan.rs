@@ -81,24 +81,50 @@ pub fn run(ctx: &Context, _args: &ScanArgs) -> anyhow::Result<Exit> {
     let mut journal = ctx.open_journal()?;
     let pins = ctx.pins();
     let mut scans: Vec<ModuleScan> = Vec::new();
-    let mut reports = Vec::new();
-    let mut problems = Vec::new();
-    for path in ctx.modules() {
+    let paths = ctx.modules();
+    let loaded: Vec<Result<Module, custody_core::Error>> =
+        paths.iter().map(|p| Module::load(p)).collect();
+    // Every module's tokens, so that a PIN rule matching carriers in two modules is refused.
+    pins.set_present(loaded.iter().filter_map(|m| m.as_ref().ok()));
+    let mut modules: Vec<Option<Module>> = Vec::new();
+    for (path, module) in paths.iter().zip(loaded) {
         let progress = Progress::spinner(
             ctx.global.json,
             &format!("scanning the carriers of {}", path.display()),
         );
-        let scan = match Module::load(&path) {
-            Ok(m) => m.scan(&pins),
+        let (scan, module) = match module {
+            Ok(m) => (m.scan(&pins), Some(m)),
             Err(e) => {
-                let canonical = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
-                ModuleScan::failed(
+                let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+                let failed = ModuleScan::failed(
                     ModuleInfo::unknown(&canonical.display().to_string()),
                     CallError::of(&e),
-                )
+                );
+                (failed, None)
             }
         };
         drop(progress);
+        scans.push(scan);
+        modules.push(module);
+    }
+    // A read that would take certificates or keys from a carrier is confirmed by a second
+    // read from scratch: a card pulled while it was read shows fewer objects first.
+    let removing = journal.removes_content(&scans)?;
+    for ((scan, module), removing) in scans.iter_mut().zip(&mut modules).zip(removing) {
+        let Some(module) = module.as_mut().filter(|_| removing) else {
+            continue;
+        };
+        tracing::debug!(module = %scan.module.path, "objects would be removed; reading the module again");
+        let second = match module.reinitialize() {
+            Ok(()) => module.scan(&pins),
+            Err(e) => ModuleScan::failed(scan.module.clone(), CallError::of(&e)),
+        };
+        *scan = second.confirmed_by(scan);
+    }
+    drop(modules);
+    let mut reports = Vec::new();
+    let mut problems = Vec::new();
+    for (path, scan) in paths.iter().zip(&scans) {
         let unavailable = scan.unavailability();
         if let Some(why) = &unavailable {
             tracing::debug!(module = %path.display(), cause = %why, "module not scanned");
@@ -130,7 +156,6 @@ pub fn run(ctx: &Context, _args: &ScanArgs) -> anyhow::Result<Exit> {
             carriers: scan.carriers.clone(),
             slot_problems: scan.slot_problems.clone(),
         });
-        scans.push(scan);
     }
     let record = journal.record_scan(&scans, &ctx.actor(), time::OffsetDateTime::now_utc())?;
     let exit = if reports.iter().any(|r| !r.complete) {

@@ -45,6 +45,9 @@ pub(super) struct Watched {
     pub(super) waker: mpsc::Sender<Request>,
     /// What the module's C_WaitForSlotEvent has shown (kept across re-initialisations).
     slot_events: SharedSupport,
+    /// A read that would remove objects, waiting for the next read to confirm it (see
+    /// `confirm`), and when it was taken.
+    pub(super) unconfirmed: Option<(Instant, ModuleScan)>,
 }
 
 /// A module that failed, or answered an empty slot list right after device errors.
@@ -90,6 +93,7 @@ impl Watched {
             outage: None,
             waker,
             slot_events: SharedSupport::default(),
+            unconfirmed: None,
         }
     }
 
@@ -214,11 +218,31 @@ impl Watched {
         self.outage.as_ref().is_some_and(|o| !o.recorded)
     }
 
+    /// A slot event arrived: a module with slot events that is unavailable is tried again
+    /// at once rather than after its backoff (OpenSC answers an empty slot list after a card
+    /// pulled mid-read returned errors; the next card put in is then seen at once).
+    /// Such a module is tried without re-initialisation: its slot list is live.
+    pub(super) fn slot_event(&mut self) {
+        if !self.has_slot_events() {
+            return;
+        }
+        if let Some(o) = &mut self.outage {
+            o.next_try = o.next_try.min(Instant::now());
+        }
+    }
+
+    /// True when the module has reported a slot event: its slot list is live, and its
+    /// slot-event thread must not be raced by a re-initialisation.
+    pub(super) fn has_slot_events(&self) -> bool {
+        self.slot_events.get() == SlotEventSupport::Live
+    }
+
     /// The module answered: ends an outage (the next recording says `module_recovered`).
     pub(super) fn answered(&mut self) {
         if self.outage.take().is_some() {
+            // Its slot-event thread is running: a re-initialisation (see `poll_module`)
+            // started a new one, and a module with slot events is not re-initialised.
             tracing::info!(module = %self.path_text, "module answers again");
-            self.wait_for_slot_events();
         }
     }
 }

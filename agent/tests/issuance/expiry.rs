@@ -76,3 +76,90 @@ fn status_lists_expiring_and_expired_certificates_and_exits_1() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("30d"), "{err}");
 }
+
+/// `custody watch` with its JSON log collected, over this world's tokens.
+fn watch(w: &World) -> super::service::Service {
+    let mut c = w.custody();
+    c.args(["--log-format", "json", "watch", "--interval", "200ms"]);
+    super::service::Service::spawn(c).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn the_service_warns_once_per_certificate_and_threshold_even_across_restarts() {
+    let w = World::new("expiry-warnings");
+    let expired = w.token("expired");
+    w.key_with_cert_valid("expired", "ec", "01", "/CN=Стара Особа", 0);
+    let week = w.token("week");
+    w.key_with_cert_valid("week", "ec", "01", "/CN=Тиждень Особа", 5);
+    let month = w.token("month");
+    w.key_with_cert_valid("month", "ec", "01", "/CN=Місяць Особа", 20);
+    w.token("later");
+    w.key_with_cert_valid("later", "ec", "01", "/CN=Пізніше Особа", 300);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let warnings = |s: &super::service::Service| -> Vec<(String, String)> {
+        s.log()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| {
+                v["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("certificate "))
+            })
+            .map(|v| {
+                (
+                    v["fields"]["serial"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    v["fields"]["message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            })
+            .collect()
+    };
+    let wait = std::time::Duration::from_secs(30);
+    let mut first = watch(&w);
+    first
+        .wait_log("expiry checked", wait)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut got = warnings(&first);
+    got.sort();
+    let mut want = vec![
+        (expired.clone(), "certificate has expired".to_owned()),
+        (
+            week.clone(),
+            "certificate expires within 7 day(s)".to_owned(),
+        ),
+        (
+            month.clone(),
+            "certificate expires within 30 day(s)".to_owned(),
+        ),
+    ];
+    want.sort();
+    assert_eq!(got, want, "{:#?}", first.log());
+    assert_eq!(first.stop().ok().flatten(), Some(0));
+    let record = w.dir.join("journal.db.expiry-warnings.json");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&record)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    // Restarted: the check runs, nothing is warned again.
+    let mut second = watch(&w);
+    second
+        .wait_log("expiry checked", wait)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(warnings(&second), [], "{:#?}", second.log());
+    assert_eq!(second.stop().ok().flatten(), Some(0));
+    // The record is what remembers: without it, each is warned once more.
+    std::fs::remove_file(&record).unwrap_or_else(|e| panic!("{e}"));
+    let mut third = watch(&w);
+    third
+        .wait_log("expiry checked", wait)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(warnings(&third).len(), 3, "{:#?}", third.log());
+    assert_eq!(third.stop().ok().flatten(), Some(0));
+}

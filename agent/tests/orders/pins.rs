@@ -313,6 +313,76 @@ fn an_order_matching_the_same_carrier_in_two_modules_is_refused_as_target_ambigu
 }
 
 #[test]
+fn a_pin_rule_matching_the_same_carrier_in_two_modules_offers_its_pin_to_neither() -> TestResult {
+    let env = Env::new("pin-two-modules");
+    let orders: String = std::fs::read_to_string(&env.config)?
+        .lines()
+        .take_while(|l| !l.starts_with("[[pin]]"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(
+        &env.config,
+        format!(
+            "{orders}[[pin]]\nmanufacturer = \"SoftHSM project\"\nmodel = \"SoftHSM v2\"\nserial = \"{}\"\nuser_pin_file = \"{}\"\n",
+            env.t.alice,
+            env.path("user.pin").display()
+        ),
+    )?;
+    let scan = |extra: Option<&std::path::Path>| {
+        let log = env.path("spy.log");
+        let _ = std::fs::remove_file(&log);
+        let mut cmd = env.command(SPY);
+        cmd.env("PKCS11SPY", MODULE).env("PKCS11SPY_OUTPUT", &log);
+        if let Some(copy) = extra {
+            cmd.arg("--module").arg(copy);
+        }
+        let out = cmd.args(["--json", "scan"]).output();
+        let spy = Spy::read(&log);
+        let _ = std::fs::remove_file(&log);
+        (out, spy)
+    };
+    let alice_in = |scan: &serde_json::Value, module: usize| {
+        scan["modules"][module]["carriers"]
+            .as_array()
+            .and_then(|cs| {
+                cs.iter()
+                    .find(|c| c["id"]["serial"] == env.t.alice.as_str())
+            })
+            .map(|c| c["login"].clone())
+            .unwrap_or_default()
+    };
+    // Positive control: one module, the rule names one carrier, which is logged in to.
+    let (out, spy) = scan(None);
+    let out = out?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(spy.logins_on(&env.t.alice), (1, 0), "{:?}", spy.logins);
+    assert_eq!(alice_in(&json_of(&out), 0)["state"], "logged_in");
+
+    // A second copy of SoftHSM2 shows the same carrier: the rule matches two present
+    // carriers, in two modules, and its PIN is offered to neither (exit 1, login problems).
+    let copy = env.path("libsofthsm2-copy.so");
+    std::fs::copy(MODULE, &copy)?;
+    let (out, spy) = scan(Some(&copy));
+    let out = out?;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(spy.saw_initialize, "the first module ran under the spy");
+    assert!(spy.logins.is_empty(), "{:?}", spy.logins);
+    let report = json_of(&out);
+    for module in 0..2 {
+        let login = alice_in(&report, module);
+        assert_eq!(login["state"], "failed", "{login}");
+        let reason = login["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("matches 2 present carriers") && reason.contains("module "),
+            "{reason}"
+        );
+    }
+    let logins = problems(&report, "login");
+    assert_eq!(logins.len(), 2, "{logins:?}");
+    Ok(())
+}
+
+#[test]
 fn order_create_names_the_carrier_fully_with_the_certificates_the_journal_knows() -> TestResult {
     let env = Env::new("order-create-full");
     assert!(env.custody(&["scan"]).status.success());

@@ -167,6 +167,24 @@ impl Comparison {
             .iter()
             .all(|s| matches!(s, Step::Unchanged { .. }))
     }
+
+    /// True when recording this takes certificates or keys from a carrier that is present
+    /// (removed objects, a re-initialisation): what a second read confirms first (see
+    /// [`super::ModuleScan::confirmed_by`]). A carrier gone from a complete slot list is not
+    /// counted: the module's slot list is what says so.
+    pub fn removes_content(&self) -> bool {
+        self.steps.iter().any(|s| match s {
+            Step::Updated { changes, .. } => changes.iter().any(|c| {
+                matches!(
+                    c,
+                    Change::CertRemoved { .. }
+                        | Change::KeyRemoved { .. }
+                        | Change::CarrierReinitialised { .. }
+                )
+            }),
+            _ => false,
+        })
+    }
 }
 
 /// Compares what modules showed with what the journal knew. `load` reads a stored snapshot

@@ -180,6 +180,51 @@ impl ModuleScan {
     }
 }
 
+/// Carriers of `first` that `second` does not show identically (slot ids aside): gone, or
+/// with other contents. Empty when two reads of one module agree.
+pub fn disagreements<'a>(first: &'a ModuleScan, second: &ModuleScan) -> Vec<&'a CarrierSnapshot> {
+    let normal = |c: &CarrierSnapshot| {
+        let mut c = c.clone();
+        c.slot = 0;
+        c
+    };
+    let again: Vec<CarrierSnapshot> = second.carriers.iter().map(normal).collect();
+    first
+        .carriers
+        .iter()
+        .filter(|c| !again.contains(&normal(c)))
+        .collect()
+}
+
+impl ModuleScan {
+    /// The second of two reads of one module, taken because the first would remove
+    /// certificates or keys: every carrier that the two reads do not show identically
+    /// becomes a [`SlotProblem`] naming it, so nothing of it is removed (a card pulled while
+    /// the first read was in progress shows fewer objects, then none). A weak-serial carrier
+    /// among them is not named (its key needs the journal), so the whole module's removals
+    /// wait for a read that agrees.
+    pub fn confirmed_by(self, first: &Self) -> Self {
+        let differing: Vec<CarrierSnapshot> =
+            disagreements(first, &self).into_iter().cloned().collect();
+        if differing.is_empty() || self.failure.is_some() {
+            return self;
+        }
+        let mut second = self;
+        for c in differing {
+            let key = c.id.key();
+            second.carriers.retain(|s| s.id.key() != key);
+            second.slot_problems.push(SlotProblem {
+                slot: c.slot,
+                carrier: (!c.serial_weak).then_some(key),
+                message: "its contents changed or it vanished while it was read (two reads \
+                          disagree); read again later"
+                    .into(),
+            });
+        }
+        second
+    }
+}
+
 /// The rule for empty slot lists: believed, unless the module was in trouble right before
 /// (a device or general error, or its own word that it lost its connection): then the module
 /// is unavailable, and the trouble is the reason.

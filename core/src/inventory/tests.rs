@@ -385,3 +385,36 @@ fn a_weak_serial_carrier_reinitialised_in_place_is_recorded_as_such() {
         ["carrier_reinitialised", "cert_removed", "key_removed"]
     );
 }
+
+#[test]
+fn a_second_read_that_disagrees_names_the_carrier_as_not_read_completely() {
+    let m = ModuleInfo::unknown("/m.so");
+    let whole = snapshot("a");
+    let mut part = whole.clone();
+    part.certificates.clear();
+    let first = ModuleScan::read(m.clone(), vec![part.clone()], vec![], 1, None);
+    // The same read twice (another slot id aside) is confirmed as it is.
+    let mut moved = part.clone();
+    moved.slot = 7;
+    let same = ModuleScan::read(m.clone(), vec![moved], vec![], 1, None).confirmed_by(&first);
+    assert!(same.is_complete());
+    assert_eq!(same.carriers.len(), 1);
+    // Gone, or whole again: the carrier is a slot problem, nothing of it is removed.
+    for second in [vec![], vec![whole.clone()]] {
+        let c = ModuleScan::read(m.clone(), second, vec![], 1, None).confirmed_by(&first);
+        assert!(!c.is_complete());
+        assert!(c.carriers.is_empty());
+        assert_eq!(c.slot_problems.len(), 1);
+        assert_eq!(
+            c.slot_problems[0].carrier.as_deref(),
+            Some(whole.id.key().as_str())
+        );
+    }
+    // A weak serial cannot be named without the journal: the problem names no carrier.
+    let mut weak = part;
+    weak.serial_weak = true;
+    let first = ModuleScan::read(m.clone(), vec![weak], vec![], 1, None);
+    let c = ModuleScan::read(m, vec![], vec![], 1, None).confirmed_by(&first);
+    assert_eq!(c.slot_problems[0].carrier, None);
+    assert!(disagreements(&first, &c).len() == 1);
+}

@@ -16,15 +16,18 @@ use super::{db_err, Journal};
 use crate::ack::AckStatus;
 use crate::error::{Error, Result};
 
-/// Column 5, from a `wipe_completed` event.
+/// Column 5, from a `wipe_completed` (or `remote_key_destroyed`) event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Destruction {
     /// When the wipe completed (UTC).
     pub at: String,
     /// The person responsible, from the destruction order.
     pub responsible: Option<String>,
-    /// The `wipe_completed` event: the verification evidence.
+    /// The `wipe_completed` event (the verification evidence) or `remote_key_destroyed`.
     pub seq: u64,
+    /// For a key in a provider's HSM: the provider's deletion and its evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<super::RemoteDestruction>,
 }
 
 /// A revocation step concerning a row's certificates.
@@ -350,7 +353,8 @@ fn destruction_of(
 ) -> Result<Option<Destruction>> {
     let row: Option<(i64, String, String)> = conn
         .query_row(
-            "SELECT seq, at, data FROM events WHERE carrier = ?1 AND kind = 'wipe_completed'
+            "SELECT seq, at, data FROM events WHERE carrier = ?1
+             AND kind IN ('wipe_completed', 'remote_key_destroyed')
              AND seq > ?2 AND seq < ?3 ORDER BY seq LIMIT 1",
             params![carrier, after, before],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -365,6 +369,7 @@ fn destruction_of(
         at,
         responsible: responsible_of(&data),
         seq: seq as u64,
+        remote: serde_json::from_str::<super::RemoteDestruction>(&data).ok(),
     }))
 }
 

@@ -79,8 +79,8 @@ fn latest_row(conn: &Connection, carrier: &str) -> Result<Option<(u64, u64, KeyS
 
 fn wiped_after(conn: &Connection, carrier: &str, seq: u64) -> Result<bool> {
     conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM events WHERE carrier = ?1 AND kind = 'wipe_completed'
-         AND seq > ?2)",
+        "SELECT EXISTS (SELECT 1 FROM events WHERE carrier = ?1
+         AND kind IN ('wipe_completed', 'remote_key_destroyed') AND seq > ?2)",
         params![carrier, seq as i64],
         |r| r.get(0),
     )

@@ -147,14 +147,15 @@ pub(crate) fn resolve_carrier(conn: &Connection, carrier: &str) -> Result<Carrie
     }
 }
 
-/// The latest `wipe_completed` event of a carrier: (seq, at, responsible).
+/// The latest destruction of a carrier's keys (`wipe_completed`, `remote_key_destroyed`):
+/// (seq, at, responsible).
 pub(crate) fn last_wipe(
     conn: &Connection,
     carrier: &str,
 ) -> Result<Option<(u64, String, Option<String>)>> {
     conn.query_row(
-        "SELECT seq, at, data FROM events WHERE carrier = ?1 AND kind = 'wipe_completed'
-         ORDER BY seq DESC LIMIT 1",
+        "SELECT seq, at, data FROM events WHERE carrier = ?1
+         AND kind IN ('wipe_completed', 'remote_key_destroyed') ORDER BY seq DESC LIMIT 1",
         [carrier],
         |r| {
             let data: String = r.get(2)?;

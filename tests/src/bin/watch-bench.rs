@@ -532,8 +532,9 @@ fn run(args: &Args) -> Result<()> {
     );
     println!();
     println!(
-        "insertion -> committed journal row ({} insertions at random phases of the poll timer, 10 tokens present):",
-        latencies.len()
+        "insertion -> committed journal row ({} insertions at random phases of the poll timer, {} tokens present):",
+        latencies.len(),
+        moved.max(10)
     );
     let target = interval + Duration::from_millis(20);
     let p99 = percentile(&latencies, 99.0);
