@@ -99,7 +99,14 @@ fn files_are_private_whatever_the_umask() {
         .args(["-TERM", &service.id().to_string()])
         .status();
     let _ = service.wait();
-    let mut files = vec![journal.clone(), state];
+    // A backup holds the same names and tax numbers.
+    let backup = dir.join("backup.db");
+    let (code, _, err) = custody_umask_000(&format!(
+        "--journal '{j}' journal backup '{}'",
+        backup.display()
+    ));
+    assert_eq!(code, 0, "{err}");
+    let mut files = vec![journal.clone(), state, backup];
     for suffix in ["-wal", "-shm", ".key", ".wipe-lock"] {
         files.push(with_suffix(&journal, suffix));
     }

@@ -63,6 +63,9 @@ impl Journal {
     }
 
     fn copy_to(&self, temp: &Path) -> Result<()> {
+        // 0600 before SQLite opens it, whatever the umask: a backup holds what the journal
+        // holds (holders' names and tax numbers). The rename keeps the mode.
+        crate::file::create_private_file(temp)?;
         let mut dst = Connection::open_with_flags(
             temp,
             OpenFlags::SQLITE_OPEN_READ_WRITE
