@@ -165,13 +165,19 @@ impl Module {
     /// Tokens whose info cannot be read are left out.
     pub fn identities(&self) -> Result<Vec<TokenIdentity>> {
         let ctx = self.ctx()?;
+        // Errors here are remembered as a read's are (`Module::trouble`): an empty slot list
+        // after them must not be believed by the read that follows.
         let slots = ctx
             .get_slots_with_token()
-            .map_err(|e| map_err("C_GetSlotList", e))?;
+            .map_err(|e| self.note(map_err("C_GetSlotList", e)))?;
         let mut out = Vec::with_capacity(slots.len());
         for slot in slots {
-            let Ok(info) = ctx.get_token_info(slot) else {
-                continue;
+            let info = match ctx.get_token_info(slot) {
+                Ok(info) => info,
+                Err(e) => {
+                    self.note(map_err("C_GetTokenInfo", e));
+                    continue;
+                }
             };
             if !info.token_initialized() {
                 continue;
