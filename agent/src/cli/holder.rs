@@ -50,17 +50,9 @@ pub fn run(ctx: &Context, cmd: &HolderCommand) -> anyhow::Result<Exit> {
 }
 
 fn import(ctx: &Context, args: &HolderImportArgs) -> anyhow::Result<Exit> {
-    let bytes = std::fs::read(&args.file)
-        .map_err(|e| anyhow::anyhow!("reading {}: {e}", args.file.display()))?;
-    let name = args.file.display().to_string();
-    let lines = match parse(&bytes) {
-        Ok(lines) => lines,
-        Err(msg) => {
-            return refused(
-                ctx,
-                custody_core::Error::Refused(format!("{name}, {msg}; nothing imported")),
-            )
-        }
+    let (name, lines) = match super::import::read_csv(&args.file, parse)? {
+        Ok(read) => read,
+        Err(e) => return refused(ctx, e),
     };
     let mut journal = ctx.open_journal()?;
     let record =

@@ -26,19 +26,28 @@ pub struct ImportArgs {
     pub csv: PathBuf,
 }
 
+/// Reads a CSV file to import and parses it: the file's name and what `parse` made of it, or
+/// the refusal (naming the file) when `parse` refused it. Nothing is imported either way.
+pub(super) fn read_csv<T>(
+    path: &std::path::Path,
+    parse: impl FnOnce(&[u8]) -> Result<T, String>,
+) -> anyhow::Result<Result<(String, T), custody_core::Error>> {
+    let bytes =
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    let name = path.display().to_string();
+    Ok(match parse(&bytes) {
+        Ok(parsed) => Ok((name, parsed)),
+        Err(msg) => Err(custody_core::Error::Refused(format!(
+            "{name}, {msg}; nothing imported"
+        ))),
+    })
+}
+
 /// Runs `custody journal import`.
 pub fn run(ctx: &Context, args: &ImportArgs) -> anyhow::Result<Exit> {
-    let bytes = std::fs::read(&args.csv)
-        .map_err(|e| anyhow::anyhow!("reading {}: {e}", args.csv.display()))?;
-    let name = args.csv.display().to_string();
-    let rows = match parse(&bytes) {
-        Ok(rows) => rows,
-        Err(msg) => {
-            return refused(
-                ctx,
-                custody_core::Error::Refused(format!("{name}, {msg}; nothing imported")),
-            )
-        }
+    let (name, rows) = match read_csv(&args.csv, parse)? {
+        Ok(read) => read,
+        Err(e) => return refused(ctx, e),
     };
     let mut journal = ctx.open_journal()?;
     let record = match journal.import(&rows, &name, &ctx.actor(), OffsetDateTime::now_utc()) {
