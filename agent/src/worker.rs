@@ -256,6 +256,7 @@ fn serve(
         let now = tokio::time::Instant::now();
         for (i, m) in state.modules.iter().enumerate() {
             watch.set_needs_reinit(i, m.needs_reinit());
+            watch.set_slot_events(i, m.events_live());
         }
         if let Some(plan) = watch.due(now) {
             let report = state.poll(&plan);
@@ -317,17 +318,14 @@ impl WorkerState {
         })
     }
 
-    /// At shutdown: records `last_seen` of the carriers present; dropping `self` then
-    /// finalises the modules and closes the journal.
+    /// At shutdown: records `last_seen` of the carriers present, those whose slot still shows
+    /// the same token (one C_GetTokenInfo each: the identity check of the last polls may not
+    /// have been due); dropping `self` then finalises the modules and closes the journal.
     fn finish(mut self) -> anyhow::Result<()> {
         let present: Vec<String> = self
             .modules
             .iter()
-            .flat_map(|m| m.slots.values())
-            .filter_map(|s| match s {
-                SlotState::Carrier(k) => Some(k.full.id.key()),
-                _ => None,
-            })
+            .flat_map(Watched::carriers_still_there)
             .collect();
         if !present.is_empty() {
             self.journal
@@ -373,6 +371,14 @@ impl WorkerState {
                     continue;
                 }
             }
+            // A module with live slot events between its fallback polls: nothing to do
+            // unless it must be read (first poll, after a failed write or a wipe).
+            let presence = plan.presence.get(i).copied().unwrap_or(true);
+            if !presence && watched.outage.is_none() && !watched.fresh && !force {
+                mp.needs_reinit = watched.needs_reinit();
+                report.modules.push(mp);
+                continue;
+            }
             // A module with slot events is tried again without re-initialisation: its slot
             // list is live, and C_Finalize would race with its slot-event thread.
             let planned = plan.reinit.get(i).copied().unwrap_or(false);
@@ -382,7 +388,8 @@ impl WorkerState {
                 planned || watched.outage.is_some()
             };
             let check = plan.check_contents || force || watched.fresh;
-            match poll_module(watched, reinit, check, &self.pins, &mut mp) {
+            let identity = plan.identity.get(i).copied().unwrap_or_default();
+            match poll_module(watched, reinit, identity, check, &self.pins, &mut mp) {
                 Ok(found) => {
                     watched.answered();
                     mp.unavailable = false;

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context as _};
 
+pub mod idle;
+
 /// CPU time of a process so far: the sum over its threads of /proc/…/schedstat's first
 /// field (nanoseconds on a CPU; exact, unlike the tick-based utime/stime).
 pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
@@ -21,6 +23,21 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
             .next()
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
+    }
+    Ok(Duration::from_nanos(total))
+}
+
+/// CPU time so far of the threads of a process named `name` (their `comm`).
+pub fn thread_cpu_time(pid: u32, name: &str) -> anyhow::Result<Duration> {
+    let mut total = 0u64;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let dir = entry?.path();
+        if std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim_end() == name) {
+            total += std::fs::read_to_string(dir.join("schedstat"))
+                .ok()
+                .and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
     }
     Ok(Duration::from_nanos(total))
 }

@@ -7,7 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use custody_core::inventory::{
@@ -19,6 +20,7 @@ use super::Request;
 use crate::config::Reinit;
 use crate::pin::Pins as ServicePins;
 use crate::poll::ModulePoll;
+use crate::watch::Identity;
 
 /// First wait before re-initialising a module that became unavailable.
 pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
@@ -149,10 +151,12 @@ impl Watched {
         let waker = self.waker.clone();
         let module = self.path_text.clone();
         let support = self.slot_events.clone();
+        let waiting = support.waiting();
         let policy = self.policy;
         let spawned = std::thread::Builder::new()
             .name("custody-slot-events".into())
             .spawn(move || loop {
+                let _waiting = &waiting;
                 match events.wait() {
                     Ok(slot) => {
                         support.set(SlotEventSupport::Live);
@@ -237,6 +241,27 @@ impl Watched {
         self.slot_events.get() == SlotEventSupport::Live
     }
 
+    /// True when the module has reported slot events and a thread waits for the next one:
+    /// its fallback poll can be spaced (see `crate::watch`).
+    pub(super) fn events_live(&self) -> bool {
+        self.module.is_some() && self.has_slot_events() && self.slot_events.is_waiting()
+    }
+
+    /// The keys of the carriers last read in this module whose slot still shows the same
+    /// token (C_GetTokenInfo); none while the module is unavailable or not loaded.
+    pub(super) fn carriers_still_there(&self) -> Vec<String> {
+        let Some(module) = self.module.as_ref().filter(|_| self.outage.is_none()) else {
+            return Vec::new();
+        };
+        self.slots
+            .iter()
+            .filter_map(|(slot, s)| match s {
+                SlotState::Carrier(k) if !token_changed(module, *slot, s) => Some(k.full.id.key()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The module answered: ends an outage (the next recording says `module_recovered`).
     pub(super) fn answered(&mut self) {
         if self.outage.take().is_some() {
@@ -258,13 +283,23 @@ enum SlotEventSupport {
     Refused = 2,
 }
 
-/// [`SlotEventSupport`] behind an atomic, cheap to clone.
+/// What the slot-event threads of a module share with the worker.
+#[derive(Debug, Default)]
+struct SlotEventState {
+    /// A [`SlotEventSupport`].
+    support: AtomicU8,
+    /// Slot-event threads running (an old one may still be ending after a
+    /// re-initialisation started a new one).
+    waiting: AtomicUsize,
+}
+
+/// [`SlotEventState`], cheap to clone.
 #[derive(Debug, Clone, Default)]
-struct SharedSupport(std::sync::Arc<std::sync::atomic::AtomicU8>);
+struct SharedSupport(Arc<SlotEventState>);
 
 impl SharedSupport {
     fn get(&self) -> SlotEventSupport {
-        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+        match self.0.support.load(Ordering::Relaxed) {
             1 => SlotEventSupport::Live,
             2 => SlotEventSupport::Refused,
             _ => SlotEventSupport::Unknown,
@@ -272,8 +307,27 @@ impl SharedSupport {
     }
 
     fn set(&self, support: SlotEventSupport) {
-        self.0
-            .store(support as u8, std::sync::atomic::Ordering::Relaxed);
+        self.0.support.store(support as u8, Ordering::Relaxed);
+    }
+
+    /// Counts a slot-event thread as running until the returned guard is dropped (when the
+    /// thread ends, however it ends).
+    fn waiting(&self) -> Waiting {
+        self.0.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(self.0.clone())
+    }
+
+    fn is_waiting(&self) -> bool {
+        self.0.waiting.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// A running slot-event thread; see [`SharedSupport::waiting`].
+struct Waiting(Arc<SlotEventState>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -325,6 +379,7 @@ pub(super) struct Found {
 pub(super) fn poll_module(
     watched: &mut Watched,
     reinit: bool,
+    identity: Identity,
     check: bool,
     pins: &ServicePins,
     mp: &mut ModulePoll,
@@ -358,10 +413,16 @@ pub(super) fn poll_module(
         && ids.iter().zip(watched.slots.keys()).all(|(a, b)| a == b);
     // After a re-initialisation the same slot ids may hold other tokens (kryoptic initialises
     // new tokens in existing slots, and gives a re-initialised one a new serial): one
-    // C_GetTokenInfo per slot tells which slots to read again.
-    let retoken: BTreeSet<u64> = if mp.reinitialised && !check {
+    // C_GetTokenInfo per slot tells which slots to read again. Checked when due (see
+    // `crate::watch`), and always before a changed slot list is recorded, so that what is
+    // recorded of the other slots was checked since the re-initialisation.
+    let unchecked = mp.reinitialised || identity != Identity::Checked;
+    let verify = unchecked && !check && (identity == Identity::Due || !same_slots);
+    let retoken: BTreeSet<u64> = if verify {
         let module: &Module = module;
-        ids.iter()
+        let identity_start = Instant::now();
+        let changed = ids
+            .iter()
             .copied()
             .filter(|id| {
                 watched
@@ -369,7 +430,10 @@ pub(super) fn poll_module(
                     .get(id)
                     .is_some_and(|old| token_changed(module, *id, old))
             })
-            .collect()
+            .collect();
+        mp.identity_checked = true;
+        mp.identity_cost = identity_start.elapsed();
+        changed
     } else {
         BTreeSet::new()
     };
