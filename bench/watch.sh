@@ -29,19 +29,20 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/softhsm-fixtures/ensure-packages.sh"
 cd "$root"
-# custody as installed (the `dist` profile, see Cargo.toml); the tools in release.
+# custody as installed (the `dist` profile, see Cargo.toml); the tools in the dev profile
+# the test suite builds anyway (the floor's own code is a loop around the module's calls).
 cargo build -q --profile dist -p custody-agent --bin custody
-cargo build -q --release -p custody-tests --bin watch-bench --bin custody-floor \
+cargo build -q -p custody-tests --bin watch-bench --bin custody-floor \
   --bin slot-event-bench --bin custody-fixtures
-export CUSTODY_FIXTURES_BIN="$root/target/release/custody-fixtures"
+export CUSTODY_FIXTURES_BIN="$root/target/debug/custody-fixtures"
 which=${WATCH_BENCH:-all}
 if [ "$which" != opensc ]; then
-  "$root/target/release/watch-bench" run --custody "$root/target/dist/custody" \
+  "$root/target/debug/watch-bench" run --custody "$root/target/dist/custody" \
     --module "$("$root/softhsm-fixtures/module-path.sh")" "$@"
   echo
 fi
 if [ "$which" != softhsm ]; then
   # shellcheck disable=SC2086 # options are words
-  "$root/target/release/slot-event-bench" --custody "$root/target/dist/custody" \
+  "$root/target/debug/slot-event-bench" --custody "$root/target/dist/custody" \
     ${SLOT_BENCH_OPTS:-}
 fi
