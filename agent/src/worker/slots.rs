@@ -241,10 +241,13 @@ impl Watched {
         self.slot_events.get() == SlotEventSupport::Live
     }
 
-    /// True when the module has reported slot events and a thread waits for the next one:
-    /// its fallback poll can be spaced (see `crate::watch`).
+    /// True when a thread of the module waits in C_WaitForSlotEvent (a module without slot
+    /// events answers the wait at once with an error, which ends the thread): its fallback
+    /// poll can be spaced (see `crate::watch`).
     pub(super) fn events_live(&self) -> bool {
-        self.module.is_some() && self.has_slot_events() && self.slot_events.is_waiting()
+        self.module.is_some()
+            && self.slot_events.get() != SlotEventSupport::Refused
+            && self.slot_events.is_waiting()
     }
 
     /// The keys of the carriers last read in this module whose slot still shows the same

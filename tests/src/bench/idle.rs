@@ -56,6 +56,8 @@ pub struct Setup {
     pub dir: PathBuf,
     /// `CUSTODY_CONFIG` of the service.
     pub config: PathBuf,
+    /// Another `custody` build run beside it on the same carriers (the one before a change).
+    pub baseline: Option<PathBuf>,
 }
 
 /// What a module needs: its path and the environment that shows the instance.
@@ -76,8 +78,18 @@ impl Setup {
         name: &str,
         config: Option<&Path>,
     ) -> anyhow::Result<Running> {
+        self.custody_of(&self.custody, target, name, config)
+    }
+
+    fn custody_of(
+        &self,
+        bin: &Path,
+        target: &Target,
+        name: &str,
+        config: Option<&Path>,
+    ) -> anyhow::Result<Running> {
         let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
-        let child = Command::new(&self.custody)
+        let child = Command::new(bin)
             .arg("--journal")
             .arg(self.dir.join(format!("{name}.db")))
             .arg("--module")
@@ -141,6 +153,8 @@ pub struct Idle {
     pub floor: Cost,
     /// Intervals measured.
     pub polls: f64,
+    /// The baseline build, when one ran beside it.
+    pub baseline: Option<Cost>,
     /// The floor re-initialised the module every interval.
     pub floor_reinit: bool,
     /// The service's exit code on SIGTERM.
@@ -179,16 +193,38 @@ pub fn idle(setup: &Setup, target: &Target, secs: u64, name: &str) -> anyhow::Re
     let custody = setup.custody(target, name, None)?;
     let mut tail = LogTail::open(&setup.dir.join(format!("{name}.log")))?;
     tail.wait_recorded("carrier_enrolled", "", Duration::from_secs(60))?;
-    // The floor starts half an interval later, so that the two never poll at the same
-    // moment (on a small machine simultaneous wake-ups slow each other down).
-    std::thread::sleep(setup.interval / 2);
+    // The floor starts two and a half intervals later (the state record then says whether
+    // the service re-initialises the module: a module without slot events says so at its
+    // first wait), so that the two never poll at the same moment (on a small machine
+    // simultaneous wake-ups slow each other down).
+    std::thread::sleep(setup.interval * 5 / 2);
     let floor_reinit = setup.reinitialises(name)?;
     let floor = setup.floor(target, secs + 60, floor_reinit)?;
+    // The baseline a third of an interval after the floor.
+    let baseline = match &setup.baseline {
+        Some(bin) => {
+            std::thread::sleep(setup.interval / 3);
+            let b = setup.custody_of(bin, target, &format!("{name}-baseline"), None)?;
+            let mut tail = LogTail::open(&setup.dir.join(format!("{name}-baseline.log")))?;
+            tail.wait_recorded("carrier_enrolled", "", Duration::from_secs(60))?;
+            Some(b)
+        }
+        None => None,
+    };
     // Warm up: two quiet intervals.
     std::thread::sleep(setup.interval * 2);
-    let (cpu, took) = cpu_over(&[custody.pid(), floor.pid()], secs)?;
+    let mut pids = vec![custody.pid(), floor.pid()];
+    pids.extend(baseline.as_ref().map(Running::pid));
+    let (cpu, took) = cpu_over(&pids, secs)?;
     let custody_rss = peak_rss_kib(custody.pid())?;
     let floor_rss = peak_rss_kib(floor.pid())?;
+    let baseline = match baseline {
+        Some(b) => Some(Cost {
+            cpu: cpu[2],
+            rss_kib: peak_rss_kib(b.pid())?,
+        }),
+        None => None,
+    };
     drop(floor);
     Ok(Idle {
         custody: Cost {
@@ -200,6 +236,7 @@ pub fn idle(setup: &Setup, target: &Target, secs: u64, name: &str) -> anyhow::Re
             rss_kib: floor_rss,
         },
         polls: took / setup.interval.as_secs_f64(),
+        baseline,
         floor_reinit,
         exit: custody.stop()?,
     })
@@ -228,6 +265,18 @@ pub fn row(label: &str, r: &Idle) -> String {
     );
     if !r.floor_reinit {
         line.push_str("   (floor: slot list only)");
+    }
+    if let Some(b) = &r.baseline {
+        let ratio = b.cpu.as_secs_f64() / r.floor.cpu.as_secs_f64().max(1e-9);
+        line.push_str(&format!(
+            "\n  {:<22} {:>24} {:>24} {:>6.2} {:>6}   {:>7.1} MiB",
+            "  baseline build",
+            cpu(b.cpu),
+            "",
+            ratio,
+            verdict(ratio <= 1.15),
+            b.rss_kib as f64 / 1024.0,
+        ));
     }
     if r.exit != Some(0) {
         line.push_str(&format!("   (custody exited with {:?} on SIGTERM)", r.exit));

@@ -8,7 +8,7 @@
 //!     four times faster than pkcs11-tool). Prints one JSON line per token: label, serial.
 //! watch-bench run --custody PATH [--interval MS] [--idle SECS] [--insertions N]
 //!                 [--sizes 1,10,100] [--impls kryoptic,tpm2-pkcs11,p11-kit-remote,opensc] [--impl-idle SECS]
-//!                 [--fleet 0] [--dir DIR] [--module PATH]
+//!                 [--fleet 0] [--baseline PATH] [--dir DIR] [--module PATH]
 //!     The benchmark: insertion latency and idle cost of `custody watch` with each number of
 //!     SoftHSM2 tokens in `--sizes` present, then with one carrier on every other
 //!     implementation in `--impls` (the test suite's harness, `custody_tests::implementation`),
@@ -17,7 +17,9 @@
 //!     the module's own minimal poll (the slot list every interval, after C_Finalize +
 //!     C_Initialize when the service re-initialises that module). Then the service with
 //!     `[fleet]` (a private PostgreSQL cluster, nothing to send) next to the same service
-//!     without it (goal: ≤ 5 % added CPU); `--fleet 0` leaves that out.
+//!     without it (goal: ≤ 5 % added CPU); `--fleet 0` leaves that out. `--baseline PATH`:
+//!     another custody build (before a change) runs beside the service in every idle
+//!     measurement, its figures on a line of their own.
 //! ```
 //!
 //! The PINs above belong to throw-away test tokens; they are not secrets.
@@ -296,6 +298,7 @@ fn run(args: &Args) -> Result<()> {
         interval,
         dir: dir.clone(),
         config: dir.join("custody.toml"),
+        baseline: args.get("baseline").map(PathBuf::from),
     };
     // The implementations' carriers are made by custody-fixtures, built next to this program.
     if std::env::var_os("CUSTODY_FIXTURES_BIN").is_none() {
@@ -570,7 +573,9 @@ fn fleet_idle(setup: &Setup, target: &Target, orders: &str, secs: u64) -> Result
         ensure!(Instant::now() < until, "the first sync did not succeed");
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(setup.interval * 2);
+    // The journal changed during the first sync (the service's first checkpoint), so one
+    // more sync follows an interval later; from then on nothing is sent.
+    std::thread::sleep(Duration::from_secs(12));
     let thread0 = thread_cpu_time(a.pid(), "fleet-sync")?;
     let (cpu, took) = cpu_over(&[a.pid(), b.pid()], secs)?;
     let thread = thread_cpu_time(a.pid(), "fleet-sync")? - thread0;
