@@ -1,7 +1,7 @@
 //! One carrier's changes between two reads ([`Change`]), and the proof every removal needs
 //! ([`ConfirmedAbsence`]).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::snapshot::{CarrierSnapshot, CertObject, KeyClass, KeyObject, TokenFlags};
 use crate::event::EventKind;
@@ -127,7 +127,7 @@ impl Change {
 }
 
 /// A carrier without its objects: what `carrier_enrolled` records.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CarrierSummary {
     /// Identity.
     pub id: CarrierId,

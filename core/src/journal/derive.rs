@@ -13,6 +13,8 @@
 //! `last_slot`, `label`, `module`) are not compared; `orders.document` is compared by its
 //! SHA-256, which the `order_received` event holds.
 
+mod objects;
+
 use std::collections::BTreeMap;
 
 use rusqlite::types::Value;
@@ -20,6 +22,7 @@ use rusqlite::{params, Connection};
 use serde::Serialize;
 use serde_json::Value as Json;
 
+use super::carrier::Recorded;
 use super::form::ImportedText;
 use super::import::ImportRow;
 use super::keyset::source_text;
@@ -236,9 +239,11 @@ struct Derived {
     form_rows: Rows,
     revocations: Rows,
     certificate_files: Rows,
-    carriers: Rows,
+    carriers: BTreeMap<String, Recorded>,
     holders: Rows,
     last_row_no: Option<u64>,
+    /// meta `module_unavailable:PATH` -> the seq of its `module_unavailable`.
+    unavailable: BTreeMap<String, u64>,
 }
 
 impl Derived {
@@ -255,24 +260,28 @@ impl Derived {
             | EventKind::WipeStarted
             | EventKind::WipeCompleted
             | EventKind::WipeFailed => apply_order(&mut self.orders, e)?,
-            EventKind::CarrierEnrolled => {
-                let Some(key) = &e.carrier else { return Ok(()) };
-                let id = &e.data["carrier"]["id"];
-                self.carriers.entry(key.clone()).or_insert_with(|| {
-                    BTreeMap::from([
-                        ("manufacturer", opt_txt(text(&id["manufacturer"]))),
-                        ("model", opt_txt(text(&id["model"]))),
-                        ("serial", opt_txt(text(&id["serial"]))),
-                        ("present", Value::Integer(1)),
-                        ("first_seen", txt(e.at.clone())),
-                        ("enrolled_seq", int(e.seq)),
-                    ])
-                });
-            }
-            EventKind::CarrierSeen | EventKind::CarrierRemoved => {
-                let present = i64::from(e.kind == EventKind::CarrierSeen);
-                if let Some(row) = e.carrier.as_ref().and_then(|k| self.carriers.get_mut(k)) {
-                    row.insert("present", Value::Integer(present));
+            EventKind::CarrierEnrolled
+            | EventKind::CarrierSeen
+            | EventKind::CarrierReinitialised
+            | EventKind::CarrierChanged
+            | EventKind::CarrierRemoved
+            | EventKind::CertAdded
+            | EventKind::CertRemoved
+            | EventKind::KeyAdded
+            | EventKind::KeyRemoved => super::carrier::apply(
+                &mut self.carriers,
+                e.seq,
+                &e.at,
+                e.kind,
+                e.carrier.as_deref(),
+                &e.data,
+            )?,
+            EventKind::ModuleUnavailable | EventKind::ModuleRecovered => {
+                let module = text(&e.data["module"]).unwrap_or_default();
+                if e.kind == EventKind::ModuleUnavailable {
+                    self.unavailable.insert(module, e.seq);
+                } else {
+                    self.unavailable.remove(&module);
                 }
             }
             EventKind::Issued => {
@@ -512,6 +521,18 @@ const REVOCATION_COLUMNS: &[&str] = &[
     "confirmed_seq",
 ];
 
+/// Inserts `row` under `key`, or under `key #2`, `#3` … when the key is taken (tables
+/// without a primary key may hold the same object twice).
+fn insert_counted(rows: &mut Rows, key: String, row: BTreeMap<&'static str, Value>) {
+    let mut k = key.clone();
+    let mut n = 1;
+    while rows.contains_key(&k) {
+        n += 1;
+        k = format!("{key} #{n}");
+    }
+    rows.insert(k, row);
+}
+
 /// Reads a table as [`Rows`]: `key` is an SQL expression giving the row's key; `columns`
 /// are (name as reported, SQL expression).
 fn table_rows(
@@ -536,7 +557,7 @@ fn table_rows(
         for (i, (name, _)) in columns.iter().enumerate() {
             row.insert(*name, r.get::<_, Value>(i + 1).map_err(db_err)?);
         }
-        out.insert(key, row);
+        insert_counted(&mut out, key, row);
     }
     Ok(out)
 }
@@ -589,10 +610,7 @@ pub(crate) fn verify(conn: &Connection) -> Result<StateReport> {
     let mut report = StateReport::default();
     let mut stmt = conn
         .prepare(
-            "SELECT seq, at, kind, carrier, data FROM events
-             WHERE kind NOT IN ('cert_added', 'cert_removed', 'key_added', 'key_removed', 'checkpoint')
-                OR json_type(data, '$.key_set_row') IS NOT NULL
-             ORDER BY seq",
+            "SELECT seq, at, kind, carrier, data FROM events WHERE kind != 'checkpoint' ORDER BY seq",
         )
         .map_err(db_err)?;
     let mut rows = stmt.query([]).map_err(db_err)?;
@@ -692,20 +710,7 @@ pub(crate) fn verify(conn: &Connection) -> Result<StateReport> {
         &mut report,
     );
 
-    let found = table_rows(
-        conn,
-        "carriers",
-        "carrier",
-        &[
-            ("manufacturer", "manufacturer"),
-            ("model", "model"),
-            ("serial", "serial"),
-            ("present", "present"),
-            ("first_seen", "first_seen"),
-            ("enrolled_seq", "enrolled_seq"),
-        ],
-    )?;
-    compare("carriers", &derived.carriers, &found, &mut report);
+    objects::verify(conn, &derived.carriers, &mut report)?;
 
     let found = table_rows(
         conn,
@@ -723,12 +728,14 @@ pub(crate) fn verify(conn: &Connection) -> Result<StateReport> {
     )?;
     compare("holders", &derived.holders, &found, &mut report);
 
+    // meta: `journal_id` is hashed into every event (a changed one breaks the chain at #1);
+    // every other key is state derived from the events.
     let found = table_rows(conn, "meta", "key", &[("value", "value")])?;
     let found: Rows = found
         .into_iter()
-        .filter(|(k, _)| k == "last_row_no")
+        .filter(|(k, _)| k != "journal_id")
         .collect();
-    let expected: Rows = derived
+    let mut expected: Rows = derived
         .last_row_no
         .map(|n| {
             (
@@ -738,6 +745,12 @@ pub(crate) fn verify(conn: &Connection) -> Result<StateReport> {
         })
         .into_iter()
         .collect();
+    for (module, seq) in &derived.unavailable {
+        expected.insert(
+            format!("{}{module}", super::UNAVAILABLE),
+            BTreeMap::from([("value", txt(seq.to_string()))]),
+        );
+    }
     compare("meta", &expected, &found, &mut report);
     Ok(report)
 }
