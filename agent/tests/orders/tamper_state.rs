@@ -43,10 +43,7 @@ fn a_certificate_taken_from_a_stored_snapshot_is_named_and_a_scan_records_nothin
     ));
     let (code, out) = verify(&env);
     assert_eq!(code, Some(1), "{out}");
-    let cert = format!(
-        "carrier_snapshots/{key} certificate {}/",
-        env.t.cert_sha256
-    );
+    let cert = format!("carrier_snapshots/{key} certificate {}/", env.t.cert_sha256);
     assert_names(&out, &cert, "missing");
     assert_names(&out, &format!("carrier_snapshots/{key}:"), "digest");
     // The certificate never left the token: the events say it is there, so the scan records
@@ -139,7 +136,9 @@ fn certificate_rows_changed_deleted_or_planted_are_named() {
     assert_names(&out, &format!("certificates/{key}/{sha}/"), "holder_name");
 
     let (env, key) = scanned("tamper-certificates-delete");
-    env.sqlite(&format!("DELETE FROM certificates WHERE carrier = '{key}';"));
+    env.sqlite(&format!(
+        "DELETE FROM certificates WHERE carrier = '{key}';"
+    ));
     let (code, out) = verify(&env);
     assert_eq!(code, Some(1), "{out}");
     assert_names(&out, &format!("certificates/{key}/{sha}/"), "missing");

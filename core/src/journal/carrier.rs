@@ -30,6 +30,9 @@ pub(crate) const KINDS: &str = "'carrier_enrolled', 'carrier_seen', 'carrier_rei
 pub(crate) struct Recorded {
     /// What `carrier_enrolled` recorded (label and flags kept current below).
     pub(crate) summary: CarrierSummary,
+    /// False after a `carrier_reinitialised` written before it recorded the flags, until
+    /// the next `carrier_changed` that records them: the flags are then not known.
+    pub(crate) flags_known: bool,
     /// Present after the last carrier event.
     pub(crate) present: bool,
     /// When it was enrolled.
@@ -93,13 +96,18 @@ pub(crate) fn apply(
     };
     if kind == EventKind::CarrierEnrolled {
         if carriers.contains_key(key) {
-            return Err(corrupt(kind, seq, format!("carrier {key} was enrolled before")));
+            return Err(corrupt(
+                kind,
+                seq,
+                format!("carrier {key} was enrolled before"),
+            ));
         }
         let summary: CarrierSummary = field(data, "carrier", kind, seq)?;
         carriers.insert(
             key.to_owned(),
             Recorded {
                 summary,
+                flags_known: true,
                 present: true,
                 first_seen: at.to_owned(),
                 enrolled_seq: seq,
@@ -128,6 +136,10 @@ pub(crate) fn apply(
             if let Some(label) = text("new_label") {
                 c.summary.label = label;
             }
+            c.flags_known = !data["flags"].is_null();
+            if c.flags_known {
+                c.summary.flags = field(data, "flags", kind, seq)?;
+            }
         }
         EventKind::CarrierChanged => {
             if let Some(label) = text("new_label") {
@@ -135,6 +147,7 @@ pub(crate) fn apply(
             }
             if !data["flags"].is_null() {
                 c.summary.flags = field(data, "flags", kind, seq)?;
+                c.flags_known = true;
             }
         }
         EventKind::CarrierRemoved => c.present = false,
@@ -214,10 +227,7 @@ pub(crate) fn recorded_snapshot(conn: &Connection, key: &str) -> Result<Option<C
     };
     let stored = stored(conn, key)?;
     let snapshot = merge(&r, stored.as_ref());
-    if stored
-        .as_ref()
-        .is_none_or(|s| !same_record(s, &snapshot))
-    {
+    if stored.as_ref().is_none_or(|s| !same_record(s, &snapshot)) {
         tracing::warn!(
             carrier = key,
             "the stored snapshot of this carrier differs from its events (the carrier_snapshots table was changed outside custody); custody uses the events. Run `custody journal verify`"
@@ -299,6 +309,9 @@ pub(crate) fn merge(r: &Recorded, stored: Option<&CarrierSnapshot>) -> CarrierSn
         }
         snapshot.slot = st.slot;
         snapshot.login = st.login.clone();
+        if !r.flags_known {
+            snapshot.flags = st.flags;
+        }
     }
     snapshot
 }
