@@ -369,3 +369,125 @@ fn same_record(a: &CarrierSnapshot, b: &CarrierSnapshot) -> bool {
         && certs(a) == certs(b)
         && keys(a) == keys(b)
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::inventory::TokenFlags;
+
+    fn run(events: &[(EventKind, Json)]) -> Result<BTreeMap<String, Recorded>> {
+        let mut carriers = BTreeMap::new();
+        for (i, (kind, data)) in events.iter().enumerate() {
+            apply(
+                &mut carriers,
+                i as u64 + 1,
+                "2026-12-03T10:00:00.000Z",
+                *kind,
+                Some("m/x/1"),
+                data,
+            )?;
+        }
+        Ok(carriers)
+    }
+
+    fn enrolled() -> (EventKind, Json) {
+        let flags = serde_json::to_value(TokenFlags::default()).unwrap_or_default();
+        (
+            EventKind::CarrierEnrolled,
+            json!({"event": "carrier_enrolled", "carrier": {
+                "id": {"manufacturer": "m", "model": "x", "serial": "1"}, "label": "a",
+                "strings_lossy": false, "serial_weak": false, "flags": flags,
+                "hardware_version": "1.0", "firmware_version": "1.0", "module": "/lib/p11.so"}}),
+        )
+    }
+
+    fn cert(sha: &str) -> Json {
+        json!({"id": "01", "label": "", "sha256": sha, "info": null, "parse_error": "x",
+               "key_pairing": "none"})
+    }
+
+    fn key(class: &str) -> Json {
+        json!({"class": class, "id": "01", "label": "", "key_type": 3, "key_type_name": "EC",
+               "public_key_sha256": "ab"})
+    }
+
+    #[test]
+    fn objects_added_and_removed_leave_what_is_on_the_carrier() -> Result<()> {
+        let c = run(&[
+            enrolled(),
+            (EventKind::CertAdded, json!({"cert": cert("aa")})),
+            (EventKind::CertAdded, json!({"cert": cert("bb")})),
+            (EventKind::KeyAdded, json!({"key": key("public")})),
+            (EventKind::KeyAdded, json!({"key": key("private")})),
+            (EventKind::CertRemoved, json!({"sha256": "aa", "id": "01"})),
+            (
+                EventKind::KeyRemoved,
+                json!({"class": "private", "id": "01", "public_key_sha256": "ab"}),
+            ),
+            (EventKind::CarrierRemoved, json!({"label": "a"})),
+        ])?;
+        let r = &c["m/x/1"];
+        assert_eq!(r.certificates.len(), 1);
+        assert_eq!(r.certificates[0].sha256, "bb");
+        assert_eq!(r.keys.len(), 1);
+        assert_eq!(r.keys[0].class, crate::inventory::KeyClass::Public);
+        assert!(!r.present);
+        let snap = merge(r, None);
+        assert_eq!(snap.private_keys, None);
+        assert_eq!(snap.public_keys.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn events_custody_never_writes_are_errors() {
+        let never_added = run(&[
+            enrolled(),
+            (EventKind::CertRemoved, json!({"sha256": "aa", "id": "01"})),
+        ]);
+        assert!(never_added.is_err());
+        let not_enrolled = run(&[(EventKind::CertAdded, json!({"cert": cert("aa")}))]);
+        assert!(not_enrolled.is_err());
+        let twice = run(&[enrolled(), enrolled()]);
+        assert!(twice.is_err());
+    }
+
+    #[test]
+    fn flags_are_known_again_once_an_event_records_them() -> Result<()> {
+        let locked = TokenFlags {
+            user_pin_locked: true,
+            ..TokenFlags::default()
+        };
+        let locked = serde_json::to_value(locked).unwrap_or_default();
+        // An older custody's re-initialisation did not record the flags.
+        let c = run(&[
+            enrolled(),
+            (
+                EventKind::CarrierReinitialised,
+                json!({"old_label": "a", "new_label": "b"}),
+            ),
+        ])?;
+        assert!(!c["m/x/1"].flags_known);
+        assert_eq!(c["m/x/1"].summary.label, "b");
+        let c = run(&[
+            enrolled(),
+            (
+                EventKind::CarrierReinitialised,
+                json!({"old_label": "a", "new_label": "b"}),
+            ),
+            (EventKind::CarrierChanged, json!({"flags": locked})),
+        ])?;
+        assert!(c["m/x/1"].flags_known);
+        assert!(c["m/x/1"].summary.flags.user_pin_locked);
+        let c = run(&[
+            enrolled(),
+            (
+                EventKind::CarrierReinitialised,
+                json!({"old_label": "a", "new_label": "b", "flags": locked}),
+            ),
+        ])?;
+        assert!(c["m/x/1"].flags_known && c["m/x/1"].summary.flags.user_pin_locked);
+        Ok(())
+    }
+}

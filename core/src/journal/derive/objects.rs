@@ -3,7 +3,7 @@
 //!
 //! Compared: identity, label, flags, presence, enrolment, whether the carrier is a key in a
 //! provider's HSM, and every certificate and key object with what its `cert_added` /
-//! `key_added` event recorded; `carrier_snapshots.sha256` must be the digest of its snapshot
+//! `key_added` event recorded (in a snapshot, certificates by SHA-256 and CKA_ID only); `carrier_snapshots.sha256` must be the digest of its snapshot
 //! (it decides whether a scan compares a carrier at all), and `carriers.module` the module of
 //! its snapshot. Not compared, because no event records them and no protective decision reads
 //! them: `last_seen`, `last_slot`, the snapshot's slot, login outcome, hardware and firmware
@@ -107,8 +107,9 @@ fn snapshot_rows<'a>(
         ]),
     );
     for c in certificates {
-        let mut row = cert_columns(c);
-        row.insert("parse_error", opt_txt(c.parse_error.clone()));
+        // By identity only: what a certificate says is read from its `cert_added` event
+        // (`carrier::merge`), never from the snapshot, and a newer custody may parse it anew.
+        let row = BTreeMap::new();
         let name = format!(
             "{key} certificate {}/{}",
             c.sha256,
