@@ -71,7 +71,16 @@ fn make_template(args: &Args) -> anyhow::Result<Template> {
     let token = &set.manifest().tokens[0];
     let key = dir.join("hr_ed25519");
     let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "hr@example.org", "-f"])
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "hr@example.org",
+            "-f",
+        ])
         .arg(&key)
         .output()
         .context("running ssh-keygen (Debian package openssh-client)")?;
@@ -332,7 +341,7 @@ pub(crate) fn run(pg: &Postgres, args: &Args) -> anyhow::Result<()> {
                             *m += t_made;
                             *y += t_synced;
                         }
-                        if (i + 1) % 100 == 0 {
+                        if (i + 1).is_multiple_of(100) {
                             eprintln!(
                                 "  {} agents loaded ({:.0} s)",
                                 i + 1,
@@ -464,7 +473,10 @@ fn measure(args: &Args, url: &str, total: usize, serial: &str) -> anyhow::Result
             let v: serde_json::Value = serde_json::from_str(&out)?;
             let journals = v["status"]["journals"].as_array().map_or(0, Vec::len);
             if journals != args.agents {
-                bail!("fleet status lists {journals} journals, not {}", args.agents);
+                bail!(
+                    "fleet status lists {journals} journals, not {}",
+                    args.agents
+                );
             }
         }
         println!(
