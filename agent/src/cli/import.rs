@@ -296,7 +296,16 @@ mod tests {
         for end in ["\n", "\r\n"] {
             // Row 1 spans lines 1-3 (a quoted field with two line breaks), a blank line, row 2
             // on line 5, and a bad number on line 6.
-            let text = ["1,a,\"b", "b2", "b3\",c,d", "", "2,a,b,c,d", "x,a,b,c,d", ""].join(end);
+            let text = [
+                "1,a,\"b",
+                "b2",
+                "b3\",c,d",
+                "",
+                "2,a,b,c,d",
+                "x,a,b,c,d",
+                "",
+            ]
+            .join(end);
             let rows = match parse(text.as_bytes()) {
                 Err(e) => e,
                 Ok(r) => format!("parsed {} rows", r.len()),

@@ -17,7 +17,9 @@ fn events(journal: &Path) -> u64 {
         .args(["--json", "journal", "verify"]));
     assert_eq!(code, 0, "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    v["events"].as_u64().unwrap_or_else(|| panic!("no event count: {v}"))
+    v["events"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no event count: {v}"))
 }
 
 #[test]
@@ -53,7 +55,10 @@ fn journal_import_names_the_right_line_with_lf_crlf_and_multiline_fields() {
         let (code, out, err) = custody_on(&journal, &["journal", "import", "--csv"], &short);
         assert_eq!(code, 1, "{name}: {out}{err}");
         assert!(err.contains("line 7: 4 column(s)"), "{name}: {err}");
-        assert!(!journal.exists(), "{name}: a refused file created no journal");
+        assert!(
+            !journal.exists(),
+            "{name}: a refused file created no journal"
+        );
         // The good file imports, the carrier cell keeps its line breaks.
         let good = dir.join("good.csv");
         let mut lines = head.to_vec();
