@@ -71,8 +71,16 @@ fn at_shutdown_last_seen_moves_only_for_carriers_still_there() -> TestResult {
         "log: {:?}",
         service.log()
     );
-    assert_ne!(seen(&kept), kept0, "the carrier still there was seen at shutdown");
-    assert_eq!(seen(&gone), gone0, "the deleted token was not seen at shutdown");
+    assert_ne!(
+        seen(&kept),
+        kept0,
+        "the carrier still there was seen at shutdown"
+    );
+    assert_eq!(
+        seen(&gone),
+        gone0,
+        "the deleted token was not seen at shutdown"
+    );
     assert_eq!(w.kinds(&gone), ["carrier_enrolled"]);
     assert_verifies(&w)
 }
