@@ -436,6 +436,11 @@ fn reinitialised_by_another_tool_while_watch_runs(
         ));
     }
     if now.serial() != carrier.serial() {
+        // The tool sets the label after C_InitToken: a read in between records the token
+        // with the module's default label, and the next check the label it ends with.
+        w.wait_events("the new label", PATIENCE, |_| {
+            w.carrier_key(&now.token.label).is_ok()
+        })?;
         let new_key = w.carrier_key(&now.token.label)?;
         ensure!(new_key != old_key, "[{name}] new serial, same key");
         w.wait_events("the old carrier gone", PATIENCE, |_| {
