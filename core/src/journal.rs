@@ -26,6 +26,7 @@ mod remote;
 mod replica;
 mod revocation;
 mod schema;
+mod wal;
 
 use std::path::{Path, PathBuf};
 
@@ -70,6 +71,7 @@ pub use revocation::{
     RevocationData, RevocationRecord, RevocationRequest, RevocationState, RevocationStep,
 };
 pub use schema::SchemaProblem;
+pub use wal::{CommitTiming, FOLD_PAGES};
 
 /// `PRAGMA application_id` of a custody journal ("CUST").
 pub const APPLICATION_ID: i32 = 0x4355_5354;
@@ -122,6 +124,10 @@ pub struct Journal {
     conn: Connection,
     path: PathBuf,
     journal_id: String,
+    /// The last write transaction's timing (see `wal`).
+    last_commit: Option<CommitTiming>,
+    /// WAL pages after the last commit, when checkpoints are deferred (see `wal`).
+    wal_pages: wal::WalPages,
 }
 
 impl std::fmt::Debug for Journal {
@@ -306,6 +312,8 @@ impl Journal {
             conn,
             path: path.into(),
             journal_id,
+            last_commit: None,
+            wal_pages: wal::WalPages::default(),
         };
         // Checkpoints from the first row: a journal without events gets one now, so that a
         // journal whose key exists always holds a checkpoint.
@@ -376,6 +384,8 @@ impl Journal {
             conn,
             path: path.into(),
             journal_id,
+            last_commit: None,
+            wal_pages: wal::WalPages::default(),
         })
     }
 
@@ -482,6 +492,7 @@ impl Journal {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db_err)?;
+        let began = std::time::Instant::now();
         let head = chain::Head::load(&tx)?;
         let first_seq = head.seq;
         let mut writer = Writer {
@@ -497,7 +508,13 @@ impl Journal {
         if writer.abandoned {
             writer.tx.rollback().map_err(db_err)?;
         } else {
+            let committing = std::time::Instant::now();
             writer.tx.commit().map_err(db_err)?;
+            self.last_commit = Some(CommitTiming {
+                began,
+                committing,
+                committed: std::time::Instant::now(),
+            });
         }
         Ok(value)
     }

@@ -15,6 +15,7 @@ use custody_core::inventory::{
 };
 use custody_core::token::{Module, NoPins, SlotRead};
 
+use crate::poll::SlotEvent;
 use super::Request;
 use crate::config::Reinit;
 use crate::pin::Pins as ServicePins;
@@ -27,6 +28,8 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// One module the worker watches.
 pub(super) struct Watched {
+    /// Its place in the configuration (what its slot events name).
+    index: usize,
     pub(super) path: PathBuf,
     /// `path` as text, for reports (formatted once).
     pub(super) path_text: String,
@@ -41,7 +44,7 @@ pub(super) struct Watched {
     pub(super) load_error: Option<String>,
     /// Set while the module is unavailable.
     pub(super) outage: Option<Outage>,
-    /// Where a slot-event thread sends [`Request::Wake`].
+    /// Where a slot-event thread sends [`Request::SlotEvent`].
     pub(super) waker: mpsc::Sender<Request>,
     /// What the module's C_WaitForSlotEvent has shown (kept across re-initialisations).
     slot_events: SharedSupport,
@@ -81,8 +84,14 @@ impl Outage {
 }
 
 impl Watched {
-    pub(super) fn new(path: PathBuf, policy: Reinit, waker: mpsc::Sender<Request>) -> Self {
+    pub(super) fn new(
+        index: usize,
+        path: PathBuf,
+        policy: Reinit,
+        waker: mpsc::Sender<Request>,
+    ) -> Self {
         Self {
+            index,
             path_text: path.display().to_string(),
             path,
             policy,
@@ -150,14 +159,16 @@ impl Watched {
         let module = self.path_text.clone();
         let support = self.slot_events.clone();
         let policy = self.policy;
+        let index = self.index;
         let spawned = std::thread::Builder::new()
             .name("custody-slot-events".into())
             .spawn(move || loop {
                 match events.wait() {
                     Ok(slot) => {
+                        let event = SlotEvent::now(index, slot);
                         support.set(SlotEventSupport::Live);
                         tracing::debug!(%module, slot, "slot event");
-                        if waker.send(Request::Wake).is_err() {
+                        if waker.send(Request::SlotEvent(event)).is_err() {
                             return;
                         }
                     }
@@ -431,7 +442,7 @@ fn token_changed(module: &Module, slot: u64, old: &SlotState) -> bool {
 }
 
 /// The read of a module's slots as the journal takes it.
-fn to_scan(module: ModuleInfo, slots: &BTreeMap<u64, SlotState>) -> ModuleScan {
+pub(super) fn to_scan(module: ModuleInfo, slots: &BTreeMap<u64, SlotState>) -> ModuleScan {
     let mut carriers = Vec::new();
     let mut problems = Vec::new();
     for (slot, s) in slots {
@@ -460,7 +471,7 @@ fn to_scan(module: ModuleInfo, slots: &BTreeMap<u64, SlotState>) -> ModuleScan {
 
 /// Reads a slot seen for the first time (or again after a change), with PINs; `known`: what
 /// it held before (its parsed certificates are reused).
-fn read_new(
+pub(super) fn read_new(
     module: &Module,
     slot: u64,
     pins: &ServicePins,
@@ -483,7 +494,7 @@ fn read_new(
 
 /// Content check of a known slot: a read without PIN, compared with the last one; a full
 /// read only when it differs (or a PIN source changed since it was rejected).
-fn recheck(module: &Module, slot: u64, old: &SlotState, pins: &ServicePins) -> SlotState {
+pub(super) fn recheck(module: &Module, slot: u64, old: &SlotState, pins: &ServicePins) -> SlotState {
     match old {
         SlotState::Uninitialised => match module.read_slot_id(slot, &NoPins) {
             SlotRead::Uninitialised => SlotState::Uninitialised,
