@@ -49,7 +49,10 @@ impl WorkerState {
             && watched.outage.is_none()
             && watched.unconfirmed.is_none()
             && watched.has_slot_events()
-            && watched.module.as_ref().is_some_and(|m| m.trouble().is_none());
+            && watched
+                .module
+                .as_ref()
+                .is_some_and(|m| m.trouble().is_none());
         let Some(module) = watched.module.as_ref().filter(|_| ready) else {
             return Handled::Poll;
         };
@@ -103,7 +106,8 @@ impl WorkerState {
             let scans = info
                 .map(|info| vec![(event.module, to_scan(info, &slots))])
                 .unwrap_or_default();
-            timing.commit = self.record(vec![(event.module, slots)], scans, Vec::new(), &mut report);
+            timing.commit =
+                self.record(vec![(event.module, slots)], scans, Vec::new(), &mut report);
         }
         report.timing = Some(timing);
         Handled::Done(Box::new(report))

@@ -15,11 +15,11 @@ use custody_core::inventory::{
 };
 use custody_core::token::{Module, NoPins, SlotRead};
 
-use crate::poll::SlotEvent;
 use super::Request;
 use crate::config::Reinit;
 use crate::pin::Pins as ServicePins;
 use crate::poll::ModulePoll;
+use crate::poll::SlotEvent;
 
 /// First wait before re-initialising a module that became unavailable.
 pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
@@ -494,7 +494,12 @@ pub(super) fn read_new(
 
 /// Content check of a known slot: a read without PIN, compared with the last one; a full
 /// read only when it differs (or a PIN source changed since it was rejected).
-pub(super) fn recheck(module: &Module, slot: u64, old: &SlotState, pins: &ServicePins) -> SlotState {
+pub(super) fn recheck(
+    module: &Module,
+    slot: u64,
+    old: &SlotState,
+    pins: &ServicePins,
+) -> SlotState {
     match old {
         SlotState::Uninitialised => match module.read_slot_id(slot, &NoPins) {
             SlotRead::Uninitialised => SlotState::Uninitialised,

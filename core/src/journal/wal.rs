@@ -145,7 +145,10 @@ mod tests {
         let folded = j.fold_wal_if_large().unwrap_or_else(|e| panic!("{e}"));
         assert!(folded.is_some());
         assert!(std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) > 3_000_000);
-        assert_eq!(j.fold_wal_if_large().unwrap_or_else(|e| panic!("{e}")), None);
+        assert_eq!(
+            j.fold_wal_if_large().unwrap_or_else(|e| panic!("{e}")),
+            None
+        );
         // Everything committed is there and the chain holds, from a fresh connection.
         drop(j);
         let j = Journal::open(&path).unwrap_or_else(|e| panic!("{e}"));
@@ -165,7 +168,10 @@ mod tests {
         }
         // Positive control for the test above: without deferral SQLite folded the WAL.
         assert!(std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) > 1_000_000);
-        assert_eq!(j.fold_wal_if_large().unwrap_or_else(|e| panic!("{e}")), None);
+        assert_eq!(
+            j.fold_wal_if_large().unwrap_or_else(|e| panic!("{e}")),
+            None
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }
