@@ -1,6 +1,7 @@
 //! What one poll of the service found, did and cost: made by the [`crate::worker`], read by
 //! [`crate::watch`] (timing), the state record and the service's tasks.
 
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use custody_core::journal::{CommitTiming, RecordedEvent};
@@ -50,7 +51,7 @@ pub struct ModulePoll {
 }
 
 /// A slot event as the module's slot-event thread saw it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SlotEvent {
     /// The module's place in the configuration.
     pub module: usize,
@@ -58,22 +59,38 @@ pub struct SlotEvent {
     pub slot: u64,
     /// When C_WaitForSlotEvent returned.
     pub at: Instant,
+    /// Tells the slot-event thread that the worker is done with the event, when the last
+    /// clone is dropped.
+    pub done: Option<Arc<Done>>,
 }
 
 impl SlotEvent {
     /// An event of `slot` of module `module`, now.
-    pub fn now(module: usize, slot: u64) -> Self {
+    pub fn now(module: usize, slot: u64, done: Option<Done>) -> Self {
         Self {
             module,
             slot,
             at: Instant::now(),
+            done: done.map(Arc::new),
         }
+    }
+}
+
+/// Sends one message on its channel when dropped: the worker is done with a slot event, so
+/// the module's slot-event thread may wait for the next (see `worker::slots`).
+#[derive(Debug)]
+pub struct Done(pub mpsc::Sender<()>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        // A thread that has ended needs no telling.
+        let _ = self.0.send(());
     }
 }
 
 /// Where the time between a slot event and its journal row went (debug log
 /// `slot event handled`, read by `slot-event-bench`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EventTiming {
     /// The event.
     pub event: SlotEvent,

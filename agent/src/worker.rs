@@ -22,6 +22,12 @@
 //! retried at the next poll. A module that fails, or answers an empty slot list right after
 //! device errors, is unavailable: one `module_unavailable`, its carriers keep their state,
 //! and it is re-initialised with backoff (1 s doubling to 60 s) until it answers.
+//!
+//! A slot event ([`Request::SlotEvent`]) goes before everything else waiting: before the
+//! tasks of the poll just finished and before calls queued ahead of it. It is answered by
+//! reading only the slot it names (`event`), recorded in its own transaction; the service's
+//! commits do only the WAL's `fsync`, and the WAL is folded into the database file after the
+//! tasks instead of inside a commit ([`Journal::defer_wal_checkpoints`]).
 
 mod confirm;
 mod event;
@@ -276,7 +282,8 @@ fn serve(
                         tracing::warn!(cause = %format!("{e:#}"), "service state not updated");
                     }
                 }
-                Handled::Poll => {
+                Handled::Poll(event) => {
+                    // One poll answers every event waiting for it.
                     polled_event.get_or_insert(event);
                     watch.wake(tokio::time::Instant::now());
                 }
@@ -602,6 +609,38 @@ impl WorkerState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slot_event_goes_before_requests_queued_ahead_of_it_and_tells_its_thread_when_done() {
+        let (tx, rx) = mpsc::channel();
+        let (done, handled) = mpsc::channel();
+        let mut backlog = VecDeque::new();
+        let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        for n in 0..2 {
+            let order = order.clone();
+            let call = move |_: &mut WorkerState| {
+                if let Ok(mut o) = order.lock() {
+                    o.push(n);
+                }
+            };
+            tx.send(Request::Call(Box::new(call)))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let event = SlotEvent::now(0, 7, Some(crate::poll::Done(done)));
+        tx.send(Request::SlotEvent(event))
+            .unwrap_or_else(|e| panic!("{e}"));
+        tx.send(Request::Stop).unwrap_or_else(|e| panic!("{e}"));
+        let taken = take_event(&rx, &mut backlog).unwrap_or_else(|| panic!("no event"));
+        assert_eq!((taken.module, taken.slot), (0, 7));
+        assert!(take_event(&rx, &mut backlog).is_none());
+        // The calls and the stop keep their order behind it.
+        let kinds: Vec<String> = backlog.iter().map(|r| format!("{r:?}")).collect();
+        assert_eq!(kinds, ["Call", "Call", "Stop"]);
+        // The thread is told once the worker is done with the event, not before.
+        assert!(handled.try_recv().is_err());
+        drop(taken);
+        assert!(handled.try_recv().is_ok());
+    }
 
     #[tokio::test]
     async fn calls_run_on_the_worker_thread_and_stop_ends_it() {

@@ -30,8 +30,8 @@ use crate::poll::{EventTiming, ModulePoll, PollReport, SlotEvent};
 pub(super) enum Handled {
     /// The slot was read and what changed recorded (or nothing changed).
     Done(Box<PollReport>),
-    /// The event needs a full poll, now.
-    Poll,
+    /// The event needs a full poll, now (it is handed back for the poll to answer).
+    Poll(SlotEvent),
 }
 
 impl WorkerState {
@@ -40,8 +40,9 @@ impl WorkerState {
     pub(super) fn slot_event(&mut self, event: SlotEvent) -> Handled {
         let taken = Instant::now();
         let force = self.force_check;
-        let Some(watched) = self.modules.get_mut(event.module) else {
-            return Handled::Poll;
+        let (index, slot) = (event.module, event.slot);
+        let Some(watched) = self.modules.get_mut(index) else {
+            return Handled::Poll(event);
         };
         watched.slot_event();
         let ready = !force
@@ -54,22 +55,22 @@ impl WorkerState {
                 .as_ref()
                 .is_some_and(|m| m.trouble().is_none());
         let Some(module) = watched.module.as_ref().filter(|_| ready) else {
-            return Handled::Poll;
+            return Handled::Poll(event);
         };
-        let present = match module.token_present(event.slot) {
+        let present = match module.token_present(slot) {
             Ok(present) => present,
             Err(e) => {
-                tracing::debug!(slot = event.slot, cause = %e, "slot state not read; polling");
-                return Handled::Poll;
+                tracing::debug!(slot, cause = %e, "slot state not read; polling");
+                return Handled::Poll(event);
             }
         };
-        let old = watched.slots.get(&event.slot);
+        let old = watched.slots.get(&slot);
         let new = match (present, old) {
             // Nothing known here and nothing here: the change is in another slot.
-            (false, None) => return Handled::Poll,
+            (false, None) => return Handled::Poll(event),
             (false, Some(_)) => None,
-            (true, None) => Some(read_new(module, event.slot, &self.pins, None)),
-            (true, Some(old)) => Some(recheck(module, event.slot, old, &self.pins)),
+            (true, None) => Some(read_new(module, slot, &self.pins, None)),
+            (true, Some(old)) => Some(recheck(module, slot, old, &self.pins)),
         };
         let read = Instant::now();
         let changed = new.as_ref() != old;
@@ -96,18 +97,17 @@ impl WorkerState {
             commit: None,
         };
         if changed {
-            let watched = &self.modules[event.module];
+            let watched = &self.modules[index];
             let mut slots: BTreeMap<u64, SlotState> = watched.slots.clone();
             match new {
-                Some(state) => slots.insert(event.slot, state),
-                None => slots.remove(&event.slot),
+                Some(state) => slots.insert(slot, state),
+                None => slots.remove(&slot),
             };
             let info = watched.module.as_ref().map(|m| m.info().clone());
             let scans = info
-                .map(|info| vec![(event.module, to_scan(info, &slots))])
+                .map(|info| vec![(index, to_scan(info, &slots))])
                 .unwrap_or_default();
-            timing.commit =
-                self.record(vec![(event.module, slots)], scans, Vec::new(), &mut report);
+            timing.commit = self.record(vec![(index, slots)], scans, Vec::new(), &mut report);
         }
         report.timing = Some(timing);
         Handled::Done(Box::new(report))

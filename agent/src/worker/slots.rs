@@ -19,12 +19,15 @@ use super::Request;
 use crate::config::Reinit;
 use crate::pin::Pins as ServicePins;
 use crate::poll::ModulePoll;
-use crate::poll::SlotEvent;
+use crate::poll::{Done, SlotEvent};
 
 /// First wait before re-initialising a module that became unavailable.
 pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 /// The wait doubles after each failed attempt, up to this.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// The longest a slot-event thread waits for the worker to be done with an event before it
+/// waits for the next one.
+const EVENT_HOLD: Duration = Duration::from_secs(1);
 
 /// One module the worker watches.
 pub(super) struct Watched {
@@ -162,15 +165,22 @@ impl Watched {
         let index = self.index;
         let spawned = std::thread::Builder::new()
             .name("custody-slot-events".into())
-            .spawn(move || loop {
+            .spawn(move || {
+                let (done, handled) = mpsc::channel();
+                loop {
                 match events.wait() {
                     Ok(slot) => {
-                        let event = SlotEvent::now(index, slot);
+                        let event = SlotEvent::now(index, slot, Some(Done(done.clone())));
                         support.set(SlotEventSupport::Live);
                         tracing::debug!(%module, slot, "slot event");
                         if waker.send(Request::SlotEvent(event)).is_err() {
                             return;
                         }
+                        // The worker reads the slot first: OpenSC's C_WaitForSlotEvent begins
+                        // by asking pcscd about every reader under the module's lock, which
+                        // that read would wait for. The module keeps what changes meanwhile.
+                        let _ = handled.recv_timeout(EVENT_HOLD);
+                        while handled.try_recv().is_ok() {}
                     }
                     Err(e @ custody_core::Error::NotSupported { .. }) => {
                         support.set(SlotEventSupport::Refused);
@@ -182,6 +192,7 @@ impl Watched {
                         tracing::debug!(%module, cause = %e, "slot-event wait ended");
                         return;
                     }
+                }
                 }
             });
         if let Err(e) = spawned {
