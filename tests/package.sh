@@ -28,7 +28,9 @@ contents=$(dpkg-deb --contents "$deb")
 for path in ./usr/bin/custody ./lib/systemd/system/custody.service ./etc/custody/custody.toml \
   ./usr/share/man/man1/custody.1.gz ./usr/share/man/man1/custody-journal-verify.1.gz \
   ./usr/share/bash-completion/completions/custody ./usr/share/zsh/vendor-completions/_custody \
-  ./usr/share/fish/vendor_completions.d/custody.fish; do
+  ./usr/share/fish/vendor_completions.d/custody.fish ./usr/share/doc/custody/README.md \
+  ./usr/share/doc/custody/docs/admin-guide.md ./usr/share/doc/custody/docs/reference.md \
+  ./usr/share/doc/custody/docs/form-page.png ./usr/share/doc/custody/docs/uk/posibnyk-administratora.md; do
   grep -q " $path\$" <<<"$contents" || fail "$path is not in the package"
 done
 dpkg-deb --info "$deb" conffiles | grep -qx /etc/custody/custody.toml \

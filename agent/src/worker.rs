@@ -8,7 +8,7 @@
 //! with a oneshot reply, and [`Request::Stop`]. Keeping the timer on this thread matters:
 //! waking the async thread for every poll and back, or tokio's timer wheel (which wakes two
 //! or three times for a 2 s deadline), cost more than the module's own poll of one SoftHSM2
-//! token (measured, see the README's benchmark section). The thread ends at
+//! token (measured, see BENCHMARKS.md). The thread ends at
 //! [`Request::Stop`], or when every handle is dropped, after the poll in hand (and its journal
 //! transaction) is finished.
 //!

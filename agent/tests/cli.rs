@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 mod cli {
     mod config_canary;
     mod files;
+    mod import_lines;
     mod journal_file;
     mod pipe;
     mod progress;

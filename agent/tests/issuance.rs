@@ -6,6 +6,8 @@
 mod checkpoint;
 #[path = "issuance/common.rs"]
 mod common;
+#[path = "issuance/dstu_provider.rs"]
+mod dstu_provider;
 #[path = "issuance/expiry.rs"]
 mod expiry;
 #[path = "issuance/form.rs"]
@@ -18,5 +20,7 @@ mod issue;
 mod remote;
 #[path = "issuance/revocation_check.rs"]
 mod revocation_check;
+#[path = "issuance/revocation_dstu.rs"]
+mod revocation_dstu;
 #[path = "support/service.rs"]
 mod service;

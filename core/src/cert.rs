@@ -17,9 +17,11 @@ use x509_parser::public_key::PublicKey;
 use x509_parser::x509::{SubjectPublicKeyInfo, X509Name};
 
 mod dstu;
+mod ocsp;
 mod revocation;
 
 pub use dstu::{dstu_public_key, dstu_signature_octets, DstuCurve, DstuKey};
+pub use ocsp::{ocsp_signed, OcspSigned};
 
 pub use revocation::{
     issued_cert, parse_crl, reason_name, CrlInfo, IssuedCert, RevokedEntry, Signed,

@@ -26,6 +26,7 @@ mod remote;
 mod replica;
 mod revocation;
 mod schema;
+mod upgrade;
 mod wal;
 
 use std::path::{Path, PathBuf};
@@ -315,6 +316,8 @@ impl Journal {
             last_commit: None,
             wal_pages: wal::WalPages::default(),
         };
+        // Key sets an older custody saw without numbering them get their rows now.
+        journal.number_key_sets_seen_before()?;
         // Checkpoints from the first row: a journal without events gets one now, so that a
         // journal whose key exists always holds a checkpoint.
         // Decided inside the write transaction, so two processes creating the journal at

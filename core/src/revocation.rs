@@ -8,9 +8,11 @@
 //! error naming the URL, never a status. This module records nothing: the caller writes what
 //! it returns ([`Outcome`]) to the journal.
 //!
-//! Parsing of certificates and CRLs is `cert`'s (`x509-parser`); signatures are checked in
-//! `signature` (OpenSSL; DSTU 4145 with `structured-dstu4145`), OCSP DER is OpenSSL's
-//! (`ocsp`; not for DSTU 4145 issuers); the HTTP client is `http` (ureq, plain HTTP only).
+//! Parsing of certificates, CRLs and the signed part of OCSP responses is `cert`'s
+//! (`x509-parser`); signatures are checked in `signature` (OpenSSL; DSTU 4145 with
+//! `structured-dstu4145`); OCSP requests and answers are OpenSSL's (`ocsp`), whose verifier
+//! checks who signed an answer for RSA, ECDSA and Ed25519 issuers, and `responder` does it for
+//! DSTU 4145 issuers; the HTTP client is `http` (ureq).
 
 use std::time::Duration;
 
@@ -23,6 +25,7 @@ use crate::utc::timestamp;
 
 mod http;
 mod ocsp;
+mod responder;
 mod signature;
 
 /// Which of the provider's services to ask.
@@ -224,11 +227,6 @@ impl Checker {
             url: url.to_owned(),
             reason,
         };
-        if cert::dstu_public_key(issuer_der)?.is_some() {
-            return Err(fail(
-                "OCSP answers signed with DSTU 4145 are not verified by custody yet; ask the CRL with --via crl".into(),
-            ));
-        }
         let request = ocsp::request(cert_der, issuer_der).map_err(fail)?;
         let body = http::post(&self.agent, url, &request)?;
         let fetched_at = timestamp(OffsetDateTime::now_utc());

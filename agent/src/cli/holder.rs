@@ -159,46 +159,9 @@ pub fn column_of(header: &str) -> Option<usize> {
 
 /// Parses HR's CSV; an error names the line.
 pub fn parse(bytes: &[u8]) -> Result<Vec<HolderLine>, String> {
-    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
-    let first_line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
-    let count = |d: u8| first_line.iter().filter(|b| **b == d).count();
-    let delimiter = [b';', b'\t', b',']
-        .into_iter()
-        .max_by_key(|d| (count(*d), *d == b';'))
-        .unwrap_or(b';');
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .delimiter(delimiter)
-        .flexible(false)
-        .from_reader(bytes);
     let mut map: Option<Vec<Option<usize>>> = None;
     let mut out = Vec::new();
-    for (i, record) in reader.byte_records().enumerate() {
-        let record = record.map_err(|e| super::import::csv_error(&e))?;
-        // The line from the record's byte offset (the reader's own line count is off after
-        // CRLF line ends, as Excel writes them).
-        let line = record
-            .position()
-            .map(|p| {
-                let mut at = usize::try_from(p.byte())
-                    .unwrap_or(usize::MAX)
-                    .min(bytes.len());
-                while bytes.get(at).is_some_and(|b| matches!(b, b'\r' | b'\n')) {
-                    at += 1;
-                }
-                bytes[..at].iter().filter(|b| **b == b'\n').count() as u64 + 1
-            })
-            .unwrap_or(i as u64 + 1);
-        let mut fields = Vec::with_capacity(record.len());
-        for (col, f) in record.iter().enumerate() {
-            let text = std::str::from_utf8(f).map_err(|_| {
-                format!(
-                    "line {line}, column {}: not UTF-8 text; save the file as \"CSV UTF-8\"",
-                    col + 1
-                )
-            })?;
-            fields.push(text.trim().to_owned());
-        }
+    for super::import::Record { line, fields } in super::import::records(bytes, b";,\t")? {
         if fields.iter().all(String::is_empty) {
             continue;
         }

@@ -69,36 +69,109 @@ pub fn run(ctx: &Context, args: &ImportArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
-/// Parses the CSV; an error names the line.
-pub fn parse(bytes: &[u8]) -> Result<Vec<ImportRow>, String> {
+/// One CSV record: the line of the file it starts on and its fields (UTF-8, trimmed).
+pub(super) struct Record {
+    /// The line, counted as an editor counts it (1-based; a field that spans lines counts
+    /// them all, whether lines end in LF or CRLF).
+    pub(super) line: u64,
+    /// The fields, whitespace trimmed.
+    pub(super) fields: Vec<String>,
+}
+
+/// Reads CSV bytes as spreadsheets write them: a UTF-8 byte-order mark dropped, the delimiter
+/// the one of `delimiters` found most often on the first line (ties go to the one listed
+/// first), LF or CRLF line ends, quoted fields that may hold delimiters and line breaks. An
+/// error names the line (the csv reader's own line count is off after CRLF line ends, so lines
+/// are counted here from the records' byte offsets).
+pub(super) fn records(bytes: &[u8], delimiters: &[u8]) -> Result<Vec<Record>, String> {
     let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
     let first_line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
     let count = |d: u8| first_line.iter().filter(|b| **b == d).count();
-    let delimiter = if count(b';') > count(b',') {
-        b';'
-    } else {
-        b','
-    };
+    let mut delimiter = delimiters.first().copied().unwrap_or(b',');
+    for d in delimiters {
+        if count(*d) > count(delimiter) {
+            delimiter = *d;
+        }
+    }
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .delimiter(delimiter)
         .flexible(false)
         .from_reader(bytes);
-    let mut rows = Vec::new();
-    let mut width = None;
-    for (i, record) in reader.byte_records().enumerate() {
-        let record = record.map_err(|e| csv_error(&e))?;
-        let line = record.position().map(|p| p.line()).unwrap_or(i as u64 + 1);
+    let mut lines = LineCounter::new(bytes);
+    let mut out = Vec::new();
+    for record in reader.byte_records() {
+        let record = record.map_err(|e| csv_error(&e, &mut lines))?;
+        let line = lines.line_of(record.position());
         let mut fields = Vec::with_capacity(record.len());
         for (col, f) in record.iter().enumerate() {
             let text = std::str::from_utf8(f).map_err(|_| {
                 format!(
-                    "line {line}, column {}: not UTF-8 text; save the file as UTF-8",
+                    "line {line}, column {}: not UTF-8 text; save the file as UTF-8 (\"CSV UTF-8\" in Excel)",
                     col + 1
                 )
             })?;
-            fields.push(undefuse(text.trim()).to_owned());
+            fields.push(text.trim().to_owned());
         }
+        out.push(Record { line, fields });
+    }
+    Ok(out)
+}
+
+/// Turns the csv reader's byte offsets into line numbers, in one pass over the file (records
+/// come in order).
+struct LineCounter<'a> {
+    bytes: &'a [u8],
+    /// How far the line feeds have been counted, and how many there were.
+    scanned: usize,
+    newlines: u64,
+}
+
+impl<'a> LineCounter<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self {
+            bytes,
+            scanned: 0,
+            newlines: 0,
+        }
+    }
+
+    /// The line a record starts on. The reader gives the offset where the previous record
+    /// ended, which after CRLF is the LF (or the CR): line ends are skipped first.
+    fn line_of(&mut self, position: Option<&csv::Position>) -> u64 {
+        let Some(p) = position else {
+            return self.newlines + 1;
+        };
+        let mut at = usize::try_from(p.byte())
+            .unwrap_or(usize::MAX)
+            .min(self.bytes.len());
+        while self
+            .bytes
+            .get(at)
+            .is_some_and(|b| matches!(b, b'\r' | b'\n'))
+        {
+            at += 1;
+        }
+        if at < self.scanned {
+            // Out of order (never for a record): count from the start.
+            self.scanned = 0;
+            self.newlines = 0;
+        }
+        self.newlines += self.bytes[self.scanned..at]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count() as u64;
+        self.scanned = at;
+        self.newlines + 1
+    }
+}
+
+/// Parses the CSV; an error names the line.
+pub fn parse(bytes: &[u8]) -> Result<Vec<ImportRow>, String> {
+    let mut rows = Vec::new();
+    let mut width = None;
+    for Record { line, fields } in records(bytes, b",;")? {
+        let fields: Vec<String> = fields.iter().map(|f| undefuse(f).to_owned()).collect();
         if fields.iter().all(String::is_empty) {
             continue;
         }
@@ -163,16 +236,16 @@ fn strip_marker(note: &str) -> String {
 }
 
 /// A CSV reader's error, naming the line.
-pub(crate) fn csv_error(e: &csv::Error) -> String {
-    let line = e.position().map(|p| p.line());
-    let at = line
-        .map(|l| format!("line {l}"))
-        .unwrap_or_else(|| "a line".into());
+fn csv_error(e: &csv::Error, lines: &mut LineCounter<'_>) -> String {
+    let at = match e.position() {
+        Some(p) => format!("line {}", lines.line_of(Some(p))),
+        None => "a line".into(),
+    };
     match e.kind() {
         csv::ErrorKind::UnequalLengths {
             expected_len, len, ..
         } => format!("{at}: {len} column(s) where the rows before have {expected_len}; check the quotes and delimiters of that line"),
-        csv::ErrorKind::Utf8 { .. } => format!("{at}: not UTF-8 text; save the file as UTF-8"),
+        csv::ErrorKind::Utf8 { .. } => format!("{at}: not UTF-8 text; save the file as UTF-8 (\"CSV UTF-8\" in Excel)"),
         _ => format!("{at}: {e}"),
     }
 }
@@ -216,6 +289,38 @@ mod tests {
         let text = "1,a,b,c,d\nдва,a,b,c,d\n";
         let err = parse(text.as_bytes()).err().unwrap_or_default();
         assert!(err.starts_with("line 2: column 1"), "{err}");
+    }
+
+    #[test]
+    fn lines_are_counted_alike_with_lf_crlf_and_fields_that_span_lines() {
+        for end in ["\n", "\r\n"] {
+            // Row 1 spans lines 1-3 (a quoted field with two line breaks), a blank line, row 2
+            // on line 5, and a bad number on line 6.
+            let text = [
+                "1,a,\"b",
+                "b2",
+                "b3\",c,d",
+                "",
+                "2,a,b,c,d",
+                "x,a,b,c,d",
+                "",
+            ]
+            .join(end);
+            let rows = match parse(text.as_bytes()) {
+                Err(e) => e,
+                Ok(r) => format!("parsed {} rows", r.len()),
+            };
+            assert!(rows.starts_with("line 6: column 1"), "{end:?}: {rows}");
+            let good = text.replace("x,", "3,");
+            let rows = parse(good.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+            let lines: Vec<u64> = rows.iter().map(|r| r.line).collect();
+            assert_eq!(lines, [1, 5, 6], "{end:?}");
+            assert_eq!(rows[0].carrier, format!("b{end}b2{end}b3"));
+            // The csv reader's own errors name the right line too.
+            let short = good.replace("3,a,b,c,d", "3,a,b,c");
+            let err = parse(short.as_bytes()).err().unwrap_or_default();
+            assert!(err.starts_with("line 6: 4 column(s)"), "{end:?}: {err}");
+        }
     }
 
     #[test]

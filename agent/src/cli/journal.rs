@@ -18,7 +18,7 @@ pub enum JournalCommand {
     List,
     /// Show one carrier and its history.
     #[command(
-        after_help = "Examples:\n  # One carrier's whole history, by serial\n  custody journal show 3c5e0a1b2d4f6789\n  # By PKCS#11 URI, as `custody journal list` prints it\n  custody journal show 'pkcs11:manufacturer=SoftHSM%20project;model=SoftHSM%20v2;serial=3c5e0a1b2d4f6789'"
+        after_help = "Examples:\n  # One carrier's whole history, by serial\n  custody journal show 3c5e0a1b2d4f6789\n  # By its full key, when two carriers share a serial (`carrier` in `custody journal list --json`)\n  custody journal show 'SoftHSM project/SoftHSM v2/3c5e0a1b2d4f6789'"
     )]
     Show {
         /// The carrier's serial (or its full key manufacturer/model/serial).

@@ -40,6 +40,12 @@ pub struct IssuedCert {
     pub crl_urls: Vec<String>,
     /// OCSP responders named in Authority Information Access.
     pub ocsp_urls: Vec<String>,
+    /// Extended key usage names id-kp-OCSPSigning: a delegated OCSP responder's certificate.
+    pub ocsp_signing: bool,
+    /// notBefore.
+    pub not_before: OffsetDateTime,
+    /// notAfter.
+    pub not_after: OffsetDateTime,
     /// What the issuer signed.
     pub signed: Signed,
 }
@@ -71,8 +77,10 @@ pub fn issued_cert(der: &[u8]) -> Result<IssuedCert, CertError> {
     let cert = exactly_one(X509Certificate::from_der(der), "certificate")?;
     let tbs = &cert.tbs_certificate;
     let (mut crl_urls, mut ocsp_urls) = (Vec::new(), Vec::new());
+    let mut ocsp_signing = false;
     for ext in tbs.extensions() {
         match ext.parsed_extension() {
+            ParsedExtension::ExtendedKeyUsage(eku) => ocsp_signing = eku.ocsp_signing,
             ParsedExtension::CRLDistributionPoints(points) => {
                 for p in points.iter() {
                     if let Some(DistributionPointName::FullName(names)) = &p.distribution_point {
@@ -102,6 +110,9 @@ pub fn issued_cert(der: &[u8]) -> Result<IssuedCert, CertError> {
         subject_der: tbs.subject().as_raw().to_vec(),
         crl_urls,
         ocsp_urls,
+        ocsp_signing,
+        not_before: tbs.validity().not_before.to_datetime(),
+        not_after: tbs.validity().not_after.to_datetime(),
         signed: signed(
             tbs.as_ref(),
             &cert.signature_algorithm,

@@ -9,7 +9,10 @@ use super::Fleet;
 use crate::error::{Error, Result};
 
 /// The migrations; `MIGRATIONS[n]` upgrades schema n to n + 1.
-const MIGRATIONS: &[&str] = &[include_str!("sql/0001_schema.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("sql/0001_schema.sql"),
+    include_str!("sql/0002_register_at_once.sql"),
+];
 
 const ROLES: &str = include_str!("sql/roles.sql");
 

@@ -82,7 +82,7 @@ impl Head {
     }
 }
 
-fn hash_event(prev: &[u8], seq: u64, e: &NewEvent<'_>) -> [u8; 32] {
+pub(super) fn hash_event(prev: &[u8], seq: u64, e: &NewEvent<'_>) -> [u8; 32] {
     let seq = seq.to_string();
     hash_fields(
         prev,

@@ -13,6 +13,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("sql/0003_orders.sql"),
     include_str!("sql/0004_key_sets.sql"),
     include_str!("sql/0005_holders.sql"),
+    include_str!("sql/0006_number_seen_key_sets.sql"),
 ];
 
 /// The schema version this build writes.

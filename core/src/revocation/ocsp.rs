@@ -4,8 +4,8 @@
 
 use openssl::hash::MessageDigest;
 use openssl::ocsp::{
-    OcspCertId, OcspCertStatus, OcspFlag, OcspRequest, OcspResponse, OcspResponseStatus,
-    OcspRevokedStatus,
+    OcspBasicResponse, OcspCertId, OcspCertStatus, OcspFlag, OcspRequest, OcspResponse,
+    OcspResponseStatus, OcspRevokedStatus,
 };
 use openssl::stack::Stack;
 use openssl::x509::store::X509StoreBuilder;
@@ -68,22 +68,15 @@ pub(super) fn answer(body: &[u8], cert_der: &[u8], issuer_der: &[u8]) -> Result<
     let basic = response
         .basic()
         .map_err(|e| format!("the OCSP response holds no basic response ({e})"))?;
-    let mut store = X509StoreBuilder::new().map_err(ssl("trust store"))?;
-    store.add_cert(issuer.clone()).map_err(ssl("trust store"))?;
-    // The issuer may be an intermediate CA: it is the anchor, no root is needed.
-    store
-        .set_flags(X509VerifyFlags::PARTIAL_CHAIN)
-        .map_err(ssl("trust store"))?;
-    let store = store.build();
-    let mut certs = Stack::new().map_err(ssl("certificates"))?;
-    certs.push(issuer.clone()).map_err(ssl("certificates"))?;
-    basic
-        .verify(&certs, &store, OcspFlag::empty())
-        .map_err(|e| {
-            format!(
-                "the OCSP response is not signed by the issuer or a responder it certified ({e}); refused"
-            )
-        })?;
+    if crate::cert::dstu_public_key(issuer_der)
+        .map_err(|e| e.to_string())?
+        .is_some()
+    {
+        // OpenSSL cannot check DSTU 4145 signatures.
+        super::responder::verify(body, issuer_der, time::OffsetDateTime::now_utc())?;
+    } else {
+        verify_with_openssl(&basic, &issuer)?;
+    }
     let id = cert_id(&cert, &issuer)?;
     let found = basic.find_status(&id).ok_or_else(|| {
         "the OCSP response does not answer for this certificate; refused".to_owned()
@@ -113,6 +106,28 @@ pub(super) fn answer(body: &[u8], cert_der: &[u8], issuer_der: &[u8]) -> Result<
             .filter(|r| *r >= 0)
             .map(|r| crate::cert::reason_name(u8::try_from(r).unwrap_or(u8::MAX)).to_owned()),
     })
+}
+
+/// OpenSSL's check that the issuer, or a responder it certified for OCSP signing, signed the
+/// response (RSA, ECDSA, Ed25519 issuers).
+fn verify_with_openssl(basic: &OcspBasicResponse, issuer: &X509) -> Result<(), String> {
+    let mut store = X509StoreBuilder::new().map_err(ssl("trust store"))?;
+    store.add_cert(issuer.clone()).map_err(ssl("trust store"))?;
+    // The issuer may be an intermediate CA: it is the anchor, no root is needed.
+    store
+        .set_flags(X509VerifyFlags::PARTIAL_CHAIN)
+        .map_err(ssl("trust store"))?;
+    let store = store.build();
+    let mut certs = Stack::new().map_err(ssl("certificates"))?;
+    certs.push(issuer.clone()).map_err(ssl("certificates"))?;
+    basic
+        .verify(&certs, &store, OcspFlag::empty())
+        .map_err(|e| {
+            format!(
+                "the OCSP response is not signed by the issuer or a responder it certified ({e}); refused"
+            )
+        })?;
+    Ok(())
 }
 
 /// OpenSSL prints times as `Dec  3 13:00:00 2026 GMT`; the journal writes RFC 3339.

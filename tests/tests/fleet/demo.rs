@@ -1,4 +1,4 @@
-//! The README's two-workstation walkthrough, `softhsm-fixtures/fleet-demo.sh`, run as
+//! The two-workstation walkthrough of docs/fleet.md, `softhsm-fixtures/fleet-demo.sh`, run as
 //! written (its own private PostgreSQL cluster) with the `custody` binary under test.
 
 use std::path::Path;

@@ -288,6 +288,70 @@ fn a_rolled_back_local_journal_is_detected() -> TestResult {
     Ok(())
 }
 
+/// The race behind two syncs of a new journal at once, made certain: a registration of the
+/// journal is left uncommitted while a sync registers the same journal. The sync waits for
+/// it and then goes on; before schema 2 it failed on the journals' primary key.
+#[test]
+fn a_journal_registered_by_a_concurrent_sync_is_not_an_error() -> TestResult {
+    use secrecy::ExposeSecret;
+    let pg = Postgres::shared()?;
+    let fleet = TestFleet::new(pg, "register")?;
+    let enrolled = fleet.owner()?.enroll_agent("ws1", false)?;
+    let agent =
+        Database::parse(&pg.url(&enrolled.role, &fleet.db))?.with_password(&enrolled.password);
+    let dir = dir("fleet_register")?;
+    let mut j = Journal::open(&dir.join("journal.db"))?;
+    add_notes(&mut j, 10, "ws1")?;
+    let id = j.journal_id().to_owned();
+    drop(j);
+    let mut first = raw_agent(pg, &fleet.db, &agent, enrolled.password.expose_secret())?;
+    let mut tx = first.transaction()?;
+    tx.execute(
+        "SELECT custody.register_journal($1::text::uuid, 'ws-test')",
+        &[&id],
+    )?;
+    let path = dir.join("journal.db");
+    let second = {
+        let agent = agent.clone();
+        std::thread::spawn(move || -> anyhow::Result<u64> {
+            let j = Journal::open(&path)?;
+            Ok(Fleet::connect(&agent)?.sync(&j, &opts(100))?.pushed)
+        })
+    };
+    // The sync is waiting on the uncommitted registration (a lock wait the server shows).
+    let mut watcher = pg.client(&fleet.db)?;
+    let started = std::time::Instant::now();
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                 AND wait_event_type = 'Lock' AND query LIKE '%register_journal%'",
+                &[],
+            )?
+            .get(0);
+        if waiting == 1 {
+            break;
+        }
+        ensure!(
+            !second.is_finished(),
+            "the sync did not wait for the registration in progress: {:?}",
+            second.join().map_err(|_| anyhow::anyhow!("panicked"))?
+        );
+        ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "the sync never reached the registration"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tx.commit()?;
+    let pushed = second.join().map_err(|_| anyhow::anyhow!("panicked"))??;
+    ensure!(pushed == 11, "pushed {pushed}");
+    let verify = fleet.owner()?.verify()?;
+    ensure!(verify.ok() && verify.events == 11, "{verify:?}");
+    ensure!(fleet.owner()?.alarms(None)?.is_empty());
+    Ok(())
+}
+
 #[test]
 fn two_agents_sync_at_once() -> TestResult {
     let pg = Postgres::shared()?;

@@ -8,21 +8,31 @@
 //!    fresh database (as the owner; the table's triggers, the chain check, fire for COPY
 //!    too), and a COPY into a table of the same columns without triggers (the bare floor).
 //!    `--rounds` alternating rounds, medians.
-//! 2. **a fleet**: `--agents` agents × `--per-agent` events (each a real journal: creation
-//!    checkpoint and notes, enrolled, synced, then deleted), then `custody fleet verify`
-//!    (rate) and `custody fleet form --format csv` (time), the real binary.
+//! 2. **a fleet** (`scale`): `--agents` agents × `--per-agent` events, each journal holding
+//!    `--carriers` carriers' lives (enrolled, issued, destroyed: real rows of the form) made
+//!    with the journal's own code from a template the `custody` binary journaled on SoftHSM2,
+//!    enrolled and pushed by `Fleet::sync` from `--workers` threads; then `custody fleet
+//!    verify` (rate), `custody fleet form` (HTML and CSV) and `custody fleet status` timed.
 //! 3. **idle cost**: `custody watch` on an empty SoftHSM2 for `--idle` seconds with
 //!    `[fleet] interval = --sync-interval` and, at the same time, without `[fleet]`: CPU
 //!    time of each, and the difference per hour.
 //!
 //! ```text
-//! fleet-bench --custody BIN --dir DIR [--events 100000] [--rounds 3] [--agents 1000]
-//!             [--per-agent 1000] [--idle 60] [--sync-interval 10]
+//! fleet-bench --custody BIN --fixtures BIN --dir DIR [--events 100000] [--rounds 3]
+//!             [--agents 1000] [--per-agent 1000] [--carriers 10] [--workers 2] [--idle 60]
+//!             [--sync-interval 10]
+//! ```
+//!
+//! `--rounds 0`, `--agents 0` or `--idle 0` leaves the part out.
+//!
+//! ```text
 //! ```
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod scale;
 
 use anyhow::{ensure, Context as _};
 use custody_core::event::EventKind;
@@ -33,11 +43,14 @@ use custody_tests::postgres::{Options, Postgres};
 
 struct Args {
     custody: PathBuf,
+    fixtures: PathBuf,
     dir: PathBuf,
     events: usize,
     rounds: usize,
     agents: usize,
     per_agent: usize,
+    carriers: usize,
+    workers: usize,
     idle: u64,
     sync_interval: u64,
 }
@@ -59,11 +72,16 @@ fn parse_args() -> anyhow::Result<Args> {
         custody: get("--custody")
             .context("--custody BIN is required")?
             .into(),
+        fixtures: get("--fixtures")
+            .context("--fixtures BIN (custody-fixtures) is required")?
+            .into(),
         dir: get("--dir").context("--dir DIR is required")?.into(),
         events: num("--events", 100_000)?,
         rounds: num("--rounds", 3)?,
         agents: num("--agents", 1000)?,
         per_agent: num("--per-agent", 1000)?,
+        carriers: num("--carriers", 10)?,
+        workers: num("--workers", 2)?,
         idle: num("--idle", 60)? as u64,
         sync_interval: num("--sync-interval", 10)? as u64,
     })
@@ -80,7 +98,14 @@ fn actor(host: &str) -> Actor {
 /// A journal of `total` events: its creation checkpoint and notes, 1,000 per transaction.
 fn make_journal(path: &Path, total: usize, host: &str) -> anyhow::Result<Journal> {
     let mut journal = Journal::open(path)?;
-    let mut left = total.saturating_sub(journal.head()?.0 as usize);
+    let left = total.saturating_sub(journal.head()?.0 as usize);
+    add_notes(&mut journal, left, host)?;
+    Ok(journal)
+}
+
+/// Appends `count` notes, 1,000 per transaction.
+fn add_notes(journal: &mut Journal, count: usize, host: &str) -> anyhow::Result<()> {
+    let mut left = count;
     let mut n = 0usize;
     while left > 0 {
         let chunk = left.min(1000);
@@ -100,7 +125,16 @@ fn make_journal(path: &Path, total: usize, host: &str) -> anyhow::Result<Journal
         })?;
         left -= chunk;
     }
-    Ok(journal)
+    Ok(())
+}
+
+/// Removes a journal's files.
+fn remove_journal(path: &Path) {
+    for suffix in ["", "-wal", "-shm", ".key", ".fleet.json"] {
+        let mut f = path.as_os_str().to_owned();
+        f.push(suffix);
+        let _ = std::fs::remove_file(f);
+    }
 }
 
 fn fresh_fleet(pg: &Postgres, hint: &str) -> anyhow::Result<(String, Fleet)> {
@@ -259,15 +293,12 @@ fn sync_vs_copy(pg: &Postgres, args: &Args) -> anyhow::Result<()> {
         100.0 * (1.0 - c / b)
     );
     drop(journal);
-    for suffix in ["", "-wal", "-shm", ".key", ".fleet.json"] {
-        let mut f = path.as_os_str().to_owned();
-        f.push(suffix);
-        let _ = std::fs::remove_file(f);
-    }
+    remove_journal(&path);
     Ok(())
 }
 
-fn run_custody(args: &Args, cli: &[&str]) -> anyhow::Result<(Duration, String)> {
+/// Runs the `custody` binary with no configuration; it must exit with `code`.
+fn run_custody(args: &Args, cli: &[&str], code: i32) -> anyhow::Result<(Duration, String)> {
     let start = Instant::now();
     let out = Command::new(&args.custody)
         .env("CUSTODY_CONFIG", "/dev/null")
@@ -275,95 +306,12 @@ fn run_custody(args: &Args, cli: &[&str]) -> anyhow::Result<(Duration, String)> 
         .output()?;
     let took = start.elapsed();
     ensure!(
-        out.status.success(),
-        "custody {cli:?}: {}",
+        out.status.code() == Some(code),
+        "custody {cli:?}: exit {:?}: {}",
+        out.status.code(),
         String::from_utf8_lossy(&out.stderr)
     );
     Ok((took, String::from_utf8_lossy(&out.stdout).into_owned()))
-}
-
-fn fleet_at_scale(pg: &Postgres, args: &Args) -> anyhow::Result<()> {
-    let (db, mut owner) = fresh_fleet(pg, "fleet")?;
-    let url = pg.url("postgres", &db);
-    let start = Instant::now();
-    let mut make = Duration::ZERO;
-    for i in 0..args.agents {
-        let name = format!("ws-{i:04}");
-        let path = args.dir.join(format!("{name}.db"));
-        let t = Instant::now();
-        let journal = make_journal(&path, args.per_agent, &name)?;
-        make += t.elapsed();
-        let enrolled = owner.enroll_agent(&name, false)?;
-        let agent =
-            Database::parse(&pg.url(&enrolled.role, &db))?.with_password(&enrolled.password);
-        let report = Fleet::connect(&agent)?.sync(
-            &journal,
-            &SyncOptions {
-                batch: 1000,
-                host: name.clone(),
-            },
-        )?;
-        ensure!(report.server_seq as usize == args.per_agent);
-        drop(journal);
-        for suffix in ["", "-wal", "-shm", ".key"] {
-            let mut f = path.as_os_str().to_owned();
-            f.push(suffix);
-            let _ = std::fs::remove_file(f);
-        }
-        if (i + 1) % 100 == 0 {
-            eprintln!("  {} agents loaded", i + 1);
-        }
-    }
-    let total = args.agents * args.per_agent;
-    let load = start.elapsed() - make;
-    println!(
-        "{} agents x {} events = {total} events loaded: enroll + sync {:.1} s ({:.0} events/s), the local journals made in {:.1} s",
-        args.agents,
-        args.per_agent,
-        load.as_secs_f64(),
-        total as f64 / load.as_secs_f64(),
-        make.as_secs_f64()
-    );
-    let (took, out) = run_custody(args, &["--json", "fleet", "verify", "--database", &url])?;
-    let v: serde_json::Value = serde_json::from_str(&out)?;
-    println!(
-        "custody fleet verify: {total} events, {} journals in {:.1} s: {:.0} events/s (whole process), report: {}",
-        args.agents,
-        took.as_secs_f64(),
-        total as f64 / took.as_secs_f64(),
-        v.get("verify").map_or(v.to_string(), |v| {
-            let mut v = v.clone();
-            if let Some(o) = v.as_object_mut() {
-                o.remove("journals");
-            }
-            v.to_string()
-        })
-    );
-    let form = args.dir.join("fleet-form.csv");
-    let (took, _) = run_custody(
-        args,
-        &[
-            "fleet",
-            "form",
-            "--database",
-            &url,
-            "--format",
-            "csv",
-            "--out",
-            form.to_str().unwrap_or_default(),
-        ],
-    )?;
-    let size = std::fs::metadata(&form)?.len();
-    println!(
-        "custody fleet form --format csv: {total} rows in {:.1} s ({:.0} rows/s, {} MiB)",
-        took.as_secs_f64(),
-        total as f64 / took.as_secs_f64(),
-        size / (1024 * 1024)
-    );
-    let _ = std::fs::remove_file(form);
-    pg.client("postgres")?
-        .batch_execute(&format!("DROP DATABASE \"{db}\" WITH (FORCE)"))?;
-    Ok(())
 }
 
 /// A child process killed on drop.
@@ -481,9 +429,11 @@ fn main() -> anyhow::Result<()> {
         version.split(" on ").next().unwrap_or(&version),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    sync_vs_copy(&pg, &args)?;
+    if args.rounds > 0 {
+        sync_vs_copy(&pg, &args)?;
+    }
     if args.agents > 0 {
-        fleet_at_scale(&pg, &args)?;
+        scale::run(&pg, &args)?;
     }
     if args.idle > 0 {
         idle_cost(&pg, &args)?;
