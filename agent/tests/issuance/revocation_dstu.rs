@@ -301,7 +301,13 @@ fn a_dstu_4145_ocsp_answer_counts_only_from_the_issuer_or_its_ocsp_signer() {
     let delegated = ca.issue(&responder, 9, &signer);
     site.put(
         "ocsp",
-        responder.ocsp(&ca, SERIAL, true, std::slice::from_ref(&delegated), Tamper::Signature),
+        responder.ocsp(
+            &ca,
+            SERIAL,
+            true,
+            std::slice::from_ref(&delegated),
+            Tamper::Signature,
+        ),
     );
     refused(
         &w,

@@ -143,8 +143,10 @@ struct Split {
 }
 
 impl Split {
-    /// From the service's `slot event handled` fields, pcscd's instant and the row's time.
-    fn from_log(f: &serde_json::Value, seen: SystemTime, row: SystemTime) -> Result<Self> {
+    /// From the service's `slot event handled` fields, pcscd's instant and the row's time;
+    /// `None` when the event's own transaction did not write the row (the poll every interval
+    /// was running when the event came, and recorded the change first).
+    fn from_log(f: &serde_json::Value, seen: SystemTime, row: SystemTime) -> Result<Option<Self>> {
         let us = |name: &str| -> Result<Duration> {
             f[name]
                 .as_u64()
@@ -152,7 +154,7 @@ impl Split {
                 .with_context(|| format!("no {name} in {f}"))
         };
         if f["committed"] != true {
-            bail!("the row did not come from a slot event's transaction: {f}");
+            return Ok(None);
         }
         let event = SystemTime::UNIX_EPOCH + us("event_unix_us")?;
         let (queued, read, prepare, write, commit) = (
@@ -163,7 +165,7 @@ impl Split {
             us("commit_us")?,
         );
         let committed = event + queued + read + prepare + write + commit;
-        Ok(Self {
+        Ok(Some(Self {
             module: after(event, seen),
             queued,
             read,
@@ -172,7 +174,7 @@ impl Split {
             commit,
             logged: after(row, committed),
             one_slot: f["one_slot"] == true,
-        })
+        }))
     }
 
     /// custody's own share: everything but the module's and the disk's.
@@ -211,8 +213,8 @@ fn load_average() -> f64 {
 struct Cycle {
     /// pulled at the poll -> row
     removal: Duration,
-    removal_split: Split,
-    insertion_split: Split,
+    removal_split: Option<Split>,
+    insertion_split: Option<Split>,
     /// pcscd saw the card -> row
     insertion: Duration,
     /// pcscd saw the card -> last command answered before the row
@@ -484,7 +486,7 @@ fn split_report(cycles: &[Cycle], fsyncs: &[Duration], loads: &[f64]) {
     for (what, pick, read) in [
         (
             "removal",
-            (|c: &Cycle| c.removal_split) as fn(&Cycle) -> Split,
+            (|c: &Cycle| c.removal_split) as fn(&Cycle) -> Option<Split>,
             "-> the slot's state known (C_GetSlotInfo)",
         ),
         (
@@ -493,12 +495,13 @@ fn split_report(cycles: &[Cycle], fsyncs: &[Duration], loads: &[f64]) {
             "-> the slot's state known (C_GetSlotInfo + read)",
         ),
     ] {
-        let splits: Vec<Split> = cycles.iter().map(pick).collect();
+        let splits: Vec<Split> = cycles.iter().filter_map(pick).collect();
         let of = |f: &dyn Fn(&Split) -> Duration| splits.iter().map(f).collect::<Vec<_>>();
         println!(
-            "  {what}: where the time went (service's debug log; {} of {} answered by reading only the slot)",
+            "  {what}: where the time went (service's debug log; {} rows written by the event's own transaction, {} of them after reading only the slot; {} by the poll every interval, running when the event came)",
+            splits.len(),
             splits.iter().filter(|s| s.one_slot).count(),
-            splits.len()
+            cycles.len() - splits.len()
         );
         line(
             "pcscd sees it -> C_WaitForSlotEvent returns (module)",
