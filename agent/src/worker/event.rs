@@ -64,6 +64,16 @@ impl WorkerState {
                 return Handled::Poll(event);
             }
         };
+        if present {
+            // As a poll does before reading: a PIN rule matching carriers in two modules
+            // offers its PIN to neither (nothing is listed without PIN rules).
+            self.pins
+                .set_present(self.modules.iter().filter_map(|m| m.module.as_ref()));
+        }
+        let watched = &self.modules[index];
+        let Some(module) = watched.module.as_ref() else {
+            return Handled::Poll(event);
+        };
         let old = watched.slots.get(&slot);
         let new = match (present, old) {
             // Nothing known here and nothing here: the change is in another slot.
