@@ -52,7 +52,10 @@ fi
 command -v cargo >/dev/null 2>&1 || { echo "build.sh: cargo not found (install Rust)" >&2; exit 1; }
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-(cd "$root" && cargo build -q -p custody-tests --bin custody-fixtures)
+# Built together with custody, as the demo builds them: cargo unifies the features of what one
+# build selects, so a build of the fixture builder alone would compile the shared crates
+# (custody-core among them) a second time with other features.
+(cd "$root" && cargo build -q -p custody-agent --bin custody -p custody-tests --bin custody-fixtures)
 target=${CARGO_TARGET_DIR:-target}
 case "$target" in
     /*) ;;

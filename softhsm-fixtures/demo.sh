@@ -8,7 +8,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 start=$SECONDS
 echo "custody: building custody (the first build compiles the dependencies: a few minutes)" >&2
-cargo build -p custody-agent --bin custody
+# custody and the fixture builder in one build, exactly as build.sh asks for it: their shared
+# dependencies are compiled once, with one set of features, and build.sh's build is a no-op.
+cargo build -p custody-agent --bin custody -p custody-tests --bin custody-fixtures
 custody="$root/target/debug/custody"
 demo="$root/demo"
 rm -rf "$demo"

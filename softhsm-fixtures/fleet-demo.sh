@@ -14,7 +14,9 @@ if [ -n "${CUSTODY_BIN:-}" ]; then
   custody=$CUSTODY_BIN
 else
   echo "custody: building custody (the first build compiles the dependencies: a few minutes)" >&2
-  (cd "$root" && cargo build -p custody-agent --bin custody)
+  # The same build as the demo's (custody with the fixture builder), so that after the demo
+  # nothing is compiled again: a build of custody alone would have other features.
+  (cd "$root" && cargo build -p custody-agent --bin custody -p custody-tests --bin custody-fixtures)
   custody="$root/target/debug/custody"
 fi
 demo=${FLEET_DEMO_DIR:-$root/demo/fleet}

@@ -56,7 +56,7 @@ use crate::state::{PresentCarrier, ServiceState, StateFile};
 use crate::watch::{PollPlan, Watch};
 use event::Handled;
 use report::{log_report, log_timing, update_record};
-use slots::{poll_module, SlotState, Watched};
+use slots::{list_module, read_module, Presence, SlotState, Watched};
 
 pub use slots::{BACKOFF_FIRST, BACKOFF_MAX};
 pub use task::{Task, TaskContext};
@@ -420,10 +420,9 @@ impl WorkerState {
         let mut scans: Vec<(usize, ModuleScan)> = Vec::new();
         let mut check_cost = Duration::ZERO;
         let now = Instant::now();
-        // Every module's tokens as they are now, so that a PIN rule matching carriers in two
-        // modules is refused (only with PIN rules: one C_GetTokenInfo per token).
-        self.pins
-            .set_present(self.modules.iter().filter_map(|m| m.module.as_ref()));
+        // Every module is listed (re-initialised as planned) before any token is read.
+        let mut listed: Vec<(usize, Presence)> = Vec::new();
+        let mut polled: Vec<bool> = Vec::with_capacity(self.modules.len());
         for (i, watched) in self.modules.iter_mut().enumerate() {
             if watched.module.is_none() && plan.load.get(i).copied().unwrap_or(false) {
                 watched.load();
@@ -434,17 +433,16 @@ impl WorkerState {
                 error: watched.load_error.clone(),
                 ..ModulePoll::default()
             };
-            if watched.module.is_none() {
-                report.modules.push(mp);
-                continue;
-            }
-            if let Some(o) = &watched.outage {
+            if let Some(o) = watched.outage.as_ref().filter(|_| watched.module.is_some()) {
                 mp.unavailable = true;
                 mp.error = Some(o.reason.to_string());
-                if now < o.next_try {
-                    report.modules.push(mp);
-                    continue;
-                }
+            }
+            let skip = watched.module.is_none()
+                || watched.outage.as_ref().is_some_and(|o| now < o.next_try);
+            polled.push(!skip);
+            if skip {
+                report.modules.push(mp);
+                continue;
             }
             // A module with slot events is tried again without re-initialisation: its slot
             // list is live, and C_Finalize would race with its slot-event thread.
@@ -455,18 +453,12 @@ impl WorkerState {
                 planned || watched.outage.is_some()
             };
             let check = plan.check_contents || force || watched.fresh;
-            match poll_module(watched, reinit, check, &self.pins, &mut mp) {
+            match list_module(watched, reinit, check, &mut mp) {
                 Ok(found) => {
                     watched.answered();
                     mp.unavailable = false;
                     mp.error = None;
-                    if let Some(found) = found {
-                        check_cost += found.check_cost;
-                        if let Some(scan) = found.scan {
-                            scans.push((i, scan));
-                        }
-                        pending.push((i, found.slots));
-                    }
+                    listed.extend(found.map(|p| (i, p)));
                 }
                 Err(reason) => {
                     mp.unavailable = true;
@@ -477,9 +469,29 @@ impl WorkerState {
                     }
                 }
             }
-            // Read after the poll: the slot-event thread may have answered meanwhile.
-            mp.needs_reinit = watched.needs_reinit();
             report.modules.push(mp);
+        }
+        if !listed.is_empty() {
+            // The tokens every module shows in this poll, after its re-initialisation, so that
+            // a PIN rule matching carriers in two modules is refused on both even when they
+            // appeared in the same poll (only with PIN rules: one C_GetTokenInfo per token).
+            self.pins
+                .set_present(self.modules.iter().filter_map(|m| m.module.as_ref()));
+        }
+        for (i, presence) in listed {
+            if let Some(found) = read_module(&self.modules[i], presence, &self.pins) {
+                check_cost += found.check_cost;
+                if let Some(scan) = found.scan {
+                    scans.push((i, scan));
+                }
+                pending.push((i, found.slots));
+            }
+        }
+        // Read after the poll: a slot-event thread may have answered meanwhile.
+        for ((mp, watched), polled) in report.modules.iter_mut().zip(&self.modules).zip(polled) {
+            if polled {
+                mp.needs_reinit = watched.needs_reinit();
+            }
         }
         report.checked_contents = plan.check_contents || force;
         report.check_cost = check_cost;
@@ -517,6 +529,8 @@ impl WorkerState {
         let recorded = if scans_empty {
             Ok(Vec::new())
         } else {
+            // In the modules' order, whichever step of the poll made each read.
+            scans.sort_by_key(|(m, _)| *m);
             let scans: Vec<ModuleScan> = scans.into_iter().map(|(_, s)| s).collect();
             let carriers: usize = scans.iter().map(|s| s.carriers.len()).sum();
             tracing::info!(carriers, "recording changes");

@@ -22,5 +22,7 @@ mod remote;
 mod revocation_check;
 #[path = "issuance/revocation_dstu.rs"]
 mod revocation_dstu;
+#[path = "issuance/revocation_https.rs"]
+mod revocation_https;
 #[path = "support/service.rs"]
 mod service;

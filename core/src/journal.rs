@@ -8,6 +8,7 @@
 //! as a custody journal by `PRAGMA application_id`.
 
 mod backup;
+mod carrier;
 mod chain;
 mod checkpoint;
 mod derive;
@@ -559,19 +560,11 @@ impl Journal {
         query::events(&self.conn, None)
     }
 
-    /// The last snapshot recorded for a carrier.
+    /// The snapshot of a carrier as the journal records it: certificates, keys, label, flags
+    /// and identity from the hash-chained events, the rest (slot, versions, object labels)
+    /// from the last scan's stored row. `None` for a carrier never enrolled.
     pub fn snapshot(&self, carrier: &str) -> Result<Option<CarrierSnapshot>> {
-        let text: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT snapshot FROM carrier_snapshots WHERE carrier = ?1",
-                [carrier],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db_err)?;
-        text.map(|t| serde_json::from_str(&t).map_err(|e| Error::JournalCorrupt(e.to_string())))
-            .transpose()
+        carrier::recorded_snapshot(&self.conn, carrier)
     }
 }
 
@@ -596,7 +589,7 @@ fn record_scan_with(
 
 /// Prefix of the `meta` keys that hold the modules recorded as unavailable (value: the seq of
 /// their `module_unavailable`).
-const UNAVAILABLE: &str = "module_unavailable:";
+pub(crate) const UNAVAILABLE: &str = "module_unavailable:";
 
 /// Stores the steps of a comparison: events in order, and the state tables beside them.
 fn apply(
@@ -927,15 +920,15 @@ fn load_known(conn: &Connection) -> Result<Known> {
     Ok(known)
 }
 
+/// The previous state of a carrier for a scan's comparison: what its events record (see
+/// `carrier`), not what the `carrier_snapshots` table says, so that a changed table cannot make
+/// a scan record objects as removed or added that the events do not show.
 fn load_snapshot(conn: &Connection, key: &str) -> Result<CarrierSnapshot> {
-    let text: String = conn
-        .query_row(
-            "SELECT snapshot FROM carrier_snapshots WHERE carrier = ?1",
-            [key],
-            |r| r.get(0),
-        )
-        .map_err(db_err)?;
-    serde_json::from_str(&text).map_err(|e| Error::JournalCorrupt(format!("carrier {key}: {e}")))
+    carrier::recorded_snapshot(conn, key)?.ok_or_else(|| {
+        Error::JournalCorrupt(format!(
+            "carrier {key} is in the carriers table but no event enrolled it; run `custody journal verify`"
+        ))
+    })
 }
 
 fn store_carrier(

@@ -185,3 +185,178 @@ fn tokens_close_to_locking_are_never_offered_a_pin() -> TestResult {
     }
     Ok(())
 }
+
+/// pkcs11-spy (OpenSC): logs every call of the module it wraps, PINs included.
+const SPY: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so";
+
+/// The same carrier in two modules, appearing in both within one poll of `custody watch`:
+/// the rule naming it is refused on both (every module is listed before any token is read),
+/// measured by the C_Login calls of each module (the fault module's call log, pkcs11-spy).
+/// Module 1 is the fault module in front of SoftHSM2, module 2 pkcs11-spy in front of a copy
+/// of SoftHSM2 (its own library instance) on the same token directory, so both show the
+/// same tokens; the fault module reports fault-b under another serial. Positive controls in
+/// the same run: the rule for fault-b's real serial matches only module 2's fault-b, the rule
+/// for the serial the fault module reports only module 1's: one login each.
+#[test]
+fn watch_refuses_a_rule_matching_one_carrier_that_appears_in_two_modules_in_one_poll() -> TestResult
+{
+    let probe = World::new("watch-twins-probe", &FaultPlan::new())?;
+    let (a, b) = (probe.serial("fault-a")?, probe.serial("fault-b")?);
+    drop(probe);
+    let b_fault = "b-via-fault";
+    let plan =
+        FaultPlan::from_json(json!({"slot_events": false})).token(&b, json!({"serial": b_fault}));
+    let w = World::new("watch-twins", &plan)?;
+    ensure!(
+        Path::new(SPY).is_file(),
+        "{SPY} is missing: install opensc-pkcs11 (softhsm-fixtures/ensure-packages.sh)"
+    );
+    // The tokens are put in only once the service polls.
+    let staging = w.dir.join("staging");
+    std::fs::create_dir_all(&staging)?;
+    let mut moves = Vec::new();
+    for t in &w.set.manifest().tokens {
+        let name = t.token_dir.file_name().context("token directory name")?;
+        std::fs::rename(&t.token_dir, staging.join(name))?;
+        moves.push((staging.join(name), t.token_dir.clone()));
+    }
+    let copy = w.dir.join("libsofthsm2-copy.so");
+    std::fs::copy(w.fault.target(), &copy)?;
+    let spy_log = w.dir.join("spy.log");
+    let config = w.dir.join("custody.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[module]]\npath = \"{}\"\nreinit = \"always\"\n[[module]]\npath = \"{SPY}\"\nreinit = \"always\"\n{}{}{}",
+            w.fault.module().display(),
+            rule(&a, None, &w.pin_file("fault-a")?),
+            rule(&b, None, &w.pin_file("fault-b")?),
+            rule(b_fault, None, &w.pin_file("fault-b")?),
+        ),
+    )?;
+    w.fault.clear_log()?;
+    let mut command = std::process::Command::new(custody_tests::custody_bin());
+    command
+        .envs(w.set.env())
+        .envs(w.fault.env())
+        .env_remove("CUSTODY_FAULT_PLAN")
+        .env("PKCS11SPY", &copy)
+        .env("PKCS11SPY_OUTPUT", &spy_log)
+        .env("CUSTODY_CONFIG", &config)
+        // The trace line `polled` tells when a poll has listed the modules.
+        .env("CUSTODY_LOG", "info,custody_agent::worker::slots=trace")
+        .arg("--journal")
+        .arg(w.dir.join("journal.db"))
+        .args(["--log-format", "json", "watch", "--interval", "2s"])
+        .args(["--check-interval", "60s"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn()?;
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stderr = child.stderr.take().context("stderr")?;
+    let sink = std::sync::Arc::clone(&log);
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(mut l) = sink.lock() {
+                l.push(line);
+            }
+        }
+    });
+    let lines = |needle: &str| -> usize {
+        log.lock()
+            .map(|l| l.iter().filter(|l| l.contains(needle)).count())
+            .unwrap_or(0)
+    };
+    let fault_logins = || -> anyhow::Result<usize> {
+        Ok(w.fault
+            .calls()?
+            .iter()
+            .filter(|c| c.function == "C_Login")
+            .count())
+    };
+    let spy_logins = || -> usize {
+        std::fs::read_to_string(&spy_log)
+            .map(|t| t.lines().filter(|l| l.ends_with(" C_Login")).count())
+            .unwrap_or(0)
+    };
+    let result = (|| -> TestResult {
+        let polled = format!("\"module\":\"{SPY}\"");
+        let wait = |what: &str, f: &mut dyn FnMut() -> anyhow::Result<bool>| -> TestResult {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while !f()? {
+                ensure!(std::time::Instant::now() < until, "not within 30 s: {what}");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Ok(())
+        };
+        // Right after a poll has listed both modules (the spy's module is listed last), the
+        // tokens go in at once: the next poll shows them in both.
+        let seen = lines("\"message\":\"polled\"");
+        wait("a poll", &mut || {
+            Ok(log
+                .lock()
+                .map(|l| {
+                    l.iter()
+                        .filter(|l| l.contains("\"message\":\"polled\""))
+                        .skip(seen)
+                        .any(|l| l.contains(&polled))
+                })
+                .unwrap_or(false))
+        })?;
+        for (from, to) in &moves {
+            std::fs::rename(from, to)?;
+        }
+        wait("both positive controls logged in", &mut || {
+            Ok(fault_logins()? >= 1 && spy_logins() >= 1)
+        })?;
+        wait("the rule for fault-a refused in both modules", &mut || {
+            Ok(lines("matches 2 present carriers") >= 2)
+        })?;
+        // Two more polls: nothing else is logged in to.
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        ensure!(
+            fault_logins()? == 1,
+            "{} C_Login through the fault module",
+            fault_logins()?
+        );
+        ensure!(
+            spy_logins() == 1,
+            "{} C_Login through the spy",
+            spy_logins()
+        );
+        Ok(())
+    })();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait()?;
+    let _ = std::fs::remove_file(&spy_log);
+    if let Err(e) = result {
+        let text = log.lock().map(|l| l.join("\n")).unwrap_or_default();
+        anyhow::bail!("{e:#}\nservice log:\n{text}");
+    }
+    ensure!(status.success(), "custody watch exited {status}");
+    let refused = log
+        .lock()
+        .map(|l| {
+            l.iter()
+                .filter(|l| l.contains("matches 2 present carriers"))
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    ensure!(
+        refused
+            .iter()
+            .all(|l| l.contains("fault-a") || l.contains(&a)),
+        "{refused:#?}"
+    );
+    let verify = Custody::new(&w.set, &w.dir.join("journal.db")).run(&["journal", "verify"])?;
+    ensure!(verify.code == 0, "{}", verify.stdout);
+    Ok(())
+}

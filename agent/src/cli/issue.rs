@@ -291,25 +291,30 @@ pub(crate) type FailedModules = Vec<(std::path::PathBuf, String)>;
 pub(crate) fn load_and_scan(ctx: &Context) -> (Vec<Module>, Vec<ModuleScan>, FailedModules) {
     let pins = ctx.pins();
     let mut modules = Vec::new();
-    let mut scans = Vec::new();
     let mut failed = Vec::new();
     for path in ctx.modules() {
         match Module::load(&path) {
-            Ok(m) => {
-                let s = m.scan(&pins);
-                if let Some(why) = s.unavailability() {
-                    eprintln!("warning: module {}: {why}", path.display());
-                }
-                modules.push(m);
-                scans.push(s);
-            }
+            Ok(m) => modules.push((path, m)),
             Err(e) => {
                 eprintln!("warning: module {}: {e}", path.display());
                 failed.push((path, e.to_string()));
             }
         }
     }
-    (modules, scans, failed)
+    // Every module's tokens before any is read, so that a PIN rule matching carriers in two
+    // modules is refused on both.
+    pins.set_present(modules.iter().map(|(_, m)| m));
+    let scans = modules
+        .iter()
+        .map(|(path, m)| {
+            let s = m.scan(&pins);
+            if let Some(why) = s.unavailability() {
+                eprintln!("warning: module {}: {why}", path.display());
+            }
+            s
+        })
+        .collect();
+    (modules.into_iter().map(|(_, m)| m).collect(), scans, failed)
 }
 
 /// Prints a refusal (exit 1); other errors go up (exit 2).

@@ -342,15 +342,29 @@ pub(super) struct Found {
     pub(super) check_cost: Duration,
 }
 
-/// Polls one module. `Ok(None)`: nothing changed (the common, allocation-free path).
-/// `Err`: the module is unavailable, for that reason.
-pub(super) fn poll_module(
+/// What a module's slot list showed in this poll, before any token is read: every module
+/// is listed before any is read, so that PIN rules are decided over all of them (see
+/// [`crate::pin::Pins::set_present`]).
+pub(super) struct Presence {
+    /// The slot ids with a token, sorted.
+    ids: Vec<u64>,
+    /// The ids are the ones last recorded.
+    same_slots: bool,
+    /// Slots whose token is not the one last read there (after a re-initialisation).
+    retoken: BTreeSet<u64>,
+    /// Every present carrier's contents are checked.
+    check: bool,
+}
+
+/// Lists one module's slots: re-initialises it first when `reinit`. `Ok(None)`: nothing may
+/// have changed (the common, allocation-free path), or the module is not loaded. `Err`: the
+/// module is unavailable, for that reason.
+pub(super) fn list_module(
     watched: &mut Watched,
     reinit: bool,
     check: bool,
-    pins: &ServicePins,
     mp: &mut ModulePoll,
-) -> Result<Option<Found>, CallError> {
+) -> Result<Option<Presence>, CallError> {
     let start = Instant::now();
     if reinit {
         let Some(module) = watched.module.as_mut() else {
@@ -364,7 +378,7 @@ pub(super) fn poll_module(
             watched.wait_for_slot_events();
         }
     }
-    let Some(module) = watched.module.as_mut() else {
+    let Some(module) = watched.module.as_ref() else {
         return Ok(None);
     };
     let mut ids = module.slots().map_err(|e| CallError::of(&e))?;
@@ -382,7 +396,6 @@ pub(super) fn poll_module(
     // new tokens in existing slots, and gives a re-initialised one a new serial): one
     // C_GetTokenInfo per slot tells which slots to read again.
     let retoken: BTreeSet<u64> = if mp.reinitialised && !check {
-        let module: &Module = module;
         ids.iter()
             .copied()
             .filter(|id| {
@@ -398,7 +411,28 @@ pub(super) fn poll_module(
     if same_slots && !check && retoken.is_empty() {
         return Ok(None);
     }
-    let module: &Module = module;
+    Ok(Some(Presence {
+        ids,
+        same_slots,
+        retoken,
+        check,
+    }))
+}
+
+/// Reads what [`list_module`] found may have changed: new slots in full (with PINs), and
+/// with a content check every present carrier without PIN first.
+pub(super) fn read_module(
+    watched: &Watched,
+    listed: Presence,
+    pins: &ServicePins,
+) -> Option<Found> {
+    let module = watched.module.as_ref()?;
+    let Presence {
+        ids,
+        same_slots,
+        retoken,
+        check,
+    } = listed;
     let check_start = Instant::now();
     let mut next = BTreeMap::new();
     let mut changed = !same_slots;
@@ -420,11 +454,11 @@ pub(super) fn poll_module(
         Duration::ZERO
     };
     let scan = (watched.fresh || changed).then(|| to_scan(module.info().clone(), &next));
-    Ok(Some(Found {
+    Some(Found {
         slots: next,
         scan,
         check_cost,
-    }))
+    })
 }
 
 /// True when the token in `slot` is not the one last read there, as far as C_GetTokenInfo

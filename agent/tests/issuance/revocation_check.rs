@@ -13,13 +13,13 @@ use sha2::{Digest, Sha256};
 use super::common::*;
 
 /// A CA directory for `openssl ca`.
-struct Ca {
-    dir: PathBuf,
+pub(crate) struct Ca {
+    pub(crate) dir: PathBuf,
 }
 
 impl Ca {
     /// A new CA (ECDSA P-256) named `/CN=Test QTSP CA/O=Test QTSP`, in `w.dir/name`.
-    fn new(w: &World, name: &str) -> Self {
+    pub(crate) fn new(w: &World, name: &str) -> Self {
         let dir = w.dir.join(name);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(dir.join("index.txt"), "").unwrap_or_else(|e| panic!("{e}"));
@@ -169,13 +169,13 @@ impl Ca {
     }
 
     /// Marks a certificate revoked (keyCompromise) in the CA's database.
-    fn revoke(&self, pem: &Path) {
+    pub(crate) fn revoke(&self, pem: &Path) {
         let pem = pem.display().to_string();
         self.openssl_ca(&["-revoke", &pem, "-crl_reason", "keyCompromise"]);
     }
 
     /// Writes the CA's current CRL, DER, to `out`; returns its SHA-256.
-    fn crl(&self, out: &Path) -> String {
+    pub(crate) fn crl(&self, out: &Path) -> String {
         self.openssl_ca(&["-gencrl", "-out", "crl.pem"]);
         ok(Command::new("openssl")
             .current_dir(&self.dir)
@@ -210,7 +210,7 @@ fn hex_sha256(bytes: &[u8]) -> String {
 }
 
 /// A free loopback port (bound, then released for the server about to use it).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
     l.local_addr().unwrap_or_else(|e| panic!("{e}")).port()
 }
@@ -315,7 +315,7 @@ impl Drop for Responder {
 
 /// A world with one token holding a key and its certificate from `ca`, scanned into the
 /// journal, its revocation requested. Returns the token serial and the certificate PEM.
-fn requested(
+pub(crate) fn requested(
     w: &World,
     ca: &Ca,
     label: &str,
@@ -337,7 +337,7 @@ fn requested(
     (token, pem)
 }
 
-fn confirmed_events(w: &World) -> Vec<serde_json::Value> {
+pub(crate) fn confirmed_events(w: &World) -> Vec<serde_json::Value> {
     w.open()
         .events()
         .unwrap_or_else(|e| panic!("{e}"))

@@ -196,7 +196,20 @@ pub fn compare(
 ) -> Result<Comparison> {
     let mut out = Comparison::default();
     let mut announced: HashSet<&str> = HashSet::new();
-    for ((scan, carriers), digests) in observed.scans.iter().zip(&observed.digests) {
+    // Where each carrier of this read was shown first (module, then slot order as read).
+    // One token can be shown by two modules (two copies of a library, p11-kit's proxy and the
+    // library itself) or twice by one: it is one carrier, recorded once, from its first
+    // showing; and no complete read of another module records it as removed.
+    let mut first: HashMap<String, (usize, usize)> = HashMap::new();
+    for (m, (scan, carriers)) in observed.scans.iter().enumerate() {
+        if scan.unavailability().is_none() {
+            for (c, snap) in carriers.iter().enumerate() {
+                first.entry(snap.id.key()).or_insert((m, c));
+            }
+        }
+    }
+    for (m, ((scan, carriers), digests)) in observed.scans.iter().zip(&observed.digests).enumerate()
+    {
         let path = scan.module.path.as_str();
         if let Some(reason) = scan.unavailability() {
             let kept = known
@@ -220,8 +233,20 @@ pub fn compare(
             }));
         }
         let mut seen = HashSet::new();
-        for (snap, digest) in carriers.iter().zip(digests) {
+        for (c, (snap, digest)) in carriers.iter().zip(digests).enumerate() {
             let key = snap.id.key();
+            if let Some(&(fm, fc)) = first.get(&key).filter(|&&at| at != (m, c)) {
+                tracing::warn!(
+                    carrier = %key,
+                    module = path,
+                    slot = snap.slot,
+                    recorded_from = %observed.scans[fm].0.module.path,
+                    recorded_slot = observed.scans[fm].1[fc].slot,
+                    "the same carrier is shown twice; recorded once, from where it was shown first"
+                );
+                seen.insert(key);
+                continue;
+            }
             out.carriers_seen += 1;
             // Every carrier here was read completely: its absent objects are confirmed.
             let proof = ConfirmedAbsence::confirmed();
@@ -276,7 +301,11 @@ pub fn compare(
             .carriers
             .values()
             .filter(|c| c.present && c.module == path)
-            .filter(|c| !seen.contains(&c.key) && !partial.contains(c.key.as_str()))
+            .filter(|c| {
+                !seen.contains(&c.key)
+                    && !partial.contains(c.key.as_str())
+                    && !first.contains_key(&c.key)
+            })
             .collect();
         gone.sort_by(|a, b| a.key.cmp(&b.key));
         for c in gone {

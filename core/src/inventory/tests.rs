@@ -418,3 +418,64 @@ fn a_second_read_that_disagrees_names_the_carrier_as_not_read_completely() {
     assert_eq!(c.slot_problems[0].carrier, None);
     assert!(disagreements(&first, &c).len() == 1);
 }
+
+fn scan_of(module: &str, carriers: Vec<CarrierSnapshot>) -> ModuleScan {
+    let carriers = carriers
+        .into_iter()
+        .map(|mut c| {
+            c.module = module.into();
+            c
+        })
+        .collect();
+    ModuleScan::read(ModuleInfo::unknown(module), carriers, Vec::new(), 1, None)
+}
+
+#[test]
+fn one_carrier_shown_by_two_modules_is_recorded_once() {
+    let (known, stored) = known_after(&[]);
+    let scans = [
+        scan_of("/m1.so", vec![snapshot("a")]),
+        scan_of("/m2.so", vec![snapshot("a")]),
+    ];
+    assert_eq!(
+        run(&scans, &known, &stored),
+        ["carrier_enrolled", "cert_added", "key_added"]
+    );
+    // The same token twice in one module: once as well.
+    let mut twice = snapshot("a");
+    twice.slot = 2;
+    assert_eq!(
+        run(
+            &[scan_of("/m1.so", vec![snapshot("a"), twice])],
+            &known,
+            &stored
+        ),
+        ["carrier_enrolled", "cert_added", "key_added"]
+    );
+}
+
+#[test]
+fn a_carrier_one_module_no_longer_shows_but_another_does_is_not_removed() {
+    let mut a = snapshot("a");
+    a.module = "/m1.so".into();
+    let (known, stored) = known_after(&[a]);
+    // Positive control: gone from every module, it is removed.
+    assert_eq!(
+        run(
+            &[scan_of("/m1.so", vec![]), scan_of("/m2.so", vec![])],
+            &known,
+            &stored
+        ),
+        ["carrier_removed"]
+    );
+    // Shown by the other module: present, nothing removed (only where it is read changes).
+    let steps = run(
+        &[
+            scan_of("/m1.so", vec![]),
+            scan_of("/m2.so", vec![snapshot("a")]),
+        ],
+        &known,
+        &stored,
+    );
+    assert!(steps.iter().all(|s| s != "carrier_removed"), "{steps:?}");
+}

@@ -1,8 +1,13 @@
 //! The HTTP client of revocation checks (ureq, blocking): GET a CRL, POST an OCSP request.
-//! Plain `http://` only: CRLs and OCSP responses are signed, and providers publish them over
-//! HTTP (RFC 5280 §4.2.1.13, RFC 6960 appendix A).
+//! Providers publish them over plain HTTP (RFC 5280 §4.2.1.13, RFC 6960 appendix A: they are
+//! signed, so TLS adds nothing to their integrity), some over HTTPS: both are asked, whatever
+//! the certificate names. HTTPS is OpenSSL's (native-tls), with the system's trusted CAs as
+//! OpenSSL finds them (`SSL_CERT_FILE` and `SSL_CERT_DIR` name others); a server whose
+//! certificate does not verify is an error, never asked again without verification.
 
 use std::time::Duration;
+
+use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
 
 use crate::error::{Error, Result};
 
@@ -10,21 +15,41 @@ use super::MAX_BODY;
 
 /// An agent whose requests end after `timeout`; HTTP status codes are checked here.
 pub(super) fn agent(timeout: Duration) -> ureq::Agent {
+    let tls = TlsConfig::builder()
+        .provider(TlsProvider::NativeTls)
+        .root_certs(RootCerts::PlatformVerifier)
+        .build();
     ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .http_status_as_error(false)
+        .tls_config(tls)
         .build()
         .into()
 }
 
-fn plain_http(url: &str) -> Result<()> {
-    if url.len() > 7 && url[..7].eq_ignore_ascii_case("http://") {
+fn http_or_https(url: &str) -> Result<()> {
+    let scheme = |s: &str| url.len() > s.len() && url[..s.len()].eq_ignore_ascii_case(s);
+    if scheme("http://") || scheme("https://") {
         return Ok(());
     }
     Err(Error::Provider {
         url: url.to_owned(),
-        reason: "only http:// URLs are asked (CRLs and OCSP answers are signed and published over plain HTTP); ask the provider another way and record the answer with `custody revocation confirmed`".into(),
+        reason: "only http:// and https:// URLs are asked (an ldap:// distribution point is not); ask the provider another way and record the answer with `custody revocation confirmed`".into(),
     })
+}
+
+/// What to say of a request that got no answer: for a TLS failure, what to check.
+fn unreachable(url: &str, e: &ureq::Error) -> String {
+    let tls = matches!(e, ureq::Error::Tls(_) | ureq::Error::NativeTls(_));
+    if tls && url.len() > 8 && url[..8].eq_ignore_ascii_case("https://") {
+        format!(
+            "the TLS connection failed ({e}); the server's certificate must verify with the system's trusted CAs (install the provider's CA into the system store, or point SSL_CERT_FILE at a file of trusted CAs), then run the check again"
+        )
+    } else {
+        format!(
+            "cannot be reached ({e}); check the network and the provider's service, then run the check again"
+        )
+    }
 }
 
 fn read(
@@ -35,11 +60,7 @@ fn read(
         url: url.to_owned(),
         reason,
     };
-    let mut response = sent.map_err(|e| {
-        fail(format!(
-            "cannot be reached ({e}); check the network and the provider's service, then run the check again"
-        ))
-    })?;
+    let mut response = sent.map_err(|e| fail(unreachable(url, &e)))?;
     let status = response.status();
     if !status.is_success() {
         return Err(fail(format!(
@@ -56,13 +77,13 @@ fn read(
 
 /// GETs `url`; the body of a 2xx answer.
 pub(super) fn get(agent: &ureq::Agent, url: &str) -> Result<Vec<u8>> {
-    plain_http(url)?;
+    http_or_https(url)?;
     read(url, agent.get(url).call())
 }
 
 /// POSTs an OCSP request to `url`; the body of a 2xx answer.
 pub(super) fn post(agent: &ureq::Agent, url: &str, request: &[u8]) -> Result<Vec<u8>> {
-    plain_http(url)?;
+    http_or_https(url)?;
     read(
         url,
         agent
