@@ -237,10 +237,10 @@ pub async fn start(
     Ok((WorkerHandle { tx }, exit_rx))
 }
 
-/// The worker thread's loop: polls every interval (or at once on a [`Request::Wake`]) and
-/// serves calls until [`Request::Stop`]; then records `last_seen` of the carriers
-/// present, marks the state record stopped, and releases the modules (C_Finalize) and the
-/// journal.
+/// The worker thread's loop: slot events first ([`Request::SlotEvent`]), a poll every
+/// interval (or at once when an event needs one), the tasks after each poll, and calls,
+/// until [`Request::Stop`]; then records `last_seen` of the carriers present, marks the state
+/// record stopped, and releases the modules (C_Finalize) and the journal.
 fn serve(
     mut state: WorkerState,
     rx: &mpsc::Receiver<Request>,
