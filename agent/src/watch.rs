@@ -17,9 +17,10 @@
 //! timeout: one wake-up per poll). Everything here is plain arithmetic on
 //! `tokio::time::Instant`, so the tests run it on paused tokio time.
 //!
-//! `C_WaitForSlotEvent` is not used: SoftHSM2 answers the blocking call with
-//! `CKR_FUNCTION_NOT_SUPPORTED` and the non-blocking one always with `CKR_NO_EVENT`, and a
-//! blocking wait would hold the worker thread that also writes the journal.
+//! Slot events (`C_WaitForSlotEvent`, on a thread per module, see `worker::slots`) do not go
+//! through this clock: the worker answers each by reading the slot it names
+//! (`worker::event`), and only an event that needs a full poll makes one due at once
+//! ([`Watch::wake`]).
 
 use std::time::Duration;
 

@@ -14,5 +14,6 @@ mod orders {
     mod stop;
     mod support;
     mod tamper;
+    mod tamper_state;
     mod wipe;
 }

@@ -8,6 +8,7 @@
 //! as a custody journal by `PRAGMA application_id`.
 
 mod backup;
+mod carrier;
 mod chain;
 mod checkpoint;
 mod derive;
@@ -27,6 +28,7 @@ mod replica;
 mod revocation;
 mod schema;
 mod upgrade;
+mod wal;
 
 use std::path::{Path, PathBuf};
 
@@ -71,6 +73,7 @@ pub use revocation::{
     RevocationData, RevocationRecord, RevocationRequest, RevocationState, RevocationStep,
 };
 pub use schema::SchemaProblem;
+pub use wal::{CommitTiming, FOLD_PAGES};
 
 /// `PRAGMA application_id` of a custody journal ("CUST").
 pub const APPLICATION_ID: i32 = 0x4355_5354;
@@ -123,6 +126,10 @@ pub struct Journal {
     conn: Connection,
     path: PathBuf,
     journal_id: String,
+    /// The last write transaction's timing (see `wal`).
+    last_commit: Option<CommitTiming>,
+    /// WAL pages after the last commit, when checkpoints are deferred (see `wal`).
+    wal_pages: wal::WalPages,
 }
 
 impl std::fmt::Debug for Journal {
@@ -307,6 +314,8 @@ impl Journal {
             conn,
             path: path.into(),
             journal_id,
+            last_commit: None,
+            wal_pages: wal::WalPages::default(),
         };
         // Key sets an older custody saw without numbering them get their rows now.
         journal.number_key_sets_seen_before()?;
@@ -379,6 +388,8 @@ impl Journal {
             conn,
             path: path.into(),
             journal_id,
+            last_commit: None,
+            wal_pages: wal::WalPages::default(),
         })
     }
 
@@ -493,6 +504,7 @@ impl Journal {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db_err)?;
+        let began = std::time::Instant::now();
         let head = chain::Head::load(&tx)?;
         let first_seq = head.seq;
         let mut writer = Writer {
@@ -508,7 +520,13 @@ impl Journal {
         if writer.abandoned {
             writer.tx.rollback().map_err(db_err)?;
         } else {
+            let committing = std::time::Instant::now();
             writer.tx.commit().map_err(db_err)?;
+            self.last_commit = Some(CommitTiming {
+                began,
+                committing,
+                committed: std::time::Instant::now(),
+            });
         }
         Ok(value)
     }
@@ -550,19 +568,11 @@ impl Journal {
         query::events(&self.conn, None)
     }
 
-    /// The last snapshot recorded for a carrier.
+    /// The snapshot of a carrier as the journal records it: certificates, keys, label, flags
+    /// and identity from the hash-chained events, the rest (slot, versions, object labels)
+    /// from the last scan's stored row. `None` for a carrier never enrolled.
     pub fn snapshot(&self, carrier: &str) -> Result<Option<CarrierSnapshot>> {
-        let text: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT snapshot FROM carrier_snapshots WHERE carrier = ?1",
-                [carrier],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db_err)?;
-        text.map(|t| serde_json::from_str(&t).map_err(|e| Error::JournalCorrupt(e.to_string())))
-            .transpose()
+        carrier::recorded_snapshot(&self.conn, carrier)
     }
 }
 
@@ -587,7 +597,7 @@ fn record_scan_with(
 
 /// Prefix of the `meta` keys that hold the modules recorded as unavailable (value: the seq of
 /// their `module_unavailable`).
-const UNAVAILABLE: &str = "module_unavailable:";
+pub(crate) const UNAVAILABLE: &str = "module_unavailable:";
 
 /// Stores the steps of a comparison: events in order, and the state tables beside them.
 fn apply(
@@ -918,15 +928,15 @@ fn load_known(conn: &Connection) -> Result<Known> {
     Ok(known)
 }
 
+/// The previous state of a carrier for a scan's comparison: what its events record (see
+/// `carrier`), not what the `carrier_snapshots` table says, so that a changed table cannot make
+/// a scan record objects as removed or added that the events do not show.
 fn load_snapshot(conn: &Connection, key: &str) -> Result<CarrierSnapshot> {
-    let text: String = conn
-        .query_row(
-            "SELECT snapshot FROM carrier_snapshots WHERE carrier = ?1",
-            [key],
-            |r| r.get(0),
-        )
-        .map_err(db_err)?;
-    serde_json::from_str(&text).map_err(|e| Error::JournalCorrupt(format!("carrier {key}: {e}")))
+    carrier::recorded_snapshot(conn, key)?.ok_or_else(|| {
+        Error::JournalCorrupt(format!(
+            "carrier {key} is in the carriers table but no event enrolled it; run `custody journal verify`"
+        ))
+    })
 }
 
 fn store_carrier(

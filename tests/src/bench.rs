@@ -111,4 +111,34 @@ impl LogTail {
             }
         }
     }
+
+    /// Waits for the next line whose message is `message` and returns its fields with its
+    /// timestamp.
+    pub fn wait_message(
+        &mut self,
+        message: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<(serde_json::Value, SystemTime)> {
+        let until = Instant::now() + timeout;
+        loop {
+            self.line.clear();
+            if self.reader.read_line(&mut self.line)? == 0 {
+                if Instant::now() > until {
+                    bail!("no `{message}` line within {timeout:?}");
+                }
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&self.line) else {
+                continue;
+            };
+            if v["fields"]["message"] == message {
+                let ts = v["timestamp"].as_str().unwrap_or_default();
+                let t =
+                    time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+                        .with_context(|| format!("log timestamp {ts}"))?;
+                return Ok((v["fields"].clone(), SystemTime::from(t)));
+            }
+        }
+    }
 }

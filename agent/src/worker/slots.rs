@@ -19,14 +19,20 @@ use super::Request;
 use crate::config::Reinit;
 use crate::pin::Pins as ServicePins;
 use crate::poll::ModulePoll;
+use crate::poll::{Done, SlotEvent};
 
 /// First wait before re-initialising a module that became unavailable.
 pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 /// The wait doubles after each failed attempt, up to this.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// The longest a slot-event thread waits for the worker to be done with an event before it
+/// waits for the next one.
+const EVENT_HOLD: Duration = Duration::from_secs(1);
 
 /// One module the worker watches.
 pub(super) struct Watched {
+    /// Its place in the configuration (what its slot events name).
+    index: usize,
     pub(super) path: PathBuf,
     /// `path` as text, for reports (formatted once).
     pub(super) path_text: String,
@@ -41,7 +47,7 @@ pub(super) struct Watched {
     pub(super) load_error: Option<String>,
     /// Set while the module is unavailable.
     pub(super) outage: Option<Outage>,
-    /// Where a slot-event thread sends [`Request::Wake`].
+    /// Where a slot-event thread sends [`Request::SlotEvent`].
     pub(super) waker: mpsc::Sender<Request>,
     /// What the module's C_WaitForSlotEvent has shown (kept across re-initialisations).
     slot_events: SharedSupport,
@@ -81,8 +87,14 @@ impl Outage {
 }
 
 impl Watched {
-    pub(super) fn new(path: PathBuf, policy: Reinit, waker: mpsc::Sender<Request>) -> Self {
+    pub(super) fn new(
+        index: usize,
+        path: PathBuf,
+        policy: Reinit,
+        waker: mpsc::Sender<Request>,
+    ) -> Self {
         Self {
+            index,
             path_text: path.display().to_string(),
             path,
             policy,
@@ -150,16 +162,25 @@ impl Watched {
         let module = self.path_text.clone();
         let support = self.slot_events.clone();
         let policy = self.policy;
+        let index = self.index;
         let spawned = std::thread::Builder::new()
             .name("custody-slot-events".into())
-            .spawn(move || loop {
+            .spawn(move || {
+                let (done, handled) = mpsc::channel();
+                loop {
                 match events.wait() {
                     Ok(slot) => {
+                        let event = SlotEvent::now(index, slot, Some(Done(done.clone())));
                         support.set(SlotEventSupport::Live);
                         tracing::debug!(%module, slot, "slot event");
-                        if waker.send(Request::Wake).is_err() {
+                        if waker.send(Request::SlotEvent(event)).is_err() {
                             return;
                         }
+                        // The worker reads the slot first: OpenSC's C_WaitForSlotEvent begins
+                        // by asking pcscd about every reader under the module's lock, which
+                        // that read would wait for. The module keeps what changes meanwhile.
+                        let _ = handled.recv_timeout(EVENT_HOLD);
+                        while handled.try_recv().is_ok() {}
                     }
                     Err(e @ custody_core::Error::NotSupported { .. }) => {
                         support.set(SlotEventSupport::Refused);
@@ -171,6 +192,7 @@ impl Watched {
                         tracing::debug!(%module, cause = %e, "slot-event wait ended");
                         return;
                     }
+                }
                 }
             });
         if let Err(e) = spawned {
@@ -465,7 +487,7 @@ fn token_changed(module: &Module, slot: u64, old: &SlotState) -> bool {
 }
 
 /// The read of a module's slots as the journal takes it.
-fn to_scan(module: ModuleInfo, slots: &BTreeMap<u64, SlotState>) -> ModuleScan {
+pub(super) fn to_scan(module: ModuleInfo, slots: &BTreeMap<u64, SlotState>) -> ModuleScan {
     let mut carriers = Vec::new();
     let mut problems = Vec::new();
     for (slot, s) in slots {
@@ -494,7 +516,7 @@ fn to_scan(module: ModuleInfo, slots: &BTreeMap<u64, SlotState>) -> ModuleScan {
 
 /// Reads a slot seen for the first time (or again after a change), with PINs; `known`: what
 /// it held before (its parsed certificates are reused).
-fn read_new(
+pub(super) fn read_new(
     module: &Module,
     slot: u64,
     pins: &ServicePins,
@@ -517,7 +539,12 @@ fn read_new(
 
 /// Content check of a known slot: a read without PIN, compared with the last one; a full
 /// read only when it differs (or a PIN source changed since it was rejected).
-fn recheck(module: &Module, slot: u64, old: &SlotState, pins: &ServicePins) -> SlotState {
+pub(super) fn recheck(
+    module: &Module,
+    slot: u64,
+    old: &SlotState,
+    pins: &ServicePins,
+) -> SlotState {
     match old {
         SlotState::Uninitialised => match module.read_slot_id(slot, &NoPins) {
             SlotRead::Uninitialised => SlotState::Uninitialised,

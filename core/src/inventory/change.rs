@@ -1,7 +1,7 @@
 //! One carrier's changes between two reads ([`Change`]), and the proof every removal needs
 //! ([`ConfirmedAbsence`]).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::snapshot::{CarrierSnapshot, CertObject, KeyClass, KeyObject, TokenFlags};
 use crate::event::EventKind;
@@ -50,6 +50,9 @@ pub enum Change {
         old_label: String,
         /// Label now.
         new_label: String,
+        /// Flags now (a re-initialisation changes the PIN flags; recorded so that the
+        /// carrier's state can be re-derived from the events).
+        flags: TokenFlags,
     },
     /// Label or PIN-state flags changed.
     CarrierChanged {
@@ -127,7 +130,7 @@ impl Change {
 }
 
 /// A carrier without its objects: what `carrier_enrolled` records.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CarrierSummary {
     /// Identity.
     pub id: CarrierId,
@@ -217,6 +220,7 @@ pub(super) fn diff(
         changes.push(Change::CarrierReinitialised {
             old_label: old.label.clone(),
             new_label: new.label.clone(),
+            flags: new.flags,
         });
     } else if old.label != new.label || old.flags != new.flags {
         let label_changed = old.label != new.label;

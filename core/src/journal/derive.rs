@@ -1,25 +1,34 @@
 //! The state tables, re-derived from the hash-chained events.
 //!
-//! The events are the source of truth; the state tables (`orders`, `form_rows`,
-//! `revocations`, `certificate_files`, `holders`, the carriers' identity and presence, meta
-//! `last_row_no`) are a copy kept in step with them in the same transaction. Anyone who can
-//! write the file can change a state table without breaking the chain, so:
+//! The events are the source of truth; the state tables are a copy kept in step with them in
+//! the same transaction. Anyone who can write the file can change a state table without
+//! breaking the chain, so:
 //! - decisions that protect something (is an order new, executed, started?) are taken from
-//!   the events here ([`orders`]), never from the `orders` table;
+//!   the events here ([`orders`]), never from the `orders` table; the carriers' objects are
+//!   taken from the events by `journal::carrier`;
 //! - `journal verify` replays every event ([`verify`]) and compares each table row by row,
-//!   naming table, key and column of every difference.
+//!   naming table, key and column of every difference: `orders`, `form_rows`, `revocations`,
+//!   `certificate_files`, `holders`, meta `last_row_no` and `module_unavailable:*`, and the
+//!   carrier tables `carriers`, `carrier_snapshots`, `certificates`, `keys` (`objects`).
+//!   `events` is the chain itself, `checkpoints` is checked against its events by
+//!   `checkpoint`, and meta `journal_id` is hashed into every event.
 //!
 //! Columns that are bookkeeping and not recorded by any event (`carriers.last_seen`,
-//! `last_slot`, `label`, `module`) are not compared; `orders.document` is compared by its
-//! SHA-256, which the `order_received` event holds.
+//! `last_slot`; see `objects` for the snapshot's) are not compared; `orders.document` is
+//! compared by its SHA-256, which the `order_received` event holds.
+
+mod objects;
+mod rows;
 
 use std::collections::BTreeMap;
 
 use rusqlite::types::Value;
 use rusqlite::{params, Connection};
-use serde::Serialize;
 use serde_json::Value as Json;
 
+use self::rows::{compare, int, json_norm, opt_int, opt_txt, table_rows, txt, Rows};
+pub use self::rows::{StateProblem, StateReport};
+use super::carrier::Recorded;
 use super::form::ImportedText;
 use super::import::ImportRow;
 use super::keyset::source_text;
@@ -29,44 +38,6 @@ use super::{db_err, EventKind, IssuedData};
 use crate::error::{Error, Result};
 use crate::order::DestructionOrder;
 use crate::rejection::RejectCode;
-
-/// One difference between a state table and what the events say.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StateProblem {
-    /// The table, e.g. `orders`.
-    pub table: String,
-    /// The row's key, e.g. the order id.
-    pub key: String,
-    /// What differs.
-    pub reason: String,
-}
-
-impl std::fmt::Display for StateProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}: {}", self.table, self.key, self.reason)
-    }
-}
-
-/// The result of re-deriving the state tables.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct StateReport {
-    /// Events replayed.
-    pub events: u64,
-    /// Rows compared.
-    pub rows: u64,
-    /// Every difference found.
-    pub problems: Vec<StateProblem>,
-}
-
-impl StateReport {
-    /// True when every table agrees with the events.
-    pub fn ok(&self) -> bool {
-        self.problems.is_empty()
-    }
-}
-
-/// The rows of one table: key -> column -> value.
-type Rows = BTreeMap<String, BTreeMap<&'static str, Value>>;
 
 /// An order as its events describe it.
 #[derive(Debug, Clone)]
@@ -202,43 +173,17 @@ fn apply_order(orders: &mut BTreeMap<String, DerivedOrder>, e: &Event) -> Result
     Ok(())
 }
 
-fn int(v: u64) -> Value {
-    Value::Integer(v as i64)
-}
-
-fn opt_int(v: Option<u64>) -> Value {
-    v.map_or(Value::Null, int)
-}
-
-fn txt(v: impl Into<String>) -> Value {
-    Value::Text(v.into())
-}
-
-fn opt_txt(v: Option<impl Into<String>>) -> Value {
-    v.map_or(Value::Null, txt)
-}
-
-/// JSON text in one normal form (keys sorted, no spaces), so that equal documents compare
-/// equal however they were written.
-fn json_norm(v: &Value) -> Value {
-    match v {
-        Value::Text(t) => match serde_json::from_str::<Json>(t) {
-            Ok(j) => Value::Text(j.to_string()),
-            Err(_) => v.clone(),
-        },
-        other => other.clone(),
-    }
-}
-
 #[derive(Default)]
 struct Derived {
     orders: BTreeMap<String, DerivedOrder>,
     form_rows: Rows,
     revocations: Rows,
     certificate_files: Rows,
-    carriers: Rows,
+    carriers: BTreeMap<String, Recorded>,
     holders: Rows,
     last_row_no: Option<u64>,
+    /// meta `module_unavailable:PATH` -> the seq of its `module_unavailable`.
+    unavailable: BTreeMap<String, u64>,
 }
 
 impl Derived {
@@ -255,24 +200,28 @@ impl Derived {
             | EventKind::WipeStarted
             | EventKind::WipeCompleted
             | EventKind::WipeFailed => apply_order(&mut self.orders, e)?,
-            EventKind::CarrierEnrolled => {
-                let Some(key) = &e.carrier else { return Ok(()) };
-                let id = &e.data["carrier"]["id"];
-                self.carriers.entry(key.clone()).or_insert_with(|| {
-                    BTreeMap::from([
-                        ("manufacturer", opt_txt(text(&id["manufacturer"]))),
-                        ("model", opt_txt(text(&id["model"]))),
-                        ("serial", opt_txt(text(&id["serial"]))),
-                        ("present", Value::Integer(1)),
-                        ("first_seen", txt(e.at.clone())),
-                        ("enrolled_seq", int(e.seq)),
-                    ])
-                });
-            }
-            EventKind::CarrierSeen | EventKind::CarrierRemoved => {
-                let present = i64::from(e.kind == EventKind::CarrierSeen);
-                if let Some(row) = e.carrier.as_ref().and_then(|k| self.carriers.get_mut(k)) {
-                    row.insert("present", Value::Integer(present));
+            EventKind::CarrierEnrolled
+            | EventKind::CarrierSeen
+            | EventKind::CarrierReinitialised
+            | EventKind::CarrierChanged
+            | EventKind::CarrierRemoved
+            | EventKind::CertAdded
+            | EventKind::CertRemoved
+            | EventKind::KeyAdded
+            | EventKind::KeyRemoved => super::carrier::apply(
+                &mut self.carriers,
+                e.seq,
+                &e.at,
+                e.kind,
+                e.carrier.as_deref(),
+                &e.data,
+            )?,
+            EventKind::ModuleUnavailable | EventKind::ModuleRecovered => {
+                let module = text(&e.data["module"]).unwrap_or_default();
+                if e.kind == EventKind::ModuleUnavailable {
+                    self.unavailable.insert(module, e.seq);
+                } else {
+                    self.unavailable.remove(&module);
                 }
             }
             EventKind::Issued => {
@@ -512,87 +461,13 @@ const REVOCATION_COLUMNS: &[&str] = &[
     "confirmed_seq",
 ];
 
-/// Reads a table as [`Rows`]: `key` is an SQL expression giving the row's key; `columns`
-/// are (name as reported, SQL expression).
-fn table_rows(
-    conn: &Connection,
-    table: &str,
-    key: &str,
-    columns: &[(&'static str, &str)],
-) -> Result<Rows> {
-    let select: Vec<&str> = columns.iter().map(|(_, sql)| *sql).collect();
-    let sql = format!("SELECT {key}, {} FROM {table}", select.join(", "));
-    let mut stmt = conn.prepare(&sql).map_err(db_err)?;
-    let mut rows = stmt.query([]).map_err(db_err)?;
-    let mut out = Rows::new();
-    while let Some(r) = rows.next().map_err(db_err)? {
-        let key: Value = r.get(0).map_err(db_err)?;
-        let key = match key {
-            Value::Text(t) => t,
-            Value::Integer(i) => i.to_string(),
-            other => format!("{other:?}"),
-        };
-        let mut row = BTreeMap::new();
-        for (i, (name, _)) in columns.iter().enumerate() {
-            row.insert(*name, r.get::<_, Value>(i + 1).map_err(db_err)?);
-        }
-        out.insert(key, row);
-    }
-    Ok(out)
-}
-
-fn show(v: &Value) -> String {
-    match v {
-        Value::Null => "NULL".into(),
-        Value::Integer(i) => i.to_string(),
-        Value::Real(f) => f.to_string(),
-        Value::Text(t) if t.chars().count() > 80 => {
-            format!("{:?}…", t.chars().take(80).collect::<String>())
-        }
-        Value::Text(t) => format!("{t:?}"),
-        Value::Blob(b) => format!("{} byte(s) {}", b.len(), hex::encode(&b[..b.len().min(8)])),
-    }
-}
-
-fn compare(table: &str, expected: &Rows, found: &Rows, report: &mut StateReport) {
-    let mut bad = |key: &str, reason: String| {
-        report.problems.push(StateProblem {
-            table: table.into(),
-            key: key.into(),
-            reason,
-        })
-    };
-    for (key, want) in expected {
-        let Some(have) = found.get(key) else {
-            bad(key, "the row is missing, but the events record it".into());
-            continue;
-        };
-        for (col, w) in want {
-            let h = have.get(col).cloned().unwrap_or(Value::Null);
-            if &h != w {
-                bad(
-                    key,
-                    format!("{col} is {} but the events say {}", show(&h), show(w)),
-                );
-            }
-        }
-    }
-    for key in found.keys().filter(|k| !expected.contains_key(*k)) {
-        bad(key, "the row is not recorded by any event".into());
-    }
-    report.rows += found.len().max(expected.len()) as u64;
-}
-
 /// Replays every event and compares each state table with what the events say.
 pub(crate) fn verify(conn: &Connection) -> Result<StateReport> {
     let mut derived = Derived::default();
     let mut report = StateReport::default();
     let mut stmt = conn
         .prepare(
-            "SELECT seq, at, kind, carrier, data FROM events
-             WHERE kind NOT IN ('cert_added', 'cert_removed', 'key_added', 'key_removed', 'checkpoint')
-                OR json_type(data, '$.key_set_row') IS NOT NULL
-             ORDER BY seq",
+            "SELECT seq, at, kind, carrier, data FROM events WHERE kind != 'checkpoint' ORDER BY seq",
         )
         .map_err(db_err)?;
     let mut rows = stmt.query([]).map_err(db_err)?;
@@ -692,20 +567,7 @@ pub(crate) fn verify(conn: &Connection) -> Result<StateReport> {
         &mut report,
     );
 
-    let found = table_rows(
-        conn,
-        "carriers",
-        "carrier",
-        &[
-            ("manufacturer", "manufacturer"),
-            ("model", "model"),
-            ("serial", "serial"),
-            ("present", "present"),
-            ("first_seen", "first_seen"),
-            ("enrolled_seq", "enrolled_seq"),
-        ],
-    )?;
-    compare("carriers", &derived.carriers, &found, &mut report);
+    objects::verify(conn, &derived.carriers, &mut report)?;
 
     let found = table_rows(
         conn,
@@ -723,12 +585,14 @@ pub(crate) fn verify(conn: &Connection) -> Result<StateReport> {
     )?;
     compare("holders", &derived.holders, &found, &mut report);
 
+    // meta: `journal_id` is hashed into every event (a changed one breaks the chain at #1);
+    // every other key is state derived from the events.
     let found = table_rows(conn, "meta", "key", &[("value", "value")])?;
     let found: Rows = found
         .into_iter()
-        .filter(|(k, _)| k == "last_row_no")
+        .filter(|(k, _)| k != "journal_id")
         .collect();
-    let expected: Rows = derived
+    let mut expected: Rows = derived
         .last_row_no
         .map(|n| {
             (
@@ -738,6 +602,12 @@ pub(crate) fn verify(conn: &Connection) -> Result<StateReport> {
         })
         .into_iter()
         .collect();
+    for (module, seq) in &derived.unavailable {
+        expected.insert(
+            format!("{}{module}", super::UNAVAILABLE),
+            BTreeMap::from([("value", txt(seq.to_string()))]),
+        );
+    }
     compare("meta", &expected, &found, &mut report);
     Ok(report)
 }

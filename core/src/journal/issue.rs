@@ -397,15 +397,14 @@ fn plan(
             )));
         }
     }
-    let snapshot: String = conn
-        .query_row(
-            "SELECT snapshot FROM carrier_snapshots WHERE carrier = ?1",
-            [&key],
-            |r| r.get(0),
-        )
-        .map_err(db_err)?;
-    let snapshot: CarrierSnapshot = serde_json::from_str(&snapshot)
-        .map_err(|e| Error::JournalCorrupt(format!("carrier {key}: {e}")))?;
+    // The key set handed over is what the events record on the carrier (see `carrier`).
+    let snapshot: CarrierSnapshot =
+        super::carrier::recorded_snapshot(conn, &key)?.ok_or_else(|| {
+            Error::Refused(format!(
+                "no event enrolled carrier {} (the carriers table was changed outside custody); run `custody journal verify`",
+                carrier.serial
+            ))
+        })?;
     let key_set = key_set_of(&snapshot);
     if key_set.keys.is_empty() && key_set.certificates.is_empty() {
         return Err(Error::Refused(format!(

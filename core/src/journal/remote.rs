@@ -195,7 +195,11 @@ impl Journal {
         let key = self.journal_key()?;
         self.write(actor, now, |w| {
             let c = resolve_carrier(w.tx(), carrier.trim())?;
-            if !is_remote_module(&c.module) {
+            // Whether it is a provider's key is what its enrolment recorded, not the
+            // carriers table's module column.
+            let remote = super::carrier::recorded(w.tx(), &c.carrier)?
+                .is_some_and(|r| r.is_remote());
+            if !remote {
                 return Err(Error::Refused(format!(
                     "carrier {} is not a key in a provider's HSM; destroy a carrier's keys with a signed order (`custody wipe`)",
                     c.serial

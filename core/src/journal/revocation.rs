@@ -98,16 +98,10 @@ impl Journal {
         }
         self.write(actor, now, |w| {
             let carrier = resolve_carrier(w.tx(), req.carrier.trim())?;
-            let mut known: Vec<String> = {
-                let mut stmt = w
-                    .tx()
-                    .prepare("SELECT sha256 FROM certificates WHERE carrier = ?1")
-                    .map_err(db_err)?;
-                let rows = stmt
-                    .query_map([&carrier.carrier], |r| r.get::<_, String>(0))
-                    .map_err(db_err)?;
-                rows.collect::<std::result::Result<_, _>>().map_err(db_err)?
-            };
+            // The certificates on the carrier as its events record them (see `carrier`).
+            let mut known: Vec<String> = super::carrier::recorded(w.tx(), &carrier.carrier)?
+                .map(|r| r.certificates.into_iter().map(|c| c.sha256).collect())
+                .unwrap_or_default();
             let sets: Vec<String> = {
                 let mut stmt = w
                     .tx()
