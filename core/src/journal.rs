@@ -323,7 +323,7 @@ impl Journal {
         // journal whose key exists always holds a checkpoint.
         // Decided inside the write transaction, so two processes creating the journal at
         // once write one.
-        if journal.event_count()? == 0 {
+        if !journal.has_events()? {
             let key = journal.journal_key()?;
             journal.write(&Actor::current(None), OffsetDateTime::now_utc(), |w| {
                 if w.head.seq == 0 {
@@ -403,6 +403,14 @@ impl Journal {
         self.conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap_or(0)
+    }
+
+    /// True when the journal holds an event.
+    pub(crate) fn has_events(&self) -> Result<bool> {
+        // One index probe, where count(*) reads every page of the events table.
+        self.conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM events)", [], |r| r.get(0))
+            .map_err(db_err)
     }
 
     /// How many events the journal holds.
