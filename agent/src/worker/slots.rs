@@ -456,8 +456,11 @@ pub(super) fn list_module(
     // C_GetTokenInfo per slot tells which slots to read again. Checked when due (see
     // `crate::watch`), and always before a changed slot list is recorded, so that what is
     // recorded of the other slots was checked since the re-initialisation.
+    // Not spaced out: on kryoptic and p11-kit a removed token leaves its slot id listed, so
+    // this check is what sees a removal within one interval (`identity` is the schedule's
+    // advice, kept for modules shown to list removals; see BENCHMARKS.md).
     let unchecked = mp.reinitialised || identity != Identity::Checked;
-    let verify = unchecked && !check && (identity == Identity::Due || !same_slots);
+    let verify = unchecked && !check;
     let retoken: BTreeSet<u64> = if verify {
         let module: &Module = module;
         let identity_start = Instant::now();
