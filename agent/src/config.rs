@@ -187,9 +187,7 @@ impl Config {
     /// up only by the commands that print local times: finding the system's zone reads the
     /// whole zoneinfo tree, which a scan must not pay for.
     pub fn zone(&self) -> jiff::tz::TimeZone {
-        self.timezone
-            .clone()
-            .unwrap_or_else(jiff::tz::TimeZone::system)
+        self.timezone.clone().unwrap_or_else(system_zone)
     }
 
     /// Loads `explicit`, else `$CUSTODY_CONFIG`, else the system file when it exists, else
@@ -393,6 +391,29 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.set_permissions(std::fs::Permissions::from_mode(0o600))
 }
 
+/// The system's time zone, read once per process: unless `TZ` is set, straight from
+/// `/etc/localtime`, named by the zoneinfo path it links to, which is how
+/// `jiff::tz::TimeZone::system` names it too. jiff's own lookup lists the whole zoneinfo tree
+/// first (about 20 directories and 600 names), which cost a short `custody scan` more than
+/// anything else of its own but the schema check.
+fn system_zone() -> jiff::tz::TimeZone {
+    static ZONE: std::sync::OnceLock<jiff::tz::TimeZone> = std::sync::OnceLock::new();
+    ZONE.get_or_init(|| {
+        let path = Path::new("/etc/localtime");
+        let name = std::env::var_os("TZ")
+            .is_none()
+            .then(|| std::fs::read_link(path).ok())
+            .flatten()
+            .and_then(|target| Some(target.to_str()?.split_once("zoneinfo/")?.1.to_owned()));
+        name.and_then(|name| {
+            let bytes = std::fs::read(path).ok()?;
+            jiff::tz::TimeZone::tzif(&name, &bytes).ok()
+        })
+        .unwrap_or_else(jiff::tz::TimeZone::system)
+    })
+    .clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,6 +421,24 @@ mod tests {
 
     fn parse(text: &str) -> anyhow::Result<Config> {
         Config::parse(text, Path::new("/etc/custody/custody.toml"))
+    }
+
+    #[test]
+    fn the_system_zone_is_jiffs_with_its_name() {
+        if std::env::var_os("TZ").is_some() {
+            return;
+        }
+        let ours = system_zone();
+        let jiffs = jiff::tz::TimeZone::system();
+        assert_eq!(ours.iana_name(), jiffs.iana_name());
+        for t in [
+            "2026-01-15T12:00:00Z",
+            "2026-07-15T12:00:00Z",
+            "1990-03-30T23:30:00Z",
+        ] {
+            let t: jiff::Timestamp = t.parse().unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(ours.to_offset(t), jiffs.to_offset(t), "{t}");
+        }
     }
 
     #[test]

@@ -8,18 +8,34 @@
 //!   re-initialisation budget allows: at most [`REINIT_BUDGET`] of wall time, so with a cheap
 //!   re-initialisation (≈ 0.15 ms for one SoftHSM token, 1.7 ms for ten) it happens every
 //!   poll, and with an expensive one (300 ms for 100 tokens × 20 certificates) every 6 s.
+//! - **Identity**, after a re-initialisation: the same slot id may then hold another token
+//!   (kryoptic initialises new tokens in existing slots, p11-kit's client numbers slots in
+//!   list order), so one `C_GetTokenInfo` per known slot tells which slots to read again.
+//!   Done at once when the slot list changed (a poll that records anything records only
+//!   slots whose token was checked since the last re-initialisation), else at most
+//!   [`MAX_IDENTITY_DELAY`] after the re-initialisation, spaced so that it adds at most
+//!   [`IDENTITY_SHARE`] to the module's own polling cost (every poll where `C_GetTokenInfo`
+//!   is cheap; on SoftHSM2, which opens the token's files on every call, every fifth 2 s
+//!   poll). Skipping it can only delay what it finds, never record something else: a poll
+//!   that did not check records nothing.
 //! - **Contents**, at most every poll and at least every [`MAX_CHECK_PERIOD`]: each present
 //!   carrier is read without PIN and compared with the last read, which finds certificates
 //!   and keys added or removed and tokens re-initialised in place. Spaced so that it adds at
 //!   most [`CHECK_SHARE`] to the modules' own polling cost.
 //!
+//! - **Fallback poll** of a module with slot events: while a thread of it waits in
+//!   `C_WaitForSlotEvent` (OpenSC over pcscd), every insertion and removal wakes a poll at
+//!   once, so its slot list is read only after an event, at a content check, and at least
+//!   every [`SLOT_EVENT_FALLBACK`] (a lost event is caught within that), not every interval.
+//!
 //! The worker thread waits for the deadline itself (a blocking channel receive with a
 //! timeout: one wake-up per poll). Everything here is plain arithmetic on
 //! `tokio::time::Instant`, so the tests run it on paused tokio time.
 //!
-//! `C_WaitForSlotEvent` is not used: SoftHSM2 answers the blocking call with
-//! `CKR_FUNCTION_NOT_SUPPORTED` and the non-blocking one always with `CKR_NO_EVENT`, and a
-//! blocking wait would hold the worker thread that also writes the journal.
+//! Slot events (`C_WaitForSlotEvent`, on a thread per module, see `worker::slots`) do not go
+//! through this clock: the worker answers each by reading the slot it names
+//! (`worker::event`), and only an event that needs a full poll makes one due at once
+//! ([`Watch::wake`]).
 
 use std::time::Duration;
 
@@ -31,8 +47,15 @@ use crate::poll::PollReport;
 pub const REINIT_BUDGET: f64 = 0.05;
 /// Content checks may add at most this share to the modules' own polling cost.
 pub const CHECK_SHARE: f64 = 0.03;
+/// Identity checks may add at most this share to a module's own polling cost.
+pub const IDENTITY_SHARE: f64 = 0.02;
+/// A re-initialised module's slots are checked for other tokens at most this long after the
+/// re-initialisation.
+pub const MAX_IDENTITY_DELAY: Duration = Duration::from_secs(10);
 /// Content checks run at least this often.
 pub const MAX_CHECK_PERIOD: Duration = Duration::from_secs(30);
+/// A module whose slot-event thread waits for events is polled at least this often.
+pub const SLOT_EVENT_FALLBACK: Duration = Duration::from_secs(30);
 /// A module that failed to load is tried again after this long.
 pub const LOAD_RETRY: Duration = Duration::from_secs(30);
 
@@ -41,10 +64,29 @@ pub const LOAD_RETRY: Duration = Duration::from_secs(30);
 pub struct PollPlan {
     /// Try to load a module that is not loaded.
     pub load: Vec<bool>,
+    /// Poll the module (false only for a module with live slot events between its
+    /// fallback polls).
+    pub presence: Vec<bool>,
     /// Re-initialise before listing slots.
     pub reinit: Vec<bool>,
+    /// Whether to check which token each known slot holds.
+    pub identity: Vec<Identity>,
     /// Read every present carrier and compare.
     pub check_contents: bool,
+}
+
+/// Whether a module's known slots must be checked for tokens other than the ones last read
+/// there (one `C_GetTokenInfo` per slot).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Identity {
+    /// Not re-initialised since the last check: the slots hold what they held.
+    #[default]
+    Checked,
+    /// Re-initialised since the last check, which is not due yet: check only if the slot
+    /// list changed (the poll then records the module's slots).
+    Unchecked,
+    /// Check now (if the module was re-initialised since the last check).
+    Due,
 }
 
 /// An exponentially weighted average of durations.
@@ -69,11 +111,16 @@ impl Average {
 struct ModuleTiming {
     loaded: bool,
     needs_reinit: bool,
+    slot_events: bool,
     failed: bool,
+    last_presence: Option<Instant>,
     last_load: Option<Instant>,
     last_reinit: Option<Instant>,
+    /// The first re-initialisation since the last identity check.
+    unchecked_since: Option<Instant>,
     reinit_cost: Average,
     presence_cost: Average,
+    identity_cost: Average,
 }
 
 /// Decides, from measured costs, what each poll does.
@@ -120,6 +167,22 @@ impl Schedule {
         Some(budgeted.max(self.interval))
     }
 
+    /// Longest time from a re-initialisation of module `i` to the check of its slots' tokens:
+    /// zero (the same poll) while the check costs at most [`IDENTITY_SHARE`] of the module's
+    /// polling cost, else the polls that share allows, at most [`MAX_IDENTITY_DELAY`].
+    pub fn identity_delay(&self, i: usize) -> Duration {
+        let Some(m) = self.modules.get(i) else {
+            return Duration::ZERO;
+        };
+        let presence = m.presence_cost.secs();
+        if presence <= 0.0 {
+            return Duration::ZERO;
+        }
+        let polls = (m.identity_cost.secs() / (IDENTITY_SHARE * presence)).min(1e6);
+        let delay = self.interval.mul_f64((polls - 1.0).max(0.0).ceil());
+        delay.min(MAX_IDENTITY_DELAY)
+    }
+
     /// Average cost of one poll of module `i` (re-initialisation when done + slot list).
     pub fn poll_cost(&self, i: usize) -> Duration {
         self.modules
@@ -152,19 +215,40 @@ impl Schedule {
 
     /// What the poll at `now` should do.
     pub fn plan(&self, now: Instant) -> PollPlan {
+        let reinit: Vec<bool> = (0..self.modules.len())
+            .map(|i| {
+                self.reinit_period(i)
+                    .is_some_and(|p| self.due(now, self.modules[i].last_reinit, p))
+            })
+            .collect();
+        let check_contents = self.due(now, self.last_check, self.check_period());
         PollPlan {
+            presence: self
+                .modules
+                .iter()
+                .map(|m| {
+                    !m.slot_events
+                        || check_contents
+                        || self.due(now, m.last_presence, SLOT_EVENT_FALLBACK)
+                })
+                .collect(),
             load: self
                 .modules
                 .iter()
                 .map(|m| !m.loaded && self.due(now, m.last_load, LOAD_RETRY))
                 .collect(),
-            reinit: (0..self.modules.len())
+            reinit: reinit.clone(),
+            identity: (0..self.modules.len())
                 .map(|i| {
-                    self.reinit_period(i)
-                        .is_some_and(|p| self.due(now, self.modules[i].last_reinit, p))
+                    let since = self.modules[i].unchecked_since.or(reinit[i].then_some(now));
+                    match since {
+                        None => Identity::Checked,
+                        Some(t) if self.due(now, Some(t), self.identity_delay(i)) => Identity::Due,
+                        Some(_) => Identity::Unchecked,
+                    }
                 })
                 .collect(),
-            check_contents: self.due(now, self.last_check, self.check_period()),
+            check_contents,
         }
     }
 
@@ -177,9 +261,21 @@ impl Schedule {
             m.loaded = r.loaded;
             m.needs_reinit = r.needs_reinit;
             m.failed = r.error.is_some();
+            if !plan.presence.get(i).copied().unwrap_or(true) {
+                continue;
+            }
+            m.last_presence = Some(now);
             if r.reinitialised {
                 m.last_reinit = Some(now);
                 m.reinit_cost.add(r.reinit_cost);
+            }
+            if r.identity_checked || (report.checked_contents && r.error.is_none()) {
+                m.unchecked_since = None;
+            } else if r.reinitialised {
+                m.unchecked_since = m.unchecked_since.or(Some(now));
+            }
+            if r.identity_checked {
+                m.identity_cost.add(r.identity_cost);
             }
             if r.loaded && r.error.is_none() {
                 m.presence_cost.add(r.presence_cost);
@@ -197,6 +293,8 @@ impl Schedule {
 pub struct Watch {
     schedule: Schedule,
     next: Instant,
+    /// A slot event asked for the next poll.
+    woken: bool,
 }
 
 impl Watch {
@@ -205,6 +303,7 @@ impl Watch {
         Self {
             schedule: Schedule::new(interval, modules),
             next: now,
+            woken: false,
         }
     }
 
@@ -232,9 +331,18 @@ impl Watch {
         }
     }
 
-    /// Makes a poll due at once (a module reported a slot event).
+    /// Tells whether module `i` has a thread waiting for its slot events, as known now: its
+    /// polls are then spaced to [`SLOT_EVENT_FALLBACK`].
+    pub fn set_slot_events(&mut self, i: usize, live: bool) {
+        if let Some(m) = self.schedule.modules.get_mut(i) {
+            m.slot_events = live;
+        }
+    }
+
+    /// Makes a poll of every module due at once (a module reported a slot event).
     pub fn wake(&mut self, now: Instant) {
         self.next = self.next.min(now);
+        self.woken = true;
     }
 
     /// The plan of the poll due at `now`, or `None` when none is due yet. Moves the
@@ -244,7 +352,11 @@ impl Watch {
             return None;
         }
         self.next += self.schedule.interval;
-        Some(self.schedule.plan(now))
+        let mut plan = self.schedule.plan(now);
+        if std::mem::take(&mut self.woken) {
+            plan.presence.iter_mut().for_each(|p| *p = true);
+        }
+        Some(plan)
     }
 
     /// Takes in what a poll planned by [`Watch::due`] did; `now` is when it ended. A poll that
@@ -267,6 +379,7 @@ mod tests {
     struct FakePoller {
         reinit_cost: Duration,
         check_cost: Duration,
+        identity_cost: Duration,
         busy: Duration,
         plans: Vec<(Duration, PollPlan)>,
     }
@@ -276,6 +389,7 @@ mod tests {
             Self {
                 reinit_cost: Duration::from_secs_f64(reinit_ms / 1000.0),
                 check_cost: Duration::from_secs_f64(check_ms / 1000.0),
+                identity_cost: Duration::ZERO,
                 busy: Duration::ZERO,
                 plans: Vec::new(),
             }
@@ -300,6 +414,9 @@ mod tests {
             } else {
                 Duration::ZERO
             };
+            // As the worker: the check when due, unless contents are read anyway (the slot
+            // list never changes here).
+            let identity = plan.identity.first() == Some(&Identity::Due) && !plan.check_contents;
             PollReport {
                 modules: vec![ModulePoll {
                     path: "/m.so".into(),
@@ -308,6 +425,12 @@ mod tests {
                     reinitialised: reinit,
                     reinit_cost,
                     presence_cost: Duration::from_micros(1) + reinit_cost,
+                    identity_checked: identity,
+                    identity_cost: if identity {
+                        self.identity_cost
+                    } else {
+                        Duration::ZERO
+                    },
                     unavailable: false,
                     error: None,
                 }],
@@ -445,6 +568,176 @@ mod tests {
             poller.times(|p| p.check_contents),
             [0, 6, 12, 18].map(Duration::from_secs).to_vec()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cheap_identity_checks_follow_every_reinit() {
+        // 10 µs against a poll of 1.7 ms: under the 2 % share, so in the same poll.
+        let mut poller = FakePoller::new(1.7, 0.6);
+        poller.identity_cost = Duration::from_micros(10);
+        run_for(&mut poller, Duration::from_secs(2), 59).await;
+        // Once the averages have settled (from 10 s on): the same polls.
+        let settled = |t: &Duration| *t >= Duration::from_secs(10);
+        let reinit_polls: Vec<_> = poller
+            .times(|p| p.reinit[0])
+            .into_iter()
+            .filter(settled)
+            .collect();
+        let checked: Vec<_> = poller
+            .times(|p| p.identity[0] == Identity::Due)
+            .into_iter()
+            .filter(settled)
+            .collect();
+        assert_eq!(reinit_polls.len(), 25);
+        assert_eq!(reinit_polls, checked);
+    }
+
+    /// Polls `polls` times; returns the times of identity checks, and asserts that every
+    /// re-initialisation was checked within [`MAX_IDENTITY_DELAY`].
+    async fn identity_checks(
+        watch: &mut Watch,
+        poller: &FakePoller,
+        polls: usize,
+    ) -> Vec<Duration> {
+        let start = Instant::now();
+        let mut unchecked: Option<Instant> = None;
+        let mut checks = Vec::new();
+        for _ in 0..polls {
+            tokio::time::sleep_until(watch.deadline()).await;
+            let now = Instant::now();
+            let Some(plan) = watch.due(now) else { continue };
+            let report = poller.report(&plan);
+            let m = &report.modules[0];
+            if m.identity_checked {
+                checks.push(now - start);
+                unchecked = None;
+            } else if m.reinitialised {
+                unchecked = unchecked.or(Some(now));
+            }
+            if let Some(since) = unchecked {
+                assert!(now - since <= MAX_IDENTITY_DELAY, "at {:?}", now - start);
+            }
+            watch.observe(now, &plan, &report);
+        }
+        checks
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn costly_identity_checks_are_spaced_by_their_share_and_bounded() {
+        // 10 % of the module's poll (SoftHSM2: C_GetTokenInfo opens the token's files): at
+        // 2 % every fifth poll, at most 8 s after a re-initialisation.
+        let mut poller = FakePoller::new(0.15, 0.06);
+        poller.identity_cost = Duration::from_micros(15);
+        let mut watch = Watch::new(Instant::now(), Duration::from_secs(2), 1)
+            .with_check_interval(Some(Duration::from_secs(3600)));
+        let checks = identity_checks(&mut watch, &poller, 60).await;
+        assert_eq!(watch.schedule().identity_delay(0), Duration::from_secs(8));
+        // The first re-initialisation (second poll) is checked at once (its cost not yet
+        // known); once the averages have settled, every fifth poll: 8 s after the first
+        // re-initialisation not checked.
+        assert_eq!(checks[0], Duration::from_secs(2));
+        let gaps: Vec<Duration> = checks.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(
+            gaps[gaps.len() - 4..]
+                .iter()
+                .all(|g| *g == Duration::from_secs(10)),
+            "{checks:?}"
+        );
+
+        // A check costing as much as the poll itself: MAX_IDENTITY_DELAY.
+        poller.identity_cost = Duration::from_micros(150);
+        let checks = identity_checks(&mut watch, &poller, 60).await;
+        assert_eq!(watch.schedule().identity_delay(0), MAX_IDENTITY_DELAY);
+        assert!(checks.len() >= 9, "{checks:?}");
+    }
+
+    #[test]
+    fn a_content_check_counts_as_an_identity_check() {
+        let mut s = Schedule::new(Duration::from_secs(2), 1);
+        let t0 = Instant::now();
+        let reinit = |checked: bool| PollReport {
+            modules: vec![ModulePoll {
+                loaded: true,
+                needs_reinit: true,
+                reinitialised: true,
+                presence_cost: Duration::from_micros(150),
+                identity_checked: checked,
+                identity_cost: Duration::from_micros(150),
+                ..ModulePoll::default()
+            }],
+            ..PollReport::default()
+        };
+        let plan = s.plan(t0);
+        s.observe(t0, &plan, &reinit(true));
+        let t1 = t0 + Duration::from_secs(2);
+        // Re-initialised and not checked: unchecked until the delay has passed.
+        let plan = s.plan(t1);
+        assert_eq!(plan.identity, [Identity::Unchecked]);
+        s.observe(t1, &plan, &reinit(false));
+        assert_eq!(
+            s.plan(t1 + MAX_IDENTITY_DELAY).identity,
+            [Identity::Due],
+            "due {MAX_IDENTITY_DELAY:?} after the first unchecked re-initialisation"
+        );
+        // A content check reads every slot: it is the identity check too.
+        let mut content = reinit(false);
+        content.checked_contents = true;
+        let t2 = t1 + Duration::from_secs(2);
+        let plan = s.plan(t2);
+        s.observe(t2, &plan, &content);
+        let mut idle = reinit(false);
+        idle.modules[0].reinitialised = false;
+        let t3 = t2 + Duration::from_secs(2);
+        let plan = s.plan(t3);
+        s.observe(t3, &plan, &idle);
+        assert_eq!(
+            s.plan(t3 + Duration::from_secs(60)).identity,
+            [Identity::Unchecked],
+            "planned re-initialisation, nothing unchecked before it"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_module_with_live_slot_events_is_polled_after_events_and_at_the_fallback() {
+        let start = Instant::now();
+        let mut watch = Watch::new(start, Duration::from_secs(2), 1)
+            .with_check_interval(Some(Duration::from_secs(3600)));
+        let report = PollReport {
+            modules: vec![ModulePoll {
+                loaded: true,
+                presence_cost: Duration::from_millis(4),
+                ..ModulePoll::default()
+            }],
+            ..PollReport::default()
+        };
+        let mut report = report;
+        let mut polled = Vec::new();
+        let mut woken = false;
+        while watch.deadline() <= start + Duration::from_secs(90) {
+            tokio::time::sleep_until(watch.deadline()).await;
+            let now = Instant::now();
+            let Some(plan) = watch.due(now) else { continue };
+            if plan.presence[0] {
+                polled.push(now - start);
+            }
+            report.checked_contents = plan.check_contents;
+            watch.observe(now, &plan, &report);
+            // The thread is waiting from the first poll on.
+            watch.set_slot_events(0, true);
+            if !woken && now - start >= Duration::from_secs(40) {
+                // A slot event one second after the poll at 40 s.
+                woken = true;
+                tokio::time::advance(Duration::from_secs(1)).await;
+                watch.wake(Instant::now());
+            }
+        }
+        assert_eq!(polled, [0, 30, 41, 71].map(Duration::from_secs));
+
+        // Without a waiting thread (it ended): every interval again.
+        watch.set_slot_events(0, false);
+        let now = watch.deadline();
+        tokio::time::sleep_until(now).await;
+        assert_eq!(watch.due(now).map(|p| p.presence), Some(vec![true]));
     }
 
     #[test]

@@ -22,13 +22,20 @@
 //! retried at the next poll. A module that fails, or answers an empty slot list right after
 //! device errors, is unavailable: one `module_unavailable`, its carriers keep their state,
 //! and it is re-initialised with backoff (1 s doubling to 60 s) until it answers.
+//!
+//! A slot event ([`Request::SlotEvent`]) goes before everything else waiting: before the
+//! tasks of the poll just finished and before calls queued ahead of it. It is answered by
+//! reading only the slot it names (`event`), recorded in its own transaction; the service's
+//! commits do only the WAL's `fsync`, and the WAL is folded into the database file after the
+//! tasks instead of inside a commit ([`Journal::defer_wal_checkpoints`]).
 
 mod confirm;
+mod event;
 mod report;
 mod slots;
 mod task;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -36,18 +43,19 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use custody_core::inventory::ModuleScan;
 use custody_core::journal::timestamp;
-use custody_core::journal::{Actor, Journal};
+use custody_core::journal::{Actor, CommitTiming, Journal};
 use custody_core::token::{Module, PinSource};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use crate::config::{Config, Reinit};
 use crate::pin::Pins as ServicePins;
-use crate::poll::{ModulePoll, PollReport};
+use crate::poll::{EventTiming, ModulePoll, PollReport, SlotEvent};
 use crate::shutdown::Completion;
 use crate::state::{PresentCarrier, ServiceState, StateFile};
 use crate::watch::{PollPlan, Watch};
-use report::{log_report, update_record};
+use event::Handled;
+use report::{log_report, log_timing, update_record};
 use slots::{list_module, read_module, Presence, SlotState, Watched};
 
 pub use slots::{BACKOFF_FIRST, BACKOFF_MAX};
@@ -77,8 +85,9 @@ pub enum Request {
     /// Run a function on the worker thread, with the modules and the journal; see
     /// [`WorkerHandle::call`].
     Call(Box<dyn FnOnce(&mut WorkerState) + Send>),
-    /// A module reported a slot event (C_WaitForSlotEvent): poll now.
-    Wake,
+    /// A module reported a slot event (C_WaitForSlotEvent): read that slot now (see
+    /// `event`).
+    SlotEvent(SlotEvent),
     /// Finish the poll in hand and stop.
     Stop,
 }
@@ -87,7 +96,7 @@ impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Call(_) => f.write_str("Call"),
-            Self::Wake => f.write_str("Wake"),
+            Self::SlotEvent(e) => write!(f, "SlotEvent({}, {})", e.module, e.slot),
             Self::Stop => f.write_str("Stop"),
         }
     }
@@ -228,10 +237,10 @@ pub async fn start(
     Ok((WorkerHandle { tx }, exit_rx))
 }
 
-/// The worker thread's loop: polls every interval (or at once on a [`Request::Wake`]) and
-/// serves calls until [`Request::Stop`]; then records `last_seen` of the carriers
-/// present, marks the state record stopped, and releases the modules (C_Finalize) and the
-/// journal.
+/// The worker thread's loop: slot events first ([`Request::SlotEvent`]), a poll every
+/// interval (or at once when an event needs one), the tasks after each poll, and calls,
+/// until [`Request::Stop`]; then records `last_seen` of the carriers present, marks the state
+/// record stopped, and releases the modules (C_Finalize) and the journal.
 fn serve(
     mut state: WorkerState,
     rx: &mpsc::Receiver<Request>,
@@ -249,40 +258,83 @@ fn serve(
         modules: Vec::new(),
         present: Vec::new(),
     };
+    let mut last_report = PollReport::default();
     let mut file = StateFile::new(state_path);
     let mut watch = Watch::new(tokio::time::Instant::now(), interval, state.modules.len())
         .with_check_interval(check_interval);
+    // Requests taken off the channel while looking for slot events, in their order.
+    let mut backlog: VecDeque<Request> = VecDeque::new();
+    // A slot event that needs a full poll: the next poll answers it.
+    let mut polled_event: Option<SlotEvent> = None;
+    let mut tasks_due = false;
     loop {
+        // Slot events first: one that came in during a poll or a call is not kept waiting
+        // behind the tasks, or behind calls queued before it.
+        if let Some(event) = take_event(rx, &mut backlog) {
+            match state.slot_event(event) {
+                Handled::Done(report) => {
+                    log_report(&report);
+                    if let Some(t) = &report.timing {
+                        log_timing(t);
+                    }
+                    update_record(&mut record, &report, watch.schedule());
+                    if let Err(e) = file.poll(&record) {
+                        tracing::warn!(cause = %format!("{e:#}"), "service state not updated");
+                    }
+                }
+                Handled::Poll(event) => {
+                    // One poll answers every event waiting for it.
+                    polled_event.get_or_insert(event);
+                    watch.wake(tokio::time::Instant::now());
+                }
+            }
+            continue;
+        }
         let now = tokio::time::Instant::now();
         for (i, m) in state.modules.iter().enumerate() {
             watch.set_needs_reinit(i, m.needs_reinit());
+            watch.set_slot_events(i, m.events_live());
         }
         if let Some(plan) = watch.due(now) {
-            let report = state.poll(&plan);
+            let report = state.poll(&plan, polled_event.take());
             watch.observe(tokio::time::Instant::now(), &plan, &report);
             log_report(&report);
+            if let Some(t) = &report.timing {
+                log_timing(t);
+            }
             update_record(&mut record, &report, watch.schedule());
             if let Err(e) = file.poll(&record) {
                 tracing::warn!(cause = %format!("{e:#}"), "service state not updated");
             }
+            last_report = report;
+            tasks_due = true;
+            continue;
+        }
+        if std::mem::take(&mut tasks_due) {
             for task in &mut tasks {
                 let mut cx = TaskContext {
                     state: &mut state,
-                    poll: &report,
+                    poll: &last_report,
                     present: &record.present,
                 };
                 if let Err(e) = task.run(&mut cx) {
                     tracing::error!(task = task.name(), cause = %format!("{e:#}"), "task failed");
                 }
             }
+            // Here, not inside a commit: a slot event's row waits only for its own fsync.
+            if let Err(e) = state.journal.fold_wal_if_large() {
+                tracing::warn!(cause = %e, "the journal's WAL could not be folded; trying again later");
+            }
             continue;
         }
-        match rx.recv_timeout(watch.deadline() - now) {
+        let request = match backlog.pop_front() {
+            Some(request) => Ok(request),
+            None => rx.recv_timeout(watch.deadline() - now),
+        };
+        match request {
             Ok(Request::Call(f)) => f(&mut state),
-            Ok(Request::Wake) => {
-                state.modules.iter_mut().for_each(Watched::slot_event);
-                watch.wake(tokio::time::Instant::now());
-            }
+            // Taken up at the top of the loop.
+            Ok(event @ Request::SlotEvent(_)) => backlog.push_front(event),
             Ok(Request::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
@@ -295,6 +347,19 @@ fn serve(
     finished
 }
 
+/// The first slot event waiting, taken out of the channel and the backlog; every other
+/// request keeps its place in the backlog.
+fn take_event(rx: &mpsc::Receiver<Request>, backlog: &mut VecDeque<Request>) -> Option<SlotEvent> {
+    backlog.extend(rx.try_iter());
+    let at = backlog
+        .iter()
+        .position(|r| matches!(r, Request::SlotEvent(_)))?;
+    match backlog.remove(at) {
+        Some(Request::SlotEvent(event)) => Some(event),
+        _ => None,
+    }
+}
+
 impl WorkerState {
     fn open(cfg: WorkerConfig, waker: mpsc::Sender<Request>) -> anyhow::Result<Self> {
         let journal = Journal::open(&cfg.journal)
@@ -302,12 +367,18 @@ impl WorkerState {
         let modules = cfg
             .modules
             .into_iter()
-            .map(|(path, policy)| {
-                let mut m = Watched::new(path, policy, waker.clone());
+            .enumerate()
+            .map(|(i, (path, policy))| {
+                let mut m = Watched::new(i, path, policy, waker.clone());
                 m.load();
                 m
             })
             .collect();
+        let mut journal = journal;
+        // The service's commits do only the WAL's fsync; `serve` folds the WAL between polls.
+        journal
+            .defer_wal_checkpoints()
+            .context("setting up the journal's WAL")?;
         Ok(Self {
             journal,
             modules,
@@ -317,17 +388,14 @@ impl WorkerState {
         })
     }
 
-    /// At shutdown: records `last_seen` of the carriers present; dropping `self` then
-    /// finalises the modules and closes the journal.
+    /// At shutdown: records `last_seen` of the carriers present, those whose slot still shows
+    /// the same token (one C_GetTokenInfo each: the identity check of the last polls may not
+    /// have been due); dropping `self` then finalises the modules and closes the journal.
     fn finish(mut self) -> anyhow::Result<()> {
         let present: Vec<String> = self
             .modules
             .iter()
-            .flat_map(|m| m.slots.values())
-            .filter_map(|s| match s {
-                SlotState::Carrier(k) => Some(k.full.id.key()),
-                _ => None,
-            })
+            .flat_map(Watched::carriers_still_there)
             .collect();
         if !present.is_empty() {
             self.journal
@@ -338,7 +406,10 @@ impl WorkerState {
         Ok(())
     }
 
-    fn poll(&mut self, plan: &PollPlan) -> PollReport {
+    /// One poll of every module; `event`: the slot event it answers, if any (its timing is
+    /// reported).
+    fn poll(&mut self, plan: &PollPlan, event: Option<SlotEvent>) -> PollReport {
+        let taken = Instant::now();
         let mut report = PollReport::default();
         let force = std::mem::take(&mut self.force_check);
         let mut pending: Vec<(usize, BTreeMap<u64, SlotState>)> = Vec::new();
@@ -371,6 +442,14 @@ impl WorkerState {
                 report.modules.push(mp);
                 continue;
             }
+            // A module with live slot events between its fallback polls: nothing to do
+            // unless it must be read (first poll, after a failed write or a wipe).
+            let presence = plan.presence.get(i).copied().unwrap_or(true);
+            if !presence && watched.outage.is_none() && !watched.fresh && !force {
+                mp.needs_reinit = watched.needs_reinit();
+                report.modules.push(mp);
+                continue;
+            }
             // A module with slot events is tried again without re-initialisation: its slot
             // list is live, and C_Finalize would race with its slot-event thread.
             let planned = plan.reinit.get(i).copied().unwrap_or(false);
@@ -380,7 +459,8 @@ impl WorkerState {
                 planned || watched.outage.is_some()
             };
             let check = plan.check_contents || force || watched.fresh;
-            match list_module(watched, reinit, check, &mut mp) {
+            let identity = plan.identity.get(i).copied().unwrap_or_default();
+            match list_module(watched, reinit, identity, check, &mut mp) {
                 Ok(found) => {
                     watched.answered();
                     mp.unavailable = false;
@@ -422,13 +502,38 @@ impl WorkerState {
         }
         report.checked_contents = plan.check_contents || force;
         report.check_cost = check_cost;
+        let read = Instant::now();
+        let commit = self.record(pending, scans, outages, &mut report);
+        report.timing = event.map(|event| EventTiming {
+            event,
+            taken,
+            read,
+            one_slot: false,
+            commit,
+        });
+        report
+    }
+
+    /// Records what a poll (or a slot event) read: `pending`, each module's slots after it;
+    /// `scans`, what to record; `outages`, modules found unavailable. Holds back reads that
+    /// would remove objects until confirmed (`confirm`), writes one journal transaction,
+    /// and replaces the in-memory view only after it commits. Returns the transaction's
+    /// timing when one committed.
+    fn record(
+        &mut self,
+        mut pending: Vec<(usize, BTreeMap<u64, SlotState>)>,
+        mut scans: Vec<(usize, ModuleScan)>,
+        outages: Vec<usize>,
+        report: &mut PollReport,
+    ) -> Option<CommitTiming> {
         if pending.is_empty() && outages.is_empty() {
-            return report;
+            return None;
         }
         if !pending.is_empty() {
             self.force_check |= self.confirm(&mut pending, &mut scans);
         }
-        let recorded = if scans.is_empty() {
+        let scans_empty = scans.is_empty();
+        let recorded = if scans_empty {
             Ok(Vec::new())
         } else {
             // In the modules' order, whichever step of the poll made each read.
@@ -440,6 +545,7 @@ impl WorkerState {
                 .record_scan(&scans, &self.actor, OffsetDateTime::now_utc())
                 .map(|r| r.events)
         };
+        let wrote = !scans_empty && recorded.is_ok();
         match recorded {
             Ok(events) => {
                 report.recorded = events;
@@ -467,7 +573,7 @@ impl WorkerState {
                 }
             }
         }
-        report
+        wrote.then(|| self.journal.last_commit()).flatten()
     }
 
     /// Holds back the reads of this poll that would remove certificates or keys until a
@@ -524,6 +630,38 @@ impl WorkerState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slot_event_goes_before_requests_queued_ahead_of_it_and_tells_its_thread_when_done() {
+        let (tx, rx) = mpsc::channel();
+        let (done, handled) = mpsc::channel();
+        let mut backlog = VecDeque::new();
+        let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        for n in 0..2 {
+            let order = order.clone();
+            let call = move |_: &mut WorkerState| {
+                if let Ok(mut o) = order.lock() {
+                    o.push(n);
+                }
+            };
+            tx.send(Request::Call(Box::new(call)))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let event = SlotEvent::now(0, 7, Some(crate::poll::Done(done)));
+        tx.send(Request::SlotEvent(event))
+            .unwrap_or_else(|e| panic!("{e}"));
+        tx.send(Request::Stop).unwrap_or_else(|e| panic!("{e}"));
+        let taken = take_event(&rx, &mut backlog).unwrap_or_else(|| panic!("no event"));
+        assert_eq!((taken.module, taken.slot), (0, 7));
+        assert!(take_event(&rx, &mut backlog).is_none());
+        // The calls and the stop keep their order behind it.
+        let kinds: Vec<String> = backlog.iter().map(|r| format!("{r:?}")).collect();
+        assert_eq!(kinds, ["Call", "Call", "Stop"]);
+        // The thread is told once the worker is done with the event, not before.
+        assert!(handled.try_recv().is_err());
+        drop(taken);
+        assert!(handled.try_recv().is_ok());
+    }
 
     #[tokio::test]
     async fn calls_run_on_the_worker_thread_and_stop_ends_it() {

@@ -28,6 +28,7 @@ mod replica;
 mod revocation;
 mod schema;
 mod upgrade;
+mod wal;
 
 use std::path::{Path, PathBuf};
 
@@ -72,6 +73,7 @@ pub use revocation::{
     RevocationData, RevocationRecord, RevocationRequest, RevocationState, RevocationStep,
 };
 pub use schema::SchemaProblem;
+pub use wal::{CommitTiming, FOLD_PAGES};
 
 /// `PRAGMA application_id` of a custody journal ("CUST").
 pub const APPLICATION_ID: i32 = 0x4355_5354;
@@ -124,6 +126,10 @@ pub struct Journal {
     conn: Connection,
     path: PathBuf,
     journal_id: String,
+    /// The last write transaction's timing (see `wal`).
+    last_commit: Option<CommitTiming>,
+    /// WAL pages after the last commit, when checkpoints are deferred (see `wal`).
+    wal_pages: wal::WalPages,
 }
 
 impl std::fmt::Debug for Journal {
@@ -308,6 +314,8 @@ impl Journal {
             conn,
             path: path.into(),
             journal_id,
+            last_commit: None,
+            wal_pages: wal::WalPages::default(),
         };
         // Key sets an older custody saw without numbering them get their rows now.
         journal.number_key_sets_seen_before()?;
@@ -315,7 +323,7 @@ impl Journal {
         // journal whose key exists always holds a checkpoint.
         // Decided inside the write transaction, so two processes creating the journal at
         // once write one.
-        if journal.event_count()? == 0 {
+        if !journal.has_events()? {
             let key = journal.journal_key()?;
             journal.write(&Actor::current(None), OffsetDateTime::now_utc(), |w| {
                 if w.head.seq == 0 {
@@ -380,6 +388,8 @@ impl Journal {
             conn,
             path: path.into(),
             journal_id,
+            last_commit: None,
+            wal_pages: wal::WalPages::default(),
         })
     }
 
@@ -393,6 +403,14 @@ impl Journal {
         self.conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap_or(0)
+    }
+
+    /// True when the journal holds an event.
+    pub(crate) fn has_events(&self) -> Result<bool> {
+        // One index probe, where count(*) reads every page of the events table.
+        self.conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM events)", [], |r| r.get(0))
+            .map_err(db_err)
     }
 
     /// How many events the journal holds.
@@ -486,6 +504,7 @@ impl Journal {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db_err)?;
+        let began = std::time::Instant::now();
         let head = chain::Head::load(&tx)?;
         let first_seq = head.seq;
         let mut writer = Writer {
@@ -501,7 +520,13 @@ impl Journal {
         if writer.abandoned {
             writer.tx.rollback().map_err(db_err)?;
         } else {
+            let committing = std::time::Instant::now();
             writer.tx.commit().map_err(db_err)?;
+            self.last_commit = Some(CommitTiming {
+                began,
+                committing,
+                committed: std::time::Instant::now(),
+            });
         }
         Ok(value)
     }

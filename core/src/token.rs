@@ -168,6 +168,17 @@ impl Module {
         Ok(slots.iter().map(Slot::id).collect())
     }
 
+    /// Whether `slot` holds a token now (C_GetSlotInfo, CKF_TOKEN_PRESENT): one call, what a
+    /// watcher asks of the slot a slot event named instead of listing every slot again.
+    pub fn token_present(&self, slot: u64) -> Result<bool> {
+        let ctx = self.ctx()?;
+        let slot = Slot::try_from(slot).map_err(|e| map_err("C_GetSlotInfo", e))?;
+        let info = ctx
+            .get_slot_info(slot)
+            .map_err(|e| self.note(map_err("C_GetSlotInfo", e)))?;
+        Ok(info.token_present())
+    }
+
     /// Reads every initialised token. A module that cannot list its slots gives a failed
     /// scan ([`ModuleScan::failed`]); one token that cannot be read completely is a
     /// [`SlotProblem`] and does not stop the others.

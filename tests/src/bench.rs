@@ -7,6 +7,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context as _};
 
+pub mod idle;
+
 /// CPU time of a process so far: the sum over its threads of /proc/…/schedstat's first
 /// field (nanoseconds on a CPU; exact, unlike the tick-based utime/stime).
 pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
@@ -21,6 +23,21 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
             .next()
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
+    }
+    Ok(Duration::from_nanos(total))
+}
+
+/// CPU time so far of the threads of a process named `name` (their `comm`).
+pub fn thread_cpu_time(pid: u32, name: &str) -> anyhow::Result<Duration> {
+    let mut total = 0u64;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let dir = entry?.path();
+        if std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim_end() == name) {
+            total += std::fs::read_to_string(dir.join("schedstat"))
+                .ok()
+                .and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
     }
     Ok(Duration::from_nanos(total))
 }
@@ -108,6 +125,36 @@ impl LogTail {
                     time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
                         .with_context(|| format!("log timestamp {ts}"))?;
                 return Ok(SystemTime::from(t));
+            }
+        }
+    }
+
+    /// Waits for the next line whose message is `message` and returns its fields with its
+    /// timestamp.
+    pub fn wait_message(
+        &mut self,
+        message: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<(serde_json::Value, SystemTime)> {
+        let until = Instant::now() + timeout;
+        loop {
+            self.line.clear();
+            if self.reader.read_line(&mut self.line)? == 0 {
+                if Instant::now() > until {
+                    bail!("no `{message}` line within {timeout:?}");
+                }
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&self.line) else {
+                continue;
+            };
+            if v["fields"]["message"] == message {
+                let ts = v["timestamp"].as_str().unwrap_or_default();
+                let t =
+                    time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+                        .with_context(|| format!("log timestamp {ts}"))?;
+                return Ok((v["fields"].clone(), SystemTime::from(t)));
             }
         }
     }

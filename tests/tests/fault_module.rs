@@ -481,3 +481,93 @@ fn custody_watch_records_a_pulled_token_through_slot_events() -> TestResult {
     assert_eq!(verify.code, 0, "{}", verify.stdout);
     Ok(())
 }
+
+/// The `slot event handled` lines of a `custody watch` JSON log (debug level of the worker).
+fn handled_events(log: &Path) -> anyhow::Result<Vec<Value>> {
+    Ok(std::fs::read_to_string(log)?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| v["fields"].clone())
+        .filter(|f| f["message"] == "slot event handled")
+        .collect())
+}
+
+/// A slot event is answered by reading only the slot it names: a pulled token's removal is
+/// recorded from the event and one C_GetSlotInfo showing the slot empty (the module answers,
+/// and knows no device trouble), with no slot list in between; its return from that call and
+/// a read of the token. When that one call fails, the event falls back to a full poll at
+/// once, and what the slot list shows is recorded as before.
+#[test]
+fn custody_watch_answers_a_slot_event_by_reading_only_its_slot() -> TestResult {
+    let live = FaultPlan::new().library_manufacturer("custody fault injector");
+    let (set, fault) = setup(&pair_spec(), "watch_one_slot", &live)?;
+    let a = &set.manifest().tokens[0];
+    let journal = set.dir().join("journal.db");
+    let log = set.dir().join("watch.log");
+    let custody = Custody::new(&set, &journal).through(&fault);
+    let mut child = custody
+        .command()
+        .env("CUSTODY_LOG", "info,custody_agent::worker=debug")
+        .args(["--log-format", "json", "watch", "--interval", "60s"])
+        .args(["--check-interval", "60s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    let result = (|| -> TestResult {
+        let limit = Duration::from_secs(20);
+        wait_for_event(&journal, "carrier_enrolled", &a.serial, limit)?;
+        // Time for the event thread to block in C_WaitForSlotEvent.
+        std::thread::sleep(Duration::from_millis(300));
+        // The running watch keeps its log open: calls from here on are the ones after this.
+        let before = fault.calls()?.len();
+        fault.set_plan(&live.clone().hide(&a.serial))?;
+        wait_for_event(&journal, "carrier_removed", &a.serial, limit)?;
+        let calls = fault.calls()?;
+        let names: Vec<&str> = calls[before..]
+            .iter()
+            .map(|c| c.function.as_str())
+            .collect();
+        ensure!(
+            names.contains(&"C_GetSlotInfo") && !names.contains(&"C_GetSlotList"),
+            "the removal came from a full poll: {names:?}"
+        );
+        let handled = handled_events(&log)?;
+        ensure!(
+            handled.len() == 1 && handled[0]["one_slot"] == true && handled[0]["committed"] == true,
+            "{handled:?}"
+        );
+        // The token comes back while C_GetSlotInfo fails: a full poll, at once.
+        fault.set_plan(&live.clone().fail_every("C_GetSlotInfo", "CKR_DEVICE_ERROR"))?;
+        let back = wait_for_event(&journal, "carrier_seen", &a.serial, Duration::from_secs(10))?;
+        let handled = handled_events(&log)?;
+        ensure!(
+            handled.len() == 2
+                && handled[1]["one_slot"] == false
+                && handled[1]["committed"] == true,
+            "{handled:?}"
+        );
+        println!("return recorded through a full poll after {back:?}");
+        Ok(())
+    })();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait()?;
+    result?;
+    assert!(status.success(), "custody watch exited {status}");
+    let kinds: Vec<String> = custody_core::journal::Journal::open(&journal)?
+        .events()?
+        .iter()
+        .filter(|e| e.carrier.as_deref().is_some_and(|c| c.ends_with(&a.serial)))
+        .map(|e| e.kind.to_string())
+        .collect();
+    ensure!(
+        kinds.iter().filter(|k| *k == "carrier_removed").count() == 1
+            && kinds.iter().filter(|k| *k == "carrier_seen").count() == 1,
+        "{kinds:?}"
+    );
+    let verify = custody.run(&["journal", "verify"])?;
+    assert_eq!(verify.code, 0, "{}", verify.stdout);
+    Ok(())
+}

@@ -40,6 +40,11 @@ pub(super) fn confirm_removals(
     now: Instant,
 ) -> bool {
     let scans: Vec<ModuleScan> = reads.iter().filter_map(|r| r.scan.clone()).collect();
+    if scans.is_empty() {
+        // A content check that found nothing changed: nothing to record, nothing to ask the
+        // journal (the unchanged poll does not touch it).
+        return false;
+    }
     let removing = match journal.removes_content(&scans) {
         Ok(r) => r,
         Err(e) => {

@@ -1,6 +1,8 @@
 //! What the worker tells after each poll: log lines and the state record.
 
-use crate::poll::PollReport;
+use std::time::{Instant, SystemTime};
+
+use crate::poll::{EventTiming, PollReport};
 use crate::state::{ModuleState, ServiceState};
 use crate::watch::Schedule;
 
@@ -53,4 +55,38 @@ pub(super) fn update_record(record: &mut ServiceState, report: &PollReport, sche
         m.reinit_period_ms = schedule.reinit_period(i).map(|d| d.as_millis() as u64);
         m.poll_cost_us = schedule.poll_cost(i).as_micros() as u64;
     }
+}
+
+/// Logs where a slot event's time went (`slot event handled`, at debug level, read by
+/// `slot-event-bench`), with the event's wall-clock time, once its rows are logged.
+pub(super) fn log_timing(t: &EventTiming) {
+    let now = Instant::now();
+    let us = |a: Instant, b: Instant| b.saturating_duration_since(a).as_micros() as u64;
+    let event_unix_us = SystemTime::now()
+        .checked_sub(now.saturating_duration_since(t.event.at))
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_micros() as u64);
+    let (prepare_us, write_us, commit_us, logged_us) = match t.commit {
+        Some(c) => (
+            us(t.read, c.began),
+            us(c.began, c.committing),
+            us(c.committing, c.committed),
+            us(c.committed, now),
+        ),
+        None => (0, 0, 0, us(t.read, now)),
+    };
+    tracing::debug!(
+        module = t.event.module,
+        slot = t.event.slot,
+        one_slot = t.one_slot,
+        committed = t.commit.is_some(),
+        event_unix_us,
+        queued_us = us(t.event.at, t.taken),
+        read_us = us(t.taken, t.read),
+        prepare_us,
+        write_us,
+        commit_us,
+        logged_us,
+        "slot event handled"
+    );
 }

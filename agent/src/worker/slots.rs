@@ -7,7 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use custody_core::inventory::{
@@ -19,14 +20,21 @@ use super::Request;
 use crate::config::Reinit;
 use crate::pin::Pins as ServicePins;
 use crate::poll::ModulePoll;
+use crate::poll::{Done, SlotEvent};
+use crate::watch::Identity;
 
 /// First wait before re-initialising a module that became unavailable.
 pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 /// The wait doubles after each failed attempt, up to this.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// The longest a slot-event thread waits for the worker to be done with an event before it
+/// waits for the next one.
+const EVENT_HOLD: Duration = Duration::from_secs(1);
 
 /// One module the worker watches.
 pub(super) struct Watched {
+    /// Its place in the configuration (what its slot events name).
+    index: usize,
     pub(super) path: PathBuf,
     /// `path` as text, for reports (formatted once).
     pub(super) path_text: String,
@@ -41,7 +49,7 @@ pub(super) struct Watched {
     pub(super) load_error: Option<String>,
     /// Set while the module is unavailable.
     pub(super) outage: Option<Outage>,
-    /// Where a slot-event thread sends [`Request::Wake`].
+    /// Where a slot-event thread sends [`Request::SlotEvent`].
     pub(super) waker: mpsc::Sender<Request>,
     /// What the module's C_WaitForSlotEvent has shown (kept across re-initialisations).
     slot_events: SharedSupport,
@@ -81,8 +89,14 @@ impl Outage {
 }
 
 impl Watched {
-    pub(super) fn new(path: PathBuf, policy: Reinit, waker: mpsc::Sender<Request>) -> Self {
+    pub(super) fn new(
+        index: usize,
+        path: PathBuf,
+        policy: Reinit,
+        waker: mpsc::Sender<Request>,
+    ) -> Self {
         Self {
+            index,
             path_text: path.display().to_string(),
             path,
             policy,
@@ -149,17 +163,29 @@ impl Watched {
         let waker = self.waker.clone();
         let module = self.path_text.clone();
         let support = self.slot_events.clone();
+        let waiting = support.waiting();
         let policy = self.policy;
+        let index = self.index;
         let spawned = std::thread::Builder::new()
             .name("custody-slot-events".into())
-            .spawn(move || loop {
+            .spawn(move || {
+                // Counted as waiting until this closure ends, however it ends.
+                let _waiting = waiting;
+                let (done, handled) = mpsc::channel();
+                loop {
                 match events.wait() {
                     Ok(slot) => {
+                        let event = SlotEvent::now(index, slot, Some(Done(done.clone())));
                         support.set(SlotEventSupport::Live);
                         tracing::debug!(%module, slot, "slot event");
-                        if waker.send(Request::Wake).is_err() {
+                        if waker.send(Request::SlotEvent(event)).is_err() {
                             return;
                         }
+                        // The worker reads the slot first: OpenSC's C_WaitForSlotEvent begins
+                        // by asking pcscd about every reader under the module's lock, which
+                        // that read would wait for. The module keeps what changes meanwhile.
+                        let _ = handled.recv_timeout(EVENT_HOLD);
+                        while handled.try_recv().is_ok() {}
                     }
                     Err(e @ custody_core::Error::NotSupported { .. }) => {
                         support.set(SlotEventSupport::Refused);
@@ -171,6 +197,7 @@ impl Watched {
                         tracing::debug!(%module, cause = %e, "slot-event wait ended");
                         return;
                     }
+                }
                 }
             });
         if let Err(e) = spawned {
@@ -237,6 +264,30 @@ impl Watched {
         self.slot_events.get() == SlotEventSupport::Live
     }
 
+    /// True when a thread of the module waits in C_WaitForSlotEvent (a module without slot
+    /// events answers the wait at once with an error, which ends the thread): its fallback
+    /// poll can be spaced (see `crate::watch`).
+    pub(super) fn events_live(&self) -> bool {
+        self.module.is_some()
+            && self.slot_events.get() != SlotEventSupport::Refused
+            && self.slot_events.is_waiting()
+    }
+
+    /// The keys of the carriers last read in this module whose slot still shows the same
+    /// token (C_GetTokenInfo); none while the module is unavailable or not loaded.
+    pub(super) fn carriers_still_there(&self) -> Vec<String> {
+        let Some(module) = self.module.as_ref().filter(|_| self.outage.is_none()) else {
+            return Vec::new();
+        };
+        self.slots
+            .iter()
+            .filter_map(|(slot, s)| match s {
+                SlotState::Carrier(k) if !token_changed(module, *slot, s) => Some(k.full.id.key()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The module answered: ends an outage (the next recording says `module_recovered`).
     pub(super) fn answered(&mut self) {
         if self.outage.take().is_some() {
@@ -258,13 +309,23 @@ enum SlotEventSupport {
     Refused = 2,
 }
 
-/// [`SlotEventSupport`] behind an atomic, cheap to clone.
+/// What the slot-event threads of a module share with the worker.
+#[derive(Debug, Default)]
+struct SlotEventState {
+    /// A [`SlotEventSupport`].
+    support: AtomicU8,
+    /// Slot-event threads running (an old one may still be ending after a
+    /// re-initialisation started a new one).
+    waiting: AtomicUsize,
+}
+
+/// [`SlotEventState`], cheap to clone.
 #[derive(Debug, Clone, Default)]
-struct SharedSupport(std::sync::Arc<std::sync::atomic::AtomicU8>);
+struct SharedSupport(Arc<SlotEventState>);
 
 impl SharedSupport {
     fn get(&self) -> SlotEventSupport {
-        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+        match self.0.support.load(Ordering::Relaxed) {
             1 => SlotEventSupport::Live,
             2 => SlotEventSupport::Refused,
             _ => SlotEventSupport::Unknown,
@@ -272,8 +333,27 @@ impl SharedSupport {
     }
 
     fn set(&self, support: SlotEventSupport) {
-        self.0
-            .store(support as u8, std::sync::atomic::Ordering::Relaxed);
+        self.0.support.store(support as u8, Ordering::Relaxed);
+    }
+
+    /// Counts a slot-event thread as running until the returned guard is dropped (when the
+    /// thread ends, however it ends).
+    fn waiting(&self) -> Waiting {
+        self.0.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(self.0.clone())
+    }
+
+    fn is_waiting(&self) -> bool {
+        self.0.waiting.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// A running slot-event thread; see [`SharedSupport::waiting`].
+struct Waiting(Arc<SlotEventState>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -340,6 +420,7 @@ pub(super) struct Presence {
 pub(super) fn list_module(
     watched: &mut Watched,
     reinit: bool,
+    identity: Identity,
     check: bool,
     mp: &mut ModulePoll,
 ) -> Result<Option<Presence>, CallError> {
@@ -372,9 +453,16 @@ pub(super) fn list_module(
         && ids.iter().zip(watched.slots.keys()).all(|(a, b)| a == b);
     // After a re-initialisation the same slot ids may hold other tokens (kryoptic initialises
     // new tokens in existing slots, and gives a re-initialised one a new serial): one
-    // C_GetTokenInfo per slot tells which slots to read again.
-    let retoken: BTreeSet<u64> = if mp.reinitialised && !check {
-        ids.iter()
+    // C_GetTokenInfo per slot tells which slots to read again. Checked when due (see
+    // `crate::watch`), and always before a changed slot list is recorded, so that what is
+    // recorded of the other slots was checked since the re-initialisation.
+    let unchecked = mp.reinitialised || identity != Identity::Checked;
+    let verify = unchecked && !check && (identity == Identity::Due || !same_slots);
+    let retoken: BTreeSet<u64> = if verify {
+        let module: &Module = module;
+        let identity_start = Instant::now();
+        let changed = ids
+            .iter()
             .copied()
             .filter(|id| {
                 watched
@@ -382,7 +470,10 @@ pub(super) fn list_module(
                     .get(id)
                     .is_some_and(|old| token_changed(module, *id, old))
             })
-            .collect()
+            .collect();
+        mp.identity_checked = true;
+        mp.identity_cost = identity_start.elapsed();
+        changed
     } else {
         BTreeSet::new()
     };
@@ -465,7 +556,7 @@ fn token_changed(module: &Module, slot: u64, old: &SlotState) -> bool {
 }
 
 /// The read of a module's slots as the journal takes it.
-fn to_scan(module: ModuleInfo, slots: &BTreeMap<u64, SlotState>) -> ModuleScan {
+pub(super) fn to_scan(module: ModuleInfo, slots: &BTreeMap<u64, SlotState>) -> ModuleScan {
     let mut carriers = Vec::new();
     let mut problems = Vec::new();
     for (slot, s) in slots {
@@ -494,7 +585,7 @@ fn to_scan(module: ModuleInfo, slots: &BTreeMap<u64, SlotState>) -> ModuleScan {
 
 /// Reads a slot seen for the first time (or again after a change), with PINs; `known`: what
 /// it held before (its parsed certificates are reused).
-fn read_new(
+pub(super) fn read_new(
     module: &Module,
     slot: u64,
     pins: &ServicePins,
@@ -517,7 +608,12 @@ fn read_new(
 
 /// Content check of a known slot: a read without PIN, compared with the last one; a full
 /// read only when it differs (or a PIN source changed since it was rejected).
-fn recheck(module: &Module, slot: u64, old: &SlotState, pins: &ServicePins) -> SlotState {
+pub(super) fn recheck(
+    module: &Module,
+    slot: u64,
+    old: &SlotState,
+    pins: &ServicePins,
+) -> SlotState {
     match old {
         SlotState::Uninitialised => match module.read_slot_id(slot, &NoPins) {
             SlotRead::Uninitialised => SlotState::Uninitialised,

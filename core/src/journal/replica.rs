@@ -79,6 +79,8 @@ impl Journal {
             conn,
             path: ":memory:".into(),
             journal_id: journal_id.to_owned(),
+            last_commit: None,
+            wal_pages: super::wal::WalPages::default(),
         })
     }
 }

@@ -3,9 +3,13 @@
 //! A journal file may carry SQL of its own: a trigger planted in it runs inside custody's
 //! transactions, a view can stand where a table should be. Before anything is written, the
 //! file's `sqlite_master` is compared with the exact schema of its `user_version`, which is
-//! derived from the migration SQL itself (applied to an in-memory database), so the two can
-//! never drift apart. Every connection also runs with `trusted_schema` off and SQLite's
-//! defensive mode on.
+//! derived from the migration SQL itself (applied to an in-memory database). The latest
+//! schema is also kept as `sql/schema.json`, made the same way and checked against the
+//! migrations by a unit test (`the_stored_schema_is_what_the_migrations_make`), so that every
+//! open of an up-to-date journal compares with it instead of applying every migration in
+//! memory first (half the instructions of a short `custody scan`); a file that does not
+//! match the migrations' latest version is not used. Every connection also runs with
+//! `trusted_schema` off and SQLite's defensive mode on.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -60,7 +64,74 @@ pub(crate) fn harden(conn: &Connection) -> Result<()> {
 
 /// Whitespace runs become one space, so that only the SQL itself is compared.
 fn normalise(sql: &str) -> String {
-    sql.split_whitespace().collect::<Vec<_>>().join(" ")
+    let mut out = String::with_capacity(sql.len());
+    for word in sql.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    out
+}
+
+/// One object of `sql/schema.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+struct StoredObject {
+    #[serde(rename = "type")]
+    kind: String,
+    name: String,
+    table: String,
+    sql: Option<String>,
+}
+
+/// `sql/schema.json`: the schema the migrations make at `version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+struct StoredSchema {
+    version: u32,
+    objects: Vec<StoredObject>,
+}
+
+const STORED: &str = include_str!("sql/schema.json");
+
+impl StoredSchema {
+    #[cfg(test)]
+    fn of(version: u32, schema: &Schema) -> Self {
+        Self {
+            version,
+            objects: schema
+                .iter()
+                .map(|((kind, name), (table, sql))| StoredObject {
+                    kind: kind.clone(),
+                    name: name.clone(),
+                    table: table.clone(),
+                    sql: sql.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn schema(&self) -> Schema {
+        self.objects
+            .iter()
+            .map(|o| {
+                (
+                    (o.kind.clone(), o.name.clone()),
+                    (o.table.clone(), o.sql.clone()),
+                )
+            })
+            .collect()
+    }
+}
+
+/// The latest schema from `sql/schema.json`, when that file is of [`migrations::LATEST`].
+fn stored_latest() -> Option<&'static Schema> {
+    static LATEST: OnceLock<Option<Schema>> = OnceLock::new();
+    LATEST
+        .get_or_init(|| {
+            let stored: StoredSchema = serde_json::from_str(STORED).ok()?;
+            (stored.version == migrations::LATEST).then(|| stored.schema())
+        })
+        .as_ref()
 }
 
 fn read(conn: &Connection) -> Result<Schema> {
@@ -81,8 +152,23 @@ fn read(conn: &Connection) -> Result<Schema> {
     rows.collect::<std::result::Result<_, _>>().map_err(db_err)
 }
 
-/// The schema of every version, from the migrations applied in memory (computed once).
+/// The schema of `version`: none before the first migration, the stored latest one (see the
+/// module docs), else from the migrations applied in memory (computed once).
 fn expected(version: u32) -> Result<&'static Schema> {
+    static EMPTY: Schema = BTreeMap::new();
+    if version == 0 {
+        return Ok(&EMPTY);
+    }
+    if version == migrations::LATEST {
+        if let Some(latest) = stored_latest() {
+            return Ok(latest);
+        }
+    }
+    built(version)
+}
+
+/// The schema of every version, from the migrations applied in memory (computed once).
+fn built(version: u32) -> Result<&'static Schema> {
     static ALL: OnceLock<std::result::Result<Vec<Schema>, String>> = OnceLock::new();
     let all = ALL.get_or_init(|| {
         let run = || -> Result<Vec<Schema>> {
@@ -156,6 +242,36 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap_or_else(|e| panic!("{e}"));
         migrations::migrate(&mut conn).unwrap_or_else(|e| panic!("{e}"));
         conn
+    }
+
+    /// `sql/schema.json` is what the migrations make. Rewrite it after adding a migration:
+    /// `CUSTODY_WRITE_SCHEMA=1 cargo test -p custody-core --lib stored_schema`.
+    #[test]
+    fn the_stored_schema_is_what_the_migrations_make() {
+        let built = built(migrations::LATEST).unwrap_or_else(|e| panic!("{e}"));
+        let want = StoredSchema::of(migrations::LATEST, built);
+        if std::env::var_os("CUSTODY_WRITE_SCHEMA").is_some() {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/journal/sql/schema.json");
+            let text = serde_json::to_string_pretty(&want).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(path, format!("{text}\n")).unwrap_or_else(|e| panic!("{e}"));
+            return;
+        }
+        let stored: StoredSchema = serde_json::from_str(STORED).unwrap_or_else(|e| {
+            panic!("sql/schema.json does not parse ({e}); rewrite it with CUSTODY_WRITE_SCHEMA=1")
+        });
+        assert!(
+            stored == want,
+            "sql/schema.json is not the schema the migrations make; rewrite it: CUSTODY_WRITE_SCHEMA=1 cargo test -p custody-core --lib stored_schema"
+        );
+        assert_eq!(stored_latest(), Some(built));
+        // What an open compares with is that schema, and it finds a planted object.
+        let conn = journal();
+        assert_eq!(check(&conn, migrations::LATEST).ok(), Some(vec![]));
+        conn.execute_batch("CREATE VIEW planted AS SELECT 1")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let problems = check(&conn, migrations::LATEST).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].problem, "unexpected");
     }
 
     #[test]

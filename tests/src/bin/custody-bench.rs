@@ -186,8 +186,10 @@ fn main() -> anyhow::Result<()> {
         let module = set.module().display().to_string();
         let fresh_journal = set.dir().join("fresh.db");
         let steady_journal = set.dir().join("steady.db");
+        // A fresh journal is made without its key too: custody refuses a journal whose key
+        // is there while the journal is not.
         let remove = |p: &Path| {
-            for suffix in ["", "-wal", "-shm"] {
+            for suffix in ["", "-wal", "-shm", ".key"] {
                 let _ = std::fs::remove_file(format!("{}{suffix}", p.display()));
             }
         };

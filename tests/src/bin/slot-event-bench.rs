@@ -119,9 +119,102 @@ fn after(later: SystemTime, earlier: SystemTime) -> Duration {
     later.duration_since(earlier).unwrap_or_default()
 }
 
+/// Where one event's time went: from pcscd seeing the change to the row, in the steps the
+/// service's debug log (`slot event handled`) stamps.
+#[derive(Debug, Clone, Copy, Default)]
+struct Split {
+    /// pcscd saw the change -> C_WaitForSlotEvent returned (pcscd's notice, OpenSC; for an
+    /// insertion also OpenSC's bind of the card, inside the wait).
+    module: Duration,
+    /// -> the worker took the event up.
+    queued: Duration,
+    /// -> the slot's state known (C_GetSlotInfo, and for a token the read of it).
+    read: Duration,
+    /// -> the journal transaction began (compare with the journal).
+    prepare: Duration,
+    /// -> COMMIT issued (events appended, state updated).
+    write: Duration,
+    /// COMMIT: the WAL's fsync.
+    commit: Duration,
+    /// committed -> the row's log line.
+    logged: Duration,
+    /// Only the slot was read (not a full poll).
+    one_slot: bool,
+}
+
+impl Split {
+    /// From the service's `slot event handled` fields, pcscd's instant and the row's time;
+    /// `None` when the event's own transaction did not write the row (the poll every interval
+    /// was running when the event came, and recorded the change first).
+    fn from_log(f: &serde_json::Value, seen: SystemTime, row: SystemTime) -> Result<Option<Self>> {
+        let us = |name: &str| -> Result<Duration> {
+            f[name]
+                .as_u64()
+                .map(Duration::from_micros)
+                .with_context(|| format!("no {name} in {f}"))
+        };
+        if f["committed"] != true {
+            return Ok(None);
+        }
+        let event = SystemTime::UNIX_EPOCH + us("event_unix_us")?;
+        let (queued, read, prepare, write, commit) = (
+            us("queued_us")?,
+            us("read_us")?,
+            us("prepare_us")?,
+            us("write_us")?,
+            us("commit_us")?,
+        );
+        let committed = event + queued + read + prepare + write + commit;
+        Ok(Some(Self {
+            module: after(event, seen),
+            queued,
+            read,
+            prepare,
+            write,
+            commit,
+            logged: after(row, committed),
+            one_slot: f["one_slot"] == true,
+        }))
+    }
+
+    /// custody's own share: everything but the module's and the disk's.
+    fn custody(&self) -> Duration {
+        self.queued + self.read + self.prepare + self.write + self.logged
+    }
+}
+
+/// `n` appends of 4 KiB to a file in `dir`, each followed by fsync: the disk's own share of
+/// a commit, measured on the journal's disk at the same time.
+fn fsync_samples(dir: &std::path::Path, n: usize) -> Result<Vec<Duration>> {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("fsync-probe"))?;
+    let page = [0x5au8; 4096];
+    (0..n)
+        .map(|_| {
+            let start = Instant::now();
+            f.write_all(&page)?;
+            f.sync_all()?;
+            Ok(start.elapsed())
+        })
+        .collect()
+}
+
+/// The 1-minute load average.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 struct Cycle {
     /// pulled at the poll -> row
     removal: Duration,
+    removal_split: Option<Split>,
+    insertion_split: Option<Split>,
     /// pcscd saw the card -> row
     insertion: Duration,
     /// pcscd saw the card -> last command answered before the row
@@ -173,6 +266,8 @@ fn run(o: &Options) -> Result<()> {
             .arg(format!("{}ms", o.interval.as_millis()))
             .envs(reader.env())
             .env("CUSTODY_CONFIG", "/dev/null")
+            // The worker's debug lines: `slot event handled` stamps each step of an event.
+            .env("CUSTODY_LOG", "info,custody_agent::worker=debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()
@@ -187,6 +282,8 @@ fn run(o: &Options) -> Result<()> {
     let mut phase = Phase(u64::from(std::process::id()) | 1);
     let mut cycles = Vec::new();
     let mut gaps = Vec::new();
+    let mut fsyncs = Vec::new();
+    let mut loads = vec![load_average()];
     for _ in 0..o.cycles {
         std::thread::sleep(phase.next(o.interval));
         let asked = SystemTime::now();
@@ -194,15 +291,24 @@ fn run(o: &Options) -> Result<()> {
         let pulled = removed.pulled.context("pulled")?;
         let row = tail.wait_recorded("carrier_removed", &serial, Duration::from_secs(30))?;
         let removal = after(row, pulled);
+        let (fields, _) = tail.wait_message("slot event handled", Duration::from_secs(5))?;
+        let removal_split = Split::from_log(&fields, pulled, row)?;
         gaps.push(after(pulled, asked));
+        fsyncs.extend(fsync_samples(&o.dir, 2)?);
         // Out for a while (longer than pcscd's 400 ms poll), then back in.
         std::thread::sleep(Duration::from_millis(500) + phase.next(o.interval));
         present = reader.insert(&card.image)?;
         let row = tail.wait_recorded("carrier_seen", &serial, Duration::from_secs(30))?;
         let t = present.timeline();
         let detected = t.detected.context("detected")?;
+        let (fields, _) = tail.wait_message("slot event handled", Duration::from_secs(5))?;
+        let insertion_split = Split::from_log(&fields, detected, row)?;
+        fsyncs.extend(fsync_samples(&o.dir, 2)?);
+        loads.push(load_average());
         cycles.push(Cycle {
             removal,
+            removal_split,
+            insertion_split,
             insertion: after(row, detected),
             read: t
                 .last_command
@@ -243,6 +349,7 @@ fn run(o: &Options) -> Result<()> {
         .status()?;
 
     report(o, &cycles, &gaps, (floor_read, floor_commands, floor_wall));
+    split_report(&cycles, &fsyncs, &loads);
     println!(
         "  journal verifies: {}; service exit code on SIGTERM: {exit:?}",
         verify.success()
@@ -361,5 +468,82 @@ fn report(o: &Options, cycles: &[Cycle], gaps: &[Duration], floor: (Duration, u6
         floor.1,
         ms(floor.0),
         ms(floor.2)
+    );
+}
+
+/// Where each event's time went (the service's `slot event handled` stamps), the disk's
+/// fsync at the same time, and the machine's load.
+fn split_report(cycles: &[Cycle], fsyncs: &[Duration], loads: &[f64]) {
+    let line = |name: &str, mut v: Vec<Duration>| {
+        v.sort();
+        println!(
+            "    {name:<50} p50 {:>9}   p99 {:>9}   max {:>9}",
+            ms(percentile(&v, 50.0)),
+            ms(percentile(&v, 99.0)),
+            ms(v.last().copied().unwrap_or_default())
+        );
+    };
+    for (what, pick, read) in [
+        (
+            "removal",
+            (|c: &Cycle| c.removal_split) as fn(&Cycle) -> Option<Split>,
+            "-> the slot's state known (C_GetSlotInfo)",
+        ),
+        (
+            "insertion",
+            |c: &Cycle| c.insertion_split,
+            "-> the slot's state known (C_GetSlotInfo + read)",
+        ),
+    ] {
+        let splits: Vec<Split> = cycles.iter().filter_map(pick).collect();
+        let of = |f: &dyn Fn(&Split) -> Duration| splits.iter().map(f).collect::<Vec<_>>();
+        println!(
+            "  {what}: where the time went (service's debug log; {} rows written by the event's own transaction, {} of them after reading only the slot; {} by the poll every interval, running when the event came)",
+            splits.len(),
+            splits.iter().filter(|s| s.one_slot).count(),
+            cycles.len() - splits.len()
+        );
+        line(
+            "pcscd sees it -> C_WaitForSlotEvent returns (module)",
+            of(&|s| s.module),
+        );
+        line("-> the worker takes the event up", of(&|s| s.queued));
+        line(read, of(&|s| s.read));
+        line(
+            "-> transaction begins (compared with the journal)",
+            of(&|s| s.prepare),
+        );
+        line(
+            "-> COMMIT issued (events appended, state)",
+            of(&|s| s.write),
+        );
+        line("COMMIT (the WAL's fsync: the disk)", of(&|s| s.commit));
+        line("committed -> row logged", of(&|s| s.logged));
+        line(
+            "custody's own share (all but module and COMMIT)",
+            of(&|s| s.custody()),
+        );
+        line(
+            "custody + COMMIT (event returned -> row)",
+            of(&|s| s.custody() + s.commit),
+        );
+    }
+    let mut f = fsyncs.to_vec();
+    f.sort();
+    println!(
+        "  the journal's disk meanwhile: append 4 KiB + fsync, {} samples between events: p50 {}   p99 {}   max {}",
+        f.len(),
+        ms(percentile(&f, 50.0)),
+        ms(percentile(&f, 99.0)),
+        ms(f.last().copied().unwrap_or_default())
+    );
+    let (lo, hi) = loads
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(lo, hi), l| (lo.min(*l), hi.max(*l)));
+    println!(
+        "  load average (1 min) during the cycles: {lo:.1} .. {hi:.1} on {} CPU(s)",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     );
 }

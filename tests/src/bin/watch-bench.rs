@@ -7,27 +7,38 @@
 //!     objects each in the SoftHSM2 of $SOFTHSM2_CONF, in-process through cryptoki (about
 //!     four times faster than pkcs11-tool). Prints one JSON line per token: label, serial.
 //! watch-bench run --custody PATH [--interval MS] [--idle SECS] [--insertions N]
-//!                 [--sizes 1,10,100] [--dir DIR] [--module PATH]
+//!                 [--sizes 1,10,100] [--impls kryoptic,tpm2-pkcs11,p11-kit-remote,opensc] [--impl-idle SECS]
+//!                 [--fleet 0] [--baseline PATH] [--dir DIR] [--module PATH]
 //!     The benchmark: insertion latency and idle cost of `custody watch` with each number of
-//!     tokens in `--sizes` present (CPU per poll, goal ≤ 1.15 × the floor; peak RSS, goal ≤
-//!     the floor's + 3 MiB) next to the floor,
-//!     `custody-floor MODULE --poll MS --reinit` (the module's own minimal poll: C_Finalize +
-//!     C_Initialize, then C_GetSlotList, every interval), run at the same time.
+//!     SoftHSM2 tokens in `--sizes` present, then with one carrier on every other
+//!     implementation in `--impls` (the test suite's harness, `custody_tests::implementation`),
+//!     each next to its floor run at the same time (CPU per poll, goal ≤ 1.15 × the floor;
+//!     peak RSS, goal ≤ the floor's + 3 MiB): `custody-floor MODULE --poll MS [--reinit]`,
+//!     the module's own minimal poll (the slot list every interval, after C_Finalize +
+//!     C_Initialize when the service re-initialises that module). Then the service with
+//!     `[fleet]` (a private PostgreSQL cluster, nothing to send) next to the same service
+//!     without it (goal: ≤ 5 % added CPU); `--fleet 0` leaves that out. `--baseline PATH`:
+//!     another custody build (before a change) runs beside the service in every idle
+//!     measurement, its figures on a line of their own.
 //! ```
 //!
 //! The PINs above belong to throw-away test tokens; they are not secrets.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::object::{Attribute, CertificateType, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
-use custody_tests::bench::{cpu_time, ms, peak_rss_kib, percentile, LogTail};
+use custody_core::fleet::{Database, Fleet};
+use custody_tests::bench::idle::{cpu_over, header, idle, row, Idle, Setup, Target};
+use custody_tests::bench::{ms, peak_rss_kib, percentile, thread_cpu_time, LogTail};
+use custody_tests::implementation::implementation;
+use custody_tests::postgres::{Options as PgOptions, Postgres};
 
 const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const SO_PIN: &str = "12345678";
@@ -179,33 +190,6 @@ fn tokens(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Child processes killed on drop.
-struct Running {
-    child: Child,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Running {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGTERM, then waits; returns the exit code.
-    fn stop(mut self) -> Result<Option<i32>> {
-        Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()?;
-        let status = self.child.wait()?;
-        Ok(status.code())
-    }
-}
-
 struct Softhsm {
     conf: PathBuf,
     tokendir: PathBuf,
@@ -295,101 +279,11 @@ fn self_signed_cert(dir: &Path) -> Result<PathBuf> {
     Ok(der)
 }
 
-struct Setup<'a> {
-    custody: &'a Path,
-    module: PathBuf,
-    interval: Duration,
-    dir: PathBuf,
-}
-
-impl Setup<'_> {
-    fn custody(&self, hsm: &Softhsm, journal: &Path, log: &Path) -> Result<Running> {
-        let log = std::fs::File::create(log)?;
-        let child = Command::new(self.custody)
-            .arg("--journal")
-            .arg(journal)
-            .arg("--module")
-            .arg(&self.module)
-            .args(["--log-format", "json", "watch", "--interval"])
-            .arg(format!("{}ms", self.interval.as_millis()))
-            .env("SOFTHSM2_CONF", &hsm.conf)
-            .env("CUSTODY_CONFIG", self.dir.join("custody.toml"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting custody watch")?;
-        Ok(Running { child })
-    }
-
-    /// `custody-floor` (built next to this program) polling like the service, for `secs`.
-    fn floor(&self, hsm: &Softhsm, secs: u64) -> Result<Running> {
-        let floor = std::env::current_exe()?.with_file_name("custody-floor");
-        let child = Command::new(&floor)
-            .arg(&self.module)
-            .args(["--poll", &self.interval.as_millis().to_string()])
-            .args(["--for", &secs.to_string(), "--reinit"])
-            .env("SOFTHSM2_CONF", &hsm.conf)
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", floor.display()))?;
-        Ok(Running { child })
-    }
-}
-
-struct Idle {
-    tokens: usize,
-    custody_cpu: Duration,
-    floor_cpu: Duration,
-    polls: f64,
-    custody_rss: u64,
-    floor_rss: u64,
-    exit: Option<i32>,
-}
-
-fn idle(setup: &Setup<'_>, hsm: &Softhsm, tokens: usize, secs: u64, name: &str) -> Result<Idle> {
-    let journal = setup.dir.join(format!("{name}.db"));
-    let log = setup.dir.join(format!("{name}.log"));
-    let custody = setup.custody(hsm, &journal, &log)?;
-    // The first poll enrolls the tokens present. The floor starts half an interval later,
-    // so that the two never poll at the same moment (on a small machine, simultaneous
-    // wake-ups slow each other down and make the comparison noisy).
-    let mut tail = LogTail::open(&log)?;
-    tail.wait_recorded("carrier_enrolled", "", Duration::from_secs(30))?;
-    std::thread::sleep(setup.interval / 2);
-    let floor = setup.floor(hsm, secs + 60)?;
-    // Warm up: two quiet intervals.
-    std::thread::sleep(setup.interval * 2);
-    let (c0, f0, t0) = (
-        cpu_time(custody.pid())?,
-        cpu_time(floor.pid())?,
-        Instant::now(),
-    );
-    std::thread::sleep(Duration::from_secs(secs));
-    let (c1, f1, t1) = (
-        cpu_time(custody.pid())?,
-        cpu_time(floor.pid())?,
-        Instant::now(),
-    );
-    let result = Idle {
-        tokens,
-        custody_cpu: c1 - c0,
-        floor_cpu: f1 - f0,
-        polls: (t1 - t0).as_secs_f64() / setup.interval.as_secs_f64(),
-        custody_rss: peak_rss_kib(custody.pid())?,
-        floor_rss: peak_rss_kib(floor.pid())?,
-        exit: None,
-    };
-    drop(floor);
-    Ok(Idle {
-        exit: custody.stop()?,
-        ..result
-    })
-}
-
 fn run(args: &Args) -> Result<()> {
     let custody = PathBuf::from(args.get("custody").context("--custody PATH is required")?);
     let interval = Duration::from_millis(args.num("interval", 2000)?);
     let idle_secs = args.num("idle", 60)?;
+    let impl_secs = args.num("impl-idle", 30)?;
     let insertions = args.num("insertions", 20)?;
     let dir = match args.get("dir") {
         Some(d) => PathBuf::from(d),
@@ -397,12 +291,22 @@ fn run(args: &Args) -> Result<()> {
     };
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
+    let dir = dir.canonicalize()?;
     let setup = Setup {
-        custody: &custody,
-        module: args.module(),
+        custody: custody.clone(),
+        floor: std::env::current_exe()?.with_file_name("custody-floor"),
         interval,
         dir: dir.clone(),
+        config: dir.join("custody.toml"),
+        baseline: args.get("baseline").map(PathBuf::from),
     };
+    // The implementations' carriers are made by custody-fixtures, built next to this program.
+    if std::env::var_os("CUSTODY_FIXTURES_BIN").is_none() {
+        std::env::set_var(
+            "CUSTODY_FIXTURES_BIN",
+            std::env::current_exe()?.with_file_name("custody-fixtures"),
+        );
+    }
     // The configuration of a real deployment: the order spool is processed (its task runs
     // after every poll); the system's /etc/custody/custody.toml must not apply.
     let key = dir.join("signer");
@@ -423,14 +327,12 @@ fn run(args: &Args) -> Result<()> {
         ),
     )?;
     std::fs::create_dir_all(dir.join("spool"))?;
-    std::fs::write(
-        dir.join("custody.toml"),
-        format!(
-            "[orders]\nallowed_signers = \"{}\"\n[service]\nspool = \"{}\"\n",
-            dir.join("allowed_signers").display(),
-            dir.join("spool").display()
-        ),
-    )?;
+    let orders = format!(
+        "[orders]\nallowed_signers = \"{}\"\n[service]\nspool = \"{}\"\n",
+        dir.join("allowed_signers").display(),
+        dir.join("spool").display()
+    );
+    std::fs::write(&setup.config, &orders)?;
     let cert = self_signed_cert(&dir)?;
     let live = Softhsm::new(&dir.join("live"))?;
     let more = Softhsm::new(&dir.join("more"))?;
@@ -442,14 +344,19 @@ fn run(args: &Args) -> Result<()> {
         .get("sizes")
         .unwrap_or("1,10,100")
         .split(',')
+        .filter(|n| !n.trim().is_empty())
         .map(|n| n.trim().parse().with_context(|| format!("--sizes {n}")))
         .collect::<Result<_>>()?;
     let largest = sizes.iter().copied().max().unwrap_or(1).max(10);
     live.make(1, 1, "present", &cert)?;
     let more_serials = more.make(largest as u64 - 1, 1, "present", &cert)?;
     let staged = stage.make(insertions, 1, "inserted", &cert)?;
+    let softhsm = |hsm: &Softhsm| Target {
+        module: args.module(),
+        env: vec![("SOFTHSM2_CONF".into(), hsm.conf.clone().into_os_string())],
+    };
 
-    let mut idles = Vec::new();
+    let mut idles: Vec<(String, Idle)> = Vec::new();
     let mut moved = 1;
     for &size in &sizes {
         for serial in
@@ -462,15 +369,44 @@ fn run(args: &Args) -> Result<()> {
             )?;
         }
         moved = moved.max(size);
-        eprintln!("idle, {size} token(s): {idle_secs} s …");
-        idles.push(idle(
-            &setup,
-            &live,
-            size,
-            idle_secs,
-            &format!("idle{size}"),
-        )?);
+        eprintln!("idle, SoftHSM2, {size} token(s): {idle_secs} s …");
+        let r = idle(&setup, &softhsm(&live), idle_secs, &format!("idle{size}"))?;
+        idles.push((
+            format!("SoftHSM2, {size} token{}", if size == 1 { "" } else { "s" }),
+            r,
+        ));
     }
+
+    // Every other implementation the test harness sets up, one carrier each.
+    let names: Vec<&str> = args
+        .get("impls")
+        .unwrap_or("kryoptic,tpm2-pkcs11,p11-kit-remote,opensc")
+        .split(',')
+        .filter(|n| !n.trim().is_empty())
+        .collect();
+    let mut versions = Vec::new();
+    let mut not_measured = Vec::new();
+    for name in names {
+        eprintln!("idle, {name}, 1 token: {impl_secs} s …");
+        match implementation_idle(&setup, name.trim(), impl_secs) {
+            Ok((version, r)) => {
+                versions.push(version);
+                idles.push((format!("{name}, 1 token"), r));
+            }
+            Err(e) => not_measured.push(format!("{name}: {e:#}")),
+        }
+    }
+
+    // `[fleet]` configured, nothing to send: two services side by side on one token.
+    let fleet = if args.get("fleet").is_some_and(|v| v == "0") {
+        None
+    } else {
+        eprintln!("idle with [fleet], 1 token: {idle_secs} s …");
+        let one = Softhsm::new(&dir.join("fleet"))?;
+        one.make(1, 1, "present", &cert)?;
+        Some(fleet_idle(&setup, &softhsm(&one), &orders, idle_secs))
+    };
+
     // The latency runs with (at least) 10 tokens present.
     if moved < 10 {
         for serial in &more_serials[moved - 1..9] {
@@ -483,10 +419,8 @@ fn run(args: &Args) -> Result<()> {
     }
 
     eprintln!("latency: {insertions} insertions …");
-    let journal = dir.join("latency.db");
-    let log = dir.join("latency.log");
-    let service = setup.custody(&live, &journal, &log)?;
-    let mut tail = LogTail::open(&log)?;
+    let service = setup.custody(&softhsm(&live), "latency", None)?;
+    let mut tail = LogTail::open(&dir.join("latency.log"))?;
     tail.wait_recorded("carrier_enrolled", "", Duration::from_secs(30))?;
     let mut latencies = Vec::new();
     let mut seed = u64::from(std::process::id()) | 1;
@@ -511,9 +445,9 @@ fn run(args: &Args) -> Result<()> {
     let exit = service.stop()?;
     let verify = Command::new(&custody)
         .arg("--journal")
-        .arg(&journal)
+        .arg(dir.join("latency.db"))
         .args(["journal", "verify"])
-        .env("CUSTODY_CONFIG", dir.join("custody.toml"))
+        .env("CUSTODY_CONFIG", &setup.config)
         .stdout(Stdio::null())
         .status()?;
     latencies.sort();
@@ -523,13 +457,18 @@ fn run(args: &Args) -> Result<()> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "custody watch benchmark: SoftHSM {version}, interval {}, {} CPU(s)",
+        "custody watch benchmark: SoftHSM {version}, interval {}, {} CPU(s), load average at the end {}",
         ms(interval),
         std::thread::available_parallelism()
             .map(|n| n.get())
-            .unwrap_or(1)
+            .unwrap_or(1),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
+    for v in &versions {
+        println!("  also: {v}");
+    }
     println!();
     println!(
         "insertion -> committed journal row ({} insertions at random phases of the poll timer, {} tokens present):",
@@ -552,40 +491,109 @@ fn run(args: &Args) -> Result<()> {
         exit
     );
     println!();
-    println!("idle over {idle_secs} s (CPU time: exact, from schedstat; RSS: VmHWM):");
     println!(
-        "  {:<10} {:>24} {:>24} {:>6} {:>6}   {:>14} {:>14} {:>14}",
-        "present",
-        "custody CPU",
-        "floor CPU",
-        "ratio",
-        "≤ 1.15",
-        "custody RSS",
-        "floor RSS",
-        "≤ floor+3 MiB"
+        "idle (SoftHSM2 over {idle_secs} s, the others over {impl_secs} s; CPU time: exact, from schedstat; RSS: VmHWM):"
     );
-    for r in &idles {
-        let ratio = r.custody_cpu.as_secs_f64() / r.floor_cpu.as_secs_f64().max(1e-9);
-        let cpu =
-            |d: Duration| format!("{} ({:.0} µs/poll)", ms(d), d.as_secs_f64() * 1e6 / r.polls);
-        let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-        println!(
-            "  {:<10} {:>24} {:>24} {:>6.2} {:>6}   {:>10.1} MiB {:>10.1} MiB {:>14}",
-            format!("{} token{}", r.tokens, if r.tokens == 1 { "" } else { "s" }),
-            cpu(r.custody_cpu),
-            cpu(r.floor_cpu),
-            ratio,
-            verdict(ratio <= 1.15),
-            r.custody_rss as f64 / 1024.0,
-            r.floor_rss as f64 / 1024.0,
-            verdict(r.custody_rss <= r.floor_rss + 3 * 1024),
-        );
-        if r.exit != Some(0) {
-            println!("  (custody exited with {:?} on SIGTERM)", r.exit);
+    println!("{}", header());
+    for (label, r) in &idles {
+        println!("{}", row(label, r));
+    }
+    for n in &not_measured {
+        println!("  NOT MEASURED: {n}");
+    }
+    if let Some(fleet) = fleet {
+        println!();
+        match fleet {
+            Ok(f) => println!("{f}"),
+            Err(e) => println!("idle with [fleet]: NOT MEASURED: {e:#}"),
         }
     }
     if args.get("keep").is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(())
+}
+
+/// Starts the implementation `name` with one carrier and measures the service next to its
+/// floor; returns the versions in use and the figures.
+fn implementation_idle(setup: &Setup, name: &str, secs: u64) -> Result<(String, Idle)> {
+    let dir = setup.dir.join(format!("impl-{name}"));
+    std::fs::create_dir_all(&dir)?;
+    let mut instance = implementation(name)?
+        .start(&dir)
+        .with_context(|| format!("{name} could not be set up"))?;
+    instance.insert("present")?;
+    let target = Target {
+        module: instance.module().to_path_buf(),
+        env: instance.env(),
+    };
+    let r = idle(setup, &target, secs, &format!("impl-{name}"))?;
+    Ok((instance.version(), r))
+}
+
+/// `custody watch` with `[fleet]` (sync every 10 s to a private PostgreSQL cluster, the
+/// journal unchanged after the first sync) next to the same service without it, over
+/// `secs`: the whole processes' CPU, and the sync thread's own.
+fn fleet_idle(setup: &Setup, target: &Target, orders: &str, secs: u64) -> Result<String> {
+    use secrecy::ExposeSecret as _;
+    let pg = Postgres::start(&PgOptions {
+        durable: true,
+        ..PgOptions::default()
+    })?;
+    let db = pg.database("idle")?;
+    let mut owner = Fleet::connect(&Database::parse(&pg.url("postgres", &db))?)?;
+    owner.init()?;
+    let enrolled = owner.enroll_agent("ws-idle", false)?;
+    let password = setup.dir.join("fleet.password");
+    std::fs::write(&password, enrolled.password.expose_secret())?;
+    std::fs::set_permissions(
+        &password,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
+    let with = setup.dir.join("with-fleet.toml");
+    std::fs::write(
+        &with,
+        format!(
+            "{orders}[fleet]\ndatabase = \"{}\"\npassword_file = \"{}\"\ninterval = \"10s\"\n",
+            pg.url(&enrolled.role, &db),
+            password.display(),
+        ),
+    )?;
+    let a = setup.custody(target, "with-fleet", Some(&with))?;
+    let mut tail = LogTail::open(&setup.dir.join("with-fleet.log"))?;
+    tail.wait_recorded("carrier_enrolled", "", Duration::from_secs(30))?;
+    std::thread::sleep(setup.interval / 2);
+    let b = setup.custody(target, "without-fleet", None)?;
+    let mut tail = LogTail::open(&setup.dir.join("without-fleet.log"))?;
+    tail.wait_recorded("carrier_enrolled", "", Duration::from_secs(30))?;
+    // Past the first sync (which sends the enrollment) and two quiet intervals.
+    let state = setup.dir.join("with-fleet.fleet.json");
+    let until = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&state).is_ok_and(|t| t.contains("last_success")) {
+        ensure!(Instant::now() < until, "the first sync did not succeed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The journal changed during the first sync (the service's first checkpoint), so one
+    // more sync follows an interval later; from then on nothing is sent.
+    std::thread::sleep(Duration::from_secs(12));
+    let thread0 = thread_cpu_time(a.pid(), "fleet-sync")?;
+    let (cpu, took) = cpu_over(&[a.pid(), b.pid()], secs)?;
+    let thread = thread_cpu_time(a.pid(), "fleet-sync")? - thread0;
+    let rss = (peak_rss_kib(a.pid())?, peak_rss_kib(b.pid())?);
+    drop((a, b));
+    let (with, without) = (cpu[0].as_secs_f64(), cpu[1].as_secs_f64());
+    Ok(format!(
+        "idle over {took:.0} s with [fleet] (sync every 10 s, nothing to send), SoftHSM2, 1 token:\n  \
+         with [fleet] {:.1} ms CPU, without {:.1} ms CPU: added {:+.1} % (goal ≤ 5 %: {}); \
+         the sync thread itself {:.2} ms ({:.2} % of the service without [fleet]); \
+         RSS {:.1} / {:.1} MiB",
+        with * 1000.0,
+        without * 1000.0,
+        (with / without.max(1e-9) - 1.0) * 100.0,
+        if with <= without * 1.05 { "met" } else { "MISSED" },
+        thread.as_secs_f64() * 1000.0,
+        thread.as_secs_f64() / without.max(1e-9) * 100.0,
+        rss.0 as f64 / 1024.0,
+        rss.1 as f64 / 1024.0,
+    ))
 }
