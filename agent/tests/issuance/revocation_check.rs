@@ -259,46 +259,48 @@ fn answer(dir: &Path, mut stream: TcpStream) -> std::io::Result<()> {
     }
 }
 
-/// `openssl ocsp` answering for `ca` on a free loopback port; stopped (by its pid) on drop.
-struct Responder {
+/// A daemon a test starts (`openssl ocsp`, `openssl s_server`), ready once it has printed a
+/// given line; stopped (by its pid) on drop.
+pub(crate) struct Daemon {
     child: Child,
 }
 
-impl Responder {
-    fn start(ca: &Ca, port: u16) -> Self {
-        Self::signed_by(ca, ca, port)
-    }
+/// Which of its output streams a [`Daemon`] says it is ready on.
+pub(crate) enum ReadyOn {
+    Stdout,
+    Stderr,
+}
 
-    /// A responder answering from `ca`'s database but signing with `signer`'s key.
-    fn signed_by(ca: &Ca, signer: &Ca, port: u16) -> Self {
-        let mut child = Command::new("openssl")
-            .current_dir(&ca.dir)
-            .args(["ocsp", "-index", "index.txt", "-port"])
-            .arg(port.to_string())
-            .arg("-rsigner")
-            .arg(signer.dir.join("ca.pem"))
-            .arg("-rkey")
-            .arg(signer.dir.join("ca.key"))
-            .args(["-CA", "ca.pem", "-ignore_err"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+impl Daemon {
+    /// Spawns `command` and waits until it prints a line containing `ready` on `on`; the rest
+    /// of that stream is drained so that the daemon never blocks on a full pipe.
+    pub(crate) fn start(what: &str, command: &mut Command, on: ReadyOn, ready: &str) -> Self {
+        let (stdout, stderr) = match on {
+            ReadyOn::Stdout => (Stdio::piped(), Stdio::null()),
+            ReadyOn::Stderr => (Stdio::null(), Stdio::piped()),
+        };
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
-            .unwrap_or_else(|e| panic!("openssl ocsp: {e}"));
-        // It serves one connection at a time, so a probe connection would hold it up: wait
-        // for the line it prints once it listens.
-        let stderr = child.stderr.take().unwrap_or_else(|| panic!("no stderr"));
-        let mut lines = BufReader::new(stderr).lines();
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let stream: Box<dyn std::io::Read + Send> = match on {
+            ReadyOn::Stdout => Box::new(child.stdout.take().unwrap_or_else(|| panic!("no stdout"))),
+            ReadyOn::Stderr => Box::new(child.stderr.take().unwrap_or_else(|| panic!("no stderr"))),
+        };
+        let mut lines = BufReader::new(stream).lines();
         let mut said = String::new();
         loop {
             match lines.next() {
                 Some(Ok(line)) => {
                     said.push_str(&line);
                     said.push('\n');
-                    if line.contains("waiting for OCSP client connections") {
+                    if line.contains(ready) {
                         break;
                     }
                 }
-                _ => panic!("openssl ocsp did not listen on port {port}: {said}"),
+                _ => panic!("{what} did not start listening: {said}"),
             }
         }
         std::thread::spawn(move || lines.for_each(drop));
@@ -306,10 +308,40 @@ impl Responder {
     }
 }
 
-impl Drop for Responder {
+impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `openssl ocsp` answering for `ca` on a free loopback port; stopped when the returned daemon
+/// is dropped.
+struct Responder;
+
+impl Responder {
+    fn start(ca: &Ca, port: u16) -> Daemon {
+        Self::signed_by(ca, ca, port)
+    }
+
+    /// A responder answering from `ca`'s database but signing with `signer`'s key. It serves
+    /// one connection at a time, so a probe connection would hold it up: it is ready once it
+    /// says it listens.
+    fn signed_by(ca: &Ca, signer: &Ca, port: u16) -> Daemon {
+        Daemon::start(
+            &format!("openssl ocsp on port {port}"),
+            Command::new("openssl")
+                .current_dir(&ca.dir)
+                .args(["ocsp", "-index", "index.txt", "-port"])
+                .arg(port.to_string())
+                .arg("-rsigner")
+                .arg(signer.dir.join("ca.pem"))
+                .arg("-rkey")
+                .arg(signer.dir.join("ca.key"))
+                .args(["-CA", "ca.pem", "-ignore_err"]),
+            ReadyOn::Stderr,
+            "waiting for OCSP client connections",
+        )
     }
 }
 

@@ -3,20 +3,17 @@
 //! with openssl. The server is trusted only through the CA store OpenSSL is given
 //! (`SSL_CERT_FILE`); without it the check fails with a clear error and nothing is recorded.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use super::common::*;
-use super::revocation_check::{confirmed_events, free_port, requested, Ca};
+use super::revocation_check::{confirmed_events, free_port, requested, Ca, Daemon, ReadyOn};
 
 /// `openssl s_server -WWW` serving the files of `dir` over HTTPS on `port` (127.0.0.1) with a
-/// certificate for IP 127.0.0.1 issued by `ca`; stopped (by its pid) on drop.
-struct HttpsServer {
-    child: Child,
-}
+/// certificate for IP 127.0.0.1 issued by `ca`; stopped when the returned daemon is dropped.
+struct HttpsServer;
 
 impl HttpsServer {
-    fn start(w: &World, ca: &Ca, dir: &std::path::Path, port: u16) -> Self {
+    fn start(w: &World, ca: &Ca, dir: &std::path::Path, port: u16) -> Daemon {
         let key = w.dir.join("server.key");
         let csr = w.dir.join("server.csr");
         let pem = w.dir.join("server.pem");
@@ -53,43 +50,19 @@ impl HttpsServer {
             .arg(&ext)
             .args(["-extensions", "srv", "-out"])
             .arg(&pem));
-        let mut child = Command::new("openssl")
-            .current_dir(dir)
-            .args(["s_server", "-WWW", "-accept"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("-cert")
-            .arg(&pem)
-            .arg("-key")
-            .arg(&key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("openssl s_server: {e}"));
-        let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
-        let mut lines = BufReader::new(stdout).lines();
-        let mut said = String::new();
-        loop {
-            match lines.next() {
-                Some(Ok(line)) => {
-                    said.push_str(&line);
-                    said.push('\n');
-                    if line.contains("ACCEPT") {
-                        break;
-                    }
-                }
-                _ => panic!("openssl s_server did not listen on port {port}: {said}"),
-            }
-        }
-        std::thread::spawn(move || lines.for_each(drop));
-        Self { child }
-    }
-}
-
-impl Drop for HttpsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Daemon::start(
+            &format!("openssl s_server on port {port}"),
+            Command::new("openssl")
+                .current_dir(dir)
+                .args(["s_server", "-WWW", "-accept"])
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("-cert")
+                .arg(&pem)
+                .arg("-key")
+                .arg(&key),
+            ReadyOn::Stdout,
+            "ACCEPT",
+        )
     }
 }
 
