@@ -127,19 +127,7 @@ impl Ca {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let pem = w.dir.join(format!("{label}.pem"));
-        ok(Command::new("openssl")
-            .args(["x509", "-req", "-days", "365", "-set_serial", serial, "-in"])
-            .arg(&csr)
-            .arg("-CA")
-            .arg(self.dir.join("ca.pem"))
-            .arg("-CAkey")
-            .arg(self.dir.join("ca.key"))
-            .arg("-force_pubkey")
-            .arg(&pub_pem)
-            .arg("-extfile")
-            .arg(&ext)
-            .args(["-extensions", "leaf", "-out"])
-            .arg(&pem));
+        self.sign_request(&csr, serial, 365, Some(&pub_pem), (&ext, "leaf"), &pem);
         let der = w.dir.join(format!("{label}.der"));
         ok(Command::new("openssl")
             .args(["x509", "-outform", "DER", "-in"])
@@ -163,6 +151,44 @@ impl Ca {
     }
 
     /// Marks a certificate valid in the CA's database.
+    /// Issues the certificate `out` (PEM) for the request `csr`, valid `days`, with the
+    /// extensions of `section` in the file `ext`; with `pubkey`, for that key instead of the
+    /// request's.
+    pub(crate) fn sign_request(
+        &self,
+        csr: &Path,
+        serial: &str,
+        days: u32,
+        pubkey: Option<&Path>,
+        (ext, section): (&Path, &str),
+        out: &Path,
+    ) {
+        let mut command = Command::new("openssl");
+        command
+            .args([
+                "x509",
+                "-req",
+                "-days",
+                &days.to_string(),
+                "-set_serial",
+                serial,
+                "-in",
+            ])
+            .arg(csr)
+            .arg("-CA")
+            .arg(self.dir.join("ca.pem"))
+            .arg("-CAkey")
+            .arg(self.dir.join("ca.key"));
+        if let Some(pubkey) = pubkey {
+            command.arg("-force_pubkey").arg(pubkey);
+        }
+        ok(command
+            .arg("-extfile")
+            .arg(ext)
+            .args(["-extensions", section, "-out"])
+            .arg(out));
+    }
+
     fn valid(&self, pem: &Path) {
         let pem = pem.display().to_string();
         self.openssl_ca(&["-valid", &pem]);

@@ -39,17 +39,7 @@ impl HttpsServer {
             "[srv]\nsubjectAltName = IP:127.0.0.1\nextendedKeyUsage = serverAuth\nbasicConstraints = CA:FALSE\n",
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        ok(Command::new("openssl")
-            .args(["x509", "-req", "-days", "30", "-set_serial", "77", "-in"])
-            .arg(&csr)
-            .arg("-CA")
-            .arg(ca.dir.join("ca.pem"))
-            .arg("-CAkey")
-            .arg(ca.dir.join("ca.key"))
-            .arg("-extfile")
-            .arg(&ext)
-            .args(["-extensions", "srv", "-out"])
-            .arg(&pem));
+        ca.sign_request(&csr, "77", 30, None, (&ext, "srv"), &pem);
         Daemon::start(
             &format!("openssl s_server on port {port}"),
             Command::new("openssl")
