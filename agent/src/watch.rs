@@ -11,13 +11,13 @@
 //! - **Identity**, after a re-initialisation: the same slot id may then hold another token
 //!   (kryoptic initialises new tokens in existing slots, p11-kit's client numbers slots in
 //!   list order), so one `C_GetTokenInfo` per known slot tells which slots to read again.
-//!   Done at once when the slot list changed (a poll that records anything records only
-//!   slots whose token was checked since the last re-initialisation), else at most
-//!   [`MAX_IDENTITY_DELAY`] after the re-initialisation, spaced so that it adds at most
-//!   [`IDENTITY_SHARE`] to the module's own polling cost (every poll where `C_GetTokenInfo`
-//!   is cheap; on SoftHSM2, which opens the token's files on every call, every fifth 2 s
-//!   poll). Skipping it can only delay what it finds, never record something else: a poll
-//!   that did not check records nothing.
+//!   Done by the poll after every re-initialisation (`worker::slots::list_module`): on
+//!   kryoptic and p11-kit a removed token leaves its slot id listed, so this check is what
+//!   sees a removal within one interval. The [`Schedule`] still works out when a check would
+//!   be due if it were spaced ([`MAX_IDENTITY_DELAY`] after the re-initialisation, adding at
+//!   most [`IDENTITY_SHARE`] to the module's own polling cost); the poll takes that advice
+//!   only as an extra reason to check (a re-initialisation left unchecked by an earlier
+//!   poll), never as a reason to skip. A poll that did not check records nothing.
 //! - **Contents**, at most every poll and at least every [`MAX_CHECK_PERIOD`]: each present
 //!   carrier is read without PIN and compared with the last read, which finds certificates
 //!   and keys added or removed and tokens re-initialised in place. Spaced so that it adds at
