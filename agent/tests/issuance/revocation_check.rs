@@ -243,6 +243,21 @@ pub(crate) fn free_port() -> u16 {
     l.local_addr().unwrap_or_else(|e| panic!("{e}")).port()
 }
 
+/// An empty directory `served` in the world's, for the CRLs a test publishes.
+pub(crate) fn served_dir(w: &World) -> PathBuf {
+    let served = w.dir.join("served");
+    std::fs::create_dir_all(&served).unwrap_or_else(|e| panic!("{e}"));
+    served
+}
+
+/// [`served_dir`] served over HTTP on a loopback port chosen at run time: the directory and
+/// the URL of `ca.crl` in it.
+fn crl_site(w: &World) -> (PathBuf, String) {
+    let served = served_dir(w);
+    let port = serve(served.clone());
+    (served, format!("http://127.0.0.1:{port}/ca.crl"))
+}
+
 /// Serves the files of `dir` over HTTP/1.0 GET on a loopback port chosen at run time; the
 /// thread ends with the test process.
 fn serve(dir: PathBuf) -> u16 {
@@ -403,10 +418,7 @@ pub(crate) fn confirmed_events(w: &World) -> Vec<serde_json::Value> {
 fn a_revocation_the_crl_lists_is_confirmed_with_its_evidence() {
     let w = World::new("revcheck-crl");
     let ca = Ca::new(&w, "ca");
-    let served = w.dir.join("served");
-    std::fs::create_dir_all(&served).unwrap_or_else(|e| panic!("{e}"));
-    let port = serve(served.clone());
-    let crl_url = format!("http://127.0.0.1:{port}/ca.crl");
+    let (served, crl_url) = crl_site(&w);
     let (token, pem) = requested(&w, &ca, "crl", "4097", &crl_url, "http://127.0.0.1:9/");
     ca.revoke(&pem);
     let crl_sha = ca.crl(&served.join("ca.crl"));
@@ -506,11 +518,8 @@ fn a_revocation_ocsp_reports_is_confirmed_with_the_issuer_from_the_token() {
 fn a_good_answer_records_nothing_and_says_so() {
     let w = World::new("revcheck-good");
     let ca = Ca::new(&w, "ca");
-    let served = w.dir.join("served");
-    std::fs::create_dir_all(&served).unwrap_or_else(|e| panic!("{e}"));
-    let crl_port = serve(served.clone());
+    let (served, crl_url) = crl_site(&w);
     let ocsp_port = free_port();
-    let crl_url = format!("http://127.0.0.1:{crl_port}/ca.crl");
     let ocsp_url = format!("http://127.0.0.1:{ocsp_port}/");
     let (_, pem) = requested(&w, &ca, "good", "4099", &crl_url, &ocsp_url);
     ca.valid(&pem);
@@ -580,10 +589,7 @@ fn a_crl_signed_by_another_ca_is_refused() {
     let ca = Ca::new(&w, "ca");
     // Same name, another key: only the signature tells them apart.
     let other = Ca::new(&w, "other");
-    let served = w.dir.join("served");
-    std::fs::create_dir_all(&served).unwrap_or_else(|e| panic!("{e}"));
-    let port = serve(served.clone());
-    let crl_url = format!("http://127.0.0.1:{port}/ca.crl");
+    let (served, crl_url) = crl_site(&w);
     let (_, pem) = requested(&w, &ca, "forged", "4101", &crl_url, "http://127.0.0.1:9/");
     other.revoke(&pem);
     other.crl(&served.join("ca.crl"));
@@ -670,10 +676,7 @@ fn an_ocsp_answer_signed_by_another_key_is_refused() {
 fn garbage_instead_of_a_crl_is_an_error_and_nothing_is_recorded() {
     let w = World::new("revcheck-garbage");
     let ca = Ca::new(&w, "ca");
-    let served = w.dir.join("served");
-    std::fs::create_dir_all(&served).unwrap_or_else(|e| panic!("{e}"));
-    let port = serve(served.clone());
-    let crl_url = format!("http://127.0.0.1:{port}/ca.crl");
+    let (served, crl_url) = crl_site(&w);
     let (_, pem) = requested(&w, &ca, "garbage", "4103", &crl_url, "http://127.0.0.1:9/");
     ca.revoke(&pem);
     std::fs::write(served.join("ca.crl"), "<html>portal maintenance</html>")
@@ -707,12 +710,9 @@ fn garbage_instead_of_a_crl_is_an_error_and_nothing_is_recorded() {
 fn an_ldap_distribution_point_is_skipped_and_the_other_urls_asked() {
     let w = World::new("revcheck-ldap");
     let ca = Ca::new(&w, "ca");
-    let served = w.dir.join("served");
-    std::fs::create_dir_all(&served).unwrap_or_else(|e| panic!("{e}"));
-    let crl_port = serve(served.clone());
+    let (served, crl_url) = crl_site(&w);
     let ocsp_port = free_port();
     let ldap = "ldap://dir.example.org/cn=Test%20QTSP%20CA?certificateRevocationList";
-    let crl_url = format!("http://127.0.0.1:{crl_port}/ca.crl");
     let ocsp_url = format!("http://127.0.0.1:{ocsp_port}/");
     // Both: an ldap:// point before an http:// one, and an OCSP responder.
     let (both, both_pem) = requested(
