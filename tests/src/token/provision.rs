@@ -72,8 +72,8 @@ const ATTEMPTS: usize = 3;
 /// What was made is read back through a fresh `C_Initialize`: SoftHSM2 writes a new object
 /// with empty attributes first and its values in a second write, and has been seen to lose
 /// the second write while another process (custody watching) reads the token; the object
-/// then stays empty on disk although every call returned CKR_OK. A re-initialisation is then
-/// done again (the tool's work redone); a new token is refused with the reason.
+/// then stays empty on disk although every call returned CKR_OK. The token is then
+/// re-initialised and filled again (with the SO PIN it has), at most [`ATTEMPTS`] times.
 pub fn provision(job: &ProvisionJob) -> anyhow::Result<(u64, TokenManifest)> {
     let mut job = job.clone();
     let mut attempt = 1;
@@ -94,7 +94,8 @@ pub fn provision(job: &ProvisionJob) -> anyhow::Result<(u64, TokenManifest)> {
         });
         let (serial, label, why) = match (lost, &job.reinit) {
             (Ok((slot, manifest, _, lost)), _) if lost.is_empty() => return Ok((slot, manifest)),
-            (Ok((_, manifest, label, lost)), Some(_)) if attempt < ATTEMPTS => (
+            // A token just made is re-initialised the same way, with the SO PIN it got.
+            (Ok((_, manifest, label, lost)), _) if attempt < ATTEMPTS => (
                 manifest.serial,
                 label,
                 format!("the module lost the value of certificate(s) {lost:?}"),
