@@ -10,6 +10,7 @@ use crate::Exit;
 
 /// `custody journal …`
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum JournalCommand {
     /// List every carrier in the journal.
     #[command(

@@ -20,6 +20,7 @@ use crate::Exit;
 
 /// `custody order …`
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum OrderCommand {
     /// Print a new destruction order (JSON) on stdout, to be signed.
     #[command(
