@@ -80,10 +80,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// The subcommands. Each one's options are built only when it runs (or its help is shown):
-/// building every subcommand's would cost each short command more than its own work.
+/// The subcommands.
 #[derive(Debug, Subcommand)]
-#[command(defer = true)]
 pub enum Command {
     /// Read every carrier the modules show and record what changed in the journal.
     #[command(

@@ -17,7 +17,6 @@ use crate::Exit;
 
 /// `custody carrier …`
 #[derive(Debug, Subcommand)]
-#[command(defer = true)]
 pub enum CarrierCommand {
     /// Record a key held in a provider's HSM (type «хмарний КЕП»): it gets its form row and
     /// can be issued and destroyed like a carrier.

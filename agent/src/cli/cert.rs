@@ -22,7 +22,6 @@ use crate::Exit;
 
 /// `custody cert …`
 #[derive(Debug, Subcommand)]
-#[command(defer = true)]
 pub enum CertCommand {
     /// Write one certificate to a file.
     #[command(

@@ -49,7 +49,6 @@ impl DatabaseArgs {
 
 /// `custody fleet …`
 #[derive(Debug, Subcommand)]
-#[command(defer = true)]
 pub enum FleetCommand {
     /// Create or upgrade the organisation's journal in a PostgreSQL database (schema, roles);
     /// safe to run again.

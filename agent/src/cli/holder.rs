@@ -20,7 +20,6 @@ use crate::Exit;
 
 /// `custody holder …`
 #[derive(Debug, Subcommand)]
-#[command(defer = true)]
 pub enum HolderCommand {
     /// Import HR's list of persons (CSV): new and changed persons are recorded.
     #[command(

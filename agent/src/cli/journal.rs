@@ -10,7 +10,6 @@ use crate::Exit;
 
 /// `custody journal …`
 #[derive(Debug, Subcommand)]
-#[command(defer = true)]
 pub enum JournalCommand {
     /// List every carrier in the journal.
     #[command(

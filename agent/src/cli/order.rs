@@ -20,7 +20,6 @@ use crate::Exit;
 
 /// `custody order …`
 #[derive(Debug, Subcommand)]
-#[command(defer = true)]
 pub enum OrderCommand {
     /// Print a new destruction order (JSON) on stdout, to be signed.
     #[command(

@@ -14,7 +14,6 @@ use crate::Exit;
 
 /// `custody revocation …`
 #[derive(Debug, Subcommand)]
-#[command(defer = true)]
 pub enum RevocationCommand {
     /// Revocation of the carrier's certificates was requested from the provider.
     #[command(
