@@ -83,7 +83,12 @@ fn normalise(sql: &str) -> String {
 }
 
 /// One object of the latest schema as SQLite stores it: (type, name, table, SQL).
-type Object = (&'static str, &'static str, &'static str, Option<&'static str>);
+type Object = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+);
 
 /// The latest schema, object for object (see the module docs).
 const LATEST_OBJECTS: &[Object] = &include!("sql/latest_objects.rs");
@@ -151,7 +156,9 @@ fn objects_source(conn: &Connection) -> Result<String> {
             Some(s) => format!("Some(r##\"{s}\"##)"),
             None => "None".into(),
         };
-        out.push_str(&format!("    (\"{kind}\", \"{name}\", \"{table}\", {sql}),\n"));
+        out.push_str(&format!(
+            "    (\"{kind}\", \"{name}\", \"{table}\", {sql}),\n"
+        ));
     }
     out.push_str("]\n");
     Ok(out)
@@ -404,7 +411,9 @@ mod tests {
         }
         let spaced = Connection::open_in_memory().unwrap_or_else(|e| panic!("{e}"));
         let text = migrations::LATEST_SQL.replace('\n', "\n  \t\n ");
-        spaced.execute_batch(&text).unwrap_or_else(|e| panic!("{e}"));
+        spaced
+            .execute_batch(&text)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(is_latest(&spaced).ok(), Some(false));
         assert_eq!(check(&spaced, migrations::LATEST).ok(), Some(vec![]));
         let path = std::path::Path::new("t.db");
