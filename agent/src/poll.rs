@@ -43,10 +43,6 @@ pub struct ModulePoll {
     pub reinit_cost: Duration,
     /// Time of re-initialisation plus slot list: the module's own polling cost.
     pub presence_cost: Duration,
-    /// Every known slot's token was checked (C_GetTokenInfo) after the re-initialisation.
-    pub identity_checked: bool,
-    /// Time the identity check took (zero when not done).
-    pub identity_cost: Duration,
     /// The module is unavailable (failed, or an empty slot list after device errors): its
     /// carriers keep their state and it is re-initialised with backoff until it answers.
     pub unavailable: bool,

@@ -8,16 +8,11 @@
 //!   re-initialisation budget allows: at most [`REINIT_BUDGET`] of wall time, so with a cheap
 //!   re-initialisation (≈ 0.15 ms for one SoftHSM token, 1.7 ms for ten) it happens every
 //!   poll, and with an expensive one (300 ms for 100 tokens × 20 certificates) every 6 s.
-//! - **Identity**, after a re-initialisation: the same slot id may then hold another token
-//!   (kryoptic initialises new tokens in existing slots, p11-kit's client numbers slots in
-//!   list order), so one `C_GetTokenInfo` per known slot tells which slots to read again.
-//!   Done by the poll after every re-initialisation (`worker::slots::list_module`): on
-//!   kryoptic and p11-kit a removed token leaves its slot id listed, so this check is what
-//!   sees a removal within one interval. The [`Schedule`] still works out when a check would
-//!   be due if it were spaced ([`MAX_IDENTITY_DELAY`] after the re-initialisation, adding at
-//!   most [`IDENTITY_SHARE`] to the module's own polling cost); the poll takes that advice
-//!   only as an extra reason to check (a re-initialisation left unchecked by an earlier
-//!   poll), never as a reason to skip. A poll that did not check records nothing.
+//! - **Identity**, after every re-initialisation: the same slot id may then hold another
+//!   token (kryoptic initialises new tokens in existing slots, p11-kit's client numbers slots
+//!   in list order), so one `C_GetTokenInfo` per known slot tells which slots to read again
+//!   (`worker::slots::list_module`). Not spaced out: on kryoptic and p11-kit a removed token
+//!   leaves its slot id listed, so this check is what sees a removal within one interval.
 //! - **Contents**, at most every poll and at least every [`MAX_CHECK_PERIOD`]: each present
 //!   carrier is read without PIN and compared with the last read, which finds certificates
 //!   and keys added or removed and tokens re-initialised in place. Spaced so that it adds at
@@ -47,11 +42,6 @@ use crate::poll::PollReport;
 pub const REINIT_BUDGET: f64 = 0.05;
 /// Content checks may add at most this share to the modules' own polling cost.
 pub const CHECK_SHARE: f64 = 0.03;
-/// Identity checks may add at most this share to a module's own polling cost.
-pub const IDENTITY_SHARE: f64 = 0.02;
-/// A re-initialised module's slots are checked for other tokens at most this long after the
-/// re-initialisation.
-pub const MAX_IDENTITY_DELAY: Duration = Duration::from_secs(10);
 /// Content checks run at least this often.
 pub const MAX_CHECK_PERIOD: Duration = Duration::from_secs(30);
 /// A module whose slot-event thread waits for events is polled at least this often.
@@ -69,24 +59,8 @@ pub struct PollPlan {
     pub presence: Vec<bool>,
     /// Re-initialise before listing slots.
     pub reinit: Vec<bool>,
-    /// Whether to check which token each known slot holds.
-    pub identity: Vec<Identity>,
     /// Read every present carrier and compare.
     pub check_contents: bool,
-}
-
-/// Whether a module's known slots must be checked for tokens other than the ones last read
-/// there (one `C_GetTokenInfo` per slot).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Identity {
-    /// Not re-initialised since the last check: the slots hold what they held.
-    #[default]
-    Checked,
-    /// Re-initialised since the last check, which is not due yet: check only if the slot
-    /// list changed (the poll then records the module's slots).
-    Unchecked,
-    /// Check now (if the module was re-initialised since the last check).
-    Due,
 }
 
 /// An exponentially weighted average of durations.
@@ -116,11 +90,8 @@ struct ModuleTiming {
     last_presence: Option<Instant>,
     last_load: Option<Instant>,
     last_reinit: Option<Instant>,
-    /// The first re-initialisation since the last identity check.
-    unchecked_since: Option<Instant>,
     reinit_cost: Average,
     presence_cost: Average,
-    identity_cost: Average,
 }
 
 /// Decides, from measured costs, what each poll does.
@@ -167,22 +138,6 @@ impl Schedule {
         Some(budgeted.max(self.interval))
     }
 
-    /// Longest time from a re-initialisation of module `i` to the check of its slots' tokens:
-    /// zero (the same poll) while the check costs at most [`IDENTITY_SHARE`] of the module's
-    /// polling cost, else the polls that share allows, at most [`MAX_IDENTITY_DELAY`].
-    pub fn identity_delay(&self, i: usize) -> Duration {
-        let Some(m) = self.modules.get(i) else {
-            return Duration::ZERO;
-        };
-        let presence = m.presence_cost.secs();
-        if presence <= 0.0 {
-            return Duration::ZERO;
-        }
-        let polls = (m.identity_cost.secs() / (IDENTITY_SHARE * presence)).min(1e6);
-        let delay = self.interval.mul_f64((polls - 1.0).max(0.0).ceil());
-        delay.min(MAX_IDENTITY_DELAY)
-    }
-
     /// Average cost of one poll of module `i` (re-initialisation when done + slot list).
     pub fn poll_cost(&self, i: usize) -> Duration {
         self.modules
@@ -215,7 +170,7 @@ impl Schedule {
 
     /// What the poll at `now` should do.
     pub fn plan(&self, now: Instant) -> PollPlan {
-        let reinit: Vec<bool> = (0..self.modules.len())
+        let reinit = (0..self.modules.len())
             .map(|i| {
                 self.reinit_period(i)
                     .is_some_and(|p| self.due(now, self.modules[i].last_reinit, p))
@@ -237,17 +192,7 @@ impl Schedule {
                 .iter()
                 .map(|m| !m.loaded && self.due(now, m.last_load, LOAD_RETRY))
                 .collect(),
-            reinit: reinit.clone(),
-            identity: (0..self.modules.len())
-                .map(|i| {
-                    let since = self.modules[i].unchecked_since.or(reinit[i].then_some(now));
-                    match since {
-                        None => Identity::Checked,
-                        Some(t) if self.due(now, Some(t), self.identity_delay(i)) => Identity::Due,
-                        Some(_) => Identity::Unchecked,
-                    }
-                })
-                .collect(),
+            reinit,
             check_contents,
         }
     }
@@ -269,14 +214,6 @@ impl Schedule {
                 m.last_reinit = Some(now);
                 m.reinit_cost.add(r.reinit_cost);
             }
-            if r.identity_checked || (report.checked_contents && r.error.is_none()) {
-                m.unchecked_since = None;
-            } else if r.reinitialised {
-                m.unchecked_since = m.unchecked_since.or(Some(now));
-            }
-            if r.identity_checked {
-                m.identity_cost.add(r.identity_cost);
-            }
             if r.loaded && r.error.is_none() {
                 m.presence_cost.add(r.presence_cost);
             }
@@ -295,6 +232,9 @@ pub struct Watch {
     next: Instant,
     /// A slot event asked for the next poll.
     woken: bool,
+    /// When the poll in hand was planned ([`Watch::due`]): what it did happened then, as far
+    /// as the schedule goes.
+    planned: Option<Instant>,
 }
 
 impl Watch {
@@ -304,6 +244,7 @@ impl Watch {
             schedule: Schedule::new(interval, modules),
             next: now,
             woken: false,
+            planned: None,
         }
     }
 
@@ -352,6 +293,7 @@ impl Watch {
             return None;
         }
         self.next += self.schedule.interval;
+        self.planned = Some(now);
         let mut plan = self.schedule.plan(now);
         if std::mem::take(&mut self.woken) {
             plan.presence.iter_mut().for_each(|p| *p = true);
@@ -359,11 +301,18 @@ impl Watch {
         Some(plan)
     }
 
-    /// Takes in what a poll planned by [`Watch::due`] did; `now` is when it ended. A poll that
-    /// ran past the next deadline moves it to one interval after its end, so a slow poll
-    /// (enrolling many carriers) is never followed by another at once.
+    /// Takes in what a poll planned by [`Watch::due`] did; `now` is when it ended. The
+    /// schedule counts its re-initialisation and checks from when the poll was planned, not
+    /// from its end: a poll that took longer than the tenth of an interval allowed for timer
+    /// jitter (reading a new carrier, a commit, a busy machine) would otherwise make the next
+    /// re-initialisation look early by that much and put it off by a whole interval (a
+    /// token deleted on p11-kit's remote module was recorded removed after 3.7 s instead of
+    /// within one interval + 1 s). A poll that ran past the next deadline moves it to one
+    /// interval after its end, so a slow poll (enrolling many carriers) is never followed by
+    /// another at once.
     pub fn observe(&mut self, now: Instant, plan: &PollPlan, report: &PollReport) {
-        self.schedule.observe(now, plan, report);
+        let planned = self.planned.take().unwrap_or(now);
+        self.schedule.observe(planned, plan, report);
         if self.next <= now {
             self.next = now + self.schedule.interval;
         }
@@ -379,7 +328,6 @@ mod tests {
     struct FakePoller {
         reinit_cost: Duration,
         check_cost: Duration,
-        identity_cost: Duration,
         busy: Duration,
         plans: Vec<(Duration, PollPlan)>,
     }
@@ -389,7 +337,6 @@ mod tests {
             Self {
                 reinit_cost: Duration::from_secs_f64(reinit_ms / 1000.0),
                 check_cost: Duration::from_secs_f64(check_ms / 1000.0),
-                identity_cost: Duration::ZERO,
                 busy: Duration::ZERO,
                 plans: Vec::new(),
             }
@@ -414,9 +361,6 @@ mod tests {
             } else {
                 Duration::ZERO
             };
-            // As the worker: the check when due, unless contents are read anyway (the slot
-            // list never changes here).
-            let identity = plan.identity.first() == Some(&Identity::Due) && !plan.check_contents;
             PollReport {
                 modules: vec![ModulePoll {
                     path: "/m.so".into(),
@@ -425,12 +369,6 @@ mod tests {
                     reinitialised: reinit,
                     reinit_cost,
                     presence_cost: Duration::from_micros(1) + reinit_cost,
-                    identity_checked: identity,
-                    identity_cost: if identity {
-                        self.identity_cost
-                    } else {
-                        Duration::ZERO
-                    },
                     unavailable: false,
                     error: None,
                 }],
@@ -517,6 +455,19 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_slow_poll_does_not_push_the_next_reinit_back() {
+        // Re-initialising every poll is within the budget; each poll takes 300 ms (reading a
+        // new carrier, the journal's commit, a busy machine): more than the tenth of an
+        // interval allowed for timer jitter. Every poll after the first still re-initialises,
+        // so a token created or deleted is seen by the next poll, not the one after.
+        let mut poller = FakePoller::new(1.7, 0.6);
+        poller.busy = Duration::from_millis(300);
+        run_for(&mut poller, Duration::from_secs(2), 59).await;
+        assert_eq!(poller.count(|_| true), 30);
+        assert_eq!(poller.count(|p| p.reinit[0]), 29);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn expensive_reinit_is_spaced_by_the_budget() {
         // 300 ms at a 5 % budget: every 6 s, i.e. every third 2 s poll.
         let mut poller = FakePoller::new(300.0, 1.0);
@@ -567,133 +518,6 @@ mod tests {
         assert_eq!(
             poller.times(|p| p.check_contents),
             [0, 6, 12, 18].map(Duration::from_secs).to_vec()
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn cheap_identity_checks_follow_every_reinit() {
-        // 10 µs against a poll of 1.7 ms: under the 2 % share, so in the same poll.
-        let mut poller = FakePoller::new(1.7, 0.6);
-        poller.identity_cost = Duration::from_micros(10);
-        run_for(&mut poller, Duration::from_secs(2), 59).await;
-        // Once the averages have settled (from 10 s on): the same polls.
-        let settled = |t: &Duration| *t >= Duration::from_secs(10);
-        let reinit_polls: Vec<_> = poller
-            .times(|p| p.reinit[0])
-            .into_iter()
-            .filter(settled)
-            .collect();
-        let checked: Vec<_> = poller
-            .times(|p| p.identity[0] == Identity::Due)
-            .into_iter()
-            .filter(settled)
-            .collect();
-        assert_eq!(reinit_polls.len(), 25);
-        assert_eq!(reinit_polls, checked);
-    }
-
-    /// Polls `polls` times; returns the times of identity checks, and asserts that every
-    /// re-initialisation was checked within [`MAX_IDENTITY_DELAY`].
-    async fn identity_checks(
-        watch: &mut Watch,
-        poller: &FakePoller,
-        polls: usize,
-    ) -> Vec<Duration> {
-        let start = Instant::now();
-        let mut unchecked: Option<Instant> = None;
-        let mut checks = Vec::new();
-        for _ in 0..polls {
-            tokio::time::sleep_until(watch.deadline()).await;
-            let now = Instant::now();
-            let Some(plan) = watch.due(now) else { continue };
-            let report = poller.report(&plan);
-            let m = &report.modules[0];
-            if m.identity_checked {
-                checks.push(now - start);
-                unchecked = None;
-            } else if m.reinitialised {
-                unchecked = unchecked.or(Some(now));
-            }
-            if let Some(since) = unchecked {
-                assert!(now - since <= MAX_IDENTITY_DELAY, "at {:?}", now - start);
-            }
-            watch.observe(now, &plan, &report);
-        }
-        checks
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn costly_identity_checks_are_spaced_by_their_share_and_bounded() {
-        // 10 % of the module's poll (SoftHSM2: C_GetTokenInfo opens the token's files): at
-        // 2 % every fifth poll, at most 8 s after a re-initialisation.
-        let mut poller = FakePoller::new(0.15, 0.06);
-        poller.identity_cost = Duration::from_micros(15);
-        let mut watch = Watch::new(Instant::now(), Duration::from_secs(2), 1)
-            .with_check_interval(Some(Duration::from_secs(3600)));
-        let checks = identity_checks(&mut watch, &poller, 60).await;
-        assert_eq!(watch.schedule().identity_delay(0), Duration::from_secs(8));
-        // The first re-initialisation (second poll) is checked at once (its cost not yet
-        // known); once the averages have settled, every fifth poll: 8 s after the first
-        // re-initialisation not checked.
-        assert_eq!(checks[0], Duration::from_secs(2));
-        let gaps: Vec<Duration> = checks.windows(2).map(|w| w[1] - w[0]).collect();
-        assert!(
-            gaps[gaps.len() - 4..]
-                .iter()
-                .all(|g| *g == Duration::from_secs(10)),
-            "{checks:?}"
-        );
-
-        // A check costing as much as the poll itself: MAX_IDENTITY_DELAY.
-        poller.identity_cost = Duration::from_micros(150);
-        let checks = identity_checks(&mut watch, &poller, 60).await;
-        assert_eq!(watch.schedule().identity_delay(0), MAX_IDENTITY_DELAY);
-        assert!(checks.len() >= 9, "{checks:?}");
-    }
-
-    #[test]
-    fn a_content_check_counts_as_an_identity_check() {
-        let mut s = Schedule::new(Duration::from_secs(2), 1);
-        let t0 = Instant::now();
-        let reinit = |checked: bool| PollReport {
-            modules: vec![ModulePoll {
-                loaded: true,
-                needs_reinit: true,
-                reinitialised: true,
-                presence_cost: Duration::from_micros(150),
-                identity_checked: checked,
-                identity_cost: Duration::from_micros(150),
-                ..ModulePoll::default()
-            }],
-            ..PollReport::default()
-        };
-        let plan = s.plan(t0);
-        s.observe(t0, &plan, &reinit(true));
-        let t1 = t0 + Duration::from_secs(2);
-        // Re-initialised and not checked: unchecked until the delay has passed.
-        let plan = s.plan(t1);
-        assert_eq!(plan.identity, [Identity::Unchecked]);
-        s.observe(t1, &plan, &reinit(false));
-        assert_eq!(
-            s.plan(t1 + MAX_IDENTITY_DELAY).identity,
-            [Identity::Due],
-            "due {MAX_IDENTITY_DELAY:?} after the first unchecked re-initialisation"
-        );
-        // A content check reads every slot: it is the identity check too.
-        let mut content = reinit(false);
-        content.checked_contents = true;
-        let t2 = t1 + Duration::from_secs(2);
-        let plan = s.plan(t2);
-        s.observe(t2, &plan, &content);
-        let mut idle = reinit(false);
-        idle.modules[0].reinitialised = false;
-        let t3 = t2 + Duration::from_secs(2);
-        let plan = s.plan(t3);
-        s.observe(t3, &plan, &idle);
-        assert_eq!(
-            s.plan(t3 + Duration::from_secs(60)).identity,
-            [Identity::Unchecked],
-            "planned re-initialisation, nothing unchecked before it"
         );
     }
 

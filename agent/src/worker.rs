@@ -389,8 +389,8 @@ impl WorkerState {
     }
 
     /// At shutdown: records `last_seen` of the carriers present, those whose slot still shows
-    /// the same token (one C_GetTokenInfo each: the identity check of the last polls may not
-    /// have been due); dropping `self` then finalises the modules and closes the journal.
+    /// the same token (one C_GetTokenInfo each: a token may have been swapped since the last
+    /// poll); dropping `self` then finalises the modules and closes the journal.
     fn finish(mut self) -> anyhow::Result<()> {
         let present: Vec<String> = self
             .modules
@@ -459,8 +459,7 @@ impl WorkerState {
                 planned || watched.outage.is_some()
             };
             let check = plan.check_contents || force || watched.fresh;
-            let identity = plan.identity.get(i).copied().unwrap_or_default();
-            match list_module(watched, reinit, identity, check, &mut mp) {
+            match list_module(watched, reinit, check, &mut mp) {
                 Ok(found) => {
                     watched.answered();
                     mp.unavailable = false;

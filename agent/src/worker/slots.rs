@@ -21,7 +21,6 @@ use crate::config::Reinit;
 use crate::pin::Pins as ServicePins;
 use crate::poll::ModulePoll;
 use crate::poll::{Done, SlotEvent};
-use crate::watch::Identity;
 
 /// First wait before re-initialising a module that became unavailable.
 pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
@@ -420,7 +419,6 @@ pub(super) struct Presence {
 pub(super) fn list_module(
     watched: &mut Watched,
     reinit: bool,
-    identity: Identity,
     check: bool,
     mp: &mut ModulePoll,
 ) -> Result<Option<Presence>, CallError> {
@@ -453,19 +451,13 @@ pub(super) fn list_module(
         && ids.iter().zip(watched.slots.keys()).all(|(a, b)| a == b);
     // After a re-initialisation the same slot ids may hold other tokens (kryoptic initialises
     // new tokens in existing slots, and gives a re-initialised one a new serial): one
-    // C_GetTokenInfo per slot tells which slots to read again. Checked when due (see
-    // `crate::watch`), and always before a changed slot list is recorded, so that what is
-    // recorded of the other slots was checked since the re-initialisation.
-    // Not spaced out: on kryoptic and p11-kit a removed token leaves its slot id listed, so
-    // this check is what sees a removal within one interval (`identity` is the schedule's
-    // advice, kept for modules shown to list removals; see BENCHMARKS.md).
-    let unchecked = mp.reinitialised || identity != Identity::Checked;
-    let verify = unchecked && !check;
-    let retoken: BTreeSet<u64> = if verify {
+    // C_GetTokenInfo per slot tells which slots to read again, after every re-initialisation
+    // (a content check reads them all anyway). Not spaced out: on kryoptic and p11-kit a
+    // removed token leaves its slot id listed, so this check is what sees a removal within
+    // one interval.
+    let retoken: BTreeSet<u64> = if mp.reinitialised && !check {
         let module: &Module = module;
-        let identity_start = Instant::now();
-        let changed = ids
-            .iter()
+        ids.iter()
             .copied()
             .filter(|id| {
                 watched
@@ -473,10 +465,7 @@ pub(super) fn list_module(
                     .get(id)
                     .is_some_and(|old| token_changed(module, *id, old))
             })
-            .collect();
-        mp.identity_checked = true;
-        mp.identity_cost = identity_start.elapsed();
-        changed
+            .collect()
     } else {
         BTreeSet::new()
     };

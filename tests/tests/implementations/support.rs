@@ -351,6 +351,11 @@ pub(crate) struct Watch {
 }
 
 impl Watch {
+    /// The service's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.daemon.pid()
+    }
+
     /// Fails with the log when the service has exited.
     pub(crate) fn check_running(&mut self) -> TestResult {
         self.daemon.check_running()
