@@ -79,7 +79,7 @@ pub fn provision(job: &ProvisionJob) -> anyhow::Result<(u64, TokenManifest)> {
     let mut attempt = 1;
     loop {
         let lost = provision_once(&job).and_then(|(slot, manifest)| {
-            let (label, held) = read_back(&job.module, &manifest.serial)?;
+            let (label, held) = read_back(&job.module, &manifest.serial, &[&manifest.label])?;
             let lost: Vec<String> = manifest
                 .objects
                 .iter()
@@ -100,7 +100,9 @@ pub fn provision(job: &ProvisionJob) -> anyhow::Result<(u64, TokenManifest)> {
                 format!("the module lost the value of certificate(s) {lost:?}"),
             ),
             (Err(e), Some(existing)) if attempt < ATTEMPTS => {
-                let (label, _) = read_back(&job.module, &existing.serial)?;
+                // C_InitToken may or may not have given it the new label.
+                let new = job.token.label.as_utf8().unwrap_or_default();
+                let (label, _) = read_back(&job.module, &existing.serial, &[&existing.label, new])?;
                 (existing.serial.clone(), label, format!("{e:#}"))
             }
             (Ok((_, manifest, _, lost)), _) => bail!(
@@ -115,30 +117,44 @@ pub fn provision(job: &ProvisionJob) -> anyhow::Result<(u64, TokenManifest)> {
     }
 }
 
-/// The label of the token `serial` and the SHA-256 (hex) of every certificate value on it,
-/// as a fresh `C_Initialize` shows them.
-fn read_back(module: &Path, serial: &str) -> anyhow::Result<(String, Vec<String>)> {
+/// The label of the token with `serial` and one of `labels` (serials alone do not tell
+/// tokens apart on tpm2-pkcs11) and the SHA-256 (hex) of every certificate value on it, as a
+/// fresh `C_Initialize` shows them.
+fn read_back(
+    module: &Path,
+    serial: &str,
+    labels: &[&str],
+) -> anyhow::Result<(String, Vec<String>)> {
     let pkcs11 = Pkcs11::new(module)
         .with_context(|| format!("loading PKCS#11 module {}", module.display()))?;
     pkcs11
         .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .context("C_Initialize (reading back)")?;
-    let held = token_contents(&pkcs11, serial);
+    let held = token_contents(&pkcs11, serial, labels);
     let finalized = pkcs11.finalize().context("C_Finalize");
     let held = held?;
     finalized?;
     Ok(held)
 }
 
-fn token_contents(pkcs11: &Pkcs11, serial: &str) -> anyhow::Result<(String, Vec<String>)> {
-    let mut found = None;
+fn token_contents(
+    pkcs11: &Pkcs11,
+    serial: &str,
+    labels: &[&str],
+) -> anyhow::Result<(String, Vec<String>)> {
+    let mut found = Vec::new();
     for slot in pkcs11.get_slots_with_token().context("C_GetSlotList")? {
         let info = pkcs11.get_token_info(slot).context("C_GetTokenInfo")?;
-        if info.serial_number() == serial {
-            found = Some((slot, info.label().to_owned()));
+        if info.serial_number() == serial && labels.contains(&info.label()) {
+            found.push((slot, info.label().to_owned()));
         }
     }
-    let (slot, label) = found.with_context(|| format!("token {serial} is gone"))?;
+    let [(slot, label)] = <[_; 1]>::try_from(found).map_err(|found| {
+        anyhow::anyhow!(
+            "{} tokens have serial {serial} and a label of {labels:?}, expected one",
+            found.len()
+        )
+    })?;
     let session = pkcs11.open_ro_session(slot).context("C_OpenSession")?;
     let mut values = Vec::new();
     for handle in session
