@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Journal benchmark: custody's event path vs a raw rusqlite insert loop (same pragmas),
-# `journal verify` on one million events (the hash chain; the state re-derivation measured
+# `journal verify` on one million events (the hash chain next to its floor, a bare rusqlite
+# read + SHA-256 of the same rows; the state re-derivation measured
 # apart, on the imported rows), and the journal form of 100,000 rows (import, then export as
 # CSV, JSON and HTML through the real binary).
 # Usage: bench/journal.sh [--events N] [--rows N]

@@ -23,7 +23,10 @@
 # virtual card in vsmartcard's reader (`slot-event-bench`, options from SLOT_BENCH_OPTS,
 # e.g. "--cycles 30 --idle 60"): removal and insertion -> committed journal row, measured
 # from the instant pcscd sees the card change, and the idle CPU of the service blocked in
-# C_WaitForSlotEvent next to the polling floor and pcscd.
+# C_WaitForSlotEvent next to the polling floor and pcscd. Before the service starts, the same
+# cycles against the floor of an event (`custody-floor --events`: C_WaitForSlotEvent,
+# C_GetSlotInfo, the token's read, one durable single-row SQLite commit with the journal's
+# pragmas; --floor-cycles N, 0 to leave it out); the service is reported against it.
 # WATCH_BENCH=softhsm (watch-bench only) or WATCH_BENCH=opensc (slot-event-bench only).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -232,6 +232,9 @@ pub struct Watch {
     next: Instant,
     /// A slot event asked for the next poll.
     woken: bool,
+    /// When the poll in hand was planned ([`Watch::due`]): what it did happened then, as far
+    /// as the schedule goes.
+    planned: Option<Instant>,
 }
 
 impl Watch {
@@ -241,6 +244,7 @@ impl Watch {
             schedule: Schedule::new(interval, modules),
             next: now,
             woken: false,
+            planned: None,
         }
     }
 
@@ -289,6 +293,7 @@ impl Watch {
             return None;
         }
         self.next += self.schedule.interval;
+        self.planned = Some(now);
         let mut plan = self.schedule.plan(now);
         if std::mem::take(&mut self.woken) {
             plan.presence.iter_mut().for_each(|p| *p = true);
@@ -296,11 +301,18 @@ impl Watch {
         Some(plan)
     }
 
-    /// Takes in what a poll planned by [`Watch::due`] did; `now` is when it ended. A poll that
-    /// ran past the next deadline moves it to one interval after its end, so a slow poll
-    /// (enrolling many carriers) is never followed by another at once.
+    /// Takes in what a poll planned by [`Watch::due`] did; `now` is when it ended. The
+    /// schedule counts its re-initialisation and checks from when the poll was planned, not
+    /// from its end: a poll that took longer than the tenth of an interval allowed for timer
+    /// jitter (reading a new carrier, a commit, a busy machine) would otherwise make the next
+    /// re-initialisation look early by that much and put it off by a whole interval (a
+    /// token deleted on p11-kit's remote module was recorded removed after 3.7 s instead of
+    /// within one interval + 1 s). A poll that ran past the next deadline moves it to one
+    /// interval after its end, so a slow poll (enrolling many carriers) is never followed by
+    /// another at once.
     pub fn observe(&mut self, now: Instant, plan: &PollPlan, report: &PollReport) {
-        self.schedule.observe(now, plan, report);
+        let planned = self.planned.take().unwrap_or(now);
+        self.schedule.observe(planned, plan, report);
         if self.next <= now {
             self.next = now + self.schedule.interval;
         }
@@ -440,6 +452,19 @@ mod tests {
         assert_eq!(poller.count(|_| true), 30);
         assert_eq!(poller.count(|p| p.reinit[0]), 29);
         assert!(!poller.plans[0].1.reinit[0]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_poll_does_not_push_the_next_reinit_back() {
+        // Re-initialising every poll is within the budget; each poll takes 300 ms (reading a
+        // new carrier, the journal's commit, a busy machine): more than the tenth of an
+        // interval allowed for timer jitter. Every poll after the first still re-initialises,
+        // so a token created or deleted is seen by the next poll, not the one after.
+        let mut poller = FakePoller::new(1.7, 0.6);
+        poller.busy = Duration::from_millis(300);
+        run_for(&mut poller, Duration::from_secs(2), 59).await;
+        assert_eq!(poller.count(|_| true), 30);
+        assert_eq!(poller.count(|p| p.reinit[0]), 29);
     }
 
     #[tokio::test(start_paused = true)]

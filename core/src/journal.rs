@@ -305,6 +305,22 @@ impl Journal {
             true,
         )
         .map_err(db_err)?;
+        // A new journal is made in one transaction with its first signed checkpoint. Its key is
+        // made before, but after the switch to WAL wrote the file's first page: a first run
+        // stopped in between leaves an empty database beside the key, which the next run takes
+        // up as a new journal.
+        if version == 0 {
+            let key = JournalKey::load_or_create(&key)?;
+            if let Some(journal_id) = create(&mut conn, &key)? {
+                return Ok(Self {
+                    conn,
+                    path: path.into(),
+                    journal_id,
+                    last_commit: None,
+                    wal_pages: wal::WalPages::default(),
+                });
+            }
+        }
         migrations::migrate(&mut conn)?;
         if version != migrations::LATEST {
             schema::require_own(&conn, migrations::LATEST, path)?;
@@ -441,10 +457,45 @@ impl Journal {
         actor: &Actor,
         now: OffsetDateTime,
     ) -> Result<ScanRecord> {
+        let compared = self.compare_scan(scans)?;
+        self.record_compared(scans, compared, actor, now)
+    }
+
+    /// Compares `scans` with the journal (reads only): what [`Journal::removes_content`]
+    /// answers, kept with the comparison so that [`Journal::record_compared`] records the same
+    /// read without comparing it again.
+    pub fn compare_scan(&self, scans: &[ModuleScan]) -> Result<ScanComparison> {
         let known = load_known(&self.conn)?;
-        let observed = Observed::new(scans, &known)?;
         let conn = &self.conn;
+        let observed = Observed::new(scans, &known)?;
         let comparison = compare(&observed, &known, &mut |k| load_snapshot(conn, k))?;
+        // One module's comparison is the whole read's; several are compared one by one, as
+        // each would be read again on its own.
+        let removes = if scans.len() == 1 {
+            vec![comparison.removes_content()]
+        } else {
+            removes_per_module(conn, scans, &known)?
+        };
+        Ok(ScanComparison {
+            known,
+            comparison,
+            removes,
+        })
+    }
+
+    /// Records `scans` as [`Journal::compare_scan`] compared them (see
+    /// [`Journal::record_scan`]); `compared` must come from these very scans. Should the
+    /// journal have changed since, the read is compared again inside the transaction.
+    pub fn record_compared(
+        &mut self,
+        scans: &[ModuleScan],
+        compared: ScanComparison,
+        actor: &Actor,
+        now: OffsetDateTime,
+    ) -> Result<ScanRecord> {
+        let ScanComparison {
+            known, comparison, ..
+        } = compared;
         if comparison.is_bookkeeping_only() {
             // Nothing but last_seen will change: such a commit need not wait for the disk
             // (WAL keeps the file consistent; at worst a power cut loses a last_seen). Should
@@ -481,15 +532,7 @@ impl Journal {
     /// ([`ModuleScan::confirmed_by`]).
     pub fn removes_content(&self, scans: &[ModuleScan]) -> Result<Vec<bool>> {
         let known = load_known(&self.conn)?;
-        let conn = &self.conn;
-        scans
-            .iter()
-            .map(|scan| {
-                let observed = Observed::new(std::slice::from_ref(scan), &known)?;
-                let comparison = compare(&observed, &known, &mut |k| load_snapshot(conn, k))?;
-                Ok(comparison.removes_content())
-            })
-            .collect()
+        removes_per_module(&self.conn, scans, &known)
     }
 
     /// Runs `f` in one immediate transaction with a [`Writer`] that appends events and
@@ -574,6 +617,34 @@ impl Journal {
     pub fn snapshot(&self, carrier: &str) -> Result<Option<CarrierSnapshot>> {
         carrier::recorded_snapshot(&self.conn, carrier)
     }
+}
+
+/// A read compared with the journal and not yet recorded ([`Journal::compare_scan`]).
+#[derive(Debug)]
+pub struct ScanComparison {
+    known: Known,
+    comparison: Comparison,
+    removes: Vec<bool>,
+}
+
+impl ScanComparison {
+    /// For each module of the read, whether recording it would take certificates or keys from
+    /// a carrier (see [`Journal::removes_content`]).
+    pub fn removes_content(&self) -> &[bool] {
+        &self.removes
+    }
+}
+
+/// [`Journal::removes_content`] against `known`: each module compared on its own.
+fn removes_per_module(conn: &Connection, scans: &[ModuleScan], known: &Known) -> Result<Vec<bool>> {
+    scans
+        .iter()
+        .map(|scan| {
+            let observed = Observed::new(std::slice::from_ref(scan), known)?;
+            let comparison = compare(&observed, known, &mut |k| load_snapshot(conn, k))?;
+            Ok(comparison.removes_content())
+        })
+        .collect()
 }
 
 /// Compares and records `scans` inside the writer's transaction.
@@ -725,6 +796,35 @@ fn apply(
         }
     }
     Ok(record)
+}
+
+/// Makes a new journal in one immediate transaction: the latest schema
+/// ([`migrations::create`]) and the first signed checkpoint, so that the journal has a
+/// checkpoint from its first row. Returns its journal id; `None` when another custody made the
+/// journal first (nothing written).
+fn create(conn: &mut Connection, key: &JournalKey) -> Result<Option<String>> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    let Some(journal_id) = migrations::create(&tx)? else {
+        return Ok(None);
+    };
+    let head = chain::Head::load(&tx)?;
+    let actor = Actor::current(None);
+    {
+        let mut writer = Writer {
+            tx,
+            head,
+            journal_id: &journal_id,
+            actor: &actor,
+            at: timestamp(OffsetDateTime::now_utc()),
+            first_seq: 0,
+            abandoned: false,
+        };
+        writer.checkpoint(key)?;
+        writer.tx.commit().map_err(db_err)?;
+    }
+    Ok(Some(journal_id))
 }
 
 /// The -wal file of a journal.

@@ -5,8 +5,10 @@
 //! given (names match and the issuer's key verifies the certificate's signature), a CRL must
 //! name that issuer and carry its signature, an OCSP response must be signed by the issuer or
 //! by a responder the issuer certified for OCSP signing. An answer that fails any check is an
-//! error naming the URL, never a status. This module records nothing: the caller writes what
-//! it returns ([`Outcome`]) to the journal.
+//! error naming the URL, never a status. A URL of a scheme that is not asked (an `ldap://`
+//! distribution point) is skipped, said so in the [`Outcome`], and the certificate's other
+//! URLs asked; with none left the certificate is unchecked, with the reason. This module
+//! records nothing: the caller writes what it returns ([`Outcome`]) to the journal.
 //!
 //! Parsing of certificates, CRLs and the signed part of OCSP responses is `cert`'s
 //! (`x509-parser`); signatures are checked in `signature` (OpenSSL; DSTU 4145 with
@@ -105,13 +107,31 @@ pub struct Evidence {
     pub reason: Option<String>,
 }
 
+/// A URL the certificate names that is not asked (an `ldap://` distribution point): the
+/// other URLs are asked instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    /// A CRL distribution point or an OCSP responder.
+    pub source: Source,
+    /// The URL as the certificate names it.
+    pub url: String,
+    /// Why it is not asked.
+    pub reason: String,
+}
+
 /// Every answer about one certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Outcome {
-    /// The overall answer: revoked if any service says so, then hold, unknown, good.
-    pub status: Status,
+    /// The overall answer: revoked if any service says so, then hold, unknown, good. `None`:
+    /// unchecked, no URL the certificate names could be asked ([`Outcome::unchecked`] says
+    /// why).
+    pub status: Option<Status>,
     /// The answers, CRLs first.
     pub evidence: Vec<Evidence>,
+    /// The URLs not asked, and why.
+    pub skipped: Vec<Skipped>,
+    /// Why the certificate is unchecked, when it is.
+    pub unchecked: Option<String>,
 }
 
 /// Asks providers over HTTP; one per command.
@@ -134,7 +154,9 @@ impl Checker {
     /// Asks the provider about `cert_der`, issued by `issuer_der`, through the services
     /// `via` selects. Refused before any request when the issuer did not issue the
     /// certificate or the certificate names no service; an error for the first service that
-    /// gives no verified answer.
+    /// gives no verified answer. A URL of a scheme that is not asked (an `ldap://`
+    /// distribution point) is skipped and the others asked; when none is left the outcome
+    /// is unchecked, with the reason, and nothing is asked.
     pub fn check(&self, cert_der: &[u8], issuer_der: &[u8], via: Via) -> Result<Outcome> {
         let cert = cert::issued_cert(cert_der)?;
         check_issued_by(&cert, issuer_der)?;
@@ -159,6 +181,30 @@ impl Checker {
                 }
             )));
         }
+        let mut skipped = Vec::new();
+        let crl_urls = usable(Source::Crl, crl_urls, &mut skipped);
+        let ocsp_urls = usable(Source::Ocsp, ocsp_urls, &mut skipped);
+        if crl_urls.is_empty() && ocsp_urls.is_empty() {
+            let others = match via {
+                Via::Both => None,
+                Via::Crl => Some((&cert.ocsp_urls, "ocsp")),
+                Via::Ocsp => Some((&cert.crl_urls, "crl")),
+            };
+            let hint = others
+                .filter(|(urls, _)| urls.iter().any(|u| http::unsupported(u).is_none()))
+                .map(|(_, via)| format!(" (try --via {via}, or both)"))
+                .unwrap_or_default();
+            let urls: Vec<&str> = skipped.iter().map(|s| s.url.as_str()).collect();
+            return Ok(Outcome {
+                status: None,
+                evidence: Vec::new(),
+                unchecked: Some(format!(
+                    "no URL it names can be asked here ({}: only http:// and https:// are asked){hint}; ask the provider another way and record the answer with `custody revocation confirmed`",
+                    urls.join(", ")
+                )),
+                skipped,
+            });
+        }
         let mut evidence = Vec::new();
         for url in crl_urls {
             evidence.push(self.ask_crl(url, &cert, &issuer, issuer_der)?);
@@ -166,12 +212,13 @@ impl Checker {
         for url in ocsp_urls {
             evidence.push(self.ask_ocsp(url, cert_der, issuer_der)?);
         }
-        let status = evidence
-            .iter()
-            .map(|e| e.status)
-            .max()
-            .unwrap_or(Status::Unknown);
-        Ok(Outcome { status, evidence })
+        let status = evidence.iter().map(|e| e.status).max();
+        Ok(Outcome {
+            status,
+            evidence,
+            skipped,
+            unchecked: None,
+        })
     }
 
     fn ask_crl(
@@ -246,6 +293,22 @@ impl Checker {
     }
 }
 
+/// The URLs of `urls` that are asked; the others are added to `skipped`.
+fn usable<'u>(source: Source, urls: &'u [String], skipped: &mut Vec<Skipped>) -> Vec<&'u str> {
+    let mut asked = Vec::new();
+    for url in urls {
+        match http::unsupported(url) {
+            None => asked.push(url.as_str()),
+            Some(reason) => skipped.push(Skipped {
+                source,
+                url: url.clone(),
+                reason,
+            }),
+        }
+    }
+    asked
+}
+
 /// Whether `issuer_der` issued `cert_der`: the certificate's issuer name is the issuer's
 /// subject, and the issuer's key verifies the certificate's signature.
 pub fn issued_by(cert_der: &[u8], issuer_der: &[u8]) -> Result<bool> {
@@ -270,6 +333,23 @@ fn check_issued_by(cert: &IssuedCert, issuer_der: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_of_other_schemes_are_skipped_each_with_its_reason() {
+        let urls = [
+            "ldap://dir.example/cn=CA?certificateRevocationList".to_owned(),
+            "http://crl.example/ca.crl".to_owned(),
+        ];
+        let mut skipped = Vec::new();
+        assert_eq!(
+            usable(Source::Crl, &urls, &mut skipped),
+            ["http://crl.example/ca.crl"]
+        );
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0].url, urls[0]);
+        assert_eq!(skipped[0].source, Source::Crl);
+        assert!(skipped[0].reason.contains("ldap://"), "{skipped:?}");
+    }
 
     #[test]
     fn statuses_order_revoked_above_the_rest() {

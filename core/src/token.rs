@@ -499,6 +499,15 @@ fn read_certificates(
                 _ => {}
             }
         }
+        if value.is_empty() {
+            // A certificate object without its DER is not a certificate (yet): SoftHSM2 stores
+            // a new object with empty attributes first and fills them in a second write, and
+            // has been seen to lose that second write when another process reads the token
+            // meanwhile. Recording it would record a certificate that does not exist (the
+            // SHA-256 of nothing); it counts once it has a value.
+            unfinished("certificate", &id, "CKA_VALUE");
+            continue;
+        }
         let sha256 = cert::sha256_hex(&value);
         let before = known.and_then(|k| k.certificates.iter().find(|c| c.sha256 == sha256));
         let (info, parse_error) = match before.map(|c| (c.info.clone(), c.parse_error.clone())) {
@@ -595,10 +604,40 @@ fn read_keys(session: &Session, class: KeyClass) -> Result<Vec<KeyObject>> {
             }
         }
         key.key_type_name = key_type_name(key.key_type);
+        if class == KeyClass::Public
+            && key.public_key_sha256.is_none()
+            && matches!(key.key_type, CKK_RSA | CKK_EC)
+        {
+            // An RSA or EC public key without its modulus or point: one being generated (see
+            // `read_certificates`).
+            let missing = if key.key_type == CKK_RSA {
+                "CKA_MODULUS"
+            } else {
+                "CKA_EC_POINT"
+            };
+            unfinished("public key", key.id.as_bytes(), missing);
+            continue;
+        }
         out.push(key);
     }
     Ok(out)
 }
+
+/// Says that an object without what every finished object of its kind has was left out of a
+/// read (another program is writing it, or left it unfinished).
+fn unfinished(what: &str, id: &[u8], missing: &str) {
+    tracing::warn!(
+        object = what,
+        id = %hex::encode(id),
+        missing,
+        "an unfinished object is left out of the read (another program is writing it, or left it without its value); it counts once it is complete"
+    );
+}
+
+/// CKK_RSA.
+const CKK_RSA: u64 = 0;
+/// CKK_EC.
+const CKK_EC: u64 = 3;
 
 /// CK_DATE is 8 ASCII digits YYYYMMDD; empty or blank means unset.
 fn ck_date(bytes: &[u8]) -> Option<String> {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context as _};
 
+pub mod floor;
 pub mod idle;
 
 /// CPU time of a process so far: the sum over its threads of /proc/…/schedstat's first

@@ -115,6 +115,11 @@ pub trait Instance: Send {
     fn restart_server(&mut self) -> anyhow::Result<()> {
         bail!("this implementation has no server")
     }
+    /// The daemons a call into the module waits for (servers, brokers, emulators), by pid;
+    /// none for a module that does all its work in the caller's process.
+    fn daemon_pids(&self) -> Vec<u32> {
+        Vec::new()
+    }
 }
 
 /// A carrier an [`Instance`] made.

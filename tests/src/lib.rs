@@ -47,6 +47,7 @@
 //! - [`mod@bench`]: what the benchmark programs share (CPU time, percentiles, log reading).
 //! - [`implementation`]: the PKCS#11 implementations the behaviour tests run on.
 //! - [`daemon`]: daemons started by tests, ended by pid; free loopback ports.
+//! - [`sched`]: how long processes waited for a CPU (run delay), for latency bounds.
 //! - [`fault`]: the fault-injecting PKCS#11 module in front of SoftHSM2: plans, call logs.
 //! - [`smartcard`]: a virtual ISO 7816-4 card for vsmartcard's vpcd reader driver.
 //! - [`pkcs15`]: the PKCS#15 application on it (a key pair and its certificate).
@@ -63,6 +64,7 @@ pub mod pcsc;
 pub mod pkcs15;
 pub mod postgres;
 pub mod profile;
+pub mod sched;
 pub mod set;
 pub mod smartcard;
 pub mod softhsm;

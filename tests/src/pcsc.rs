@@ -42,6 +42,8 @@ const PCSCD_CANDIDATES: [&str; 2] = ["/usr/sbin/pcscd", "/sbin/pcscd"];
 const SOCKET_ACTIVATE: &str = "systemd-socket-activate";
 /// What to install when something is missing.
 const PACKAGES: &str = "pcscd vsmartcard-vpcd opensc libpcsclite1 systemd";
+/// How long [`Reader::insert`] waits for pcscd to see the slot's last card gone.
+const SLOT_EMPTY_WITHIN: Duration = Duration::from_secs(20);
 /// Longest unix socket path (sun_path is 108 bytes with the NUL).
 const SOCKET_PATH_MAX: usize = 100;
 
@@ -149,14 +151,47 @@ impl Reader {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Inserts a card into the reader's first slot.
+    /// Inserts a card into the reader's first slot (see [`Self::wait_slot_empty`]).
     pub fn insert(&self, image: &CardImage) -> anyhow::Result<VirtualCard> {
+        self.wait_slot_empty(0, SLOT_EMPTY_WITHIN)?;
         VirtualCard::insert(self.port, image.clone())
     }
 
-    /// Inserts a card into the reader's second slot.
+    /// Inserts a card into the reader's second slot (see [`Self::wait_slot_empty`]).
     pub fn insert_second(&self, image: &CardImage) -> anyhow::Result<VirtualCard> {
+        self.wait_slot_empty(1, SLOT_EMPTY_WITHIN)?;
         VirtualCard::insert(self.port + 1, image.clone())
+    }
+
+    /// Waits until pcscd has seen every card put into `slot` leave it (its log says `Card
+    /// Removed From` as often as `Card inserted into` for that slot). vpcd takes the next
+    /// card on a slot as soon as the last one's connection is gone, and pcscd notices a
+    /// change only at its presence poll (every 400 ms, later on a busy machine): a card put
+    /// in before that poll replaces the last one unseen, pcscd keeps the old card's state,
+    /// never powers the new one up, and no client ever reads it.
+    pub fn wait_slot_empty(&self, slot: u16, within: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let ends = format!(" {slot:02}");
+        let count = |log: &str, what: &str| {
+            log.lines()
+                .map(str::trim_end)
+                .filter(|l| l.contains(what) && l.ends_with(&ends))
+                .count()
+        };
+        loop {
+            let log = self.log();
+            let inserted = count(&log, "Card inserted into custody virtual reader ");
+            let removed = count(&log, "Card Removed From custody virtual reader ");
+            if removed >= inserted {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                start.elapsed() < within,
+                "pcscd did not see the last card leave slot {slot} within {within:?} ({inserted} insertions, {removed} removals in its log {})",
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 

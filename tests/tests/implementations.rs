@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context as _};
 use custody_tests::implementation::Support;
+use custody_tests::sched::RunDelay;
 use serde_json::Value;
 use support::{TestResult, World, PATIENCE};
 
@@ -99,7 +100,10 @@ fn scan_reads_every_field_and_rescan_adds_nothing(name: &str) -> TestResult {
 }
 
 /// `custody watch` in its default configuration records a carrier inserted while it runs
-/// within one interval + 1 s, and its removal once it is gone; nothing else.
+/// within one interval + 1 s, and its removal once it is gone; nothing else. The bound is of
+/// the service's own time: what the service and the implementation's daemons spent waiting
+/// for a CPU meanwhile (`sched::RunDelay`, on a machine shared with other test suites) is
+/// added to it and printed; a row one poll late still misses it.
 fn watch_sees_insertion_and_removal(name: &str) -> TestResult {
     let Some(mut w) = World::start(name, "watch")? else {
         return Ok(());
@@ -115,9 +119,12 @@ fn watch_sees_insertion_and_removal(name: &str) -> TestResult {
     let key_first = w.carrier_key(&first.token.label)?;
 
     // Measured from the moment the carrier is complete to the time of the journal row.
-    let bound = DEFAULT_INTERVAL + Duration::from_secs(1);
+    let slack = DEFAULT_INTERVAL + Duration::from_secs(1);
+    let mut pids = w.instance.daemon_pids();
+    pids.push(watch.pid());
     let second = w.instance.insert("second")?;
     let inserted = time::OffsetDateTime::now_utc();
+    let waiting = RunDelay::start(&pids);
     w.wait_events("second carrier enrolled", PATIENCE, |e| {
         e.iter()
             .filter(|e| e.kind.as_str() == "carrier_enrolled")
@@ -127,10 +134,7 @@ fn watch_sees_insertion_and_removal(name: &str) -> TestResult {
     let key_second = w.carrier_key(&second.token.label)?;
     ensure!(key_first != key_second, "[{name}] two carriers, one key");
     let took = w.latency(&key_second, "carrier_enrolled", inserted)?;
-    w.note(&format!(
-        "insertion -> journal row: {} ms",
-        took.as_millis()
-    ));
+    let bound = within(&w, "insertion", took, slack, &waiting);
     ensure!(
         took <= bound,
         "[{name}] insertion took {took:?} to reach the journal (at most {bound:?})"
@@ -138,8 +142,9 @@ fn watch_sees_insertion_and_removal(name: &str) -> TestResult {
 
     w.instance.remove(&second)?;
     let removed = time::OffsetDateTime::now_utc();
+    let waiting = RunDelay::start(&pids);
     let took = w.latency(&key_second, "carrier_removed", removed)?;
-    w.note(&format!("removal -> journal row: {} ms", took.as_millis()));
+    let bound = within(&w, "removal", took, slack, &waiting);
     ensure!(
         took <= bound,
         "[{name}] removal took {took:?} to reach the journal (at most {bound:?})"
@@ -151,6 +156,20 @@ fn watch_sees_insertion_and_removal(name: &str) -> TestResult {
     );
     watch.stop()?;
     w.assert_verifies()
+}
+
+/// The bound of a latency `took`: `slack` plus the time the service and the daemons waited
+/// for a CPU since `waiting` started (printed with it).
+fn within(w: &World, what: &str, took: Duration, slack: Duration, waiting: &RunDelay) -> Duration {
+    let starved = waiting.waited();
+    w.note(&format!(
+        "{what} -> journal row: {} ms (bound {} ms: {} ms + {} ms its processes waited for a CPU)",
+        took.as_millis(),
+        (slack + starved).as_millis(),
+        slack.as_millis(),
+        starved.as_millis()
+    ));
+    slack + starved
 }
 
 /// The server between custody and the tokens is killed while `custody watch` runs: no
@@ -409,12 +428,29 @@ fn reinitialised_by_another_tool_while_watch_runs(
     })?;
     let old_key = w.carrier_key(&carrier.token.label)?;
     let other_key = w.carrier_key(&other.token.label)?;
+    ensure!(
+        old_key != other_key,
+        "[{name}] two carriers, one key: {old_key}"
+    );
+    // From here on every wait fails at once, with the journal, if an event names the carrier
+    // the tool did not touch.
+    w.expect_untouched(&other_key)?;
     let now = w.instance.reinit_by_tool(&carrier, "after")?;
     let cert = now.cert_sha256().context("a certificate")?.to_owned();
     if content_checks {
+        let carrier_now = if now.serial() == carrier.serial() {
+            Some(old_key.clone())
+        } else {
+            None
+        };
         w.wait_events("the new certificate", within, |e| {
-            e.iter()
-                .any(|e| e.kind.as_str() == "cert_added" && e.data.to_string().contains(&cert))
+            e.iter().any(|e| {
+                e.kind.as_str() == "cert_added"
+                    && e.data.to_string().contains(&cert)
+                    && carrier_now
+                        .as_ref()
+                        .is_none_or(|k| e.carrier.as_deref() == Some(k.as_str()))
+            })
         })?;
     } else {
         let new_serial = now.serial() != carrier.serial();
@@ -459,13 +495,10 @@ fn reinitialised_by_another_tool_while_watch_runs(
             "[{name}] the carrier re-initialised in place is not present"
         );
     }
-    ensure!(
-        w.events_of(&other_key, "carrier_removed")?.is_empty()
-            && w.events_of(&other_key, "cert_removed")?.is_empty(),
-        "[{name}] the other carrier was recorded as changed"
-    );
+    w.assert_untouched()?;
     watch.check_running()?;
     watch.stop()?;
+    w.assert_untouched()?;
     w.assert_verifies()
 }
 

@@ -442,6 +442,50 @@ fn garbage_certificate_is_reported_and_everything_else_recorded() -> TestResult 
     Ok(())
 }
 
+/// A certificate object without a value is what SoftHSM2 shows of one another program is
+/// still creating (and keeps when it loses that program's second write): it is not recorded
+/// as a certificate (no `cert_added` of the SHA-256 of nothing); the rest of the token is.
+#[test]
+fn a_certificate_object_without_a_value_is_left_out_and_the_rest_recorded() -> TestResult {
+    const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    let spec = Spec::new().token(
+        TokenSpec::new("Unfinished")
+            .ec_key_cert("01", "good", Profile::plain("Good"))
+            .raw_cert("0e", "unfinished", b""),
+    );
+    let (set, custody) = setup(&spec, "unfinished-cert")?;
+    // The positive control: the token does hold two certificate objects, one of them empty.
+    let listed = pkcs11_tool(
+        &set,
+        &["--token-label", "Unfinished", "-O", "--type", "cert"],
+    )?;
+    ensure!(
+        listed.matches("Certificate Object").count() == 2,
+        "the fixture should hold two certificate objects: {listed}"
+    );
+    let scan = custody.json(&["scan"], 0)?;
+    let c = carrier(&scan, "Unfinished")?;
+    let certs = c["certificates"].as_array().context("certs")?;
+    ensure!(
+        certs.len() == 1 && certs[0]["id"] == "01",
+        "only the finished certificate: {certs:#?}"
+    );
+    ensure!(
+        event_kinds(&scan) == ["carrier_enrolled", "cert_added", "key_added"],
+        "{scan:#}"
+    );
+    let journal = custody_core::journal::Journal::open(custody.journal())?;
+    let events = serde_json::to_string(&journal.events()?)?;
+    ensure!(
+        !events.contains(EMPTY_SHA256),
+        "the SHA-256 of nothing is in the journal: {events}"
+    );
+    // Read again: nothing changed, nothing recorded.
+    let again = custody.json(&["scan"], 0)?;
+    ensure!(event_kinds(&again).is_empty(), "{again:#}");
+    Ok(())
+}
+
 #[test]
 fn hostile_labels_are_escaped_for_people_and_kept_losslessly() -> TestResult {
     let (set, custody) = setup(&Spec::edge(), "edge")?;

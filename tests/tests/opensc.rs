@@ -534,9 +534,9 @@ fn opensc_a_card_pulled_mid_read_removes_nothing() -> TestResult {
             );
         }
         outcomes.push(format!("{n}:{}", if partial { "partial" } else { "empty" }));
+        // Put back at once: the reader takes the next card once pcscd has seen this one
+        // gone (`Reader::insert` waits for that).
         drop(card);
-        // vpcd takes the next card once pcscd has seen this one gone (its next poll).
-        std::thread::sleep(Duration::from_millis(800));
     }
     eprintln!("pulled after n commands of {total}: {}", outcomes.join(" "));
     ensure!(
@@ -603,7 +603,6 @@ fn opensc_watch_keeps_state_when_a_card_is_pulled_mid_read() -> TestResult {
             watch.log_text()
         );
         drop(card);
-        std::thread::sleep(Duration::from_millis(800));
     }
     let _card = w.insert()?;
     if let Err(e) = w.wait_count("carrier_seen", 1) {

@@ -108,8 +108,11 @@ pub fn run(ctx: &Context, _args: &ScanArgs) -> anyhow::Result<Exit> {
         modules.push(module);
     }
     // A read that would take certificates or keys from a carrier is confirmed by a second
-    // read from scratch: a card pulled while it was read shows fewer objects first.
-    let removing = journal.removes_content(&scans)?;
+    // read from scratch: a card pulled while it was read shows fewer objects first. A read
+    // that needs none is recorded as it was compared here.
+    let compared = journal.compare_scan(&scans)?;
+    let removing = compared.removes_content().to_vec();
+    let compared = (!removing.contains(&true)).then_some(compared);
     for ((scan, module), removing) in scans.iter_mut().zip(&mut modules).zip(removing) {
         let Some(module) = module.as_mut().filter(|_| removing) else {
             continue;
@@ -157,7 +160,11 @@ pub fn run(ctx: &Context, _args: &ScanArgs) -> anyhow::Result<Exit> {
             slot_problems: scan.slot_problems.clone(),
         });
     }
-    let record = journal.record_scan(&scans, &ctx.actor(), time::OffsetDateTime::now_utc())?;
+    let (actor, now) = (ctx.actor(), time::OffsetDateTime::now_utc());
+    let record = match compared {
+        Some(compared) => journal.record_compared(&scans, compared, &actor, now)?,
+        None => journal.record_scan(&scans, &actor, now)?,
+    };
     let exit = if reports.iter().any(|r| !r.complete) {
         Exit::Error
     } else if problems.iter().any(|p| p.scope == "login") {

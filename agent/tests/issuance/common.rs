@@ -248,6 +248,21 @@ impl World {
         std::fs::read(&cert).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Scans the carriers into the journal and records that the revocation of the
+    /// certificates on the carrier `token` (a serial) was requested, with `reference`: what
+    /// every `custody revocation check` test starts from.
+    pub(crate) fn revocation_requested(&self, token: &str, reference: &str) {
+        ok(self.custody().arg("scan"));
+        ok(self.custody().args([
+            "revocation",
+            "requested",
+            "--carrier",
+            token,
+            "--ref",
+            reference,
+        ]));
+    }
+
     /// Opens the journal through custody-core.
     pub(crate) fn open(&self) -> Journal {
         Journal::open(&self.journal).unwrap_or_else(|e| panic!("{e}"))
@@ -263,6 +278,16 @@ impl World {
             .arg(&self.journal)
             .arg(sql)))
     }
+}
+
+/// SHA-256 of `bytes`, lower-case hex (how custody names certificates, CRLs and answers),
+/// computed here independently of custody.
+pub(crate) fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::{Digest as _, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Runs a command that must succeed; returns stdout + stderr.

@@ -8,8 +8,6 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use sha2::{Digest, Sha256};
-
 use super::common::*;
 
 /// A CA directory for `openssl ca`.
@@ -65,7 +63,8 @@ impl Ca {
     }
 
     /// Generates a key on the token `label`, issues its certificate (serial `serial`) naming
-    /// `crl_url` and `ocsp_url`, writes it to the token and returns the certificate's PEM path.
+    /// `crl_url` and `ocsp_url` (each a comma-separated list: one distribution point or
+    /// responder per URL), writes it to the token and returns the certificate's PEM path.
     fn issue_on_token(
         &self,
         w: &World,
@@ -122,7 +121,9 @@ impl Ca {
         std::fs::write(
             &ext,
             format!(
-                "[leaf]\nbasicConstraints = CA:FALSE\nkeyUsage = critical,digitalSignature,nonRepudiation\ncrlDistributionPoints = URI:{crl_url}\nauthorityInfoAccess = OCSP;URI:{ocsp_url}\n"
+                "[leaf]\nbasicConstraints = CA:FALSE\nkeyUsage = critical,digitalSignature,nonRepudiation\ncrlDistributionPoints = {}\nauthorityInfoAccess = {}\n",
+                list("URI:", crl_url),
+                list("OCSP;URI:", ocsp_url)
             ),
         )
         .unwrap_or_else(|e| panic!("{e}"));
@@ -228,17 +229,33 @@ impl Ca {
     }
 }
 
-fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// An OpenSSL extension value of one entry per URL of the comma-separated `urls`.
+fn list(prefix: &str, urls: &str) -> String {
+    urls.split(',')
+        .map(|u| format!("{prefix}{u}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A free loopback port (bound, then released for the server about to use it).
 pub(crate) fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
     l.local_addr().unwrap_or_else(|e| panic!("{e}")).port()
+}
+
+/// An empty directory `served` in the world's, for the CRLs a test publishes.
+pub(crate) fn served_dir(w: &World) -> PathBuf {
+    let served = w.dir.join("served");
+    std::fs::create_dir_all(&served).unwrap_or_else(|e| panic!("{e}"));
+    served
+}
+
+/// [`served_dir`] served over HTTP on a loopback port chosen at run time: the directory and
+/// the URL of `ca.crl` in it.
+fn crl_site(w: &World) -> (PathBuf, String) {
+    let served = served_dir(w);
+    let port = serve(served.clone());
+    (served, format!("http://127.0.0.1:{port}/ca.crl"))
 }
 
 /// Serves the files of `dir` over HTTP/1.0 GET on a loopback port chosen at run time; the
@@ -383,15 +400,7 @@ pub(crate) fn requested(
 ) -> (String, PathBuf) {
     let token = w.token(label);
     let pem = ca.issue_on_token(w, label, serial, "/CN=Звільнена Особа", crl, ocsp);
-    ok(w.custody().arg("scan"));
-    ok(w.custody().args([
-        "revocation",
-        "requested",
-        "--carrier",
-        &token,
-        "--ref",
-        "лист № 7/1",
-    ]));
+    w.revocation_requested(&token, "лист № 7/1");
     (token, pem)
 }
 
@@ -409,10 +418,7 @@ pub(crate) fn confirmed_events(w: &World) -> Vec<serde_json::Value> {
 fn a_revocation_the_crl_lists_is_confirmed_with_its_evidence() {
     let w = World::new("revcheck-crl");
     let ca = Ca::new(&w, "ca");
-    let served = w.dir.join("served");
-    std::fs::create_dir_all(&served).unwrap_or_else(|e| panic!("{e}"));
-    let port = serve(served.clone());
-    let crl_url = format!("http://127.0.0.1:{port}/ca.crl");
+    let (served, crl_url) = crl_site(&w);
     let (token, pem) = requested(&w, &ca, "crl", "4097", &crl_url, "http://127.0.0.1:9/");
     ca.revoke(&pem);
     let crl_sha = ca.crl(&served.join("ca.crl"));
@@ -512,11 +518,8 @@ fn a_revocation_ocsp_reports_is_confirmed_with_the_issuer_from_the_token() {
 fn a_good_answer_records_nothing_and_says_so() {
     let w = World::new("revcheck-good");
     let ca = Ca::new(&w, "ca");
-    let served = w.dir.join("served");
-    std::fs::create_dir_all(&served).unwrap_or_else(|e| panic!("{e}"));
-    let crl_port = serve(served.clone());
+    let (served, crl_url) = crl_site(&w);
     let ocsp_port = free_port();
-    let crl_url = format!("http://127.0.0.1:{crl_port}/ca.crl");
     let ocsp_url = format!("http://127.0.0.1:{ocsp_port}/");
     let (_, pem) = requested(&w, &ca, "good", "4099", &crl_url, &ocsp_url);
     ca.valid(&pem);
@@ -586,10 +589,7 @@ fn a_crl_signed_by_another_ca_is_refused() {
     let ca = Ca::new(&w, "ca");
     // Same name, another key: only the signature tells them apart.
     let other = Ca::new(&w, "other");
-    let served = w.dir.join("served");
-    std::fs::create_dir_all(&served).unwrap_or_else(|e| panic!("{e}"));
-    let port = serve(served.clone());
-    let crl_url = format!("http://127.0.0.1:{port}/ca.crl");
+    let (served, crl_url) = crl_site(&w);
     let (_, pem) = requested(&w, &ca, "forged", "4101", &crl_url, "http://127.0.0.1:9/");
     other.revoke(&pem);
     other.crl(&served.join("ca.crl"));
@@ -676,10 +676,7 @@ fn an_ocsp_answer_signed_by_another_key_is_refused() {
 fn garbage_instead_of_a_crl_is_an_error_and_nothing_is_recorded() {
     let w = World::new("revcheck-garbage");
     let ca = Ca::new(&w, "ca");
-    let served = w.dir.join("served");
-    std::fs::create_dir_all(&served).unwrap_or_else(|e| panic!("{e}"));
-    let port = serve(served.clone());
-    let crl_url = format!("http://127.0.0.1:{port}/ca.crl");
+    let (served, crl_url) = crl_site(&w);
     let (_, pem) = requested(&w, &ca, "garbage", "4103", &crl_url, "http://127.0.0.1:9/");
     ca.revoke(&pem);
     std::fs::write(served.join("ca.crl"), "<html>portal maintenance</html>")
@@ -704,4 +701,138 @@ fn garbage_instead_of_a_crl_is_an_error_and_nothing_is_recorded() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("answered HTTP 404"), "{out}");
     assert!(confirmed_events(&w).is_empty());
+}
+
+/// An `ldap://` distribution point is skipped, named in the output, and the certificate's
+/// other distribution points and OCSP responders asked; a certificate naming nothing else is
+/// reported unchecked with the reason, and the run goes on to the next one.
+#[test]
+fn an_ldap_distribution_point_is_skipped_and_the_other_urls_asked() {
+    let w = World::new("revcheck-ldap");
+    let ca = Ca::new(&w, "ca");
+    let (served, crl_url) = crl_site(&w);
+    let ocsp_port = free_port();
+    let ldap = "ldap://dir.example.org/cn=Test%20QTSP%20CA?certificateRevocationList";
+    let ocsp_url = format!("http://127.0.0.1:{ocsp_port}/");
+    // Both: an ldap:// point before an http:// one, and an OCSP responder.
+    let (both, both_pem) = requested(
+        &w,
+        &ca,
+        "both",
+        "4110",
+        &format!("{ldap},{crl_url}"),
+        &ocsp_url,
+    );
+    // Only ldap:// for the CRL: OCSP answers.
+    let (ocsp_only, ocsp_pem) = requested(&w, &ca, "ocsponly", "4111", ldap, &ocsp_url);
+    // Nothing that can be asked.
+    let ldap_ocsp = "ldap://dir.example.org/ocsp";
+    let (nothing, nothing_pem) = requested(&w, &ca, "nothing", "4112", ldap, ldap_ocsp);
+    for pem in [&both_pem, &ocsp_pem, &nothing_pem] {
+        ca.revoke(pem);
+    }
+    let crl_sha = ca.crl(&served.join("ca.crl"));
+    let _responder = Responder::start(&ca, ocsp_port);
+    let issuer = ca.dir.join("ca.pem").display().to_string();
+
+    let (code, out, err) =
+        run(w
+            .custody()
+            .args(["--json", "revocation", "check", "--issuer", &issuer]));
+    assert_eq!(
+        code, 0,
+        "an unchecked certificate does not fail the run: {out}{err}"
+    );
+    let v = json(&out);
+    assert_eq!(v["ok"], true, "{v:#}");
+    assert_eq!(v["unchecked"], 1, "{v:#}");
+    let of = |token: &str| {
+        v["checked"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["carrier"].as_str().is_some_and(|k| k.ends_with(token)))
+            .cloned()
+            .unwrap_or_else(|| panic!("{token} not checked: {v:#}"))
+    };
+    let skipped_ldap = |c: &serde_json::Value, source: &str, url: &str| {
+        c["skipped"].as_array().is_some_and(|s| {
+            s.iter().any(|s| {
+                s["source"] == source
+                    && s["url"] == url
+                    && s["reason"].as_str().is_some_and(|r| r.contains("ldap://"))
+            })
+        })
+    };
+
+    let c = of(&both);
+    assert_eq!(c["status"], "revoked", "{c:#}");
+    assert!(c["error"].is_null() && c["unchecked"].is_null(), "{c:#}");
+    assert!(skipped_ldap(&c, "crl", ldap), "{c:#}");
+    assert_eq!(c["skipped"].as_array().map(Vec::len), Some(1), "{c:#}");
+    assert_eq!(c["evidence"][0]["source"], "crl", "{c:#}");
+    assert_eq!(c["evidence"][0]["url"], crl_url.as_str(), "{c:#}");
+    assert_eq!(c["evidence"][0]["sha256"], crl_sha.as_str(), "{c:#}");
+    assert_eq!(c["evidence"][1]["source"], "ocsp", "{c:#}");
+    assert!(c["recorded_seq"].is_u64(), "{c:#}");
+
+    let c = of(&ocsp_only);
+    assert_eq!(c["status"], "revoked", "{c:#}");
+    assert!(skipped_ldap(&c, "crl", ldap), "{c:#}");
+    assert_eq!(c["evidence"].as_array().map(Vec::len), Some(1), "{c:#}");
+    assert_eq!(c["evidence"][0]["source"], "ocsp", "{c:#}");
+    assert!(c["recorded_seq"].is_u64(), "{c:#}");
+
+    let c = of(&nothing);
+    assert!(c["status"].is_null() && c["error"].is_null(), "{c:#}");
+    assert!(c["recorded_seq"].is_null(), "{c:#}");
+    assert!(
+        skipped_ldap(&c, "crl", ldap) && skipped_ldap(&c, "ocsp", ldap_ocsp),
+        "{c:#}"
+    );
+    let why = c["unchecked"].as_str().unwrap_or_default();
+    assert!(
+        why.contains(ldap) && why.contains(ldap_ocsp) && why.contains("revocation confirmed"),
+        "{c:#}"
+    );
+    let events = confirmed_events(&w);
+    assert_eq!(
+        events.len(),
+        2,
+        "the two certificates with an answer: {events:#?}"
+    );
+    assert!(
+        events.iter().all(|e| e["carrier"]
+            .as_str()
+            .is_some_and(|k| !k.ends_with(&nothing))),
+        "nothing recorded for the unchecked one: {events:#?}"
+    );
+
+    // Text: the one left unconfirmed is said to be unchecked, with the URLs skipped.
+    let (code, out, err) = run(w
+        .custody()
+        .args(["revocation", "check", "--issuer", &issuer]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("CRL {ldap}: skipped, its scheme ldap://")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("OCSP {ldap_ocsp}: skipped")), "{out}");
+    assert!(
+        out.contains("UNCHECKED: no URL it names can be asked here"),
+        "{out}"
+    );
+    assert!(!out.contains(&both) && !out.contains(&ocsp_only), "{out}");
+    // --via crl: unchecked too, and no hint to try OCSP (its responder is ldap:// as well).
+    let (code, out, _) =
+        run(w
+            .custody()
+            .args(["revocation", "check", "--via", "crl", "--issuer", &issuer]));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("UNCHECKED") && !out.contains("try --via"),
+        "{out}"
+    );
+    assert_eq!(confirmed_events(&w).len(), 2);
+    ok(w.custody().args(["journal", "verify"]));
 }

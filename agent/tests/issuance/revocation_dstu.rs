@@ -11,8 +11,6 @@ use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use sha2::{Digest, Sha256};
-
 use super::common::*;
 use super::dstu_provider::{Party, Profile, Tamper};
 
@@ -99,13 +97,6 @@ impl Site {
     }
 }
 
-fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 const SERIAL: u64 = 4099;
 
 /// A world whose token holds a certificate the DSTU CA issued (serial [`SERIAL`], CRL and
@@ -142,15 +133,7 @@ fn requested(name: &str, port: u16) -> (World, Party, PathBuf) {
         ])
         .arg(&leaf_file)
         .args(["--type", "cert", "--id", "01"]));
-    ok(w.custody().arg("scan"));
-    ok(w.custody().args([
-        "revocation",
-        "requested",
-        "--carrier",
-        &token,
-        "--ref",
-        "лист № 7/4",
-    ]));
+    w.revocation_requested(&token, "лист № 7/4");
     (w, ca, ca_file)
 }
 
@@ -434,15 +417,7 @@ fn the_real_diia_chain_is_verified_with_dstu_4145() {
     let w = World::new("revcheck-diia-issuer");
     let token = w.token("diia");
     write(&w, "diia-test-sign-7775603.cer", "01");
-    ok(w.custody().arg("scan"));
-    ok(w.custody().args([
-        "revocation",
-        "requested",
-        "--carrier",
-        &token,
-        "--ref",
-        "лист № 7/3",
-    ]));
+    w.revocation_requested(&token, "лист № 7/3");
     let (code, out, err) = run(through_proxy(&w, port)
         .args(["--json", "revocation", "check", "--via", "ocsp", "--issuer"])
         .arg(ua_cert_path("CA-Justice.cer")));

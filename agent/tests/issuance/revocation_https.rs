@@ -6,7 +6,9 @@
 use std::process::Command;
 
 use super::common::*;
-use super::revocation_check::{confirmed_events, free_port, requested, Ca, Daemon, ReadyOn};
+use super::revocation_check::{
+    confirmed_events, free_port, requested, served_dir, Ca, Daemon, ReadyOn,
+};
 
 /// `openssl s_server -WWW` serving the files of `dir` over HTTPS on `port` (127.0.0.1) with a
 /// certificate for IP 127.0.0.1 issued by `ca`; stopped when the returned daemon is dropped.
@@ -60,8 +62,7 @@ impl HttpsServer {
 fn a_crl_named_with_https_is_fetched_over_verified_tls() {
     let w = World::new("revcheck-https");
     let ca = Ca::new(&w, "ca");
-    let served = w.dir.join("served");
-    std::fs::create_dir_all(&served).unwrap_or_else(|e| panic!("{e}"));
+    let served = served_dir(&w);
     let port = free_port();
     let crl_url = format!("https://127.0.0.1:{port}/ca.crl");
     let (_, pem) = requested(&w, &ca, "https", "4100", &crl_url, "http://127.0.0.1:9/");

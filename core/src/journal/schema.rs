@@ -8,13 +8,21 @@
 //! migrations by a unit test (`the_stored_schema_is_what_the_migrations_make`), so that every
 //! open of an up-to-date journal compares with it instead of applying every migration in
 //! memory first (half the instructions of a short `custody scan`); a file that does not
-//! match the migrations' latest version is not used. Every connection also runs with
-//! `trusted_schema` off and SQLite's defensive mode on.
+//! match the migrations' latest version is not used.
+//!
+//! An up-to-date journal is first compared byte for byte with the latest schema as SQLite
+//! stores it (`sql/latest_objects.rs`, written and checked by the same unit test): type, name,
+//! table and SQL of every object, no more and no fewer. Objects equal byte for byte are
+//! equal after normalisation too, so this finds what the comparison object by object would;
+//! any difference (whitespace included) falls back to that comparison, which names what
+//! differs or accepts whitespace alone.
+//! Every connection also runs with `trusted_schema` off and SQLite's defensive mode on.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use rusqlite::config::DbConfig;
+use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 use serde::Serialize;
 
@@ -72,6 +80,88 @@ fn normalise(sql: &str) -> String {
         out.push_str(word);
     }
     out
+}
+
+/// One object of the latest schema as SQLite stores it: (type, name, table, SQL).
+type Object = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+);
+
+/// The latest schema, object for object (see the module docs).
+const LATEST_OBJECTS: &[Object] = &include!("sql/latest_objects.rs");
+
+/// True when the file's schema is exactly the latest one, byte for byte: every object of
+/// [`LATEST_OBJECTS`] and nothing else. False on any difference, which [`check`] then names
+/// (or accepts, when only whitespace differs).
+fn is_latest(conn: &Connection) -> Result<bool> {
+    let mut stmt = conn
+        .prepare("SELECT type, name, tbl_name, sql FROM sqlite_master")
+        .map_err(db_err)?;
+    let mut rows = stmt.query([]).map_err(db_err)?;
+    let mut seen = vec![false; LATEST_OBJECTS.len()];
+    while let Some(row) = rows.next().map_err(db_err)? {
+        let text = |i| match row.get_ref(i) {
+            Ok(ValueRef::Text(t)) => Some(t),
+            _ => None,
+        };
+        let (Some(kind), Some(name), Some(table)) = (text(0), text(1), text(2)) else {
+            return Ok(false);
+        };
+        let sql = match row.get_ref(3).map_err(db_err)? {
+            ValueRef::Null => None,
+            ValueRef::Text(t) => Some(t),
+            _ => return Ok(false),
+        };
+        let Some(i) = LATEST_OBJECTS
+            .iter()
+            .position(|(k, n, _, _)| n.as_bytes() == name && k.as_bytes() == kind)
+        else {
+            return Ok(false);
+        };
+        let (_, _, t, s) = LATEST_OBJECTS[i];
+        if seen[i] || t.as_bytes() != table || s.map(str::as_bytes) != sql {
+            return Ok(false);
+        }
+        seen[i] = true;
+    }
+    Ok(seen.iter().all(|s| *s))
+}
+
+/// The text of `sql/latest_objects.rs` for the schema in `conn`.
+#[cfg(test)]
+fn objects_source(conn: &Connection) -> Result<String> {
+    let mut stmt = conn
+        .prepare("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name")
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })
+        .map_err(db_err)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(db_err)?;
+    let mut out = String::from(
+        "// The latest journal schema as SQLite stores it: (type, name, table, SQL).\n// Written by `CUSTODY_WRITE_SCHEMA=1 cargo test -p custody-core --lib stored_schema`.\n[\n",
+    );
+    for (kind, name, table, sql) in rows {
+        let sql = match sql {
+            Some(s) => format!("Some(r##\"{s}\"##)"),
+            None => "None".into(),
+        };
+        out.push_str(&format!(
+            "    (\"{kind}\", \"{name}\", \"{table}\", {sql}),\n"
+        ));
+    }
+    out.push_str("]\n");
+    Ok(out)
 }
 
 /// One object of `sql/schema.json`.
@@ -221,8 +311,13 @@ pub(crate) fn check(conn: &Connection, version: u32) -> Result<Vec<SchemaProblem
     Ok(problems)
 }
 
-/// Refuses a journal whose schema is not exactly custody's, naming the first object.
+/// Refuses a journal whose schema is not exactly custody's, naming the first object. An
+/// up-to-date journal is compared byte for byte first ([`is_latest`]); only one that differs
+/// is compared object by object.
 pub(crate) fn require_own(conn: &Connection, version: u32, path: &std::path::Path) -> Result<()> {
+    if version == migrations::LATEST && is_latest(conn)? {
+        return Ok(());
+    }
     let problems = check(conn, version)?;
     match problems.first() {
         None => Ok(()),
@@ -244,18 +339,36 @@ mod tests {
         conn
     }
 
-    /// `sql/schema.json` is what the migrations make. Rewrite it after adding a migration:
+    /// `sql/schema.json`, `sql/latest_objects.rs` and `sql/latest.sql` are what the migrations
+    /// make. Rewrite them after adding a migration:
     /// `CUSTODY_WRITE_SCHEMA=1 cargo test -p custody-core --lib stored_schema`.
     #[test]
     fn the_stored_schema_is_what_the_migrations_make() {
         let built = built(migrations::LATEST).unwrap_or_else(|e| panic!("{e}"));
         let want = StoredSchema::of(migrations::LATEST, built);
+        let migrated = journal();
+        let want_objects = objects_source(&migrated).unwrap_or_else(|e| panic!("{e}"));
+        let want_latest = migrations::latest_sql(&migrated).unwrap_or_else(|e| panic!("{e}"));
         if std::env::var_os("CUSTODY_WRITE_SCHEMA").is_some() {
-            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/journal/sql/schema.json");
+            let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/journal/sql/");
             let text = serde_json::to_string_pretty(&want).unwrap_or_else(|e| panic!("{e}"));
-            std::fs::write(path, format!("{text}\n")).unwrap_or_else(|e| panic!("{e}"));
+            let write = |name: &str, text: String| {
+                std::fs::write(format!("{dir}{name}"), text).unwrap_or_else(|e| panic!("{e}"))
+            };
+            write("schema.json", format!("{text}\n"));
+            write("latest_objects.rs", want_objects);
+            write("latest.sql", want_latest);
             return;
         }
+        assert!(
+            include_str!("sql/latest_objects.rs") == want_objects,
+            "sql/latest_objects.rs is not the schema the migrations make; rewrite it: CUSTODY_WRITE_SCHEMA=1 cargo test -p custody-core --lib stored_schema"
+        );
+        assert_eq!(is_latest(&migrated).ok(), Some(true));
+        assert!(
+            migrations::LATEST_SQL == want_latest,
+            "sql/latest.sql is not the schema the migrations make; rewrite it: CUSTODY_WRITE_SCHEMA=1 cargo test -p custody-core --lib stored_schema"
+        );
         let stored: StoredSchema = serde_json::from_str(STORED).unwrap_or_else(|e| {
             panic!("sql/schema.json does not parse ({e}); rewrite it with CUSTODY_WRITE_SCHEMA=1")
         });
@@ -272,6 +385,39 @@ mod tests {
         let problems = check(&conn, migrations::LATEST).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].problem, "unexpected");
+    }
+
+    /// The byte-for-byte comparison tells the latest schema from one with anything planted,
+    /// dropped or altered, and the open refuses those; whitespace alone makes it fall back to
+    /// the comparison object by object, which accepts it.
+    #[test]
+    fn the_latest_schema_is_recognised_exactly() {
+        let conn = journal();
+        assert_eq!(is_latest(&conn).ok(), Some(true));
+        for change in [
+            "CREATE VIEW planted AS SELECT 1",
+            "DROP TRIGGER events_no_delete",
+            "DROP INDEX orders_by_state; CREATE INDEX orders_by_state ON orders (serial)",
+            "CREATE INDEX planted ON meta (value)",
+        ] {
+            let conn = journal();
+            conn.execute_batch(change).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(is_latest(&conn).ok(), Some(false), "{change}");
+            let refused = require_own(&conn, migrations::LATEST, std::path::Path::new("t.db"));
+            assert!(
+                matches!(refused, Err(Error::ForeignSchema { .. })),
+                "{change}: {refused:?}"
+            );
+        }
+        let spaced = Connection::open_in_memory().unwrap_or_else(|e| panic!("{e}"));
+        let text = migrations::LATEST_SQL.replace('\n', "\n  \t\n ");
+        spaced
+            .execute_batch(&text)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(is_latest(&spaced).ok(), Some(false));
+        assert_eq!(check(&spaced, migrations::LATEST).ok(), Some(vec![]));
+        let path = std::path::Path::new("t.db");
+        assert!(require_own(&spaced, migrations::LATEST, path).is_ok());
     }
 
     #[test]

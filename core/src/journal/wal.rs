@@ -7,7 +7,9 @@
 //! with two more `fsync`s (WAL and database) before that commit returns. A long-running writer
 //! whose commits must be quick (the service recording slot events) calls
 //! [`Journal::defer_wal_checkpoints`]: its commits then do only the WAL's own `fsync`, and it
-//! folds the WAL itself with [`Journal::fold_wal_if_large`] at a moment of its choosing.
+//! folds the WAL itself with [`Journal::fold_wal_if_large`] at a moment of its choosing, which
+//! also starts the WAL again from its beginning (the first commit into a restarted WAL
+//! `fsync`s its header too: that commit is then the fold's, not the next event's).
 //! Durability is the same either way: a committed transaction is in the synced WAL, and
 //! readers and recovery read the WAL.
 
@@ -89,6 +91,9 @@ impl Journal {
         // Pages a reader still needs stay in the WAL; they are folded at a later call.
         let left = if busy != 0 { log - folded } else { 0 };
         self.wal_pages.0.store(left.max(0), Ordering::Relaxed);
+        if busy == 0 && folded == log {
+            self.restart_wal()?;
+        }
         tracing::debug!(
             log,
             folded,
@@ -96,6 +101,20 @@ impl Journal {
             "WAL folded into the journal"
         );
         Ok(Some(start.elapsed()))
+    }
+
+    /// Once the WAL is folded whole, the next write transaction starts it again from its
+    /// beginning and `fsync`s its new header before its own pages: two `fsync`s in that
+    /// commit. Done here with a write that changes nothing (the application id the file
+    /// already has), so that the commit of the next slot event keeps its single `fsync`.
+    fn restart_wal(&mut self) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        tx.pragma_update(None, "application_id", super::APPLICATION_ID)
+            .map_err(db_err)?;
+        tx.commit().map_err(db_err)
     }
 }
 
@@ -110,6 +129,15 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
         dir
+    }
+
+    /// The WAL header's checkpoint sequence number: one more each time the WAL starts again
+    /// from its beginning.
+    fn wal_restarts(db: &std::path::Path) -> u32 {
+        let mut wal = db.as_os_str().to_owned();
+        wal.push("-wal");
+        let bytes = std::fs::read(wal).unwrap_or_else(|e| panic!("{e}"));
+        u32::from_be_bytes([bytes[12], bytes[13], bytes[14], bytes[15]])
     }
 
     fn note(j: &mut Journal, text: &str) {
@@ -142,9 +170,15 @@ mod tests {
             db_size < 1_000_000,
             "the database file grew to {db_size} bytes: a checkpoint ran inside a commit"
         );
+        let restarts = wal_restarts(&path);
         let folded = j.fold_wal_if_large().unwrap_or_else(|e| panic!("{e}"));
         assert!(folded.is_some());
         assert!(std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) > 3_000_000);
+        // The WAL started again inside the fold (its header rewritten), not in the next
+        // commit, which then appends and syncs only its own pages.
+        assert_eq!(wal_restarts(&path), restarts + 1);
+        note(&mut j, "after the fold");
+        assert_eq!(wal_restarts(&path), restarts + 1);
         assert_eq!(
             j.fold_wal_if_large().unwrap_or_else(|e| panic!("{e}")),
             None
@@ -153,7 +187,7 @@ mod tests {
         drop(j);
         let j = Journal::open(&path).unwrap_or_else(|e| panic!("{e}"));
         assert!(j.verify().unwrap_or_else(|e| panic!("{e}")).ok());
-        assert_eq!(j.event_count().unwrap_or_else(|e| panic!("{e}")), 1201);
+        assert_eq!(j.event_count().unwrap_or_else(|e| panic!("{e}")), 1202);
         let _ = std::fs::remove_dir_all(dir);
     }
 

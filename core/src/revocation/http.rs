@@ -27,15 +27,40 @@ pub(super) fn agent(timeout: Duration) -> ureq::Agent {
         .into()
 }
 
-fn http_or_https(url: &str) -> Result<()> {
+/// Why `url` is not asked: `None` for an http:// or https:// URL, else the reason (an
+/// `ldap://` distribution point, a `file://` or a name without a scheme).
+pub(super) fn unsupported(url: &str) -> Option<String> {
     let scheme = |s: &str| url.len() > s.len() && url[..s.len()].eq_ignore_ascii_case(s);
     if scheme("http://") || scheme("https://") {
-        return Ok(());
+        return None;
     }
-    Err(Error::Provider {
-        url: url.to_owned(),
-        reason: "only http:// and https:// URLs are asked (an ldap:// distribution point is not); ask the provider another way and record the answer with `custody revocation confirmed`".into(),
+    let named = url.split_once(':').map(|(s, _)| s).filter(|s| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    });
+    Some(match named {
+        Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https") => {
+            "it is not a well-formed http:// or https:// URL".to_owned()
+        }
+        Some(s) => format!(
+            "its scheme {}:// is not asked here (only http:// and https:// are)",
+            s.to_ascii_lowercase()
+        ),
+        None => "it is not a URL with a scheme (only http:// and https:// are asked)".to_owned(),
     })
+}
+
+fn http_or_https(url: &str) -> Result<()> {
+    match unsupported(url) {
+        None => Ok(()),
+        Some(reason) => Err(Error::Provider {
+            url: url.to_owned(),
+            reason: format!(
+                "{reason}; ask the provider another way and record the answer with `custody revocation confirmed`"
+            ),
+        }),
+    }
 }
 
 /// What to say of a request that got no answer: for a TLS failure, what to check.
@@ -91,4 +116,21 @@ pub(super) fn post(agent: &ureq::Agent, url: &str, request: &[u8]) -> Result<Vec
             .header("Content-Type", "application/ocsp-request")
             .send(request),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unsupported;
+
+    #[test]
+    fn only_http_and_https_are_asked_and_the_rest_named_by_scheme() {
+        assert_eq!(unsupported("http://crl.example/ca.crl"), None);
+        assert_eq!(unsupported("HTTPS://crl.example/ca.crl"), None);
+        let ldap =
+            unsupported("ldap://dir.example/cn=CA?certificateRevocationList").unwrap_or_default();
+        assert!(ldap.contains("ldap://"), "{ldap}");
+        assert!(unsupported("LDAP://dir.example/").is_some_and(|r| r.contains("ldap://")));
+        assert!(unsupported("crl.example/ca.crl").is_some_and(|r| r.contains("not a URL")));
+        assert!(unsupported("http:/x").is_some_and(|r| r.contains("well-formed")));
+    }
 }

@@ -14,47 +14,48 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
+use clap::Parser;
 use custody_tests::{build_set, BuildOptions, Spec, TokenSet};
 
+/// The benchmark's options (`custody-bench --help`).
+#[derive(Parser)]
+#[command(about = "custody's scan benchmark against the PKCS#11 floor and pkcs11-tool")]
 struct Args {
+    /// The `custody` binary measured.
+    #[arg(long, value_name = "BIN")]
     custody: PathBuf,
+    /// The `custody-floor` binary (the same PKCS#11 reads and nothing else).
+    #[arg(long, value_name = "BIN")]
     floor: PathBuf,
+    /// The `custody-fixtures` binary.
+    #[arg(long, value_name = "BIN")]
     fixtures: PathBuf,
+    /// Working directory (token sets and their cache).
+    #[arg(long, value_name = "DIR")]
     dir: PathBuf,
+    /// Token-set sizes, N tokens x K key pairs with certificates, comma-separated.
+    #[arg(
+        long,
+        value_name = "NxK,...",
+        value_delimiter = ',',
+        value_parser = size,
+        default_value = "1x1,1x5,1x20,10x1,10x5,10x20,100x1,100x5,100x20"
+    )]
     sizes: Vec<(usize, usize)>,
+    /// Runs of each measurement.
+    #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Runs of pkcs11-tool (slow: it reloads every token per call).
+    #[arg(long, default_value_t = 3)]
     tool_runs: usize,
 }
 
-fn parse_args() -> anyhow::Result<Args> {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let get = |name: &str| {
-        argv.iter()
-            .position(|a| a == name)
-            .and_then(|i| argv.get(i + 1))
-            .cloned()
-    };
-    let need = |name: &str| get(name).with_context(|| format!("{name} is required"));
-    let sizes =
-        get("--sizes").unwrap_or_else(|| "1x1,1x5,1x20,10x1,10x5,10x20,100x1,100x5,100x20".into());
-    let sizes = sizes
-        .split(',')
-        .map(|s| {
-            let (n, k) = s
-                .split_once('x')
-                .with_context(|| format!("size {s:?} is not NxK"))?;
-            Ok((n.parse()?, k.parse()?))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Args {
-        custody: need("--custody")?.into(),
-        floor: need("--floor")?.into(),
-        fixtures: need("--fixtures")?.into(),
-        dir: need("--dir")?.into(),
-        sizes,
-        runs: get("--runs").map_or(Ok(5), |r| r.parse())?,
-        tool_runs: get("--tool-runs").map_or(Ok(3), |r| r.parse())?,
-    })
+/// One `NxK` size.
+fn size(s: &str) -> anyhow::Result<(usize, usize)> {
+    let (n, k) = s
+        .split_once('x')
+        .with_context(|| format!("size {s:?} is not NxK"))?;
+    Ok((n.parse()?, k.parse()?))
 }
 
 /// Wall time and peak RSS (KiB) of one command, measured around it; RSS from GNU time.
@@ -150,7 +151,7 @@ struct Row {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = parse_args()?;
+    let args = Args::parse();
     if !Path::new("/usr/bin/time").exists() {
         bail!("/usr/bin/time is missing: apt-get install time");
     }

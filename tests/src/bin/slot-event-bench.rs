@@ -2,8 +2,8 @@
 //! over a private pcscd with a virtual card in vsmartcard's reader (run by `bench/watch.sh`).
 //!
 //! ```text
-//! slot-event-bench --custody PATH [--cycles N] [--idle SECS] [--interval MS] [--dir DIR]
-//!                  [--keep 1]
+//! slot-event-bench --custody PATH [--cycles N] [--floor-cycles N] [--idle SECS]
+//!                  [--interval MS] [--dir DIR] [--keep 1]
 //! ```
 //!
 //! Measured, in one run:
@@ -21,15 +21,24 @@
 //! - **idle** over SECS with the card present: CPU time of the service (blocked in
 //!   C_WaitForSlotEvent on a thread of its own, and polling every interval as the fallback),
 //!   of `custody-floor --poll` (the module's own C_GetSlotList every interval) and of pcscd.
+//! - **the floor of the same cycles** (`--floor-cycles`, default as many as `--cycles`, 0 to
+//!   leave it out), before the service starts: `custody-floor --events`, a minimal cryptoki
+//!   loop (C_WaitForSlotEvent, C_GetSlotInfo, the token's read, one durable single-row SQLite
+//!   commit with the journal's pragmas next to the journal), measured from the same pcscd
+//!   instants to its commit; the service's figures are then reported as custody minus that
+//!   floor. During the service's cycles the bench also times one such commit between events
+//!   (`bench::floor::CommitProbe`), the disk's share at the same moments.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context as _, Result};
+use custody_tests::bench::floor::{at_unix_us, CommitProbe, FloorEvent, FloorLog};
 use custody_tests::bench::{cpu_time, ms, peak_rss_kib, percentile, LogTail};
 use custody_tests::pcsc::Reader;
 use custody_tests::pkcs15::{CardSpec, Pkcs15Card};
+use custody_tests::smartcard::VirtualCard;
 
 /// Child processes killed on drop (by their pid).
 struct Running(Child);
@@ -58,6 +67,7 @@ impl Running {
 struct Options {
     custody: PathBuf,
     cycles: u64,
+    floor_cycles: u64,
     idle: u64,
     interval: Duration,
     dir: PathBuf,
@@ -82,6 +92,7 @@ impl Options {
                 get("custody").context("usage: slot-event-bench --custody PATH [options]")?,
             ),
             cycles: num("cycles", 30)?,
+            floor_cycles: num("floor-cycles", num("cycles", 30)?)?,
             idle: num("idle", 60)?,
             interval: Duration::from_millis(num("interval", 2000)?),
             dir: get("dir").map_or_else(
@@ -254,6 +265,19 @@ fn run(o: &Options) -> Result<()> {
     inserted.remove();
     std::thread::sleep(Duration::from_secs(1));
 
+    let mut phase = Phase(u64::from(std::process::id()) | 1);
+    let floor_run = if o.floor_cycles > 0 {
+        eprintln!(
+            "the floor (custody-floor --events): {} removals and insertions …",
+            o.floor_cycles
+        );
+        let run = floor_cycles(o, &reader, &card, &floor_bin, &mut phase)?;
+        std::thread::sleep(Duration::from_secs(1));
+        Some(run)
+    } else {
+        None
+    };
+
     let journal = o.dir.join("journal.db");
     let log = o.dir.join("watch.log");
     let service = Running(
@@ -279,10 +303,11 @@ fn run(o: &Options) -> Result<()> {
     tail.wait_recorded("carrier_enrolled", &serial, Duration::from_secs(30))?;
 
     eprintln!("slot events: {} removals and insertions …", o.cycles);
-    let mut phase = Phase(u64::from(std::process::id()) | 1);
     let mut cycles = Vec::new();
     let mut gaps = Vec::new();
     let mut fsyncs = Vec::new();
+    let mut probe = CommitProbe::open(&o.dir, "commit-probe.db")?;
+    let mut commits = Vec::new();
     let mut loads = vec![load_average()];
     for _ in 0..o.cycles {
         std::thread::sleep(phase.next(o.interval));
@@ -295,6 +320,7 @@ fn run(o: &Options) -> Result<()> {
         let removal_split = Split::from_log(&fields, pulled, row)?;
         gaps.push(after(pulled, asked));
         fsyncs.extend(fsync_samples(&o.dir, 2)?);
+        commits.push(probe.commit_one()?);
         // Out for a while (longer than pcscd's 400 ms poll), then back in.
         std::thread::sleep(Duration::from_millis(500) + phase.next(o.interval));
         present = reader.insert(&card.image)?;
@@ -304,6 +330,7 @@ fn run(o: &Options) -> Result<()> {
         let (fields, _) = tail.wait_message("slot event handled", Duration::from_secs(5))?;
         let insertion_split = Split::from_log(&fields, detected, row)?;
         fsyncs.extend(fsync_samples(&o.dir, 2)?);
+        commits.push(probe.commit_one()?);
         loads.push(load_average());
         cycles.push(Cycle {
             removal,
@@ -349,11 +376,14 @@ fn run(o: &Options) -> Result<()> {
         .status()?;
 
     report(o, &cycles, &gaps, (floor_read, floor_commands, floor_wall));
-    split_report(&cycles, &fsyncs, &loads);
+    split_report(&cycles, &fsyncs, &commits, &loads);
     println!(
         "  journal verifies: {}; service exit code on SIGTERM: {exit:?}",
         verify.success()
     );
+    if let Some(floor) = &floor_run {
+        floor_report(floor, &cycles);
+    }
     println!();
     println!(
         "idle over {} s, card present, interval {} (CPU time from schedstat; RSS: VmHWM):",
@@ -473,7 +503,7 @@ fn report(o: &Options, cycles: &[Cycle], gaps: &[Duration], floor: (Duration, u6
 
 /// Where each event's time went (the service's `slot event handled` stamps), the disk's
 /// fsync at the same time, and the machine's load.
-fn split_report(cycles: &[Cycle], fsyncs: &[Duration], loads: &[f64]) {
+fn split_report(cycles: &[Cycle], fsyncs: &[Duration], commits: &[Duration], loads: &[f64]) {
     let line = |name: &str, mut v: Vec<Duration>| {
         v.sort();
         println!(
@@ -537,13 +567,201 @@ fn split_report(cycles: &[Cycle], fsyncs: &[Duration], loads: &[f64]) {
         ms(percentile(&f, 99.0)),
         ms(f.last().copied().unwrap_or_default())
     );
+    let mut c = commits.to_vec();
+    c.sort();
+    println!(
+        "  one durable single-row SQLite commit (WAL, synchronous = FULL) next to the journal, {} samples between events: p50 {}   p99 {}   max {}",
+        c.len(),
+        ms(percentile(&c, 50.0)),
+        ms(percentile(&c, 99.0)),
+        ms(c.last().copied().unwrap_or_default())
+    );
+    print_loads("the cycles", loads);
+}
+
+fn print_loads(what: &str, loads: &[f64]) {
     let (lo, hi) = loads
         .iter()
         .fold((f64::MAX, 0.0f64), |(lo, hi), l| (lo.min(*l), hi.max(*l)));
     println!(
-        "  load average (1 min) during the cycles: {lo:.1} .. {hi:.1} on {} CPU(s)",
+        "  load average (1 min) during {what}: {lo:.1} .. {hi:.1} on {} CPU(s)",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
+    );
+}
+
+/// The floor's cycles: the same pulls and insertions as the service's, handled by
+/// `custody-floor --events` (see the module documentation).
+struct FloorRun {
+    /// One per cycle: (removal event, pcscd's instant of the pull).
+    removals: Vec<(FloorEvent, SystemTime)>,
+    /// One per cycle: (insertion event, pcscd's first sight of the card, last command
+    /// answered before the commit).
+    insertions: Vec<(FloorEvent, SystemTime, SystemTime)>,
+    loads: Vec<f64>,
+}
+
+fn floor_cycles(
+    o: &Options,
+    reader: &Reader,
+    card: &Pkcs15Card,
+    floor_bin: &std::path::Path,
+    phase: &mut Phase,
+) -> Result<FloorRun> {
+    let dir = o.dir.join("floor");
+    std::fs::create_dir_all(&dir)?;
+    let lines = o.dir.join("floor-events.jsonl");
+    let floor = Running(
+        Command::new(floor_bin)
+            .arg(reader.module())
+            .args(["--events", "1000000", "--commit"])
+            .arg(&dir)
+            .envs(reader.env())
+            .stdout(std::fs::File::create(&lines)?)
+            .spawn()
+            .context("starting custody-floor --events")?,
+    );
+    let mut log = FloorLog::open(&lines)?;
+    // Loaded and waiting (C_Initialize takes milliseconds); the first insertion is not
+    // measured.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut present: VirtualCard = reader.insert(&card.image)?;
+    log.wait(true, Duration::from_secs(30))?;
+    let mut run = FloorRun {
+        removals: Vec::new(),
+        insertions: Vec::new(),
+        loads: vec![load_average()],
+    };
+    for _ in 0..o.floor_cycles {
+        std::thread::sleep(phase.next(o.interval));
+        let removed = present.remove_at_next_poll(Duration::from_secs(5))?;
+        let pulled = removed.pulled.context("pulled")?;
+        run.removals
+            .push((log.wait(false, Duration::from_secs(30))?, pulled));
+        std::thread::sleep(Duration::from_millis(500) + phase.next(o.interval));
+        present = reader.insert(&card.image)?;
+        let event = log.wait(true, Duration::from_secs(30))?;
+        let t = present.timeline();
+        let detected = t.detected.context("detected")?;
+        run.insertions
+            .push((event, detected, t.last_command.unwrap_or(detected)));
+        run.loads.push(load_average());
+    }
+    drop(floor);
+    drop(present);
+    Ok(run)
+}
+
+/// The floor's figures and the service's against them (p50 and p99 of each, not paired).
+fn floor_report(floor: &FloorRun, cycles: &[Cycle]) {
+    let sorted = |mut v: Vec<Duration>| {
+        v.sort();
+        v
+    };
+    let line = |name: &str, v: &[Duration]| {
+        println!(
+            "  {name:<44} p50 {:>9}   p99 {:>9}   max {:>9}",
+            ms(percentile(v, 50.0)),
+            ms(percentile(v, 99.0)),
+            ms(v.last().copied().unwrap_or_default())
+        );
+    };
+    let removal = sorted(
+        floor
+            .removals
+            .iter()
+            .map(|(e, pulled)| after(at_unix_us(e.committed_us), *pulled))
+            .collect(),
+    );
+    let insertion = sorted(
+        floor
+            .insertions
+            .iter()
+            .map(|(e, seen, _)| after(at_unix_us(e.committed_us), *seen))
+            .collect(),
+    );
+    let read = sorted(
+        floor
+            .insertions
+            .iter()
+            .map(|(_, seen, last)| after(*last, *seen))
+            .collect(),
+    );
+    let after_read = sorted(
+        floor
+            .insertions
+            .iter()
+            .map(|(e, _, last)| after(at_unix_us(e.committed_us), *last))
+            .collect(),
+    );
+    let step = |f: &dyn Fn(&FloorEvent) -> Duration, removals: bool| {
+        sorted(if removals {
+            floor.removals.iter().map(|(e, _)| f(e)).collect()
+        } else {
+            floor.insertions.iter().map(|(e, _, _)| f(e)).collect()
+        })
+    };
+    let us = |a: u64, b: u64| Duration::from_micros(b.saturating_sub(a));
+    println!();
+    println!(
+        "the floor, same run ({} cycles before the service started; custody-floor --events: C_WaitForSlotEvent, C_GetSlotInfo, the token's read, one durable single-row SQLite commit):",
+        floor.removals.len()
+    );
+    line("removal seen by pcscd -> committed", &removal);
+    line(
+        "  C_WaitForSlotEvent returned -> committed",
+        &step(&|e| us(e.event_us, e.committed_us), true),
+    );
+    line(
+        "  of which C_GetSlotInfo",
+        &step(&|e| us(e.event_us, e.known_us), true),
+    );
+    line(
+        "  of which the commit",
+        &step(&|e| us(e.read_us, e.committed_us), true),
+    );
+    line("insertion seen by pcscd -> committed", &insertion);
+    line("  of which the card's read (first..last command)", &read);
+    line("  after the read -> committed", &after_read);
+    line(
+        "  C_WaitForSlotEvent returned -> committed",
+        &step(&|e| us(e.event_us, e.committed_us), false),
+    );
+    line(
+        "  of which C_GetSlotInfo + the token's read",
+        &step(&|e| us(e.event_us, e.read_us), false),
+    );
+    line(
+        "  of which the commit",
+        &step(&|e| us(e.read_us, e.committed_us), false),
+    );
+    print_loads("the floor's cycles", &floor.loads);
+    let custody_removal = sorted(cycles.iter().map(|c| c.removal).collect());
+    let custody_after_read = sorted(
+        cycles
+            .iter()
+            .map(|c| c.insertion.saturating_sub(c.read))
+            .collect(),
+    );
+    let versus = |name: &str, custody: &[Duration], floor: &[Duration]| {
+        let at = |p: f64| {
+            let (c, f) = (percentile(custody, p), percentile(floor, p));
+            format!(
+                "custody {} - floor {} = {:+.1} ms ({:.2} x)",
+                ms(c),
+                ms(f),
+                (c.as_secs_f64() - f.as_secs_f64()) * 1000.0,
+                c.as_secs_f64() / f.as_secs_f64().max(1e-6)
+            )
+        };
+        println!("  {name:<34} p50: {}   p99: {}", at(50.0), at(99.0));
+    };
+    println!("custody against the floor (each side's own percentile):");
+    versus("removal -> row", &custody_removal, &removal);
+    versus(
+        "insertion, after the read -> row",
+        &custody_after_read,
+        &after_read,
     );
 }

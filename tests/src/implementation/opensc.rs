@@ -80,6 +80,10 @@ impl Instance for OpenScInstance {
         )
     }
 
+    fn daemon_pids(&self) -> Vec<u32> {
+        vec![self.reader.pid()]
+    }
+
     fn insert(&mut self, label: &str) -> anyhow::Result<Carrier> {
         let slot = self
             .slots

@@ -104,6 +104,11 @@ impl Instance for P11KitInstance {
             .provision(&self.client, &self.env(), label, Some(carrier))
     }
 
+    fn daemon_pids(&self) -> Vec<u32> {
+        // The server forks a process per client: counted as its descendant.
+        self.server.iter().map(Daemon::pid).collect()
+    }
+
     fn kill_server(&mut self) -> anyhow::Result<()> {
         match self.server.take() {
             Some(mut server) => server.kill(),

@@ -196,6 +196,14 @@ impl Drop for Tpm2Instance {
 }
 
 impl Instance for Tpm2Instance {
+    fn daemon_pids(&self) -> Vec<u32> {
+        [&self.abrmd, &self.dbus, &self.swtpm]
+            .into_iter()
+            .flatten()
+            .map(Daemon::pid)
+            .collect()
+    }
+
     fn module(&self) -> &Path {
         &self.module
     }

@@ -32,6 +32,8 @@ pub(crate) struct World {
     pub(crate) dir: PathBuf,
     pub(crate) journal: PathBuf,
     pub(crate) config: PathBuf,
+    /// Carriers no event may name any more: journal key and the last seq before.
+    untouched: Vec<(String, u64)>,
 }
 
 impl World {
@@ -56,6 +58,7 @@ impl World {
             journal: dir.join("journal.db"),
             config,
             dir,
+            untouched: Vec::new(),
         }))
     }
 
@@ -233,7 +236,62 @@ impl World {
             .collect())
     }
 
+    /// From now on no event may name the carrier `key`: every [`World::wait_events`] and
+    /// [`World::assert_untouched`] fails, with the journal, as soon as one does.
+    pub(crate) fn expect_untouched(&mut self, key: &str) -> TestResult {
+        let last = self.events()?.last().map_or(0, |e| e.seq);
+        self.untouched.push((key.to_owned(), last));
+        Ok(())
+    }
+
+    /// Fails when an event names a carrier of [`World::expect_untouched`].
+    pub(crate) fn assert_untouched(&self) -> TestResult {
+        self.check_untouched(&self.events()?)
+    }
+
+    fn check_untouched(&self, events: &[EventRow]) -> TestResult {
+        for (key, after) in &self.untouched {
+            let named: Vec<u64> = events
+                .iter()
+                .filter(|e| e.seq > *after && e.carrier.as_deref() == Some(key.as_str()))
+                .map(|e| e.seq)
+                .collect();
+            ensure!(
+                named.is_empty(),
+                "[{}] event(s) {named:?} name {key}, a carrier nothing touched; journal:\n{}",
+                self.name,
+                self.describe(events)
+            );
+        }
+        Ok(())
+    }
+
+    /// The journal's events one a line: seq, kind, carrier key, the carrier's label now and
+    /// the certificate or key fingerprint an event names.
+    pub(crate) fn describe(&self, events: &[EventRow]) -> String {
+        let labels: Vec<(String, String)> = Journal::open(&self.journal)
+            .and_then(|j| j.carriers())
+            .map(|cs| cs.into_iter().map(|c| (c.carrier, c.label)).collect())
+            .unwrap_or_default();
+        events
+            .iter()
+            .map(|e| {
+                let carrier = e.carrier.as_deref().unwrap_or("-");
+                let label = labels
+                    .iter()
+                    .find(|(k, _)| k == carrier)
+                    .map_or("?", |(_, l)| l.as_str());
+                let sha = fingerprint(&e.data)
+                    .map(|s| format!(" sha256 {s}"))
+                    .unwrap_or_default();
+                format!("  #{} {} {carrier} (now {label:?}){sha}", e.seq, e.kind)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Waits until `found` returns true on the journal's events; returns the time it took.
+    /// Fails at once when an event names a carrier of [`World::expect_untouched`].
     pub(crate) fn wait_events(
         &self,
         what: &str,
@@ -244,17 +302,15 @@ impl World {
         loop {
             if self.journal.exists() {
                 let events = self.events()?;
+                self.check_untouched(&events)?;
                 if found(&events) {
                     return Ok(start.elapsed());
                 }
                 if start.elapsed() > within {
-                    let kinds: Vec<_> = events
-                        .iter()
-                        .map(|e| format!("{} {}", e.kind, e.carrier.as_deref().unwrap_or("-")))
-                        .collect();
                     bail!(
-                        "[{}] no {what} within {within:?}; journal: {kinds:#?}",
-                        self.name
+                        "[{}] no {what} within {within:?}; journal:\n{}",
+                        self.name,
+                        self.describe(&events)
                     );
                 }
             } else if start.elapsed() > within {
@@ -338,6 +394,19 @@ impl World {
     }
 }
 
+/// The first `sha256` an event's data names (a certificate's or key's fingerprint).
+fn fingerprint(data: &Value) -> Option<String> {
+    match data {
+        Value::Object(map) => map
+            .iter()
+            .find_map(|(k, v)| (k.ends_with("sha256")).then(|| v.as_str()).flatten())
+            .map(|s| s.chars().take(16).collect())
+            .or_else(|| map.values().find_map(fingerprint)),
+        Value::Array(items) => items.iter().find_map(fingerprint),
+        _ => None,
+    }
+}
+
 fn now_ms() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -351,6 +420,11 @@ pub(crate) struct Watch {
 }
 
 impl Watch {
+    /// The service's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.daemon.pid()
+    }
+
     /// Fails with the log when the service has exited.
     pub(crate) fn check_running(&mut self) -> TestResult {
         self.daemon.check_running()

@@ -9,7 +9,9 @@ use base64::Engine;
 use clap::{Args, ValueEnum};
 use custody_core::cert::{sha256_hex, CertInfo};
 use custody_core::journal::{Journal, RevocationRequest, RevocationStep};
-use custody_core::revocation::{issued_by, Checker, Evidence, Source, Status, Via};
+use custody_core::revocation::{
+    issued_by, Checker, Evidence, Outcome, Skipped, Source, Status, Via,
+};
 use custody_core::token::NoPins;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -59,10 +61,17 @@ pub struct Checked {
     pub subject: Option<String>,
     /// Whether its revocation was requested.
     pub requested: bool,
-    /// The provider's answer (none when there was an error).
+    /// The provider's answer (none when there was an error, or the certificate is
+    /// unchecked).
     pub status: Option<Status>,
     /// The verified answers.
     pub evidence: Vec<Evidence>,
+    /// URLs the certificate names that were not asked (an `ldap://` distribution point),
+    /// each with the reason.
+    pub skipped: Vec<Skipped>,
+    /// Why the certificate is unchecked: no URL it names can be asked here (nothing was
+    /// recorded for it; its request stays unconfirmed).
+    pub unchecked: Option<String>,
     /// The `revocation_confirmed` event recorded.
     pub recorded_seq: Option<u64>,
     /// Why the certificate could not be checked (nothing was recorded for it).
@@ -75,8 +84,9 @@ struct Target {
     requested: bool,
 }
 
-/// Runs `custody revocation check`. Exit 0 when every certificate got a verified answer,
-/// 2 when any could not be checked.
+/// Runs `custody revocation check`. Exit 0 when every certificate got a verified answer or
+/// names no URL that can be asked (reported as unchecked), 2 when any service asked gave
+/// no verified answer.
 pub fn run(ctx: &Context, args: &CheckArgs) -> anyhow::Result<Exit> {
     let mut journal = ctx.open_existing_journal()?;
     let mut pool: Vec<(Option<String>, Vec<u8>)> = journal
@@ -157,13 +167,17 @@ pub fn run(ctx: &Context, args: &CheckArgs) -> anyhow::Result<Exit> {
             requested: t.requested,
             status: None,
             evidence: Vec::new(),
+            skipped: Vec::new(),
+            unchecked: None,
             recorded_seq: None,
             error: None,
         };
         match check_one(ctx, &mut journal, &checker, via, &t, der, &pool, &issuers) {
-            Ok((status, evidence, seq)) => {
-                out.status = Some(status);
-                out.evidence = evidence;
+            Ok((outcome, seq)) => {
+                out.status = outcome.status;
+                out.evidence = outcome.evidence;
+                out.skipped = outcome.skipped;
+                out.unchecked = outcome.unchecked;
                 out.recorded_seq = seq;
             }
             Err(e) => out.error = Some(format!("{e:#}")),
@@ -171,8 +185,9 @@ pub fn run(ctx: &Context, args: &CheckArgs) -> anyhow::Result<Exit> {
         results.push(out);
     }
     let failed = results.iter().any(|r| r.error.is_some());
+    let unchecked = results.iter().filter(|r| r.unchecked.is_some()).count();
     if ctx.global.json {
-        json(&serde_json::json!({ "ok": !failed, "checked": results }))?;
+        json(&serde_json::json!({ "ok": !failed, "unchecked": unchecked, "checked": results }))?;
     } else {
         print(&results, args.all);
     }
@@ -189,7 +204,7 @@ fn check_one(
     der: Option<Vec<u8>>,
     pool: &[(Option<String>, Vec<u8>)],
     issuers: &[Vec<u8>],
-) -> anyhow::Result<(Status, Vec<Evidence>, Option<u64>)> {
+) -> anyhow::Result<(Outcome, Option<u64>)> {
     let Some(der) = der else {
         anyhow::bail!(
             "the certificate is neither kept in the journal nor on a carrier plugged in; plug its carrier in and run the check again"
@@ -206,8 +221,8 @@ fn check_one(
         );
     };
     let outcome = checker.check(&der, &issuer, via)?;
-    if outcome.status != Status::Revoked {
-        return Ok((outcome.status, outcome.evidence, None));
+    if outcome.status != Some(Status::Revoked) {
+        return Ok((outcome, None));
     }
     let Some(carrier) = &t.carrier else {
         anyhow::bail!("the certificate is revoked, but no carrier of the journal holds it");
@@ -226,7 +241,7 @@ fn check_one(
         &ctx.actor(),
         OffsetDateTime::now_utc(),
     )?;
-    Ok((outcome.status, outcome.evidence, Some(record.seq)))
+    Ok((outcome, Some(record.seq)))
 }
 
 /// The reference written with an automatic confirmation: the answers that said revoked.
@@ -319,8 +334,19 @@ fn print(results: &[Checked], all: bool) {
                 e.sha256
             );
         }
+        for skipped in &r.skipped {
+            let source = match skipped.source {
+                Source::Crl => "CRL",
+                Source::Ocsp => "OCSP",
+            };
+            println!("    {source} {}: skipped, {}", skipped.url, skipped.reason);
+        }
         match (&r.error, r.status, r.recorded_seq) {
             (Some(e), _, _) => println!("    ERROR: {e}"),
+            (None, None, _) if r.unchecked.is_some() => println!(
+                "    UNCHECKED: {}; nothing recorded",
+                r.unchecked.as_deref().unwrap_or_default()
+            ),
             (None, Some(Status::Revoked), Some(seq)) => {
                 println!("    REVOKED: recorded revocation_confirmed (event #{seq})")
             }

@@ -24,9 +24,6 @@
 //! ```
 //!
 //! `--rounds 0`, `--agents 0` or `--idle 0` leaves the part out.
-//!
-//! ```text
-//! ```
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,56 +32,50 @@ use std::time::{Duration, Instant};
 mod scale;
 
 use anyhow::{ensure, Context as _};
+use clap::Parser;
 use custody_core::event::EventKind;
 use custody_core::fleet::{Database, Fleet, SyncOptions};
 use custody_core::journal::{Actor, Journal};
 use custody_tests::bench::cpu_time;
 use custody_tests::postgres::{Options, Postgres};
 
+/// The benchmark's options (`fleet-bench --help`).
+#[derive(Parser)]
+#[command(about = "The organisation's journal benchmark: sync vs COPY, a fleet, the idle cost")]
 struct Args {
+    /// The `custody` binary measured.
+    #[arg(long, value_name = "BIN")]
     custody: PathBuf,
+    /// The `custody-fixtures` binary.
+    #[arg(long, value_name = "BIN")]
     fixtures: PathBuf,
+    /// Working directory (emptied first).
+    #[arg(long, value_name = "DIR")]
     dir: PathBuf,
+    /// Events of the workstation journal synced against COPY.
+    #[arg(long, default_value_t = 100_000)]
     events: usize,
+    /// Alternating rounds of sync and COPY (0 leaves the part out).
+    #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Agents of the fleet (0 leaves the part out).
+    #[arg(long, default_value_t = 1000)]
     agents: usize,
+    /// Events per agent.
+    #[arg(long, default_value_t = 1000)]
     per_agent: usize,
+    /// Carriers' lives per agent's journal.
+    #[arg(long, default_value_t = 10)]
     carriers: usize,
+    /// Threads that make and push the agents' journals.
+    #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Seconds of `custody watch` for the idle cost (0 leaves the part out).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     idle: u64,
+    /// `[fleet] interval` in seconds for the idle cost.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     sync_interval: u64,
-}
-
-fn parse_args() -> anyhow::Result<Args> {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let get = |name: &str| {
-        argv.iter()
-            .position(|a| a == name)
-            .and_then(|i| argv.get(i + 1))
-            .cloned()
-    };
-    let num = |name: &str, default: usize| -> anyhow::Result<usize> {
-        get(name).map_or(Ok(default), |v| {
-            v.parse().with_context(|| format!("{name} takes a number"))
-        })
-    };
-    Ok(Args {
-        custody: get("--custody")
-            .context("--custody BIN is required")?
-            .into(),
-        fixtures: get("--fixtures")
-            .context("--fixtures BIN (custody-fixtures) is required")?
-            .into(),
-        dir: get("--dir").context("--dir DIR is required")?.into(),
-        events: num("--events", 100_000)?,
-        rounds: num("--rounds", 3)?,
-        agents: num("--agents", 1000)?,
-        per_agent: num("--per-agent", 1000)?,
-        carriers: num("--carriers", 10)?,
-        workers: num("--workers", 2)?,
-        idle: num("--idle", 60)? as u64,
-        sync_interval: num("--sync-interval", 10)? as u64,
-    })
 }
 
 fn actor(host: &str) -> Actor {
@@ -411,7 +402,7 @@ fn idle_cost(pg: &Postgres, args: &Args) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let mut args = parse_args()?;
+    let mut args = Args::parse();
     let _ = std::fs::remove_dir_all(&args.dir);
     std::fs::create_dir_all(&args.dir)?;
     // Absolute: the configuration files written for `custody watch` need absolute paths.
