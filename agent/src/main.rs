@@ -2,13 +2,12 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use custody_agent::cli::Cli;
 use custody_agent::output::{closed_pipe, quiet_on_closed_pipe, CLOSED_PIPE};
 
 fn main() -> ExitCode {
     quiet_on_closed_pipe(|| {
-        let cli = Cli::parse();
+        let cli = Cli::parse_args();
         custody_agent::logging::init(&cli.global, !cli.command.is_service());
         match custody_agent::cli::run(cli) {
             Ok(exit) => exit.into(),

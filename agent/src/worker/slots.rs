@@ -526,24 +526,17 @@ pub(super) fn read_module(
 /// tells: initialised or not, identity, label, flags. A slot that could not be read counts as
 /// changed (read it again).
 fn token_changed(module: &Module, slot: u64, old: &SlotState) -> bool {
-    let now = match module.token_info(slot) {
-        Ok(now) => now,
+    let known = match old {
+        SlotState::Uninitialised => None,
+        SlotState::Carrier(known) => Some(&known.full),
+        SlotState::Unreadable(_) => return true,
+    };
+    match module.token_is(slot, known) {
+        Ok(same) => !same,
         Err(e) => {
             tracing::debug!(slot, cause = %e, "token information could not be read");
-            return true;
+            true
         }
-    };
-    match (old, now) {
-        (SlotState::Uninitialised, None) => false,
-        (SlotState::Carrier(known), Some(now)) => {
-            let was = &known.full;
-            was.label != now.label
-                || was.id.manufacturer != now.id.manufacturer
-                || was.id.model != now.id.model
-                || was.id.serial != now.id.serial
-                || was.flags != now.flags
-        }
-        _ => true,
     }
 }
 

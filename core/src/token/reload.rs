@@ -16,10 +16,12 @@
 //! often to re-initialise is the caller's decision (its CPU budget).
 
 use cryptoki::context::Pkcs11;
+use cryptoki::slot::Slot;
 
-use crate::inventory::CallError;
+use crate::id::percent_encode;
+use crate::inventory::{CallError, CarrierSnapshot};
 
-use super::{map_err, Module};
+use super::{map_err, pin, Module};
 use crate::error::Result;
 
 /// Waits for slot events (C_WaitForSlotEvent) of one module, on a thread of the caller's
@@ -68,9 +70,66 @@ impl Module {
             })
     }
 
+    /// Whether `slot` still shows the token last read there (`known`; `None`: a token that
+    /// is not initialised), as far as C_GetTokenInfo alone tells: initialised or not, label,
+    /// manufacturer, model, serial and flags. One call, compared in place: what a watcher asks
+    /// of every known slot after each re-initialisation of a module whose slot ids may stay
+    /// the same for another token (kryoptic initialises a new token in a slot that already
+    /// existed), so nothing is built that the comparison does not need.
+    pub fn token_is(&self, slot: u64, known: Option<&CarrierSnapshot>) -> Result<bool> {
+        let ctx = self.ctx()?;
+        let slot = Slot::try_from(slot).map_err(|e| map_err("C_GetSlotList", e))?;
+        let info = ctx
+            .get_token_info(slot)
+            .map_err(|e| map_err("C_GetTokenInfo", e))?;
+        Ok(match known {
+            None => !info.token_initialized(),
+            Some(k) => {
+                info.token_initialized()
+                    && pin::token_flags(&info) == k.flags
+                    && encodes_to(info.serial_number(), &k.id.serial)
+                    && encodes_to(info.label(), &k.label)
+                    && encodes_to(info.manufacturer_id(), &k.id.manufacturer)
+                    && encodes_to(info.model(), &k.id.model)
+            }
+        })
+    }
+
     /// A handle to wait for this module's slot events on another thread. Finalising the
     /// module (drop, [`Module::reinitialize`]) ends a wait in progress with an error.
     pub fn slot_events(&self) -> Option<SlotEvents> {
         self.ctx.as_ref().map(|ctx| SlotEvents { ctx: ctx.clone() })
+    }
+}
+
+/// True when the token string `raw` (space-padded) is `stored` as `TokenStrings::of` makes
+/// it; without allocating for the strings of ordinary tokens.
+fn encodes_to(raw: &str, stored: &str) -> bool {
+    let text = raw.trim_end();
+    if text.chars().any(|c| c.is_control() || c == '%') {
+        percent_encode(text) == stored
+    } else {
+        text == stored
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_strings_compare_as_they_are_stored() {
+        assert!(encodes_to(
+            "SoftHSM project                 ",
+            "SoftHSM project"
+        ));
+        assert!(!encodes_to("SoftHSM project", "SoftHSM"));
+        // tpm2-pkcs11's model string holds NUL bytes: stored percent-encoded.
+        let model = "SW   TPM\0\0\0\0\0\0\0\0";
+        assert!(encodes_to(model, &percent_encode(model.trim_end())));
+        assert!(!encodes_to(model, "SW   TPM"));
+        // A `%` that reads as an escape is stored escaped.
+        assert!(encodes_to("50%41  ", "50%2541"));
+        assert!(!encodes_to("50%41", "50%41"));
     }
 }
