@@ -167,25 +167,6 @@ pub enum Command {
     Fleet(fleet::FleetCommand),
 }
 
-impl Cli {
-    /// Parses the process's arguments (exits with clap's message on an error, help or
-    /// version): a `custody watch` command line with the service's own parser
-    /// ([`watch::ServiceCli`], the same options), anything else with the whole one.
-    pub fn parse_args() -> Self {
-        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-        match watch::ServiceCli::try_parse_from(&args) {
-            Ok(watch::ServiceCli {
-                global,
-                command: watch::ServiceCommand::Watch(args),
-            }) => Self {
-                global,
-                command: Command::Watch(args),
-            },
-            Err(_) => Self::parse_from(args),
-        }
-    }
-}
-
 impl Command {
     /// True for the long-running service, which logs at info by default.
     pub fn is_service(&self) -> bool {
@@ -450,49 +431,6 @@ mod tests {
             }
         }
         assert!(checked >= 30, "only {checked} examples");
-    }
-
-    /// The service's own parser accepts `custody watch` command lines exactly as the whole
-    /// one does, and refuses everything else (help, version, other subcommands), which the
-    /// whole parser then handles.
-    #[test]
-    fn the_service_parser_reads_watch_lines_as_the_whole_parser_does() {
-        let parse = |line: &str| {
-            let mut argv = shlex::split(line).unwrap_or_default();
-            argv.insert(0, "custody".to_owned());
-            let service = watch::ServiceCli::try_parse_from(&argv).map(|s| format!("{s:?}"));
-            let whole = Cli::try_parse_from(&argv).map(|c| format!("{c:?}"));
-            (service, whole)
-        };
-        for line in [
-            "watch",
-            "--log-format json watch",
-            "--journal /tmp/j.db --module /a.so --module /b.so -vv watch --interval 500ms",
-            "watch --check-interval 10s --config /etc/c.toml --operator \"Ім'я\" --json",
-        ] {
-            let (service, whole) = parse(line);
-            let (Ok(service), Ok(whole)) = (service, whole) else {
-                panic!("`custody {line}` does not parse with both parsers");
-            };
-            // Same options, same values: only the type names differ.
-            let service = service.replace("ServiceCli", "Cli");
-            assert_eq!(service, whole, "`custody {line}`");
-        }
-        for line in [
-            "",
-            "--help",
-            "--version",
-            "watch --help",
-            "scan",
-            "watch --interval",
-            "watch extra",
-            "help watch",
-        ] {
-            assert!(
-                parse(line).0.is_err(),
-                "`custody {line}` must go to the whole parser"
-            );
-        }
     }
 
     #[test]

@@ -2,12 +2,13 @@
 
 use std::process::ExitCode;
 
+use clap::Parser;
 use custody_agent::cli::Cli;
 use custody_agent::output::{closed_pipe, quiet_on_closed_pipe, CLOSED_PIPE};
 
 fn main() -> ExitCode {
     quiet_on_closed_pipe(|| {
-        let cli = Cli::parse_args();
+        let cli = Cli::parse();
         custody_agent::logging::init(&cli.global, !cli.command.is_service());
         match custody_agent::cli::run(cli) {
             Ok(exit) => exit.into(),

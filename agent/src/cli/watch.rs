@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::{Context, GlobalArgs};
+use super::Context;
 use crate::config::parse_duration;
 use crate::service::{self, ServiceConfig};
 use crate::Exit;
@@ -23,28 +23,6 @@ pub struct WatchArgs {
     /// most 30 s.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub check_interval: Option<Duration>,
-}
-
-/// A `custody watch` command line alone: the same global options and `watch` arguments as
-/// [`super::Cli`], without any other subcommand. The service's command line is parsed with
-/// this first ([`super::Cli::parse_args`]): clap builds the whole command tree of the parser
-/// it runs, and building every subcommand of `custody` touches code all over the executable,
-/// which then stays resident (the kernel maps the 64 KiB around each page touched) for as
-/// long as the service runs.
-#[derive(Debug, Parser)]
-#[command(name = "custody", disable_help_subcommand = true)]
-pub(super) struct ServiceCli {
-    #[command(flatten)]
-    pub(super) global: GlobalArgs,
-    #[command(subcommand)]
-    pub(super) command: ServiceCommand,
-}
-
-/// The one subcommand of [`ServiceCli`].
-#[derive(Debug, Subcommand)]
-pub(super) enum ServiceCommand {
-    /// `custody watch`.
-    Watch(WatchArgs),
 }
 
 /// Signals this close to the first are the same request (GNU `timeout` sends SIGTERM to the
