@@ -73,7 +73,7 @@ const ATTEMPTS: usize = 3;
 /// with empty attributes first and its values in a second write, and has been seen to lose
 /// the second write while another process (custody watching) reads the token; the object
 /// then stays empty on disk although every call returned CKR_OK. The token is then
-/// re-initialised and filled again (with the SO PIN it has), at most [`ATTEMPTS`] times.
+/// re-initialised and filled again (with the SO PIN it has), at most `ATTEMPTS` times.
 pub fn provision(job: &ProvisionJob) -> anyhow::Result<(u64, TokenManifest)> {
     let mut job = job.clone();
     let mut attempt = 1;
